@@ -1,0 +1,218 @@
+/* main.c - `gondolin`: command dispatch, shared flags, image selection, build. */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include "../../builder/builder.h"
+#include "image/image.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int cli_die(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("gondolin: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return code;
+}
+
+static int parse_size_mb(const char *s, unsigned *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return -1;
+    if (!strcasecmp(end, "g") || !strcasecmp(end, "gib") || !strcasecmp(end, "gb"))
+        v *= 1024;
+    else if (*end && strcasecmp(end, "m") && strcasecmp(end, "mib") && strcasecmp(end, "mb"))
+        return -1;
+    if (v == 0 || v > 1024 * 1024)
+        return -1;
+    *out = (unsigned)v;
+    return 0;
+}
+
+int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f)
+{
+    const char *a = argv[*i];
+    const char *names[] = {"--image", "--accel", "--memory", "--cpus"};
+    int which = -1;
+    const char *val = NULL;
+    for (int k = 0; k < 4; k++) {
+        size_t l = strlen(names[k]);
+        if (!strncmp(a, names[k], l) && (a[l] == 0 || a[l] == '=')) {
+            which = k;
+            if (a[l] == '=')
+                val = a + l + 1;
+        }
+    }
+    if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+        f->verbose = 1;
+        return 1;
+    }
+    if (which < 0)
+        return 0;
+    if (!val) {
+        if (*i + 1 >= argc) {
+            cli_die(2, "%s needs a value", names[which]);
+            return -1;
+        }
+        val = argv[++*i];
+    }
+    char *end;
+    switch (which) {
+    case 0:
+        f->image = val;
+        break;
+    case 1:
+        if (strcmp(val, "kvm") && strcmp(val, "tcg") && strcmp(val, "auto")) {
+            cli_die(2, "--accel must be kvm, tcg or auto, not '%s'", val);
+            return -1;
+        }
+        f->accel = val;
+        break;
+    case 2:
+        if (parse_size_mb(val, &f->memory_mb) || f->memory_mb < 128) {
+            cli_die(2, "--memory must be a size like 512M or 2G (at least 128M), not '%s'", val);
+            return -1;
+        }
+        break;
+    case 3: {
+        unsigned long c = strtoul(val, &end, 10);
+        if (*end || c < 1 || c > 64) {
+            cli_die(2, "--cpus must be a number from 1 to 64, not '%s'", val);
+            return -1;
+        }
+        f->cpus = (unsigned)c;
+        break;
+    }
+    }
+    return 1;
+}
+
+static int build_default(const char *out, int verbose)
+{
+    char cache[1024], debs[1200], guest[1024];
+    gd_cache_dir(cache, sizeof(cache));
+    snprintf(debs, sizeof(debs), "%s/debs", cache);
+    if (gd_guest_bin_dir(guest, sizeof(guest)))
+        return cli_die(1, "guest binaries (sandboxd, init) not found next to this gondolin "
+                          "binary; build the project (cmake --build build)");
+    struct gd_build_opts o = {.output = out, .cache_dir = debs, .guest_dir = guest,
+                              .verbose = verbose};
+    struct gd_err err = {{0}};
+    int rc = gd_build_default(&o, &err);
+    if (rc)
+        return cli_die(1, "image build failed: %s", err.msg);
+    return 0;
+}
+
+int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap)
+{
+    const char *env = getenv("GONDOLIN_GUEST_DIR");
+    if (f->image || (env && *env)) {
+        snprintf(out, cap, "%s", f->image ? f->image : env);
+        return 0;
+    }
+    gd_image_default_dir(out, cap);
+    struct gd_image img;
+    struct gd_err err;
+    int need = gd_image_load(out, 0, &img, &err) != 0;
+    if (!need) {
+        /* the image must carry this build's agent */
+        char guest[1024], p[1100], hex[65];
+        if (gd_guest_bin_dir(guest, sizeof(guest)) == 0) {
+            snprintf(p, sizeof(p), "%s/sandboxd", guest);
+            if (gd_sha256_file(p, hex) == 0 && strcmp(hex, img.sandboxd_sha)) {
+                fprintf(stderr, "gondolin: the default image has an older guest agent; "
+                                "rebuilding it\n");
+                need = 1;
+            }
+        }
+    } else {
+        fprintf(stderr, "gondolin: no default image yet; building it from Debian packages "
+                        "(first use only)\n");
+    }
+    if (need && build_default(out, f->verbose))
+        return -1;
+    return 0;
+}
+
+static int cmd_build(int argc, char **argv)
+{
+    const char *out = NULL;
+    int def = 0, verbose = 0;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--default"))
+            def = 1;
+        else if (!strcmp(argv[i], "--output") && i + 1 < argc)
+            out = argv[++i];
+        else if (!strcmp(argv[i], "-v"))
+            verbose = 1;
+        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            printf("usage: gondolin build --default [--output DIR]\n\n"
+                   "Builds the default guest image from Debian packages (apt-get download;\n"
+                   "no root, no loop mounts, no Docker). Without --output it replaces the\n"
+                   "cached default image (~/.cache/gondolin/images/default-ARCH).\n");
+            return 0;
+        } else
+            return cli_die(2, "build: unknown argument '%s' (see gondolin build --help)",
+                           argv[i]);
+    }
+    if (!def)
+        return cli_die(2, "build: only --default is supported so far (see --help)");
+    char dir[1024];
+    if (!out) {
+        gd_image_default_dir(dir, sizeof(dir));
+        out = dir;
+    }
+    return build_default(out, verbose) ? 1 : 0;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: gondolin <command> [options]\n\n"
+               "Run untrusted code in a local micro-VM with host-side control.\n\n"
+               "commands:\n"
+               "  exec [flags] -- CMD [ARGS...]   run a command in a fresh VM\n"
+               "  exec [flags] -c 'SHELL STRING'  run a string with /bin/sh -lc\n"
+               "  bash [flags] [-- CMD...]        interactive shell on a PTY\n"
+               "  build --default [--output DIR]  build the default guest image\n"
+               "  doctor                          check QEMU, KVM, packages and the image\n"
+               "  --version                       print the version\n\n"
+               "Run `gondolin <command> --help` for the flags of a command.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *c = argv[1];
+    if (!strcmp(c, "--version") || !strcmp(c, "version")) {
+        printf("gondolin %s (protocol %d.%d)\n", GD_VERSION, 1, 0);
+        return 0;
+    }
+    if (!strcmp(c, "--help") || !strcmp(c, "-h") || !strcmp(c, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(c, "exec"))
+        return cmd_exec(argc - 1, argv + 1, 0);
+    if (!strcmp(c, "bash"))
+        return cmd_exec(argc - 1, argv + 1, 1);
+    if (!strcmp(c, "doctor"))
+        return cmd_doctor(argc - 1, argv + 1);
+    if (!strcmp(c, "build"))
+        return cmd_build(argc - 1, argv + 1);
+    return cli_die(2, "unknown command '%s' (see gondolin --help)", c);
+}

@@ -1,0 +1,127 @@
+/*
+ * vm.h - the gondolin C API: boot a micro-VM and run processes in it.
+ *
+ * Everything runs on a caller-provided libuv loop. A gd_vm owns one QEMU process
+ * (killed by the kernel if this process dies: PR_SET_PDEATHSIG), one control channel
+ * (a socketpair handed to QEMU as a virtio-serial chardev: no socket files), and the
+ * exec sessions on it. Objects are freed only from their close/exit callbacks.
+ *
+ * Errors: functions return 0 or a negative errno; when they do, no callback fires.
+ */
+#ifndef GD_VM_H
+#define GD_VM_H
+
+#include "base/err.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct gd_vm gd_vm;
+typedef struct gd_exec gd_exec;
+
+struct gd_vm_opts {
+    const char *image_dir;     /* required: directory with manifest.json (borrowed) */
+    const char *accel;         /* "kvm", "tcg" or NULL/"auto" */
+    unsigned memory_mb;        /* 0 = 1024 */
+    unsigned cpus;             /* 0 = 1 */
+    unsigned start_timeout_ms; /* 0 = 60000 (or GONDOLIN_START_TIMEOUT_MS) */
+    const char *qemu;          /* NULL = qemu-system-<arch> from PATH */
+    const char *append;        /* extra kernel arguments, or NULL */
+    int rawecho;               /* benchmark: the agent echoes raw bytes, no protocol */
+    int bare;                  /* benchmark: the guest powers off at once */
+    int verbose;               /* print the QEMU command line */
+};
+
+/* status 0: the agent said HELLO (or, for rawecho, its ready byte); negative: boot
+ * failed and gd_vm_error() says why. */
+typedef void (*gd_vm_ready_cb)(gd_vm *vm, int status, void *ud);
+/* The VM stopped (QEMU exited, or the channel failed). reason is NULL after
+ * gd_vm_close, else a one-line description (borrowed, valid during the call). */
+typedef void (*gd_vm_exit_cb)(gd_vm *vm, const char *reason, void *ud);
+
+/* Validates options and the image; copies what it keeps. */
+int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct gd_err *err);
+/* Launches QEMU. ready fires once. exit_cb (optional) fires once, when QEMU is gone;
+ * after it returns, the VM may be freed with gd_vm_free. */
+int gd_vm_start(gd_vm *vm, gd_vm_ready_cb ready, gd_vm_exit_cb exit_cb, void *ud);
+/* Stops the VM: live execs end with GD_EXEC_VM_GONE, QEMU is terminated (SIGTERM,
+ * SIGKILL after 2 s). exit_cb then fires with reason NULL. */
+void gd_vm_close(gd_vm *vm);
+/* Frees a VM that never started or whose exit_cb has fired. */
+void gd_vm_free(gd_vm *vm);
+
+const char *gd_vm_error(const gd_vm *vm);      /* last error, "" if none */
+const char *gd_vm_accel(const gd_vm *vm);      /* "kvm" or "tcg" once started */
+const char *gd_vm_agent(const gd_vm *vm);      /* agent version from HELLO */
+const char *gd_vm_console_tail(const gd_vm *vm); /* sanitized guest console tail */
+int gd_vm_raw_fd(gd_vm *vm);                   /* rawecho mode: the channel fd */
+
+/* Echo round trip through the agent (framing + dispatch); cb(status) when PONG
+ * arrives. One outstanding ping at a time. */
+int gd_vm_ping(gd_vm *vm, const void *data, size_t n, void (*cb)(gd_vm *, int, void *),
+               void *ud);
+
+/* Test hook: push raw bytes to the host side of the channel as if the guest sent them
+ * (exercises the decoders on a live VM without a malicious guest image). */
+void gd_vm_inject(gd_vm *vm, const uint8_t *p, size_t n);
+
+/* ---- exec ---- */
+
+enum { GD_EXEC_OK = 0, GD_EXEC_START_FAILED = 1, GD_EXEC_VM_GONE = 2 };
+
+struct gd_exec_result {
+    int error;           /* GD_EXEC_* */
+    int exit_code;       /* valid when error == 0 and signal == 0 */
+    int signal;          /* terminating signal, or 0 */
+    const char *message; /* error text (borrowed, valid during the callback) */
+};
+
+struct gd_exec_opts {
+    const char *const *argv; /* NULL-terminated; or NULL with shell */
+    const char *shell;       /* command string run as /bin/sh -lc STRING */
+    const char *const *env;  /* NULL-terminated "K=V" overrides, or NULL */
+    const char *cwd;         /* or NULL */
+    int pty;                 /* run on a pseudo-terminal */
+    unsigned rows, cols;     /* initial pty size */
+    int stdin_stream;        /* caller feeds stdin with gd_exec_write; else /dev/null */
+    uint32_t window;         /* stdout/stderr credit per stream; 0 = 256 KiB */
+    int manual_ack;          /* caller returns credit with gd_exec_ack; else automatic */
+};
+
+struct gd_exec_cbs {
+    /* stream: 1 stdout, 2 stderr. data is borrowed for the call. */
+    void (*on_output)(gd_exec *x, int stream, const uint8_t *data, size_t n, void *ud);
+    /* the guest granted stdin credit: gd_exec_write may accept more (optional) */
+    void (*on_stdin_credit)(gd_exec *x, size_t credit, void *ud);
+    /* terminal; x is freed after this returns */
+    void (*on_exit)(gd_exec *x, const struct gd_exec_result *r, void *ud);
+};
+
+/* Copies every option it keeps. */
+int gd_exec_start(gd_vm *vm, const struct gd_exec_opts *o, const struct gd_exec_cbs *cbs,
+                  void *ud, gd_exec **out);
+/* Sends up to the granted stdin credit; returns bytes accepted (copied) or negative
+ * errno. eof is sent only with the call that consumes the last byte given. */
+long gd_exec_write(gd_exec *x, const void *data, size_t n, int eof);
+size_t gd_exec_stdin_credit(const gd_exec *x);
+int gd_exec_signal(gd_exec *x, int sig);
+int gd_exec_resize(gd_exec *x, unsigned rows, unsigned cols);
+void gd_exec_ack(gd_exec *x, int stream, size_t n);
+uint32_t gd_exec_id(const gd_exec *x);
+
+/* ---- accelerator ---- */
+
+/* Quick check of the KVM API (open, create a VM and a vCPU). 0 if it looks usable,
+ * else negative errno and why. Does not prove a guest will run: see docs. */
+int gd_kvm_api_probe(char *why, size_t cap);
+/* Cached verdict of a real boot under KVM: 1 works, 0 hangs, -1 unknown. */
+int gd_kvm_cached_verdict(const char *qemu);
+void gd_kvm_record_verdict(const char *qemu, int works);
+
+/* Internal, for tests: a VM whose channel is `fd` (the peer plays the guest), with no
+ * QEMU behind it. */
+int gd__vm_attach_fd(uv_loop_t *loop, int fd, gd_vm **out, gd_vm_ready_cb ready,
+                     gd_vm_exit_cb exit_cb, void *ud);
+
+#endif
