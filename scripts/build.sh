@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Configures and builds into build/ (and, with --asan, build-asan/ with ASan+UBSan).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=$(nproc)
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$jobs" >/dev/null
+if [[ "${1:-}" == "--asan" ]]; then
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGD_SANITIZE=ON >/dev/null
+  cmake --build build-asan -j"$jobs" --target test-unit gd-testclient >/dev/null
+fi
+if [[ "${1:-}" == "--asan" ]] && command -v clang >/dev/null; then
+  CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DGD_FUZZ=ON >/dev/null
+  cmake --build build-fuzz -j"$jobs" --target fuzz-proto >/dev/null
+fi

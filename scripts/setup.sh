@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs exactly the Debian packages that the build, the default guest image and the
+# tests need. Idempotent; prints nothing when everything is present. Run as root.
+set -euo pipefail
+
+arch=$(dpkg --print-architecture)
+case "$arch" in
+  amd64) qemu=qemu-system-x86 ;;
+  arm64) qemu=qemu-system-arm ;;
+  *) echo "setup: unsupported architecture $arch" >&2; exit 1 ;;
+esac
+
+pkgs=(
+  # build
+  cmake gcc make pkg-config musl-tools
+  libuv1-dev libcjson-dev libssl-dev liblz4-dev libarchive-dev libext2fs-dev
+  libluajit-5.1-dev libslirp-dev libglib2.0-dev node-llhttp
+  # run
+  "$qemu" ca-certificates
+  # image builder (apt-get download) and its checks
+  apt e2fsprogs
+  # tests: fuzzing (clang + libFuzzer runtime), PTY driving, integration driver
+  clang libclang-rt-14-dev python3 tmux procps
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  s=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  [[ "$s" == "install ok installed" ]] || missing+=("$p")
+done
+# the image builder resolves packages from apt's lists
+lists=$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' 2>/dev/null | head -1)
+if (( ${#missing[@]} == 0 )) && [[ -n "$lists" ]]; then
+  exit 0
+fi
+if [[ $(id -u) -ne 0 ]]; then
+  echo "setup: missing packages (${missing[*]:-apt lists}); run this script as root" >&2
+  exit 1
+fi
+echo "setup: installing ${missing[*]:-nothing (refreshing apt lists)}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+if (( ${#missing[@]} )); then
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

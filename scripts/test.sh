@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite: packages, warning-free build, unit tests (plain and under
+# ASan+UBSan), a short libFuzzer run over every parser of guest input, and the
+# integration tests that boot real VMs (TCG where KVM is not usable).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$SECONDS
+bash scripts/setup.sh
+echo "== build (warnings are errors; plain, ASan+UBSan, fuzz)"
+bash scripts/build.sh --asan
+
+echo "== unit tests"
+./build/tests/test-unit
+echo "== unit tests under ASan+UBSan"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  ./build-asan/tests/test-unit
+
+if [[ -x build-fuzz/tests/fuzz-proto ]]; then
+  echo "== fuzz: control channel (${GD_FUZZ_SECONDS:-30}s)"
+  mkdir -p build-fuzz/corpus
+  ./build-fuzz/tests/fuzz-proto -max_total_time="${GD_FUZZ_SECONDS:-30}" -max_len=4096 \
+    -print_final_stats=1 build-fuzz/corpus tests/fuzz/seeds 2>&1 | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY' || true
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "fuzzer found a crash"; exit 1; }
+fi
+
+echo "== integration tests (real VMs)"
+python3 tests/integration/test_vm.py build
+echo "== API client under ASan+UBSan against a real VM"
+for m in concurrent stdin close inject; do
+  ASAN_OPTIONS=detect_leaks=1 ./build-asan/tests/gd-testclient "$m"
+done
+echo "== all tests passed in $((SECONDS - start))s"

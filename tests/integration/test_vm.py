@@ -1,0 +1,391 @@
+#!/usr/bin/env python3
+"""Integration tests: boot the default image under real QEMU (TCG here) and check what
+a user of `gondolin` would check. Usage: test_vm.py BUILD_DIR [NAME_FILTER]"""
+import hashlib
+import os
+import pty
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import fcntl
+import struct
+import termios
+
+BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
+FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
+G = os.path.join(BUILD, "gondolin")
+CLIENT = os.path.join(BUILD, "tests", "gd-testclient")
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def run(args, input=None, timeout=120, env=None):
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    return subprocess.run([G] + args, input=input, capture_output=True, timeout=timeout, env=e)
+
+
+def expect(cond, what):
+    if not cond:
+        raise AssertionError(what)
+
+
+def eq(a, b, what=""):
+    if a != b:
+        raise AssertionError(f"{what}: {a!r} != {b!r}")
+
+
+def qemu_pids():
+    out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True).stdout
+    return set(int(p) for p in out.split())
+
+
+def one_line(stderr):
+    lines = [l for l in stderr.decode().splitlines() if l.strip()]
+    eq(len(lines), 1, f"stderr should be one line: {lines}")
+    return lines[0]
+
+
+@test
+def stdout_stderr_exit_code():
+    r = run(["exec", "--", "sh", "-c", "echo out; echo err >&2; exit 42"])
+    eq(r.stdout, b"out\n", "stdout")
+    eq(r.stderr, b"err\n", "stderr")
+    eq(r.returncode, 42, "exit code")
+
+
+@test
+def shell_string_and_argv_forms():
+    r = run(["exec", "-c", "echo $((6*7)) | tr 4 X"])
+    eq(r.stdout, b"X2\n", "shell string")
+    r = run(["exec", "--", "printf", "%s|", "a b", "", "$HOME"])
+    eq(r.stdout, b"a b||$HOME|", "argv passed verbatim")
+
+
+@test
+def stdin_is_streamed():
+    data = os.urandom(3 << 20)
+    r = run(["exec", "--", "sha256sum"], input=data)
+    eq(r.stdout.split()[0].decode(), hashlib.sha256(data).hexdigest(), "sha256 of stdin")
+    eq(r.returncode, 0)
+    r = run(["exec", "--", "wc", "-c"], input=b"")
+    eq(r.stdout.strip(), b"0", "empty stdin gives EOF")
+
+
+@test
+def env_and_cwd():
+    r = run(["exec", "-e", "FOO=bar baz", "--env=EMPTY=", "-w", "/usr/share", "--",
+             "sh", "-c", 'echo "$FOO|$EMPTY|$(pwd)|$HOME"'])
+    eq(r.stdout, b"bar baz||/usr/share|/root\n")
+    r = run(["exec", "-w", "/nonexistent", "--", "true"])
+    eq(r.returncode, 127, "bad cwd")
+    expect(b"/nonexistent" in r.stderr, r.stderr)
+
+
+@test
+def stdout_64mib_checksum_equal():
+    r = run(["exec", "-c", "head -c 67108864 /dev/urandom > /tmp/d && sha256sum /tmp/d >&2 && cat /tmp/d"],
+            timeout=300)
+    eq(r.returncode, 0, r.stderr)
+    eq(len(r.stdout), 64 << 20, "bytes")
+    eq(hashlib.sha256(r.stdout).hexdigest(), r.stderr.split()[0].decode(), "sha256")
+
+
+@test
+def command_not_found_is_127():
+    r = run(["exec", "--", "no-such-command"])
+    eq(r.returncode, 127)
+    expect(b"no-such-command" in r.stderr, r.stderr)
+
+
+@test
+def signal_death_is_128_plus_n():
+    r = run(["exec", "--", "sh", "-c", "kill -9 $$"])
+    eq(r.returncode, 137)
+
+
+@test
+def api_concurrent_execs():
+    r = subprocess.run([CLIENT, "concurrent"], capture_output=True, timeout=120)
+    eq(r.returncode, 0, r.stderr.decode())
+
+
+@test
+def api_stdin_credit():
+    r = subprocess.run([CLIENT, "stdin"], capture_output=True, timeout=120)
+    eq(r.returncode, 0, r.stderr.decode())
+
+
+@test
+def api_output_flow_control():
+    r = subprocess.run([CLIENT, "flow"], capture_output=True, timeout=120)
+    eq(r.returncode, 0, r.stderr.decode() + r.stdout.decode())
+
+
+@test
+def api_signal_running_process():
+    r = subprocess.run([CLIENT, "signal"], capture_output=True, timeout=120)
+    eq(r.returncode, 0, r.stderr.decode())
+
+
+@test
+def api_close_with_processes_running():
+    before = qemu_pids()
+    r = subprocess.run([CLIENT, "close"], capture_output=True, timeout=120)
+    eq(r.returncode, 0, r.stderr.decode())
+    eq(qemu_pids() - before, set(), "QEMU left behind")
+
+
+@test
+def api_malformed_guest_bytes_close_channel():
+    r = subprocess.run([CLIENT, "inject"], capture_output=True, timeout=120)
+    eq(r.returncode, 0, r.stderr.decode())
+
+
+@test
+def cli_forwards_sigterm_to_guest():
+    p = subprocess.Popen([G, "exec", "--", "sh", "-c", "echo started; exec sleep 1000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    expect(p.stdout.readline() == b"started\n", "process did not start")
+    p.send_signal(signal.SIGTERM)
+    eq(p.wait(timeout=30), 143, "exit after SIGTERM")
+
+
+@test
+def sigkill_leaves_no_qemu_behind():
+    before = qemu_pids()
+    tmp = tempfile.mkdtemp()
+    p = subprocess.Popen([G, "exec", "--", "sh", "-c", "echo started; exec sleep 1000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, TMPDIR=tmp))
+    expect(p.stdout.readline() == b"started\n", "process did not start")
+    mine = qemu_pids() - before
+    eq(len(mine), 1, "one QEMU while running")
+    p.kill()
+    p.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and (qemu_pids() & mine):
+        time.sleep(0.1)
+    eq(qemu_pids() & mine, set(), "QEMU orphaned after SIGKILL")
+    eq(os.listdir(tmp), [], "temporary files left")
+    shutil.rmtree(tmp)
+
+
+@test
+def guest_poweroff_mid_exec_is_reported():
+    r = run(["exec", "--", "sh", "-c", "echo before; sync; poweroff -f; sleep 100"])
+    eq(r.stdout, b"before\n")
+    eq(r.returncode, 125)
+    expect(b"VM stopped" in r.stderr or b"guest powered off" in r.stderr, r.stderr)
+
+
+@test
+def guest_panic_mid_exec_is_reported():
+    r = run(["exec", "--", "sh", "-c", "echo 1 > /proc/sys/kernel/sysrq; echo c > /proc/sysrq-trigger; sleep 100"])
+    eq(r.returncode, 125)
+    expect(b"panicked" in r.stderr, r.stderr)
+
+
+@test
+def pty_session_via_pty():
+    """`gondolin bash` on a pty: commands run, resize propagates, Ctrl-D ends, status passes."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(G, [G, "bash"])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    buf = b""
+
+    def read_until(token, timeout=60):
+        nonlocal buf
+        end = time.time() + timeout
+        while token not in buf:
+            if time.time() > end:
+                raise AssertionError(f"timeout waiting for {token!r}; got {buf[-300:]!r}")
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try:
+                    buf += os.read(fd, 4096)
+                except OSError:
+                    break
+        return buf
+
+    read_until(b"# ")
+    os.write(fd, b"stty size; tty; echo mark$((1+1))\r")
+    read_until(b"mark2")
+    expect(b"30 100" in buf, f"initial size: {buf[-200:]!r}")
+    expect(b"/dev/pts/" in buf, "tty")
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 41, 131, 0, 0))
+    time.sleep(0.5)
+    os.write(fd, b"stty size; echo mark$((2+1))\r")
+    read_until(b"mark3")
+    expect(b"41 131" in buf, f"resize not propagated: {buf[-200:]!r}")
+    os.write(fd, b"(exit 5); echo last=$?\r")
+    read_until(b"last=5")
+    os.write(fd, b"(exit 5)\r")
+    time.sleep(1)
+    os.write(fd, b"\x04")  # Ctrl-D: bash exits with the last status
+    _, st = os.waitpid(pid, 0)
+    eq(os.WEXITSTATUS(st), 5, "exit status of the shell")
+    os.close(fd)
+
+
+@test
+def pty_session_under_tmux():
+    if not shutil.which("tmux"):
+        raise AssertionError("tmux not installed")
+    sock = f"gd-test-{os.getpid()}"
+    out = tempfile.mktemp()
+    t = ["tmux", "-L", sock]
+    subprocess.run(t + ["new-session", "-d", "-x", "90", "-y", "25", f"{G} bash; echo EXIT=$? > {out}"], check=True)
+    try:
+        def pane():
+            return subprocess.run(t + ["capture-pane", "-p"], capture_output=True, text=True).stdout
+        end = time.time() + 60
+        while "bash-" not in pane() and time.time() < end:
+            time.sleep(0.3)
+        subprocess.run(t + ["send-keys", "stty size", "Enter"], check=True)
+        time.sleep(1.5)
+        expect("25 90" in pane(), pane())
+        subprocess.run(t + ["send-keys", "exit 3", "Enter"], check=True)
+        end = time.time() + 30
+        while not os.path.exists(out) and time.time() < end:
+            time.sleep(0.2)
+        eq(open(out).read().strip(), "EXIT=3")
+    finally:
+        subprocess.run(t + ["kill-server"], capture_output=True)
+        if os.path.exists(out):
+            os.unlink(out)
+
+
+@test
+def exec_tty_flag():
+    r = run(["exec", "-t", "--", "sh", "-c", "tty; echo err >&2"])
+    expect(r.stdout.startswith(b"/dev/pts/"), r.stdout)
+    expect(b"err" in r.stdout, "stderr goes to the pty")
+
+
+@test
+def image_is_never_modified():
+    img = os.path.expanduser("~/.cache/gondolin/images/default-x86_64/rootfs.ext4")
+    before = hashlib.sha256(open(img, "rb").read()).hexdigest()
+    r = run(["exec", "--", "sh", "-c", "echo x > /etc/newfile && rm -rf /usr/share/ca-certificates && cat /etc/newfile"])
+    eq(r.stdout, b"x\n", r.stderr)
+    eq(hashlib.sha256(open(img, "rb").read()).hexdigest(), before, "rootfs.ext4 changed")
+    r = run(["exec", "--", "ls", "/etc/newfile"])
+    eq(r.returncode, 2, "writes must not persist across VMs")
+
+
+@test
+def bad_cli_input_one_line():
+    for args, code in [(["exec", "--bogus"], 2), (["exec", "--memory", "lots", "--", "true"], 2),
+                       (["exec", "--cpus", "0", "--", "true"], 2), (["exec"], 2),
+                       (["exec", "--accel", "xen", "--", "true"], 2), (["frobnicate"], 2),
+                       (["exec", "-e", "NOEQUALS", "--", "true"], 2), (["exec", "true"], 2)]:
+        r = run(args)
+        eq(r.returncode, code, f"{args}")
+        expect(one_line(r.stderr).startswith("gondolin: "), r.stderr)
+    r = run(["exec", "--image", "/nonexistent", "--", "true"])
+    eq(r.returncode, 125)
+    expect("manifest.json" in one_line(r.stderr), r.stderr)
+
+
+@test
+def corrupt_image_names_the_file():
+    src = os.path.expanduser("~/.cache/gondolin/images/default-x86_64")
+    tmp = tempfile.mkdtemp()
+    try:
+        for f in ["manifest.json", "vmlinux", "vmlinuz", "initramfs.cpio.lz4", "rootfs.ext4"]:
+            shutil.copy(os.path.join(src, f), tmp)
+        with open(os.path.join(tmp, "initramfs.cpio.lz4"), "r+b") as f:
+            f.seek(1000)
+            b = f.read(1)
+            f.seek(1000)
+            f.write(bytes([b[0] ^ 0x20]))
+        r = run(["exec", "--image", tmp, "--", "true"])
+        eq(r.returncode, 125)
+        line = one_line(r.stderr)
+        expect("initramfs.cpio.lz4" in line and "sha256 mismatch" in line, line)
+    finally:
+        shutil.rmtree(tmp)
+
+
+@test
+def start_timeout_has_clear_error():
+    r = run(["exec", "--", "true"], env={"GONDOLIN_START_TIMEOUT_MS": "200"})
+    eq(r.returncode, 125)
+    expect("did not start within 200 ms" in one_line(r.stderr), r.stderr)
+
+
+@test
+def help_and_version():
+    r = run(["--version"])
+    expect(r.stdout.startswith(b"gondolin "), r.stdout)
+    for cmd in ["exec", "bash", "build", "doctor"]:
+        r = run([cmd, "--help"])
+        eq(r.returncode, 0, cmd)
+        expect(b"usage: gondolin " + cmd.encode() in r.stdout, r.stdout)
+
+
+@test
+def doctor_reports():
+    r = run(["doctor"])
+    expect(b"qemu" in r.stdout and b"image" in r.stdout, r.stdout)
+    eq(r.returncode, 0, r.stdout.decode())
+
+
+@test
+def twenty_consecutive_boots():
+    for i in range(20):
+        r = run(["exec", "--", "true"], timeout=60)
+        eq(r.returncode, 0, f"boot {i}: {r.stderr!r}")
+
+
+@test
+def default_image_build_is_reproducible():
+    cur = os.path.expanduser("~/.cache/gondolin/images/default-x86_64/manifest.json")
+    import json
+    want = json.load(open(cur))["buildId"]
+    tmp = tempfile.mkdtemp()
+    try:
+        out = os.path.join(tmp, "img")
+        r = subprocess.run([G, "build", "--default", "--output", out], capture_output=True, timeout=600)
+        eq(r.returncode, 0, r.stderr.decode())
+        eq(json.load(open(os.path.join(out, "manifest.json")))["buildId"], want, "buildId")
+        e = subprocess.run(["e2fsck", "-fn", os.path.join(out, "rootfs.ext4")], capture_output=True)
+        eq(e.returncode, 0, e.stdout.decode())
+    finally:
+        shutil.rmtree(tmp)
+
+
+def main():
+    # the default image is built on first use; do it before timing-sensitive tests
+    r = subprocess.run([G, "exec", "--", "true"], capture_output=True, timeout=900)
+    if r.returncode != 0:
+        print("cannot boot the default image:", r.stderr.decode())
+        return 1
+    passed = failed = 0
+    for t in TESTS:
+        if FILTER and FILTER not in t.__name__:
+            continue
+        start = time.time()
+        try:
+            t()
+            passed += 1
+            print(f"ok   {t.__name__} ({time.time() - start:.1f}s)", flush=True)
+        except Exception as e:  # noqa: BLE001 - report every failure and go on
+            failed += 1
+            print(f"FAIL {t.__name__}: {e}", flush=True)
+    print(f"{passed + failed} integration tests, {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
