@@ -61,6 +61,16 @@ static void die(const char *what)
 }
 
 static char cmdline[4096];
+static int debug;
+
+static void step(const char *what)
+{
+    if (!debug)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    msg("gondolin-init: %ld.%03ld %s", (long)ts.tv_sec, ts.tv_nsec / 1000000, what);
+}
 
 static const char *karg(const char *key)
 {
@@ -94,6 +104,7 @@ static void load_modules(void)
         }
         if (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)
             msg("gondolin-init: load %s: %s", line, strerror(errno));
+        step(line);
         close(fd);
     }
     fclose(f);
@@ -123,8 +134,10 @@ int main(void)
     }
     if (karg("gondolin.poweroff"))
         halt_now();
-
+    debug = karg("gondolin.debug") != NULL;
+    step("start");
     load_modules();
+    step("modules loaded");
 
     const char *root = karg("gondolin.root");
     char rootdev[64];
@@ -133,6 +146,7 @@ int main(void)
     if (!rootdev[0])
         strcpy(rootdev, "/dev/vda");
     wait_for(rootdev, 10000);
+    step("root device present");
 
     mkdir("/lower", 0755);
     mkdir("/rw", 0755);
@@ -163,6 +177,7 @@ int main(void)
     if (access("/dev/ptmx", F_OK) != 0)
         symlink("pts/ptmx", "/dev/ptmx");
 
+    step("root switched");
     char *argv[] = {(char *)"sandboxd", NULL};
     char *envp[] = {NULL};
     execve(AGENT, argv, envp);

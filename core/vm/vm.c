@@ -183,7 +183,8 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
              o->qemu ? o->qemu
                      : (!strcmp(vm->img.arch, "aarch64") ? "qemu-system-aarch64"
                                                          : "qemu-system-x86_64"));
-    vm->append = o->append ? strdup(o->append) : NULL;
+    const char *append = o->append ? o->append : getenv("GONDOLIN_APPEND");
+    vm->append = append ? strdup(append) : NULL;
     vm->o.append = vm->append;
     const char *accel = o->accel && *o->accel ? o->accel : getenv("GONDOLIN_ACCEL");
     if (!accel || !*accel || !strcmp(accel, "auto")) {
@@ -711,6 +712,8 @@ static void on_raw_ready(uv_poll_t *p, int status, int events)
     vm->state = VM_READY;
     close_handle(vm, (uv_handle_t *)&vm->timer, &vm->timer_open);
     close_handle(vm, (uv_handle_t *)p, &vm->raw_poll_open);
+    int fl = fcntl(vm->raw_fd, F_GETFL); /* uv_poll made it non-blocking */
+    fcntl(vm->raw_fd, F_SETFL, fl & ~O_NONBLOCK);
     fire_ready(vm, 0);
 }
 
@@ -789,10 +792,6 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
     ARG("file=%s,format=raw,if=none,id=root,readonly=on,cache=unsafe", vm->img.rootfs);
     ARG("-device");
     ARG("virtio-blk-device,drive=root");
-    ARG("-object");
-    ARG("rng-random,filename=/dev/urandom,id=rng0");
-    ARG("-device");
-    ARG("virtio-rng-device,rng=rng0");
     ARG("-chardev");
     ARG("socket,id=ctl,fd=3");
     ARG("-device");

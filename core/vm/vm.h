@@ -55,7 +55,7 @@ const char *gd_vm_error(const gd_vm *vm);      /* last error, "" if none */
 const char *gd_vm_accel(const gd_vm *vm);      /* "kvm" or "tcg" once started */
 const char *gd_vm_agent(const gd_vm *vm);      /* agent version from HELLO */
 const char *gd_vm_console_tail(const gd_vm *vm); /* sanitized guest console tail */
-int gd_vm_raw_fd(gd_vm *vm);                   /* rawecho mode: the channel fd */
+int gd_vm_raw_fd(gd_vm *vm); /* rawecho mode, once ready: the channel fd (blocking) */
 
 /* Echo round trip through the agent (framing + dispatch); cb(status) when PONG
  * arrives. One outstanding ping at a time. */
