@@ -653,8 +653,13 @@ static int pump_output(struct sess *s, int i)
     return (int)n;
 }
 
-static void reap(void)
+static void reap(int sfd)
 {
+    /* drain the signalfd, or poll() reports it readable forever (a busy loop that
+     * steals the guest CPU from the very processes we run) */
+    struct signalfd_siginfo si[16];
+    while (read(sfd, si, sizeof(si)) > 0) {
+    }
     int st;
     pid_t pid;
     while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
@@ -867,7 +872,7 @@ int main(void)
             power_off();
         }
         if (pfd[1].revents)
-            reap();
+            reap(sfd);
         for (int k = 2; k < np; k++) {
             if (!pfd[k].revents)
                 continue;
