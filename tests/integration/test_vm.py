@@ -325,6 +325,46 @@ def start_timeout_has_clear_error():
 
 
 @test
+def kvm_hang_falls_back_to_tcg_once():
+    """A host where KVM opens but the guest hangs: the watchdog kills that boot, says so
+    in one line, boots under TCG, and remembers the verdict."""
+    tmp = tempfile.mkdtemp()
+    try:
+        fake = os.path.join(tmp, "qemu-fake")
+        real = shutil.which("qemu-system-x86_64")
+        with open(fake, "w") as f:
+            f.write(f'#!/bin/sh\ncase "$*" in *accel=kvm*) exec sleep 600;; esac\nexec {real} "$@"\n')
+        os.chmod(fake, 0o755)
+        img = os.path.expanduser("~/.cache/gondolin/images/default-x86_64")
+        env = {"GONDOLIN_QEMU": fake, "GONDOLIN_ASSUME_KVM_API": "1", "XDG_CACHE_HOME": tmp,
+               "GONDOLIN_KVM_WATCHDOG_MS": "1500"}
+        r = run(["exec", "--image", img, "--", "echo", "ran"], env=env)
+        eq(r.stdout, b"ran\n", r.stderr)
+        expect(b"did not boot the guest within 1500 ms; using TCG" in r.stderr, r.stderr)
+        expect(open(os.path.join(tmp, "gondolin", "kvm-verdict")).read().startswith("0 "), "verdict")
+        r = run(["exec", "--image", img, "--", "echo", "again"], env=env)
+        eq(r.stdout, b"again\n")
+        eq(r.stderr, b"", "second run must not retry KVM")
+    finally:
+        shutil.rmtree(tmp)
+
+
+@test
+def qemu_failure_shows_its_stderr():
+    env = {}
+    if os.path.exists("/dev/kvm"):
+        env = {"GONDOLIN_QEMU": "/bin/false"}
+        r = run(["exec", "--", "true"], env=env)
+        eq(r.returncode, 125)
+        expect("QEMU exit" in one_line(r.stderr), r.stderr)
+        return
+    r = run(["exec", "--accel", "kvm", "--", "true"])
+    eq(r.returncode, 125)
+    line = one_line(r.stderr)
+    expect("qemu:" in line and "KVM" in line, line)
+
+
+@test
 def help_and_version():
     r = run(["--version"])
     expect(r.stdout.startswith(b"gondolin "), r.stdout)
