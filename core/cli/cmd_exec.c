@@ -282,7 +282,7 @@ static void exec_usage(int pty)
            "  -e, --env K=V       set an environment variable (repeatable)\n"
            "  -w, --cwd DIR       working directory in the guest\n"
            "  --memory SIZE       guest memory, e.g. 512M, 2G (default 1G)\n"
-           "  --cpus N            virtual CPUs (default 1)\n"
+           "  --cpus N            virtual CPUs (default 2)\n"
            "  --accel kvm|tcg|auto  accelerator (default auto: KVM if it really works)\n"
            "  -v, --verbose       print the QEMU command line\n");
     if (!pty)

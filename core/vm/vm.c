@@ -171,7 +171,7 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
     if (!vm->o.memory_mb)
         vm->o.memory_mb = 1024;
     if (!vm->o.cpus)
-        vm->o.cpus = 1;
+        vm->o.cpus = 2; /* as the reference; MTTCG runs them on two host threads */
     if (vm->o.memory_mb < 128 || vm->o.memory_mb > 1024 * 1024) {
         rc = gd_err_set(err, -EINVAL, "memory must be between 128 MiB and 1 TiB");
         goto fail;
@@ -395,6 +395,23 @@ static void on_pid_exit(uv_poll_t *p, int status, int events)
     vm->status = st;
     close_handle(vm, (uv_handle_t *)&vm->pid_poll, &vm->pid_poll_open);
     close_handle(vm, (uv_handle_t *)&vm->kill_timer, &vm->kill_timer_open);
+    if (vm->state == VM_STARTING && vm->accel_auto) {
+        /* QEMU died while trying KVM (e.g. "KVM internal error"): same verdict as a hang */
+        char tail[512];
+        tail_get(&vm->err_tail, tail, sizeof(tail), 2);
+        fprintf(stderr,
+                "gondolin: KVM is present but QEMU failed under it (%s); using TCG "
+                "(remembered; --accel kvm to force)\n",
+                tail[0] ? tail : "no message");
+        gd_kvm_record_verdict(vm->qemu, 0);
+        vm->accel_auto = 0;
+        strcpy(vm->accel, "tcg");
+        vm->relaunch = 1;
+        close_handle(vm, (uv_handle_t *)&vm->errp, &vm->errp_open);
+        close_handle(vm, (uv_handle_t *)&vm->conp, &vm->conp_open);
+        vm_stop(vm, SIGKILL);
+        return;
+    }
     if (vm->state != VM_STOPPING) {
         char tail[1024], ctail[1024];
         tail_get(&vm->err_tail, tail, sizeof(tail), 6);

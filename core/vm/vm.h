@@ -24,7 +24,7 @@ struct gd_vm_opts {
     const char *image_dir;     /* required: directory with manifest.json (borrowed) */
     const char *accel;         /* "kvm", "tcg" or NULL/"auto" */
     unsigned memory_mb;        /* 0 = 1024 */
-    unsigned cpus;             /* 0 = 1 */
+    unsigned cpus;             /* 0 = 2 */
     unsigned start_timeout_ms; /* 0 = 60000 (or GONDOLIN_START_TIMEOUT_MS) */
     const char *qemu;          /* NULL = qemu-system-<arch> from PATH */
     const char *append;        /* extra kernel arguments, or NULL */

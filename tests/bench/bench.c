@@ -55,6 +55,8 @@ static int bare_mode;
 static gd_vm *new_vm(int rawecho)
 {
     struct gd_vm_opts o = {.image_dir = image, .rawecho = rawecho, .bare = bare_mode};
+    if (getenv("GD_BENCH_CPUS"))
+        o.cpus = (unsigned)atoi(getenv("GD_BENCH_CPUS"));
     struct gd_err err;
     gd_vm *vm;
     if (gd_vm_new(loop, &o, &vm, &err)) {

@@ -350,6 +350,27 @@ def kvm_hang_falls_back_to_tcg_once():
 
 
 @test
+def kvm_crash_falls_back_to_tcg():
+    """QEMU exits under KVM (emulation failure) instead of hanging: same fallback."""
+    tmp = tempfile.mkdtemp()
+    try:
+        fake = os.path.join(tmp, "qemu-fake")
+        real = shutil.which("qemu-system-x86_64")
+        with open(fake, "w") as f:
+            f.write('#!/bin/sh\ncase "$*" in *accel=kvm*) echo "KVM internal error. Suberror: 1" >&2; exit 1;; esac\n'
+                    f'exec {real} "$@"\n')
+        os.chmod(fake, 0o755)
+        img = os.path.expanduser("~/.cache/gondolin/images/default-x86_64")
+        env = {"GONDOLIN_QEMU": fake, "GONDOLIN_ASSUME_KVM_API": "1", "XDG_CACHE_HOME": tmp}
+        r = run(["exec", "--image", img, "--", "echo", "ran"], env=env)
+        eq(r.stdout, b"ran\n", r.stderr)
+        expect(b"QEMU failed under it (KVM internal error. Suberror: 1); using TCG" in r.stderr, r.stderr)
+        eq(r.returncode, 0)
+    finally:
+        shutil.rmtree(tmp)
+
+
+@test
 def qemu_failure_shows_its_stderr():
     env = {}
     if os.path.exists("/dev/kvm"):
