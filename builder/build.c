@@ -98,29 +98,6 @@ int gd_copy_file(const char *src, const char *dst, unsigned mode)
     return rc;
 }
 
-int gd_sha256_file(const char *path, char hex[65])
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
-    static __thread unsigned char buf[1 << 16];
-    ssize_t n;
-    while ((n = read(fd, buf, sizeof(buf))) > 0)
-        EVP_DigestUpdate(c, buf, (size_t)n);
-    close(fd);
-    unsigned char md[32];
-    unsigned int ml = 0;
-    EVP_DigestFinal_ex(c, md, &ml);
-    EVP_MD_CTX_free(c);
-    if (n < 0)
-        return -EIO;
-    for (int i = 0; i < 32; i++)
-        sprintf(hex + 2 * i, "%02x", md[i]);
-    return 0;
-}
-
 static void sha256_str(const char *s, unsigned char md[32])
 {
     unsigned int ml;
@@ -154,11 +131,6 @@ static int exists(const char *root, const char *rel)
     return lstat(p, &st) == 0;
 }
 
-static int cmpstr(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* What update-ca-certificates would have done: one PEM bundle, sorted. */
 static int make_ca_bundle(const char *root)
 {
@@ -167,32 +139,20 @@ static int make_ca_bundle(const char *root)
     snprintf(out, sizeof(out), "%s/etc/ssl/certs", root);
     gd_mkdir_p(out, 0755);
     snprintf(out, sizeof(out), "%s/etc/ssl/certs/ca-certificates.crt", root);
-    DIR *d = opendir(dir);
-    if (!d)
+    char **v;
+    size_t n;
+    if (gd_dir_list(dir, &v, &n))
         return 0; /* no ca-certificates in this image */
-    char **v = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        size_t l = strlen(de->d_name);
-        if (l < 5 || strcmp(de->d_name + l - 4, ".crt"))
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 256;
-            char **nv = realloc(v, cap * sizeof(char *));
-            if (!nv)
-                break;
-            v = nv;
-        }
-        v[n++] = strdup(de->d_name);
-    }
-    closedir(d);
-    qsort(v, n, sizeof(char *), cmpstr);
     FILE *f = fopen(out, "we");
-    if (!f)
+    if (!f) {
+        gd_dir_list_free(v, n);
         return -errno;
+    }
     for (size_t i = 0; i < n; i++) {
         char p[4096 + 256], buf[8192];
+        size_t l = strlen(v[i]);
+        if (l < 5 || strcmp(v[i] + l - 4, ".crt"))
+            continue;
         snprintf(p, sizeof(p), "%s/%s", dir, v[i]);
         FILE *c = fopen(p, "re");
         if (c) {
@@ -201,9 +161,8 @@ static int make_ca_bundle(const char *root)
                 fwrite(buf, 1, r, f);
             fclose(c);
         }
-        free(v[i]);
     }
-    free(v);
+    gd_dir_list_free(v, n);
     return fclose(f) ? -errno : 0;
 }
 

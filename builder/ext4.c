@@ -37,59 +37,11 @@ struct acct {
     uint64_t blocks, inodes;
 };
 
-static int cmpstr(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Sorted list of names in a directory (byte order: locale-independent). */
-static int list_dir(const char *path, char ***out, size_t *n)
-{
-    DIR *d = opendir(path);
-    if (!d)
-        return -errno;
-    char **v = NULL;
-    size_t cnt = 0, cap = 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        if (cnt == cap) {
-            cap = cap ? cap * 2 : 32;
-            char **nv = realloc(v, cap * sizeof(*v));
-            if (!nv)
-                goto oom;
-            v = nv;
-        }
-        if (!(v[cnt] = strdup(de->d_name)))
-            goto oom;
-        cnt++;
-    }
-    closedir(d);
-    qsort(v, cnt, sizeof(*v), cmpstr);
-    *out = v;
-    *n = cnt;
-    return 0;
-oom:
-    closedir(d);
-    for (size_t i = 0; i < cnt; i++)
-        free(v[i]);
-    free(v);
-    return -ENOMEM;
-}
-
-static void free_list(char **v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        free(v[i]);
-    free(v);
-}
-
 static int measure(const char *path, struct acct *a)
 {
     char **names;
     size_t n;
-    int rc = list_dir(path, &names, &n);
+    int rc = gd_dir_list(path, &names, &n);
     if (rc)
         return rc;
     a->blocks += 1 + n / 64;
@@ -109,7 +61,7 @@ static int measure(const char *path, struct acct *a)
         else if (S_ISDIR(st.st_mode))
             rc = measure(p, a);
     }
-    free_list(names, n);
+    gd_dir_list_free(names, n);
     return rc;
 }
 
@@ -292,7 +244,7 @@ static int walk(struct w *w, const char *path, ext2_ino_t dir)
 {
     char **names;
     size_t n;
-    int rc = list_dir(path, &names, &n);
+    int rc = gd_dir_list(path, &names, &n);
     if (rc)
         return gd_err_set(w->err, rc, "ext4: read dir %s: %s", path, strerror(-rc));
     for (size_t i = 0; i < n && !rc; i++) {
@@ -351,7 +303,7 @@ static int walk(struct w *w, const char *path, ext2_ino_t dir)
             rc = write_special(w, dir, name, p, &st);
         }
     }
-    free_list(names, n);
+    gd_dir_list_free(names, n);
     return rc;
 }
 

@@ -374,37 +374,16 @@ static la_ssize_t mem_write(struct archive *a, void *ud, const void *buf, size_t
     return (la_ssize_t)n;
 }
 
-static int cmpstr(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 static int cpio_walk(struct archive *a, const char *root, const char *rel, int64_t *ino,
                      struct gd_err *err)
 {
     char dir[2048];
     snprintf(dir, sizeof(dir), "%s%s%s", root, rel[0] ? "/" : "", rel);
-    DIR *d = opendir(dir);
-    if (!d)
-        return gd_err_set(err, -errno, "initramfs: %s: %s", dir, strerror(errno));
-    char **names = NULL;
-    size_t n = 0, cap = 0;
-    struct dirent *de;
-    while ((de = readdir(d))) {
-        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
-            continue;
-        if (n == cap) {
-            cap = cap ? cap * 2 : 32;
-            char **nn = realloc(names, cap * sizeof(char *));
-            if (!nn)
-                break;
-            names = nn;
-        }
-        names[n++] = strdup(de->d_name);
-    }
-    closedir(d);
-    if (n)
-        qsort(names, n, sizeof(char *), cmpstr);
+    char **names;
+    size_t n;
+    int lrc = gd_dir_list(dir, &names, &n);
+    if (lrc)
+        return gd_err_set(err, lrc, "initramfs: %s: %s", dir, strerror(-lrc));
     int rc = 0;
     for (size_t i = 0; i < n && !rc; i++) {
         char r2[2048], full[4096];
@@ -449,9 +428,7 @@ static int cpio_walk(struct archive *a, const char *root, const char *rel, int64
         if (!rc && S_ISDIR(st.st_mode))
             rc = cpio_walk(a, root, r2, ino, err);
     }
-    for (size_t i = 0; i < n; i++)
-        free(names[i]);
-    free(names);
+    gd_dir_list_free(names, n);
     return rc;
 }
 

@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "image.h"
 
+#include "base/fs.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -60,31 +62,6 @@ int gd_guest_bin_dir(char *buf, size_t cap)
         }
     }
     return -ENOENT;
-}
-
-static int sha256_file(const char *path, char hex[65])
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
-    unsigned char *buf = malloc(1 << 20);
-    ssize_t n = -1;
-    if (buf)
-        while ((n = read(fd, buf, 1 << 20)) > 0)
-            EVP_DigestUpdate(c, buf, (size_t)n);
-    free(buf);
-    close(fd);
-    unsigned char md[32];
-    unsigned ml;
-    EVP_DigestFinal_ex(c, md, &ml);
-    EVP_MD_CTX_free(c);
-    if (n < 0)
-        return -EIO;
-    for (int i = 0; i < 32; i++)
-        sprintf(hex + 2 * i, "%02x", md[i]);
-    return 0;
 }
 
 static const char *const asset_keys[] = {"kernel", "bzImage", "initramfs", "rootfs"};
@@ -172,7 +149,7 @@ int gd_image_load(const char *dir, int verify, struct gd_image *img, struct gd_e
     }
     for (int i = 0; i < 4; i++) {
         char hex[65];
-        if ((rc = sha256_file(dst[i], hex))) {
+        if ((rc = gd_sha256_file(dst[i], hex))) {
             rc = gd_err_set(err, rc, "image %s: cannot read %s", dir, dst[i]);
             goto out;
         }

@@ -324,20 +324,27 @@ def start_timeout_has_clear_error():
     expect("did not start within 200 ms" in one_line(r.stderr), r.stderr)
 
 
+def fake_kvm_qemu(tmp, kvm_branch):
+    """A QEMU wrapper that does `kvm_branch` (shell) when asked for KVM and runs the real
+    QEMU otherwise, plus the env that makes auto mode try KVM with it."""
+    fake = os.path.join(tmp, "qemu-fake")
+    real = shutil.which("qemu-system-x86_64")
+    with open(fake, "w") as f:
+        f.write(f'#!/bin/sh\ncase "$*" in *accel=kvm*) {kvm_branch};; esac\nexec {real} "$@"\n')
+    os.chmod(fake, 0o755)
+    img = os.path.expanduser("~/.cache/gondolin/images/default-x86_64")
+    env = {"GONDOLIN_QEMU": fake, "GONDOLIN_ASSUME_KVM_API": "1", "XDG_CACHE_HOME": tmp}
+    return img, env
+
+
 @test
 def kvm_hang_falls_back_to_tcg_once():
     """A host where KVM opens but the guest hangs: the watchdog kills that boot, says so
     in one line, boots under TCG, and remembers the verdict."""
     tmp = tempfile.mkdtemp()
     try:
-        fake = os.path.join(tmp, "qemu-fake")
-        real = shutil.which("qemu-system-x86_64")
-        with open(fake, "w") as f:
-            f.write(f'#!/bin/sh\ncase "$*" in *accel=kvm*) exec sleep 600;; esac\nexec {real} "$@"\n')
-        os.chmod(fake, 0o755)
-        img = os.path.expanduser("~/.cache/gondolin/images/default-x86_64")
-        env = {"GONDOLIN_QEMU": fake, "GONDOLIN_ASSUME_KVM_API": "1", "XDG_CACHE_HOME": tmp,
-               "GONDOLIN_KVM_WATCHDOG_MS": "1500"}
+        img, env = fake_kvm_qemu(tmp, "exec sleep 600")
+        env["GONDOLIN_KVM_WATCHDOG_MS"] = "1500"
         r = run(["exec", "--image", img, "--", "echo", "ran"], env=env)
         eq(r.stdout, b"ran\n", r.stderr)
         expect(b"did not boot the guest within 1500 ms; using TCG" in r.stderr, r.stderr)
@@ -354,14 +361,7 @@ def kvm_crash_falls_back_to_tcg():
     """QEMU exits under KVM (emulation failure) instead of hanging: same fallback."""
     tmp = tempfile.mkdtemp()
     try:
-        fake = os.path.join(tmp, "qemu-fake")
-        real = shutil.which("qemu-system-x86_64")
-        with open(fake, "w") as f:
-            f.write('#!/bin/sh\ncase "$*" in *accel=kvm*) echo "KVM internal error. Suberror: 1" >&2; exit 1;; esac\n'
-                    f'exec {real} "$@"\n')
-        os.chmod(fake, 0o755)
-        img = os.path.expanduser("~/.cache/gondolin/images/default-x86_64")
-        env = {"GONDOLIN_QEMU": fake, "GONDOLIN_ASSUME_KVM_API": "1", "XDG_CACHE_HOME": tmp}
+        img, env = fake_kvm_qemu(tmp, 'echo "KVM internal error. Suberror: 1" >&2; exit 1')
         r = run(["exec", "--image", img, "--", "echo", "ran"], env=env)
         eq(r.stdout, b"ran\n", r.stderr)
         expect(b"QEMU failed under it (KVM internal error. Suberror: 1); using TCG" in r.stderr, r.stderr)

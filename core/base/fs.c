@@ -1,0 +1,88 @@
+#define _GNU_SOURCE
+#include "fs.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int gd_sha256_file(const char *path, char hex[65])
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    unsigned char *buf = malloc(1 << 20);
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    if (!buf || !c) {
+        free(buf);
+        EVP_MD_CTX_free(c);
+        close(fd);
+        return -ENOMEM;
+    }
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    ssize_t n;
+    while ((n = read(fd, buf, 1 << 20)) > 0)
+        EVP_DigestUpdate(c, buf, (size_t)n);
+    int err = n < 0 ? -errno : 0;
+    close(fd);
+    free(buf);
+    unsigned char md[32];
+    unsigned int ml = 0;
+    EVP_DigestFinal_ex(c, md, &ml);
+    EVP_MD_CTX_free(c);
+    if (err)
+        return err;
+    for (int i = 0; i < 32; i++)
+        sprintf(hex + 2 * i, "%02x", md[i]);
+    return 0;
+}
+
+static int cmpstr(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+int gd_dir_list(const char *path, char ***out, size_t *n)
+{
+    DIR *d = opendir(path);
+    if (!d)
+        return -errno;
+    char **v = NULL;
+    size_t cnt = 0, cap = 0;
+    struct dirent *de;
+    while ((de = readdir(d))) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, ".."))
+            continue;
+        if (cnt == cap) {
+            cap = cap ? cap * 2 : 32;
+            char **nv = realloc(v, cap * sizeof(*v));
+            if (!nv)
+                goto oom;
+            v = nv;
+        }
+        if (!(v[cnt] = strdup(de->d_name)))
+            goto oom;
+        cnt++;
+    }
+    closedir(d);
+    if (cnt)
+        qsort(v, cnt, sizeof(*v), cmpstr);
+    *out = v;
+    *n = cnt;
+    return 0;
+oom:
+    closedir(d);
+    gd_dir_list_free(v, cnt);
+    return -ENOMEM;
+}
+
+void gd_dir_list_free(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
