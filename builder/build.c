@@ -19,9 +19,9 @@
 
 /* The default image's userland, and the kernel metapackage per architecture. */
 static const char *const default_packages[] = {
-    "base-files", "bash", "dash",    "coreutils", "busybox-static", "ca-certificates",
-    "curl",       "python3", "grep", "sed",       "findutils",      "gzip",
-    "tar",        "less",    NULL,
+    "base-files",      "bash", "dash",    "coreutils", "busybox-static",
+    "ca-certificates", "curl", "python3", "grep",      "sed",
+    "findutils",       "gzip", "tar",     "less",      NULL,
 };
 /* No virtio_rng: the guest CPU has RDRAND (KVM: host; TCG: -cpu max), which seeds the
  * kernel's CRNG at once; the module and device cost ~20 ms of boot under TCG. */
@@ -29,10 +29,11 @@ static const char *const guest_modules[] = {"virtio_mmio", "virtio_blk", "virtio
                                             "overlay", NULL};
 /* busybox applets linked where no package provides the command */
 static const char *const busybox_applets[] = {
-    "ps",     "top",  "free", "vi",       "ip",    "ifconfig", "ping",   "wget",  "nc",
-    "poweroff", "reboot", "halt", "mount", "umount", "hostname", "xxd",   "which", "killall",
-    "pgrep",  "pkill", "lsmod", "dmesg", "uptime", "watch",    "unzip",  "awk",   "diff",
-    "xargs",  "find", "sleep", "more",  "clear", "reset",    "stty",   "tr",    "od", NULL,
+    "ps",    "top",      "free",   "vi",    "ip",    "ifconfig", "ping",     "wget",
+    "nc",    "poweroff", "reboot", "halt",  "mount", "umount",   "hostname", "xxd",
+    "which", "killall",  "pgrep",  "pkill", "lsmod", "dmesg",    "uptime",   "watch",
+    "unzip", "awk",      "diff",   "xargs", "find",  "sleep",    "more",     "clear",
+    "reset", "stty",     "tr",     "od",    NULL,
 };
 #define IMAGE_TIMESTAMP 1704067200u /* 2024-01-01: fixed so builds are reproducible */
 
@@ -171,10 +172,11 @@ static int finish_rootfs(const char *root, const char *guest_dir, struct gd_err 
     static const struct {
         const char *rel;
         unsigned mode;
-    } dirs[] = {{"dev", 0755},    {"proc", 0555},     {"sys", 0555},  {"run", 0755},
-                {"tmp", 01777},   {"mnt", 0755},      {"root", 0700}, {"home", 0755},
-                {"var/tmp", 01777}, {"var/log", 0755}, {"etc/gondolin", 0755},
-                {"usr/libexec/gondolin", 0755}, {"usr/local/bin", 0755}};
+    } dirs[] = {{"dev", 0755},          {"proc", 0555},         {"sys", 0555},
+                {"run", 0755},          {"tmp", 01777},         {"mnt", 0755},
+                {"root", 0700},         {"home", 0755},         {"var/tmp", 01777},
+                {"var/log", 0755},      {"etc/gondolin", 0755}, {"usr/libexec/gondolin", 0755},
+                {"usr/local/bin", 0755}};
     char p[4096], q[4096];
     for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
         snprintf(p, sizeof(p), "%s/%s", root, dirs[i].rel);
@@ -197,8 +199,9 @@ static int finish_rootfs(const char *root, const char *guest_dir, struct gd_err 
                      "root:x:0:\ntty:x:5:\nstaff:x:50:\nusers:x:100:\nnogroup:x:65534:\n", 0644);
     rc |= write_text(root, "etc/shadow", "root:*:19723:0:99999:7:::\n", 0640);
     rc |= write_text(root, "etc/hostname", "gondolin\n", 0644);
-    rc |= write_text(root, "etc/hosts", "127.0.0.1\tlocalhost\n127.0.1.1\tgondolin\n"
-                                        "::1\tlocalhost ip6-localhost ip6-loopback\n",
+    rc |= write_text(root, "etc/hosts",
+                     "127.0.0.1\tlocalhost\n127.0.1.1\tgondolin\n"
+                     "::1\tlocalhost ip6-localhost ip6-loopback\n",
                      0644);
     if (!exists(root, "etc/profile"))
         rc |= write_text(root, "etc/profile",
@@ -270,8 +273,8 @@ static int build_initramfs(const char *kroot, const char *kver, const char *gues
     char dir[4096], p[4096], q[4096 + 300], moddir[4096];
     snprintf(dir, sizeof(dir), "%s/initramfs", work);
     gd_rm_rf(dir);
-    static const char *const sub[] = {"dev", "proc", "sys", "etc/gondolin", "lib/modules",
-                                      "lower", "rw", "newroot"};
+    static const char *const sub[] = {"dev",         "proc",  "sys", "etc/gondolin",
+                                      "lib/modules", "lower", "rw",  "newroot"};
     for (size_t i = 0; i < sizeof(sub) / sizeof(sub[0]); i++) {
         snprintf(p, sizeof(p), "%s/%s", dir, sub[i]);
         gd_mkdir_p(p, 0755);
@@ -314,8 +317,8 @@ static void progress(const struct gd_build_opts *o, const char *what, const char
     fprintf(stderr, "gondolin: build: %s %s\n", what, arg);
 }
 
-static int add_asset(cJSON *assets, const char *key, const char *dir, const char *file,
-                     char *ids, size_t cap, struct gd_err *err)
+static int add_asset(cJSON *assets, const char *key, const char *dir, const char *file, char *ids,
+                     size_t cap, struct gd_err *err)
 {
     char p[4096], hex[65];
     snprintf(p, sizeof(p), "%s/%s", dir, file);
@@ -448,10 +451,10 @@ static int build_into(const struct gd_build_opts *o, const char *tmp, struct gd_
     cJSON_AddStringToObject(cfg, "distro", "debian");
     cJSON *deb = cJSON_AddObjectToObject(cfg, "debian");
     cJSON_AddStringToObject(deb, "kernelPackage", kmeta);
-    cJSON_AddItemToObject(deb, "packages",
-                          cJSON_CreateStringArray(default_packages,
-                                                  (int)(sizeof(default_packages) /
-                                                        sizeof(default_packages[0]) - 1)));
+    cJSON_AddItemToObject(
+        deb, "packages",
+        cJSON_CreateStringArray(default_packages,
+                                (int)(sizeof(default_packages) / sizeof(default_packages[0]) - 1)));
     cJSON_AddStringToObject(m, "kernelVersion", kver);
     cJSON *pl = cJSON_AddArrayToObject(m, "packages");
     for (size_t i = 0; i < npk; i++) {

@@ -152,8 +152,8 @@ int gd_deb_fetch(const struct gd_pkg *p, size_t n, const char *cache_dir, char *
         free(cmd);
         return gd_err_set(err, -ENOMEM, "out of memory");
     }
-    int len = snprintf(cmd, cap,
-                       "cd '%s' && apt-get download -q -o APT::Sandbox::User=root", cache_dir);
+    int len =
+        snprintf(cmd, cap, "cd '%s' && apt-get download -q -o APT::Sandbox::User=root", cache_dir);
     size_t missing = 0;
     for (size_t i = 0; i < n; i++) {
         char fn[512];
@@ -211,8 +211,7 @@ static int rewrite_path(const char *in, char *out, size_t cap)
     return snprintf(out, cap, "%s", in) >= (int)cap ? -1 : 0;
 }
 
-static int unpack_data(struct archive *data, const char *root, const char *deb,
-                       struct gd_err *err)
+static int unpack_data(struct archive *data, const char *root, const char *deb, struct gd_err *err)
 {
     struct archive *w = archive_write_disk_new();
     /* relative paths from inside root (see gd_deb_unpack): no "..", no absolute
@@ -220,8 +219,7 @@ static int unpack_data(struct archive *data, const char *root, const char *deb,
     archive_write_disk_set_options(w, ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME |
                                           ARCHIVE_EXTRACT_SECURE_NODOTDOT |
                                           ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS |
-                                          ARCHIVE_EXTRACT_SECURE_SYMLINKS |
-                                          ARCHIVE_EXTRACT_UNLINK);
+                                          ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_UNLINK);
     struct archive_entry *e;
     int rc = 0, r;
     char rel[4096], full[4096 + 512];

@@ -76,15 +76,15 @@ static void set_times(struct w *w, struct ext2_inode *in)
 }
 
 /* ext2fs_link / mkdir / symlink report a full directory block; grow and retry. */
-#define RETRY_EXPAND(w, dir, call)                                                          \
-    ({                                                                                      \
-        errcode_t _ec = (call);                                                             \
-        if (_ec == EXT2_ET_DIR_NO_SPACE) {                                                  \
-            _ec = ext2fs_expand_dir((w)->fs, (dir));                                        \
-            if (!_ec)                                                                       \
-                _ec = (call);                                                               \
-        }                                                                                   \
-        _ec;                                                                                \
+#define RETRY_EXPAND(w, dir, call)                                                                 \
+    ({                                                                                             \
+        errcode_t _ec = (call);                                                                    \
+        if (_ec == EXT2_ET_DIR_NO_SPACE) {                                                         \
+            _ec = ext2fs_expand_dir((w)->fs, (dir));                                               \
+            if (!_ec)                                                                              \
+                _ec = (call);                                                                      \
+        }                                                                                          \
+        _ec;                                                                                       \
     })
 
 static int write_file(struct w *w, ext2_ino_t dir, const char *name, const char *src,

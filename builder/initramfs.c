@@ -23,8 +23,7 @@
 
 static uint32_t rd32(const uint8_t *p)
 {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-           ((uint32_t)p[3] << 24);
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 static void wr32(uint8_t *p, uint32_t v)
 {
@@ -171,8 +170,7 @@ int gd_kernel_extract_vmlinux(const char *bzimage, const char *out, struct gd_er
     size_t elfn;
     rc = gd_lz4_legacy_decompress(b + pm + poff, plen, &elf, &elfn);
     if (rc) {
-        rc = gd_err_set(err, rc, "kernel: payload of %s is not LZ4 (legacy) compressed",
-                        bzimage);
+        rc = gd_err_set(err, rc, "kernel: payload of %s is not LZ4 (legacy) compressed", bzimage);
         goto out;
     }
     if (elfn < 4 || memcmp(elf, ELFMAG, SELFMAG)) {
@@ -293,8 +291,8 @@ static int scan_mods(const char *root, const char *rel, struct mod **v, size_t *
     return rc;
 }
 
-static int visit(struct mod *v, size_t n, const char *name, char *state, char ***order,
-                 size_t *no, int depth, struct gd_err *err)
+static int visit(struct mod *v, size_t n, const char *name, char *state, char ***order, size_t *no,
+                 int depth, struct gd_err *err)
 {
     char key[64];
     snprintf(key, sizeof(key), "%s", name);

@@ -448,8 +448,7 @@ static void handle_exec(uint32_t id, const uint8_t *body, uint32_t len)
     if (n == (ssize_t)sizeof(err)) {
         /* the child reports why it could not start, then exits 127; it is reaped by
          * the SIGCHLD handler as an unknown pid */
-        send_error(id, GD_ERR_EXEC_FAILED, "%s: %s", err[0] == 1 ? cwd : argv[0],
-                   strerror(err[1]));
+        send_error(id, GD_ERR_EXEC_FAILED, "%s: %s", err[0] == 1 ? cwd : argv[0], strerror(err[1]));
         goto out_close;
     }
 
@@ -574,8 +573,7 @@ static void handle_frame(const struct gd_hdr *h, const uint8_t *body)
     case GD_MSG_HELLO: {
         struct gd_msg_hello hello;
         if (gd_dec_hello(body, h->len, &hello) == 0 && hello.major != GD_PROTO_MAJOR)
-            logmsg("sandboxd: host speaks protocol %u, we speak %u", hello.major,
-                   GD_PROTO_MAJOR);
+            logmsg("sandboxd: host speaks protocol %u, we speak %u", hello.major, GD_PROTO_MAJOR);
         break;
     }
     case GD_MSG_EXEC:
@@ -837,8 +835,7 @@ int main(void)
                     timeout = 0;
                     continue;
                 }
-                if (left <= 0 && (s->credit[1] || s->fd[1] < 0) &&
-                    (s->credit[2] || s->fd[2] < 0)) {
+                if (left <= 0 && (s->credit[1] || s->fd[1] < 0) && (s->credit[2] || s->fd[2] < 0)) {
                     /* grace over: only a lingering background writer holds the
                      * stream open; what it wrote before now was drained */
                     int busy = 0;

@@ -20,7 +20,7 @@ pkgs=(
   # image builder (apt-get download) and its checks
   apt e2fsprogs
   # tests: fuzzing (clang + libFuzzer runtime), PTY driving, integration driver
-  clang libclang-rt-14-dev python3 tmux procps
+  clang libclang-rt-14-dev clang-format python3 tmux procps
 )
 
 missing=()

@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 bash scripts/setup.sh
+echo "== style (clang-format)"
+find core guest builder tests examples -name '*.[ch]' -print0 | xargs -0 clang-format --dry-run --Werror
 echo "== build (warnings are errors; plain, ASan+UBSan, fuzz)"
 bash scripts/build.sh --asan
 

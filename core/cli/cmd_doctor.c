@@ -11,7 +11,10 @@
 
 static int problems;
 
-static void ok(const char *what, const char *detail) { printf("  ok    %-14s %s\n", what, detail); }
+static void ok(const char *what, const char *detail)
+{
+    printf("  ok    %-14s %s\n", what, detail);
+}
 
 static void bad(const char *what, const char *detail, const char *fix)
 {
@@ -19,7 +22,10 @@ static void bad(const char *what, const char *detail, const char *fix)
     printf("  FAIL  %-14s %s\n        fix: %s\n", what, detail, fix);
 }
 
-static void note(const char *what, const char *detail) { printf("  note  %-14s %s\n", what, detail); }
+static void note(const char *what, const char *detail)
+{
+    printf("  note  %-14s %s\n", what, detail);
+}
 
 static int run_line(const char *cmd, char *out, size_t cap)
 {

@@ -113,7 +113,10 @@ static void on_in_poll(uv_poll_t *p, int status, int events)
     pump_stdin(p->data);
 }
 
-static void on_in_idle(uv_idle_t *h) { pump_stdin(h->data); }
+static void on_in_idle(uv_idle_t *h)
+{
+    pump_stdin(h->data);
+}
 
 static void in_resume(struct run *r)
 {
@@ -226,8 +229,8 @@ static void on_ready(gd_vm *vm, int status, void *ud)
     if (getenv("GONDOLIN_TIMING"))
         fprintf(stderr, "gondolin: timing: ready after %.0f ms (accel %s)\n",
                 (double)uv_now(r->loop) - (double)uv_now(r->loop), gd_vm_accel(vm));
-    struct gd_exec_cbs cbs = {.on_output = on_output, .on_stdin_credit = on_stdin_credit,
-                              .on_exit = on_exit_cb};
+    struct gd_exec_cbs cbs = {
+        .on_output = on_output, .on_stdin_credit = on_stdin_credit, .on_exit = on_exit_cb};
     int rc = gd_exec_start(vm, &r->xo, &cbs, r, &r->x);
     if (rc) {
         fprintf(stderr, "gondolin: cannot start the command: %s\n", strerror(-rc));
@@ -377,8 +380,11 @@ int cmd_exec(int argc, char **argv, int pty)
     int in_tty = isatty(0);
     r->xo.stdin_stream = !no_stdin && (tty || !in_tty);
 
-    struct gd_vm_opts vo = {.image_dir = image, .accel = vf.accel, .memory_mb = vf.memory_mb,
-                            .cpus = vf.cpus, .verbose = vf.verbose};
+    struct gd_vm_opts vo = {.image_dir = image,
+                            .accel = vf.accel,
+                            .memory_mb = vf.memory_mb,
+                            .cpus = vf.cpus,
+                            .verbose = vf.verbose};
     struct gd_err err = {{0}};
     int rc = gd_vm_new(r->loop, &vo, &r->vm, &err);
     if (rc)

@@ -106,8 +106,8 @@ static int build_default(const char *out, int verbose)
     if (gd_guest_bin_dir(guest, sizeof(guest)))
         return cli_die(1, "guest binaries (sandboxd, init) not found next to this gondolin "
                           "binary; build the project (cmake --build build)");
-    struct gd_build_opts o = {.output = out, .cache_dir = debs, .guest_dir = guest,
-                              .verbose = verbose};
+    struct gd_build_opts o = {
+        .output = out, .cache_dir = debs, .guest_dir = guest, .verbose = verbose};
     struct gd_err err = {{0}};
     int rc = gd_build_default(&o, &err);
     if (rc)
@@ -164,8 +164,7 @@ static int cmd_build(int argc, char **argv)
                    "cached default image (~/.cache/gondolin/images/default-ARCH).\n");
             return 0;
         } else
-            return cli_die(2, "build: unknown argument '%s' (see gondolin build --help)",
-                           argv[i]);
+            return cli_die(2, "build: unknown argument '%s' (see gondolin build --help)", argv[i]);
     }
     if (!def)
         return cli_die(2, "build: only --default is supported so far (see --help)");

@@ -4,11 +4,13 @@
 #include <errno.h>
 #include <string.h>
 
-static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint16_t rd16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
 static uint32_t rd32(const uint8_t *p)
 {
-    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
-           ((uint32_t)p[3] << 24);
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
 }
 static void wr16(uint8_t *p, uint16_t v)
 {
@@ -156,7 +158,10 @@ static int cur_str(struct cur *c, struct gd_str *s)
 }
 
 /* A string that will become a C string must not contain NUL. */
-static int str_ok(const struct gd_str *s) { return memchr(s->p, 0, s->len) == NULL; }
+static int str_ok(const struct gd_str *s)
+{
+    return memchr(s->p, 0, s->len) == NULL;
+}
 
 static int cur_end(struct cur *c)
 {
@@ -308,8 +313,8 @@ int gd_reader_next(struct gd_reader *r, struct gd_hdr *hdr, const uint8_t **body
 const char *gd_msg_type_name(unsigned type)
 {
     static const char *const names[] = {
-        "?",      "HELLO",  "EXEC",   "STARTED", "STDIN", "STDIN_WINDOW", "OUTPUT", "WINDOW",
-        "RESIZE", "SIGNAL", "EXIT",   "ERROR",   "PING",  "PONG",         "SHUTDOWN",
+        "?",      "HELLO",  "EXEC", "STARTED", "STDIN", "STDIN_WINDOW", "OUTPUT",   "WINDOW",
+        "RESIZE", "SIGNAL", "EXIT", "ERROR",   "PING",  "PONG",         "SHUTDOWN",
     };
     return type <= GD_MSG_TYPE_MAX ? names[type] : "?";
 }

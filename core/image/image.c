@@ -107,8 +107,7 @@ int gd_image_load(const char *dir, int verify, struct gd_image *img, struct gd_e
     const cJSON *assets = cJSON_GetObjectItemCaseSensitive(m, "assets");
     const cJSON *guest = cJSON_GetObjectItemCaseSensitive(m, "guest");
     if (!cJSON_IsString(arch) || !cJSON_IsString(bid) || !cJSON_IsObject(assets)) {
-        rc = gd_err_set(err, -EINVAL, "image %s: manifest.json lacks arch, buildId or assets",
-                        dir);
+        rc = gd_err_set(err, -EINVAL, "image %s: manifest.json lacks arch, buildId or assets", dir);
         goto out;
     }
     snprintf(img->arch, sizeof(img->arch), "%s", arch->valuestring);

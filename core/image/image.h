@@ -15,8 +15,8 @@ struct gd_image {
     char dir[1024];
     char arch[32];
     char build_id[65];
-    char kernel[1200];    /* PVH vmlinux */
-    char bzimage[1200];   /* compressed kernel */
+    char kernel[1200];  /* PVH vmlinux */
+    char bzimage[1200]; /* compressed kernel */
     char initramfs[1200];
     char rootfs[1200];
     char sandboxd_sha[65]; /* agent baked into the image */

@@ -77,6 +77,7 @@ struct gd_vm {
     int pending_close;
     int reaped;
     int status;
+    unsigned agent_notes;
     void (*ping_cb)(gd_vm *, int, void *);
     void *ping_ud;
 };
@@ -122,10 +123,22 @@ static void tail_get(const struct tail *t, char *dst, size_t cap, int lines)
     gd_sanitize(dst, cap, lin + b, end - b);
 }
 
-const char *gd_vm_error(const gd_vm *vm) { return vm->errmsg; }
-const char *gd_vm_accel(const gd_vm *vm) { return vm->accel; }
-const char *gd_vm_agent(const gd_vm *vm) { return vm->agent; }
-int gd_vm_raw_fd(gd_vm *vm) { return vm->raw_fd; }
+const char *gd_vm_error(const gd_vm *vm)
+{
+    return vm->errmsg;
+}
+const char *gd_vm_accel(const gd_vm *vm)
+{
+    return vm->accel;
+}
+const char *gd_vm_agent(const gd_vm *vm)
+{
+    return vm->agent;
+}
+int gd_vm_raw_fd(gd_vm *vm)
+{
+    return vm->raw_fd;
+}
 
 const char *gd_vm_console_tail(const gd_vm *vm)
 {
@@ -200,7 +213,8 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
         int verdict = gd_kvm_cached_verdict(vm->qemu);
         /* GONDOLIN_ASSUME_KVM_API=1 (tests): skip the API probe, as on hosts where
          * /dev/kvm opens fine and then hangs the guest */
-        int api_ok = getenv("GONDOLIN_ASSUME_KVM_API") ? 1 : gd_kvm_api_probe(why, sizeof(why)) == 0;
+        int api_ok =
+            getenv("GONDOLIN_ASSUME_KVM_API") ? 1 : gd_kvm_api_probe(why, sizeof(why)) == 0;
         if (!api_ok || verdict == 0) {
             strcpy(vm->accel, "tcg");
         } else {
@@ -417,8 +431,8 @@ static void on_pid_exit(uv_poll_t *p, int status, int events)
         tail_get(&vm->err_tail, tail, sizeof(tail), 6);
         tail_get(&vm->con_tail, ctail, sizeof(ctail), 40);
         const char *what = strstr(ctail, "Kernel panic") ? "the guest kernel panicked"
-                           : vm->state == VM_STARTING   ? "QEMU exited during boot"
-                                                        : "the VM stopped (guest powered off)";
+                           : vm->state == VM_STARTING    ? "QEMU exited during boot"
+                                                         : "the VM stopped (guest powered off)";
         if (WIFSIGNALED(st))
             vm_fail(vm, "%s (QEMU killed by signal %d)%s%s", what, WTERMSIG(st),
                     tail[0] ? "; qemu: " : "", tail);
@@ -627,7 +641,9 @@ static int handle_frame(gd_vm *vm, const struct gd_hdr *h, const uint8_t *body)
         char msg[512];
         gd_sanitize(msg, sizeof(msg), m.message.p, m.message.len > 400 ? 400 : m.message.len);
         if (!h->id) {
-            fprintf(stderr, "gondolin: guest agent: %s\n", msg);
+            /* channel-level notes from the agent; capped so a guest cannot flood us */
+            if (vm->agent_notes++ < 10)
+                fprintf(stderr, "gondolin: guest agent: %s\n", msg);
             return 0;
         }
         if (!x)
@@ -650,8 +666,9 @@ static int handle_frame(gd_vm *vm, const struct gd_hdr *h, const uint8_t *body)
         goto bad;
     }
 bad:
-    vm_fail(vm, "guest protocol error: unexpected or malformed %s frame (session %u, %u bytes); "
-                "channel closed",
+    vm_fail(vm,
+            "guest protocol error: unexpected or malformed %s frame (session %u, %u bytes); "
+            "channel closed",
             tn, h->id, h->len);
     return -1;
 }
@@ -772,15 +789,15 @@ static void on_start_timeout(uv_timer_t *t)
 static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bcap)
 {
     size_t n = 0, used = 0;
-#define ARG(...)                                                                           \
-    do {                                                                                   \
-        if (n + 1 >= cap || used >= bcap)                                                  \
-            return -E2BIG;                                                                 \
-        int _l = snprintf(bufs + used, bcap - used, __VA_ARGS__);                          \
-        if (_l < 0 || (size_t)_l >= bcap - used)                                           \
-            return -E2BIG;                                                                 \
-        argv[n++] = bufs + used;                                                           \
-        used += (size_t)_l + 1;                                                            \
+#define ARG(...)                                                                                   \
+    do {                                                                                           \
+        if (n + 1 >= cap || used >= bcap)                                                          \
+            return -E2BIG;                                                                         \
+        int _l = snprintf(bufs + used, bcap - used, __VA_ARGS__);                                  \
+        if (_l < 0 || (size_t)_l >= bcap - used)                                                   \
+            return -E2BIG;                                                                         \
+        argv[n++] = bufs + used;                                                                   \
+        used += (size_t)_l + 1;                                                                    \
     } while (0)
     int kvm = !strcmp(vm->accel, "kvm");
     ARG("%s", vm->qemu);
@@ -1007,11 +1024,17 @@ int gd_vm_ping(gd_vm *vm, const void *data, size_t n, void (*cb)(gd_vm *, int, v
 
 /* ---- exec ---- */
 
-uint32_t gd_exec_id(const gd_exec *x) { return x->id; }
-size_t gd_exec_stdin_credit(const gd_exec *x) { return x->credit[0]; }
+uint32_t gd_exec_id(const gd_exec *x)
+{
+    return x->id;
+}
+size_t gd_exec_stdin_credit(const gd_exec *x)
+{
+    return x->credit[0];
+}
 
-int gd_exec_start(gd_vm *vm, const struct gd_exec_opts *o, const struct gd_exec_cbs *cbs,
-                  void *ud, gd_exec **out)
+int gd_exec_start(gd_vm *vm, const struct gd_exec_opts *o, const struct gd_exec_cbs *cbs, void *ud,
+                  gd_exec **out)
 {
     if (vm->state != VM_READY)
         return -ENOTCONN;

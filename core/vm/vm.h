@@ -51,16 +51,15 @@ void gd_vm_close(gd_vm *vm);
 /* Frees a VM that never started or whose exit_cb has fired. */
 void gd_vm_free(gd_vm *vm);
 
-const char *gd_vm_error(const gd_vm *vm);      /* last error, "" if none */
-const char *gd_vm_accel(const gd_vm *vm);      /* "kvm" or "tcg" once started */
-const char *gd_vm_agent(const gd_vm *vm);      /* agent version from HELLO */
+const char *gd_vm_error(const gd_vm *vm);        /* last error, "" if none */
+const char *gd_vm_accel(const gd_vm *vm);        /* "kvm" or "tcg" once started */
+const char *gd_vm_agent(const gd_vm *vm);        /* agent version from HELLO */
 const char *gd_vm_console_tail(const gd_vm *vm); /* sanitized guest console tail */
 int gd_vm_raw_fd(gd_vm *vm); /* rawecho mode, once ready: the channel fd (blocking) */
 
 /* Echo round trip through the agent (framing + dispatch); cb(status) when PONG
  * arrives. One outstanding ping at a time. */
-int gd_vm_ping(gd_vm *vm, const void *data, size_t n, void (*cb)(gd_vm *, int, void *),
-               void *ud);
+int gd_vm_ping(gd_vm *vm, const void *data, size_t n, void (*cb)(gd_vm *, int, void *), void *ud);
 
 /* Test hook: push raw bytes to the host side of the channel as if the guest sent them
  * (exercises the decoders on a live VM without a malicious guest image). */
@@ -99,8 +98,8 @@ struct gd_exec_cbs {
 };
 
 /* Copies every option it keeps. */
-int gd_exec_start(gd_vm *vm, const struct gd_exec_opts *o, const struct gd_exec_cbs *cbs,
-                  void *ud, gd_exec **out);
+int gd_exec_start(gd_vm *vm, const struct gd_exec_opts *o, const struct gd_exec_cbs *cbs, void *ud,
+                  gd_exec **out);
 /* Sends up to the granted stdin credit; returns bytes accepted (copied) or negative
  * errno. eof is sent only with the call that consumes the last byte given. */
 long gd_exec_write(gd_exec *x, const void *data, size_t n, int eof);

@@ -32,13 +32,13 @@ static int failures, pending;
 static char vm_reason[1024];
 static int vm_exited;
 
-#define EXPECT(c, ...)                                                                     \
-    do {                                                                                   \
-        if (!(c)) {                                                                        \
-            fprintf(stderr, "FAIL: " __VA_ARGS__);                                         \
-            fputc('\n', stderr);                                                           \
-            failures++;                                                                    \
-        }                                                                                  \
+#define EXPECT(c, ...)                                                                             \
+    do {                                                                                           \
+        if (!(c)) {                                                                                \
+            fprintf(stderr, "FAIL: " __VA_ARGS__);                                                 \
+            fputc('\n', stderr);                                                                   \
+            failures++;                                                                            \
+        }                                                                                          \
     } while (0)
 
 struct job {
@@ -184,8 +184,8 @@ static void on_ready(gd_vm *v, int status, void *ud)
             in_data[i] = (uint8_t)(i * 7 + (i >> 13));
         static const char *argv[] = {"sha256sum", NULL};
         struct gd_exec_opts o = {.argv = argv, .stdin_stream = 1};
-        static struct gd_exec_cbs sc = {.on_output = on_out, .on_exit = on_exit_cb,
-                                        .on_stdin_credit = stdin_credit};
+        static struct gd_exec_cbs sc = {
+            .on_output = on_out, .on_exit = on_exit_cb, .on_stdin_credit = stdin_credit};
         if (gd_exec_start(v, &o, &sc, &jobs[0], &jobs[0].x) == 0)
             pending++;
     }
@@ -259,8 +259,8 @@ int main(int argc, char **argv)
         char hex[65];
         for (int i = 0; i < 32; i++)
             sprintf(hex + 2 * i, "%02x", md[i]);
-        EXPECT(jobs[0].outn >= 64 && !memcmp(jobs[0].out, hex, 64), "stdin: guest sha %.64s, want %s",
-               jobs[0].out, hex);
+        EXPECT(jobs[0].outn >= 64 && !memcmp(jobs[0].out, hex, 64),
+               "stdin: guest sha %.64s, want %s", jobs[0].out, hex);
         EXPECT(jobs[0].code == 0, "stdin: exit %d", jobs[0].code);
         printf("stdin: %zu bytes, sha256 equal\n", in_len);
         free(in_data);

@@ -232,7 +232,7 @@ TEST(host_exec_error_from_guest)
     CHECK_EQ(f.exec_error, GD_EXEC_START_FAILED);
     CHECK_EQ(f.exec_code, 127);
     CHECK_STR(f.msg, "nope: No such file or directory"); /* escape sequence stripped */
-    CHECK_EQ(f.exited, 0); /* the VM lives on */
+    CHECK_EQ(f.exited, 0);                               /* the VM lives on */
     teardown(&f);
 }
 
