@@ -20,6 +20,7 @@
 
 #define TAIL_CAP 8192
 #define DEFAULT_WINDOW (256u * 1024u)
+#define MAX_STDIN_CREDIT (4u << 20)
 #define KVM_WATCHDOG_MS 8000 /* a real KVM boot takes well under a second */
 
 enum vm_state { VM_NEW, VM_STARTING, VM_READY, VM_STOPPING, VM_DEAD };
@@ -605,10 +606,11 @@ static int handle_frame(gd_vm *vm, const struct gd_hdr *h, const uint8_t *body)
     }
     case GD_MSG_STDIN_WINDOW: {
         uint32_t g;
-        if (!x || gd_dec_u32(body, h->len, &g) || g > (1u << 24))
+        /* the credit is what we may queue toward a guest that does not read: cap it */
+        if (!x || gd_dec_u32(body, h->len, &g) || g > MAX_STDIN_CREDIT)
             goto bad;
         x->credit[0] += g;
-        if (x->credit[0] > (1u << 24))
+        if (x->credit[0] > MAX_STDIN_CREDIT)
             goto bad;
         if (x->cbs.on_stdin_credit)
             x->cbs.on_stdin_credit(x, x->credit[0], x->ud);
