@@ -823,7 +823,7 @@ int main(void)
                     which[np++] = i;
                 }
             }
-            if (s->fd[0] >= 0 && s->in_len && s->fd[0] != s->fd[1]) {
+            if (s->fd[0] >= 0 && s->in_len) { /* a pty master appears twice: in and out */
                 pfd[np] = (struct pollfd){s->fd[0], POLLOUT, 0};
                 owner[np] = s;
                 which[np++] = 0;

@@ -273,6 +273,15 @@ def exec_tty_flag():
 
 
 @test
+def pty_stdin_larger_than_the_tty_buffer():
+    """Input that the pty cannot take at once (the program is busy) is delivered later."""
+    lines = b"".join(b"%05d %s\n" % (i, b"x" * 90) for i in range(3000))
+    r = run(["exec", "-t", "--", "sh", "-c", "stty -echo; sleep 1; head -n 3000 | tail -n 1"], input=lines)
+    eq(r.returncode, 0, r.stdout[-200:])
+    expect(b"02999 " in r.stdout, r.stdout[-200:])
+
+
+@test
 def image_is_never_modified():
     img = os.path.expanduser("~/.cache/gondolin/images/default-x86_64/rootfs.ext4")
     before = hashlib.sha256(open(img, "rb").read()).hexdigest()
