@@ -54,6 +54,9 @@ struct sess {
     int in_eof;           /* host sent EOF: close stdin once drained */
     int exited, status;
     long long exit_ms;
+    int slave;                  /* pty: our slave fd, to see when its input is consumed */
+    int veof_pending;           /* pty: host stdin ended; send VEOF once input is read */
+    long long veof_quiet_since; /* when the slave's input queue was first seen empty */
 };
 
 static int port = -1;
@@ -208,6 +211,8 @@ static void sess_free(struct sess *s)
     for (int i = 0; i < MAX_SESS; i++)
         if (sessions[i] == s)
             sessions[i] = NULL;
+    if (s->slave >= 0)
+        close(s->slave);
     if (s->flags & GD_EXEC_PTY) {
         if (s->fd[1] >= 0)
             close(s->fd[1]);
@@ -354,6 +359,7 @@ static void handle_exec(uint32_t id, const uint8_t *body, uint32_t len)
     s->id = id;
     s->flags = m.flags;
     s->fd[0] = s->fd[1] = s->fd[2] = -1;
+    s->slave = -1;
     s->credit[1] = m.stdout_window;
     s->credit[2] = m.stderr_window;
 
@@ -454,7 +460,7 @@ static void handle_exec(uint32_t id, const uint8_t *body, uint32_t len)
 
     s->pid = pid;
     if (m.flags & GD_EXEC_PTY) {
-        close(slave);
+        s->slave = slave; /* closed when the process exits, so the master then sees EIO */
         slave = -1;
         fcntl(master, F_SETFL, O_NONBLOCK);
         s->fd[0] = s->fd[1] = master;
@@ -539,8 +545,43 @@ static void stdin_flush(struct sess *s)
         send_u32(GD_MSG_STDIN_WINDOW, 0, s->id, s->in_consumed);
         s->in_consumed = 0;
     }
-    if (s->in_eof && s->in_len == 0 && s->fd[0] >= 0)
-        sess_close_fd(s, 0);
+    if (s->in_eof && s->in_len == 0 && s->fd[0] >= 0) {
+        if (s->flags & GD_EXEC_PTY)
+            s->veof_pending = 1; /* see send_veof */
+        else
+            sess_close_fd(s, 0);
+    }
+}
+
+/* A terminal has no EOF, only its VEOF character. Typed before the program reads
+ * (while the tty may still switch modes) it can be lost, so it goes in once the
+ * slave's input queue has stayed empty. Returns 1 while still waiting. */
+static int send_veof(struct sess *s)
+{
+    /* the queue must stay empty for a while: bytes written to the master reach the
+     * slave's queue through the tty flip buffer, a little later */
+    int queued = 0;
+    long long now = now_ms();
+    if (s->slave >= 0 && ioctl(s->slave, FIONREAD, &queued) == 0 && queued > 0) {
+        s->veof_quiet_since = 0;
+        return 1;
+    }
+    if (!s->veof_quiet_since)
+        s->veof_quiet_since = now;
+    long long quiet = now - s->veof_quiet_since;
+    struct termios t;
+    int have = tcgetattr(s->fd[1], &t) == 0;
+    /* a raw-mode reader (readline at its prompt) takes the character as EOF at once; in
+     * cooked mode the program may be running, not reading, and a shell switching back
+     * to raw mode would lose it: give it a second to get back to its prompt */
+    if (quiet < 100 || (have && (t.c_lflag & ICANON) && quiet < 1000))
+        return 1;
+    char veof = have ? (char)t.c_cc[VEOF] : 4;
+    if (write(s->fd[1], &veof, 1) < 0) {
+    }
+    s->veof_pending = 0;
+    sess_close_fd(s, 0);
+    return 0;
 }
 
 static void handle_stdin(uint32_t id, uint8_t flags, const uint8_t *body, uint32_t len)
@@ -667,6 +708,11 @@ static void reap(int sfd)
                 s->exited = 1;
                 s->status = st;
                 s->exit_ms = now_ms();
+                if (s->slave >= 0) {
+                    close(s->slave);
+                    s->slave = -1;
+                }
+                s->veof_pending = 0;
             }
         }
     }
@@ -823,6 +869,8 @@ int main(void)
                     which[np++] = i;
                 }
             }
+            if (s->veof_pending && send_veof(s) && (timeout < 0 || timeout > 20))
+                timeout = 20;
             if (s->fd[0] >= 0 && s->in_len) { /* a pty master appears twice: in and out */
                 pfd[np] = (struct pollfd){s->fd[0], POLLOUT, 0};
                 owner[np] = s;

@@ -36,6 +36,7 @@ struct run {
     uint8_t inbuf[IN_CHUNK];
     size_t in_len, in_off;
     int out_closed[3];
+    int signals;
 };
 
 static void restore_tty(struct run *r)
@@ -181,7 +182,9 @@ static void on_exit_cb(gd_exec *x, const struct gd_exec_result *res, void *ud)
     struct run *r = ud;
     r->x = NULL;
     restore_tty(r);
-    if (res->error) {
+    if (r->signals > 1) {
+        /* we stopped the VM on a second signal: keep 128+N, no VM error */
+    } else if (res->error) {
         fprintf(stderr, "gondolin: %s\n", res->message ? res->message : "exec failed");
         r->code = res->error == GD_EXEC_VM_GONE ? 125 : res->exit_code;
     } else {
@@ -211,8 +214,21 @@ static void on_signal(uv_signal_t *h, int sig)
             gd_exec_resize(r->x, rows, cols);
         return;
     }
+    if (r->x && ++r->signals > 1 && sig != SIGQUIT) {
+        /* a second one: the guest process did not go; stop the VM */
+        fprintf(stderr, "gondolin: stopping the VM\n");
+        r->code = 128 + sig;
+        r->x = NULL;
+        in_pause(r);
+        close_aux(r);
+        gd_vm_close(r->vm);
+        return;
+    }
     if (r->x) {
-        gd_exec_signal(r->x, sig);
+        /* on a pty, terminate/hang-up means the terminal went away: SIGHUP, which an
+         * interactive shell honours (it ignores SIGTERM) */
+        int fwd = r->pty && (sig == SIGTERM || sig == SIGHUP) ? SIGHUP : sig;
+        gd_exec_signal(r->x, fwd);
         return;
     }
     /* no process yet (still booting): stop */
@@ -278,7 +294,7 @@ static void exec_usage(int pty)
                "killed by signal N; 125 when the VM failed; 127 when the command was not\n"
                "found). stdout and stderr stay apart; stdin is forwarded unless it is a\n"
                "terminal or --no-stdin is given. SIGINT/SIGTERM/SIGHUP/SIGQUIT are\n"
-               "forwarded to the guest process.\n\n");
+               "forwarded to the guest process; a second one stops the VM.\n\n");
     printf("flags:\n"
            "  --image DIR         guest image directory (default: cached default image,\n"
            "                      or $GONDOLIN_GUEST_DIR)\n"

@@ -161,6 +161,38 @@ def cli_forwards_sigterm_to_guest():
 
 
 @test
+def second_signal_stops_the_vm():
+    before = qemu_pids()
+    p = subprocess.Popen([G, "exec", "--", "sh", "-c", "trap '' TERM; echo started; sleep 1000"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    expect(p.stdout.readline() == b"started\n", "process did not start")
+    p.send_signal(signal.SIGTERM)  # ignored by the guest process
+    time.sleep(1)
+    expect(p.poll() is None, "first SIGTERM must only be forwarded")
+    p.send_signal(signal.SIGTERM)
+    eq(p.wait(timeout=30), 143, "exit after the second SIGTERM")
+    eq(qemu_pids() - before, set(), "QEMU left behind")
+
+
+@test
+def sigterm_hangs_up_an_interactive_shell():
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execv(G, [G, "bash"])
+    buf = b""
+    end = time.time() + 60
+    while b"# " not in buf and time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            buf += os.read(fd, 4096)
+    expect(b"# " in buf, buf)
+    os.kill(pid, signal.SIGTERM)
+    _, st = os.waitpid(pid, 0)
+    eq(os.WEXITSTATUS(st), 129, "bash ends on SIGHUP")
+    os.close(fd)
+
+
+@test
 def sigkill_leaves_no_qemu_behind():
     before = qemu_pids()
     tmp = tempfile.mkdtemp()
@@ -270,6 +302,16 @@ def exec_tty_flag():
     r = run(["exec", "-t", "--", "sh", "-c", "tty; echo err >&2"])
     expect(r.stdout.startswith(b"/dev/pts/"), r.stdout)
     expect(b"err" in r.stdout, "stderr goes to the pty")
+
+
+@test
+def bash_with_piped_script_ends_at_eof():
+    r = run(["bash"], input=b"echo hi-$((40+2))\nsleep 0.5; echo after\n", timeout=60)
+    eq(r.returncode, 0, r.stdout)
+    expect(b"hi-42" in r.stdout and b"after" in r.stdout, r.stdout)
+    r = run(["exec", "-t", "--", "cat"], input=b"line1\nline2\n", timeout=60)
+    eq(r.returncode, 0, r.stdout)
+    expect(b"line2" in r.stdout, "a canonical-mode reader gets EOF too")
 
 
 @test
