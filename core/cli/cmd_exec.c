@@ -37,6 +37,7 @@ struct run {
     size_t in_len, in_off;
     int out_closed[3];
     int signals;
+    int reported; /* a VM error was already printed */
 };
 
 static void restore_tty(struct run *r)
@@ -186,6 +187,7 @@ static void on_exit_cb(gd_exec *x, const struct gd_exec_result *res, void *ud)
         /* we stopped the VM on a second signal: keep 128+N, no VM error */
     } else if (res->error) {
         fprintf(stderr, "gondolin: %s\n", res->message ? res->message : "exec failed");
+        r->reported = 1;
         r->code = res->error == GD_EXEC_VM_GONE ? 125 : res->exit_code;
     } else {
         r->code = res->exit_code;
@@ -272,7 +274,8 @@ static void on_vm_exit(gd_vm *vm, const char *reason, void *ud)
     restore_tty(r);
     close_aux(r);
     if (reason) {
-        fprintf(stderr, "gondolin: %s\n", reason);
+        if (!r->reported) /* the exec already said it */
+            fprintf(stderr, "gondolin: %s\n", reason);
         const char *con = gd_vm_console_tail(vm);
         if (con[0] && getenv("GONDOLIN_CONSOLE_ON_ERROR"))
             fprintf(stderr, "gondolin: guest console: %s\n", con);

@@ -124,6 +124,15 @@ static void tail_get(const struct tail *t, char *dst, size_t cap, int lines)
     gd_sanitize(dst, cap, lin + b, end - b);
 }
 
+static int tail_contains(const struct tail *t, const char *needle)
+{
+    char lin[TAIL_CAP];
+    size_t start = (t->pos + TAIL_CAP - t->len) % TAIL_CAP;
+    for (size_t i = 0; i < t->len; i++)
+        lin[i] = t->buf[(start + i) % TAIL_CAP];
+    return memmem(lin, t->len, needle, strlen(needle)) != NULL;
+}
+
 const char *gd_vm_error(const gd_vm *vm)
 {
     return vm->errmsg;
@@ -397,6 +406,17 @@ void gd_vm_free(gd_vm *vm)
 
 /* ---- QEMU process ---- */
 
+static void drain_into(uv_pipe_t *p, struct tail *t)
+{
+    uv_os_fd_t fd;
+    if (!p || uv_fileno((uv_handle_t *)p, &fd))
+        return;
+    char buf[4096];
+    ssize_t n;
+    for (int i = 0; i < 64 && (n = read(fd, buf, sizeof(buf))) > 0; i++)
+        tail_add(t, buf, (size_t)n);
+}
+
 static void on_pid_exit(uv_poll_t *p, int status, int events)
 {
     (void)status;
@@ -427,13 +447,16 @@ static void on_pid_exit(uv_poll_t *p, int status, int events)
         vm_stop(vm, SIGKILL);
         return;
     }
+    /* QEMU is gone, so all it wrote is in the pipes: take it before explaining */
+    drain_into(vm->errp_open ? &vm->errp : NULL, &vm->err_tail);
+    drain_into(vm->conp_open ? &vm->conp : NULL, &vm->con_tail);
     if (vm->state != VM_STOPPING) {
-        char tail[1024], ctail[1024];
+        char tail[1024];
         tail_get(&vm->err_tail, tail, sizeof(tail), 6);
-        tail_get(&vm->con_tail, ctail, sizeof(ctail), 40);
-        const char *what = strstr(ctail, "Kernel panic") ? "the guest kernel panicked"
-                           : vm->state == VM_STARTING    ? "QEMU exited during boot"
-                                                         : "the VM stopped (guest powered off)";
+        const char *what = tail_contains(&vm->con_tail, "Kernel panic")
+                               ? "the guest kernel panicked"
+                           : vm->state == VM_STARTING ? "QEMU exited during boot"
+                                                      : "the VM stopped (guest powered off)";
         if (WIFSIGNALED(st))
             vm_fail(vm, "%s (QEMU killed by signal %d)%s%s", what, WTERMSIG(st),
                     tail[0] ? "; qemu: " : "", tail);
