@@ -243,6 +243,18 @@ static void rss_ready(gd_vm *vm, int st, void *ud)
         uv_stop(loop);
 }
 
+/* `target` fresh VMs, one after the other; the callbacks record the samples */
+static void boots(gd_vm_ready_cb ready)
+{
+    for (int i = 0; i < target; i++) {
+        gd_vm *vm = new_vm(0);
+        t0 = now_us();
+        gd_vm_start(vm, ready, on_exit_vm, NULL);
+        uv_run(loop, UV_RUN_DEFAULT);
+        gd_vm_free(vm);
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 3)
@@ -256,24 +268,12 @@ int main(int argc, char **argv)
     const char *mode = argv[1];
     if (!strcmp(mode, "boot")) {
         ready_s = calloc((size_t)target + 1, sizeof(double));
-        for (int i = 0; i < target; i++) {
-            gd_vm *vm = new_vm(0);
-            t0 = now_us();
-            gd_vm_start(vm, boot_ready, on_exit_vm, NULL);
-            uv_run(loop, UV_RUN_DEFAULT);
-            gd_vm_free(vm);
-        }
+        boots(boot_ready);
         printf("boot_ready_ms %.1f\n", median(ready_s, nsamples) / 1000);
         printf("boot_first_exec_ms %.1f\n", median(samples, nsamples) / 1000);
     } else if (!strcmp(mode, "bare")) {
         bare_mode = 1;
-        for (int i = 0; i < target; i++) {
-            gd_vm *vm = new_vm(0);
-            t0 = now_us();
-            gd_vm_start(vm, NULL, on_exit_vm, NULL);
-            uv_run(loop, UV_RUN_DEFAULT);
-            gd_vm_free(vm);
-        }
+        boots(NULL);
         printf("bare_boot_poweroff_ms %.1f\n", median(samples, nsamples) / 1000);
     } else if (!strcmp(mode, "rtt")) {
         exec_s = calloc((size_t)target / 10 + 1, sizeof(double));

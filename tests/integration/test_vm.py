@@ -34,6 +34,12 @@ def run(args, input=None, timeout=120, env=None):
     return subprocess.run([G] + args, input=input, capture_output=True, timeout=timeout, env=e)
 
 
+def client(mode):
+    """tests/integration/testclient.c: one API scenario against a real VM."""
+    r = subprocess.run([CLIENT, mode], capture_output=True, timeout=120)
+    eq(r.returncode, 0, r.stderr.decode() + r.stdout.decode())
+
+
 def expect(cond, what):
     if not cond:
         raise AssertionError(what)
@@ -115,40 +121,34 @@ def signal_death_is_128_plus_n():
 
 @test
 def api_concurrent_execs():
-    r = subprocess.run([CLIENT, "concurrent"], capture_output=True, timeout=120)
-    eq(r.returncode, 0, r.stderr.decode())
+    client("concurrent")
 
 
 @test
 def api_stdin_credit():
-    r = subprocess.run([CLIENT, "stdin"], capture_output=True, timeout=120)
-    eq(r.returncode, 0, r.stderr.decode())
+    client("stdin")
 
 
 @test
 def api_output_flow_control():
-    r = subprocess.run([CLIENT, "flow"], capture_output=True, timeout=120)
-    eq(r.returncode, 0, r.stderr.decode() + r.stdout.decode())
+    client("flow")
 
 
 @test
 def api_signal_running_process():
-    r = subprocess.run([CLIENT, "signal"], capture_output=True, timeout=120)
-    eq(r.returncode, 0, r.stderr.decode())
+    client("signal")
 
 
 @test
 def api_close_with_processes_running():
     before = qemu_pids()
-    r = subprocess.run([CLIENT, "close"], capture_output=True, timeout=120)
-    eq(r.returncode, 0, r.stderr.decode())
+    client("close")
     eq(qemu_pids() - before, set(), "QEMU left behind")
 
 
 @test
 def api_malformed_guest_bytes_close_channel():
-    r = subprocess.run([CLIENT, "inject"], capture_output=True, timeout=120)
-    eq(r.returncode, 0, r.stderr.decode())
+    client("inject")
 
 
 @test
