@@ -141,6 +141,8 @@ static void deb_filename(const struct gd_pkg *p, char *buf, size_t cap)
 int gd_deb_fetch(const struct gd_pkg *p, size_t n, const char *cache_dir, char ***paths,
                  struct gd_err *err)
 {
+    if (strchr(cache_dir, '\''))
+        return gd_err_set(err, -EINVAL, "cache directory %s contains a quote", cache_dir);
     int rc = gd_mkdir_p(cache_dir, 0755);
     if (rc)
         return gd_err_set(err, rc, "cannot create %s: %s", cache_dir, strerror(-rc));
@@ -169,10 +171,12 @@ int gd_deb_fetch(const struct gd_pkg *p, size_t n, const char *cache_dir, char *
         missing++;
     }
     if (missing) {
-        snprintf(cmd + len, cap - (size_t)len, " >/dev/null 2>/tmp/gondolin-apt-download.log");
+        /* the log lives in the user's cache, never at a fixed /tmp path (a planted
+         * symlink there would make a root build overwrite its target) */
+        snprintf(cmd + len, cap - (size_t)len, " >/dev/null 2>'%s/apt-download.log'", cache_dir);
         if (system(cmd) != 0) {
-            rc = gd_err_set(err, -EIO,
-                            "apt-get download failed (see /tmp/gondolin-apt-download.log)");
+            rc = gd_err_set(err, -EIO, "apt-get download failed (see %s/apt-download.log)",
+                            cache_dir);
             goto fail;
         }
         for (size_t i = 0; i < n; i++)

@@ -38,6 +38,7 @@ struct run {
     int out_closed[3];
     int signals;
     int reported; /* a VM error was already printed */
+    uint64_t t0;  /* process start, for GONDOLIN_TIMING */
 };
 
 static void restore_tty(struct run *r)
@@ -245,8 +246,8 @@ static void on_ready(gd_vm *vm, int status, void *ud)
     if (status)
         return; /* on_vm_exit reports */
     if (getenv("GONDOLIN_TIMING"))
-        fprintf(stderr, "gondolin: timing: ready after %.0f ms (accel %s)\n",
-                (double)uv_now(r->loop) - (double)uv_now(r->loop), gd_vm_accel(vm));
+        fprintf(stderr, "gondolin: timing: agent ready after %.0f ms (accel %s)\n",
+                (double)(uv_hrtime() - r->t0) / 1e6, gd_vm_accel(vm));
     struct gd_exec_cbs cbs = {
         .on_output = on_output, .on_stdin_credit = on_stdin_credit, .on_exit = on_exit_cb};
     int rc = gd_exec_start(vm, &r->xo, &cbs, r, &r->x);
@@ -432,6 +433,7 @@ int cmd_exec(int argc, char **argv, int pty)
     uv_signal_start(&r->winch, on_signal, SIGWINCH);
     r->sigs_open = 1;
 
+    r->t0 = uv_hrtime();
     rc = gd_vm_start(r->vm, on_ready, on_vm_exit, r);
     if (rc) {
         close_aux(r);
