@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <openssl/evp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -346,6 +347,11 @@ static const char *host_arch(void)
 static int build_into(const struct gd_build_opts *o, const char *tmp, struct gd_err *err)
 {
     const char *arch = host_arch();
+    if (strcmp(arch, "x86_64"))
+        return gd_err_set(err, -ENOTSUP,
+                          "default image for %s: not supported yet (the microvm + PVH boot "
+                          "path is x86_64 only)",
+                          arch);
     const char *kmeta = !strcmp(arch, "aarch64") ? "linux-image-arm64" : "linux-image-cloud-amd64";
     char work[4096], root[4096], kroot[4096], p[4096], q[4096];
     snprintf(work, sizeof(work), "%s/.work", tmp);
@@ -509,6 +515,42 @@ out:
     return rc;
 }
 
+/* Under the lock: remove <output>.tmp-PID / .old-PID left by a build that was
+ * interrupted (its process is gone), so a killed build leaves nothing for long. */
+static void remove_stale(const char *output)
+{
+    char dir[4096], p[8192];
+    snprintf(dir, sizeof(dir), "%s", output);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        return;
+    *slash = 0;
+    const char *base = slash + 1;
+    size_t bl = strlen(base);
+    char **names;
+    size_t n;
+    if (gd_dir_list(dir, &names, &n))
+        return;
+    for (size_t i = 0; i < n; i++) {
+        const char *nm = names[i], *pid = NULL;
+        if (strncmp(nm, base, bl))
+            continue;
+        if (!strncmp(nm + bl, ".tmp-", 5))
+            pid = nm + bl + 5;
+        else if (!strncmp(nm + bl, ".old-", 5))
+            pid = nm + bl + 5;
+        if (!pid)
+            continue;
+        char *end;
+        long v = strtol(pid, &end, 10);
+        if (*end || v <= 0 || (kill((pid_t)v, 0) == 0 || errno == EPERM))
+            continue; /* not ours to judge, or still running */
+        snprintf(p, sizeof(p), "%s/%s", dir, nm);
+        gd_rm_rf(p);
+    }
+    gd_dir_list_free(names, n);
+}
+
 int gd_build_default(const struct gd_build_opts *o, struct gd_err *err)
 {
     char tmp[4096], lock[4096], old[4096];
@@ -527,6 +569,7 @@ int gd_build_default(const struct gd_build_opts *o, struct gd_err *err)
         close(lfd);
         return gd_err_set(err, -errno, "cannot lock %s", lock);
     }
+    remove_stale(o->output);
     snprintf(tmp, sizeof(tmp), "%s.tmp-%d", o->output, (int)getpid());
     gd_rm_rf(tmp);
     int rc = gd_mkdir_p(tmp, 0755);

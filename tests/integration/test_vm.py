@@ -462,15 +462,23 @@ def twenty_consecutive_boots():
 
 @test
 def default_image_build_is_reproducible():
+    """Two builds, same buildId; and an interrupted build leaves nothing behind."""
     cur = os.path.expanduser("~/.cache/gondolin/images/default-x86_64/manifest.json")
     import json
     want = json.load(open(cur))["buildId"]
     tmp = tempfile.mkdtemp()
     try:
         out = os.path.join(tmp, "img")
+        p = subprocess.Popen([G, "build", "--default", "--output", out], stderr=subprocess.PIPE)
+        while b"unpacking" not in p.stderr.readline():
+            pass
+        p.send_signal(signal.SIGINT)  # mid-build
+        p.wait(timeout=60)
+        expect(not os.path.exists(out), "an interrupted build must not produce an image")
         r = subprocess.run([G, "build", "--default", "--output", out], capture_output=True, timeout=600)
         eq(r.returncode, 0, r.stderr.decode())
         eq(json.load(open(os.path.join(out, "manifest.json")))["buildId"], want, "buildId")
+        eq(sorted(os.listdir(tmp)), ["img", "img.lock"], "leftovers of the interrupted build")
         e = subprocess.run(["e2fsck", "-fn", os.path.join(out, "rootfs.ext4")], capture_output=True)
         eq(e.returncode, 0, e.stdout.decode())
     finally:
