@@ -87,23 +87,35 @@ static void set_times(struct w *w, struct ext2_inode *in)
         _ec;                                                                                       \
     })
 
+/* A new inode of `type` linked as dir/name, accounted, and `in` initialised for it
+ * (mode from st, one link, fixed times); the caller fills the rest and writes it. */
+static int new_linked_inode(struct w *w, ext2_ino_t dir, const char *name, unsigned type, int ft,
+                            const struct stat *st, const char *src, ext2_ino_t *ino,
+                            struct ext2_inode *in)
+{
+    errcode_t ec = ext2fs_new_inode(w->fs, dir, (int)type, 0, ino);
+    if (ec)
+        return e2err(w, ec, "allocate inode for", src);
+    ec = RETRY_EXPAND(w, dir, ext2fs_link(w->fs, dir, name, *ino, ft));
+    if (ec)
+        return e2err(w, ec, "link", src);
+    ext2fs_inode_alloc_stats2(w->fs, *ino, +1, 0);
+    memset(in, 0, sizeof(*in));
+    in->i_mode = (uint16_t)(type | (st->st_mode & 07777));
+    in->i_links_count = 1;
+    set_times(w, in);
+    return 0;
+}
+
 static int write_file(struct w *w, ext2_ino_t dir, const char *name, const char *src,
                       const struct stat *st)
 {
     ext2_ino_t ino;
-    errcode_t ec = ext2fs_new_inode(w->fs, dir, LINUX_S_IFREG | 0644, 0, &ino);
-    if (ec)
-        return e2err(w, ec, "allocate inode for", src);
-    ec = RETRY_EXPAND(w, dir, ext2fs_link(w->fs, dir, name, ino, EXT2_FT_REG_FILE));
-    if (ec)
-        return e2err(w, ec, "link", src);
-    ext2fs_inode_alloc_stats2(w->fs, ino, +1, 0);
     struct ext2_inode in;
-    memset(&in, 0, sizeof(in));
-    in.i_mode = (uint16_t)(LINUX_S_IFREG | (st->st_mode & 07777));
-    in.i_links_count = 1;
-    set_times(w, &in);
-    ec = ext2fs_inode_size_set(w->fs, &in, (uint64_t)st->st_size);
+    int rc = new_linked_inode(w, dir, name, LINUX_S_IFREG, EXT2_FT_REG_FILE, st, src, &ino, &in);
+    if (rc)
+        return rc;
+    errcode_t ec = ext2fs_inode_size_set(w->fs, &in, (uint64_t)st->st_size);
     if (ec)
         return e2err(w, ec, "size", src);
     if (ext2fs_has_feature_extents(w->fs->super)) {
@@ -128,7 +140,7 @@ static int write_file(struct w *w, ext2_ino_t dir, const char *name, const char 
         return e2err(w, ec, "open", src);
     }
     ssize_t n;
-    int rc = 0;
+    rc = 0;
     while ((n = read(fd, w->buf, 1 << 20)) > 0) {
         ssize_t off = 0;
         while (off < n) {
@@ -217,18 +229,11 @@ static int write_special(struct w *w, ext2_ino_t dir, const char *name, const ch
         return 0;
     }
     ext2_ino_t ino;
-    errcode_t ec = ext2fs_new_inode(w->fs, dir, (int)type, 0, &ino);
-    if (ec)
-        return e2err(w, ec, "allocate inode for", src);
-    ec = RETRY_EXPAND(w, dir, ext2fs_link(w->fs, dir, name, ino, ft));
-    if (ec)
-        return e2err(w, ec, "link", src);
-    ext2fs_inode_alloc_stats2(w->fs, ino, +1, 0);
     struct ext2_inode in;
-    memset(&in, 0, sizeof(in));
-    in.i_mode = (uint16_t)(type | (st->st_mode & 07777));
-    in.i_links_count = 1;
-    set_times(w, &in);
+    int rc = new_linked_inode(w, dir, name, type, ft, st, src, &ino, &in);
+    if (rc)
+        return rc;
+    errcode_t ec;
     unsigned ma = major(st->st_rdev), mi = minor(st->st_rdev);
     if (ma < 256 && mi < 256) {
         in.i_block[0] = ma * 256 + mi;

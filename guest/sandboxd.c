@@ -189,17 +189,14 @@ static void sess_close_fd(struct sess *s, int i)
 {
     if (s->fd[i] < 0)
         return;
-    int shared = (s->flags & GD_EXEC_PTY) && i <= 1;
-    if (shared) {
-        /* pty master: stdin and stdout are one fd; close when both are done */
-        if (i == 0) {
+    if ((s->flags & GD_EXEC_PTY) && i <= 1) {
+        /* pty master: stdin and stdout are one fd, owned by stdout; the end of stdin
+         * only stops input, the end of stdout closes it */
+        if (i == 1)
+            close(s->fd[1]);
+        s->fd[i] = -1;
+        if (i == 1)
             s->fd[0] = -1;
-            if (s->fd[1] >= 0)
-                return;
-            return;
-        }
-        close(s->fd[1]);
-        s->fd[0] = s->fd[1] = -1;
         return;
     }
     close(s->fd[i]);

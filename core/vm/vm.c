@@ -103,15 +103,20 @@ static void tail_add(struct tail *t, const char *p, size_t n)
     }
 }
 
-/* Last `lines` lines of the ring, sanitized, in dst. */
-static void tail_get(const struct tail *t, char *dst, size_t cap, int lines)
+/* The ring's content, oldest byte first, into lin (TAIL_CAP bytes); returns its length. */
+static size_t tail_linear(const struct tail *t, char *lin)
 {
-    char lin[TAIL_CAP + 1];
     size_t start = (t->pos + TAIL_CAP - t->len) % TAIL_CAP;
     for (size_t i = 0; i < t->len; i++)
         lin[i] = t->buf[(start + i) % TAIL_CAP];
-    lin[t->len] = 0;
-    size_t end = t->len;
+    return t->len;
+}
+
+/* Last `lines` lines of the ring, sanitized, in dst. */
+static void tail_get(const struct tail *t, char *dst, size_t cap, int lines)
+{
+    char lin[TAIL_CAP];
+    size_t end = tail_linear(t, lin);
     while (end && (lin[end - 1] == '\n' || lin[end - 1] == '\r'))
         end--;
     size_t b = end;
@@ -127,10 +132,7 @@ static void tail_get(const struct tail *t, char *dst, size_t cap, int lines)
 static int tail_contains(const struct tail *t, const char *needle)
 {
     char lin[TAIL_CAP];
-    size_t start = (t->pos + TAIL_CAP - t->len) % TAIL_CAP;
-    for (size_t i = 0; i < t->len; i++)
-        lin[i] = t->buf[(start + i) % TAIL_CAP];
-    return memmem(lin, t->len, needle, strlen(needle)) != NULL;
+    return memmem(lin, tail_linear(t, lin), needle, strlen(needle)) != NULL;
 }
 
 const char *gd_vm_error(const gd_vm *vm)
@@ -175,18 +177,33 @@ static long cpu_khz(void)
     return (long)(mhz * 1000);
 }
 
+/* A VM object with no QEMU yet: defaults and the channel's frame buffer. */
+static gd_vm *vm_alloc(uv_loop_t *loop)
+{
+    gd_vm *vm = calloc(1, sizeof(*vm));
+    if (!vm)
+        return NULL;
+    vm->loop = loop;
+    vm->pidfd = -1;
+    vm->raw_fd = -1;
+    vm->next_id = 1;
+    vm->rbuf = malloc(GD_PROTO_HDR_LEN + GD_PROTO_MAX_BODY);
+    if (!vm->rbuf) {
+        free(vm);
+        return NULL;
+    }
+    gd_reader_init(&vm->rd, vm->rbuf, GD_PROTO_HDR_LEN + GD_PROTO_MAX_BODY);
+    return vm;
+}
+
 int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct gd_err *err)
 {
     if (!o->image_dir)
         return gd_err_set(err, -EINVAL, "no image directory given");
-    gd_vm *vm = calloc(1, sizeof(*vm));
+    gd_vm *vm = vm_alloc(loop);
     if (!vm)
         return gd_err_set(err, -ENOMEM, "out of memory");
-    vm->loop = loop;
     vm->o = *o;
-    vm->pidfd = -1;
-    vm->raw_fd = -1;
-    vm->next_id = 1;
     int rc = gd_image_load(o->image_dir, 1, &vm->img, err);
     if (rc)
         goto fail;
@@ -237,16 +254,10 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
         rc = gd_err_set(err, -EINVAL, "unknown accelerator '%s' (use kvm, tcg or auto)", accel);
         goto fail;
     }
-    vm->rbuf = malloc(GD_PROTO_HDR_LEN + GD_PROTO_MAX_BODY);
-    if (!vm->rbuf) {
-        rc = gd_err_set(err, -ENOMEM, "out of memory");
-        goto fail;
-    }
     *out = vm;
     return 0;
 fail:
-    free(vm->append);
-    free(vm);
+    gd_vm_free(vm);
     return rc;
 }
 
@@ -1198,20 +1209,10 @@ void gd_exec_ack(gd_exec *x, int stream, size_t n)
 int gd__vm_attach_fd(uv_loop_t *loop, int fd, gd_vm **out, gd_vm_ready_cb ready,
                      gd_vm_exit_cb exit_cb, void *ud)
 {
-    gd_vm *vm = calloc(1, sizeof(*vm));
+    gd_vm *vm = vm_alloc(loop);
     if (!vm)
         return -ENOMEM;
-    vm->loop = loop;
-    vm->pidfd = -1;
-    vm->raw_fd = -1;
-    vm->next_id = 1;
     vm->reaped = 1; /* no QEMU behind this channel */
-    vm->rbuf = malloc(GD_PROTO_HDR_LEN + GD_PROTO_MAX_BODY);
-    if (!vm->rbuf) {
-        free(vm);
-        return -ENOMEM;
-    }
-    gd_reader_init(&vm->rd, vm->rbuf, GD_PROTO_HDR_LEN + GD_PROTO_MAX_BODY);
     vm->ready_cb = ready;
     vm->exit_cb = exit_cb;
     vm->ud = ud;
