@@ -1,0 +1,82 @@
+/*
+ * egress.h - the egress policy given on the command line, and the built-in hooks that
+ * enforce it in the proxy's chain:
+ *
+ *   REQUEST_HEAD  allow-host   the request must match an --allow-host rule (no rule: no
+ *                              egress at all)
+ *   CONNECT       internal     the address about to be dialled must not be internal
+ *                              unless the host matches --allow-internal
+ *   REQUEST_HEAD  secrets      placeholders -> real values for in-scope hosts; any
+ *                              placeholder or real value bound for another host denies
+ *
+ * Rules: "[METHOD ]HOST[:PORT][/PATH-PREFIX]". HOST is a pattern (base/pattern.h).
+ * Without :PORT only the scheme's default port (80, 443) matches; a rule with a port
+ * also makes the network layer intercept that guest port.
+ */
+#ifndef GD_EGRESS_H
+#define GD_EGRESS_H
+
+#include "base/err.h"
+#include "http/http.h"
+#include "secrets/secrets.h"
+
+#include <stdio.h>
+
+enum gd_dns_mode { GD_DNS_SYNTHETIC = 0, GD_DNS_TRUSTED = 1, GD_DNS_OPEN = 2 };
+
+struct gd_allow_rule {
+    char *text, *method, *host, *path;
+    unsigned port; /* 0 = the scheme's default */
+};
+
+struct gd_tcp_map {
+    char *host;
+    unsigned port;
+    char *up_host;
+    unsigned up_port;
+};
+
+struct gd_egress {
+    struct gd_allow_rule *allow;
+    size_t nallow;
+    char **internal;
+    size_t ninternal;
+    struct gd_secret *secrets;
+    size_t nsecrets;
+    struct gd_tcp_map *maps;
+    size_t nmaps;
+    char **resolve; /* "NAME=ADDR", NULL-terminated */
+    size_t nresolve;
+    enum gd_dns_mode dns;
+    int secrets_in_query;
+    char *audit_path;
+    FILE *audit;
+    char *upstream_ca;
+    char vm_id[40];
+    int quiet; /* no denial lines on stderr */
+};
+
+/* Parses one egress flag at argv[*i] ("--allow-host X" or "--allow-host=X"), advancing
+ * *i past its value. 1 consumed, 0 not an egress flag, negative errno with err set. */
+int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd_err *err);
+/* Cross-checks the whole set and opens the audit file. */
+int gd_egress_finish(struct gd_egress *e, struct gd_err *err);
+void gd_egress_free(struct gd_egress *e);
+
+/* Installs the built-in hooks, in the order above (the secrets hook goes last so every
+ * other hook sees placeholders, never real values). */
+int gd_egress_install(struct gd_egress *e, gd_proxy *px);
+/* gd_proxy_opts.on_event: audit line + a one-line denial notice on stderr. */
+void gd_egress_on_event(const struct gd_proxy_event *ev, void *ud);
+
+/* What to do with a guest TCP connection to (name, port). name may be NULL (an address
+ * no synthetic name maps to). 1 = HTTP/TLS proxy, 2 = mapped raw TCP (*up_host,
+ * *up_port set), 0 = refuse. */
+int gd_egress_port_policy(const struct gd_egress *e, const char *name, unsigned port,
+                          const char **up_host, unsigned *up_port);
+/* Is name allowed by any rule (any port)? Used by trusted DNS before resolving. */
+int gd_egress_host_allowed(const struct gd_egress *e, const char *name);
+/* Guest env entries "NAME=PLACEHOLDER", NULL-terminated, malloc'd (free each + array). */
+char **gd_egress_guest_env(const struct gd_egress *e);
+
+#endif

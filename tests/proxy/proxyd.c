@@ -1,0 +1,147 @@
+/*
+ * gd-proxyd - the egress proxy engine with no VM: each TCP connection accepted on
+ * --listen is served as if the guest had opened it (first byte decides TLS or HTTP).
+ * Takes the same egress flags as `gondolin exec`. Used by tests/proxy and the
+ * benchmark. Prints "READY <port>" once listening; SIGTERM/SIGINT stop it cleanly.
+ *
+ *   gd-proxyd --listen 127.0.0.1:0 [--ca-dir DIR] [--raw HOST:PORT] [egress flags...]
+ */
+#include "http/http.h"
+#include "policy/egress.h"
+#include "tls/tls.h"
+
+#include <arpa/inet.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static gd_proxy *px;
+static struct gd_egress eg;
+static uv_tcp_t srv;
+static uv_signal_t sig_term, sig_int;
+static char *raw_host;
+static unsigned raw_port;
+
+static void on_conn(uv_stream_t *s, int status)
+{
+    if (status)
+        return;
+    uv_tcp_t *c = malloc(sizeof(*c));
+    uv_tcp_init(s->loop, c);
+    if (uv_accept(s, (uv_stream_t *)c)) {
+        uv_close((uv_handle_t *)c, (uv_close_cb)free);
+        return;
+    }
+    uv_os_fd_t fd;
+    uv_fileno((uv_handle_t *)c, &fd);
+    int dup_fd = dup(fd);
+    uv_close((uv_handle_t *)c, (uv_close_cb)free);
+    struct gd_flow_info info = {.kind = GD_FLOW_SNIFF, .dst_addr = "127.0.0.1", .dst_port = 443};
+    if (raw_host) {
+        info.kind = GD_FLOW_RAW;
+        info.raw_host = raw_host;
+        info.raw_port = raw_port;
+    }
+    gd_proxy_serve(px, dup_fd, &info);
+}
+
+static void on_closed(gd_proxy *p, void *ud)
+{
+    (void)p;
+    (void)ud;
+}
+
+static void on_sig(uv_signal_t *s, int signum)
+{
+    (void)signum;
+    uv_close((uv_handle_t *)&srv, NULL);
+    uv_close((uv_handle_t *)&sig_term, NULL);
+    uv_close((uv_handle_t *)&sig_int, NULL);
+    (void)s;
+    gd_proxy_close(px, on_closed, NULL);
+}
+
+int main(int argc, char **argv)
+{
+    const char *listen_at = "127.0.0.1:0", *ca_dir = NULL;
+    struct gd_err err = {{0}};
+    for (int i = 1; i < argc; i++) {
+        int rc = gd_egress_flag(&eg, argc, argv, &i, &err);
+        if (rc < 0) {
+            fprintf(stderr, "gd-proxyd: %s\n", err.msg);
+            return 2;
+        }
+        if (rc)
+            continue;
+        if (!strcmp(argv[i], "--listen") && i + 1 < argc)
+            listen_at = argv[++i];
+        else if (!strcmp(argv[i], "--ca-dir") && i + 1 < argc)
+            ca_dir = argv[++i];
+        else if (!strcmp(argv[i], "--quiet"))
+            eg.quiet = 1;
+        else if (!strcmp(argv[i], "--raw") && i + 1 < argc) {
+            raw_host = strdup(argv[++i]);
+            char *c = strrchr(raw_host, ':');
+            if (!c)
+                return 2;
+            *c = 0;
+            raw_port = (unsigned)atoi(c + 1);
+        } else {
+            fprintf(stderr, "gd-proxyd: unknown argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (gd_egress_finish(&eg, &err)) {
+        fprintf(stderr, "gd-proxyd: %s\n", err.msg);
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    gd_tls *tls;
+    struct gd_tls_opts to = {.ca_dir = ca_dir, .upstream_ca = eg.upstream_ca};
+    if (gd_tls_new(&to, &tls, &err)) {
+        fprintf(stderr, "gd-proxyd: %s\n", err.msg);
+        return 1;
+    }
+    uv_loop_t *loop = uv_default_loop();
+    struct gd_proxy_opts po = {.tls = tls,
+                               .resolve = (const char *const *)eg.resolve,
+                               .on_event = gd_egress_on_event,
+                               .event_ud = &eg};
+    const char *lim = getenv("GD_PROXY_MAX_BODY");
+    if (lim)
+        po.max_body_buffer = strtoul(lim, NULL, 10);
+    if (gd_proxy_new(loop, &po, &px) || gd_egress_install(&eg, px))
+        return 1;
+    char host[64];
+    snprintf(host, sizeof(host), "%s", listen_at);
+    char *c = strrchr(host, ':');
+    if (!c)
+        return 2;
+    *c = 0;
+    struct sockaddr_in sa;
+    uv_ip4_addr(host, atoi(c + 1), &sa);
+    uv_tcp_init(loop, &srv);
+    if (uv_tcp_bind(&srv, (struct sockaddr *)&sa, 0) ||
+        uv_listen((uv_stream_t *)&srv, 512, on_conn)) {
+        fprintf(stderr, "gd-proxyd: cannot listen on %s\n", listen_at);
+        return 1;
+    }
+    struct sockaddr_in got;
+    int gl = sizeof(got);
+    uv_tcp_getsockname(&srv, (struct sockaddr *)&got, &gl);
+    printf("READY %d\n", ntohs(got.sin_port));
+    fflush(stdout);
+    uv_signal_init(loop, &sig_term);
+    uv_signal_init(loop, &sig_int);
+    uv_signal_start(&sig_term, on_sig, SIGTERM);
+    uv_signal_start(&sig_int, on_sig, SIGINT);
+    uv_run(loop, UV_RUN_DEFAULT);
+    gd_proxy_free(px);
+    gd_tls_free(tls);
+    gd_egress_free(&eg);
+    free(raw_host);
+    uv_loop_close(loop);
+    return 0;
+}
