@@ -15,7 +15,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -120,6 +127,150 @@ static void wait_for(const char *path, int ms)
     }
 }
 
+
+/* ---- network (gondolin.net=ADDR/PREFIX,GATEWAY,DNS) and the MITM CA (gondolin.ca=B64) ---- */
+
+static int set_addr(int sk, unsigned long req, const char *ifn, uint32_t a)
+{
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifn);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+    sin->sin_family = AF_INET;
+    sin->sin_addr.s_addr = a;
+    return ioctl(sk, req, &ifr);
+}
+
+static int link_up(int sk, const char *ifn)
+{
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    snprintf(ifr.ifr_name, sizeof(ifr.ifr_name), "%s", ifn);
+    if (ioctl(sk, SIOCGIFFLAGS, &ifr))
+        return -1;
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    return ioctl(sk, SIOCSIFFLAGS, &ifr);
+}
+
+static void write_file(const char *path, const void *p, size_t n, int mode)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0 || write(fd, p, n) != (ssize_t)n)
+        msg("gondolin-init: write %s: %s", path, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+}
+
+static void setup_net(void)
+{
+    int sk = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (sk < 0)
+        return;
+    link_up(sk, "lo");
+    const char *spec = karg("gondolin.net");
+    if (!spec) {
+        close(sk);
+        return;
+    }
+    char buf[128], *save = NULL;
+    snprintf(buf, sizeof(buf), "%.*s", (int)strcspn(spec, " \n"), spec);
+    char *addr = strtok_r(buf, ",", &save), *gw = strtok_r(NULL, ",", &save),
+         *dns = strtok_r(NULL, ",", &save);
+    char *slash = addr ? strchr(addr, '/') : NULL;
+    struct in_addr a, g;
+    if (!slash || !gw || !dns || (*slash = 0, inet_pton(AF_INET, addr, &a) != 1) ||
+        inet_pton(AF_INET, gw, &g) != 1) {
+        msg("gondolin-init: bad gondolin.net");
+        close(sk);
+        return;
+    }
+    int prefix = atoi(slash + 1);
+    uint32_t mask = prefix <= 0 ? 0 : htonl(0xffffffffu << (32 - prefix));
+    wait_for("/sys/class/net/eth0", 5000);
+    if (set_addr(sk, SIOCSIFADDR, "eth0", a.s_addr) ||
+        set_addr(sk, SIOCSIFNETMASK, "eth0", mask) || link_up(sk, "eth0"))
+        msg("gondolin-init: eth0: %s", strerror(errno));
+    struct rtentry rt;
+    memset(&rt, 0, sizeof(rt));
+    struct sockaddr_in *d = (struct sockaddr_in *)&rt.rt_dst, *gwa = (struct sockaddr_in *)&rt.rt_gateway,
+                       *m = (struct sockaddr_in *)&rt.rt_genmask;
+    d->sin_family = gwa->sin_family = m->sin_family = AF_INET;
+    gwa->sin_addr = g;
+    rt.rt_flags = RTF_UP | RTF_GATEWAY;
+    rt.rt_dev = (char *)"eth0";
+    if (ioctl(sk, SIOCADDRT, &rt))
+        msg("gondolin-init: default route: %s", strerror(errno));
+    close(sk);
+    char rc[128];
+    int n = snprintf(rc, sizeof(rc), "nameserver %s\noptions timeout:2 attempts:2\n", dns);
+    write_file("/etc/resolv.conf", rc, (size_t)n, 0644);
+    step("network up");
+}
+
+static int b64val(int c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+/* The CA certificate (base64 DER on the command line) becomes the guest's only trust
+ * anchor: every TLS connection leaving the guest ends at the host's MITM proxy. */
+static void setup_ca(void)
+{
+    const char *b = karg("gondolin.ca");
+    if (!b)
+        return;
+    static unsigned char der[2048];
+    size_t n = 0;
+    unsigned acc = 0;
+    int bits = 0;
+    for (; *b && *b != ' ' && *b != '\n' && *b != '='; b++) {
+        int v = b64val((unsigned char)*b);
+        if (v < 0 || n >= sizeof(der))
+            return;
+        acc = acc << 6 | (unsigned)v;
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            der[n++] = (unsigned char)(acc >> bits);
+        }
+    }
+    static char pem[4096];
+    static const char t[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t k = (size_t)snprintf(pem, sizeof(pem), "-----BEGIN CERTIFICATE-----\n");
+    for (size_t i = 0, col = 0; i < n; i += 3) {
+        unsigned v = (unsigned)der[i] << 16 | (i + 1 < n ? (unsigned)der[i + 1] << 8 : 0) |
+                     (i + 2 < n ? der[i + 2] : 0);
+        pem[k++] = t[v >> 18 & 63];
+        pem[k++] = t[v >> 12 & 63];
+        pem[k++] = i + 1 < n ? t[v >> 6 & 63] : '=';
+        pem[k++] = i + 2 < n ? t[v & 63] : '=';
+        if ((col += 4) == 64) {
+            pem[k++] = '\n';
+            col = 0;
+        }
+        if (k > sizeof(pem) - 64)
+            return;
+    }
+    if (pem[k - 1] != '\n')
+        pem[k++] = '\n';
+    k += (size_t)snprintf(pem + k, sizeof(pem) - k, "-----END CERTIFICATE-----\n");
+    mkdir("/etc/gondolin", 0755);
+    mkdir("/etc/gondolin/mitm", 0755);
+    write_file("/etc/gondolin/mitm/ca.crt", pem, k, 0644);
+    mkdir("/etc/ssl", 0755);
+    mkdir("/etc/ssl/certs", 0755);
+    /* hide the distribution's anchors (bundle and hashed links) under a tmpfs */
+    mount("tmpfs", "/etc/ssl/certs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755");
+    write_file("/etc/ssl/certs/ca-certificates.crt", pem, k, 0644);
+    step("MITM CA installed");
+}
+
 int main(void)
 {
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
@@ -177,6 +328,8 @@ int main(void)
     if (access("/dev/ptmx", F_OK) != 0)
         symlink("pts/ptmx", "/dev/ptmx");
 
+    setup_net();
+    setup_ca();
     step("root switched");
     char *argv[] = {(char *)"sandboxd", NULL};
     char *envp[] = {NULL};

@@ -800,6 +800,13 @@ int main(void)
     setenv("HOME", "/root", 1);
     setenv("TERM", "linux", 0);
     setenv("LANG", "C.UTF-8", 0);
+    if (access("/etc/gondolin/mitm/ca.crt", R_OK) == 0) {
+        /* every TLS client finds the MITM CA, whichever variable it reads */
+        setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt", 1);
+        setenv("CURL_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt", 1);
+        setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt", 1);
+        setenv("NODE_EXTRA_CA_CERTS", "/etc/gondolin/mitm/ca.crt", 1);
+    }
     sethostname("gondolin", 8);
     lo_up();
     signal(SIGPIPE, SIG_IGN);

@@ -2,6 +2,9 @@
 #ifndef GD_CLI_H
 #define GD_CLI_H
 
+#include "http/http.h"
+#include "policy/egress.h"
+#include "tls/tls.h"
 #include "vm/vm.h"
 
 #include <stddef.h>
@@ -20,6 +23,22 @@ int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f);
 /* Finds (and on first use builds) the image to boot; prints a one-line error. */
 int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap);
 int cli_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The egress stack of one VM (egress_rt.c). Fill eg with gd_egress_flag first. */
+struct cli_egress {
+    struct gd_egress eg;
+    gd_tls *tls;
+    gd_proxy *px;
+    struct gd_net *net;
+    int qemu_fd;
+    char **env; /* secret placeholders for the guest, NULL-terminated */
+};
+/* Starts CA, proxy and network; appends the guest's kernel arguments to append. Prints
+ * a one-line error and returns its exit code on failure. */
+int cli_egress_start(struct cli_egress *x, uv_loop_t *loop, char *append, size_t cap);
+/* Closes proxy and network (their handles finish closing on the loop). */
+void cli_egress_stop(struct cli_egress *x);
+void cli_egress_free(struct cli_egress *x);
 
 int cmd_exec(int argc, char **argv, int pty);
 int cmd_doctor(int argc, char **argv);

@@ -39,6 +39,7 @@ struct run {
     int signals;
     int reported; /* a VM error was already printed */
     uint64_t t0;  /* process start, for GONDOLIN_TIMING */
+    struct cli_egress *eg; /* NULL with --no-network */
 };
 
 static void restore_tty(struct run *r)
@@ -274,6 +275,8 @@ static void on_vm_exit(gd_vm *vm, const char *reason, void *ud)
     struct run *r = ud;
     restore_tty(r);
     close_aux(r);
+    if (r->eg)
+        cli_egress_stop(r->eg);
     if (reason) {
         if (!r->reported) /* the exec already said it */
             fprintf(stderr, "gondolin: %s\n", reason);
@@ -307,7 +310,21 @@ static void exec_usage(int pty)
            "  --memory SIZE       guest memory, e.g. 512M, 2G (default 1G)\n"
            "  --cpus N            virtual CPUs (default 2)\n"
            "  --accel kvm|tcg|auto  accelerator (default auto: KVM if it really works)\n"
-           "  -v, --verbose       print the QEMU command line\n");
+           "  -v, --verbose       print the QEMU command line\n"
+           "\negress (no --allow-host: the guest reaches nothing):\n"
+           "  --allow-host RULE   allow requests matching [METHOD ]HOST[:PORT][/PATH]; HOST is\n"
+           "                      name, *.name or *; without :PORT only 80/443 (repeatable)\n"
+           "  --host-secret NAME@HOST[,HOST...][=VALUE]\n"
+           "                      the guest sees NAME=<placeholder>; the host puts VALUE (or\n"
+           "                      $NAME) into requests to HOST only (repeatable)\n"
+           "  --secrets-in-query  also substitute placeholders in URL query strings\n"
+           "  --allow-internal HOST  let HOST resolve to loopback/private addresses\n"
+           "  --tcp-map HOST:PORT[=UPHOST:UPPORT]  raw TCP for HOST:PORT (repeatable)\n"
+           "  --dns MODE          synthetic (default), trusted or open\n"
+           "  --resolve NAME:ADDR host-side address for NAME (like curl --resolve)\n"
+           "  --upstream-ca FILE  also trust FILE for upstream TLS\n"
+           "  --audit FILE        append one JSON line per egress decision\n"
+           "  --no-network        no network device at all\n");
     if (!pty)
         printf("  -t, --tty           run on a PTY (stdout carries both streams)\n"
                "  --no-stdin          do not forward stdin\n");
@@ -319,9 +336,11 @@ int cmd_exec(int argc, char **argv, int pty)
     const char **env = calloc((size_t)argc + 2, sizeof(char *));
     size_t nenv = 0;
     const char *cwd = NULL, *shell = NULL;
-    int no_stdin = 0, tty = pty;
+    int no_stdin = 0, tty = pty, no_network = 0;
     char **cmd = NULL;
     int i;
+    struct cli_egress *egr = calloc(1, sizeof(*egr));
+    struct gd_err eerr = {{0}};
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         int k = cli_vm_flag(argc, argv, &i, &vf);
@@ -332,6 +351,15 @@ int cmd_exec(int argc, char **argv, int pty)
         if (!strcmp(a, "--")) {
             cmd = argv + i + 1;
             break;
+        }
+        k = gd_egress_flag(&egr->eg, argc, argv, &i, &eerr);
+        if (k < 0)
+            return cli_die(2, "%s", eerr.msg);
+        if (k)
+            continue;
+        if (!strcmp(a, "--no-network")) {
+            no_network = 1;
+            continue;
         }
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             exec_usage(pty);
@@ -378,6 +406,9 @@ int cmd_exec(int argc, char **argv, int pty)
         env[nenv++] = termkv;
     }
     env[nenv] = NULL;
+    if (no_network && (egr->eg.nallow || egr->eg.nsecrets || egr->eg.nmaps))
+        return cli_die(2, "--no-network cannot be combined with --allow-host, --host-secret "
+                          "or --tcp-map");
 
     char image[1024];
     if (cli_image_dir(&vf, image, sizeof(image)))
@@ -405,6 +436,28 @@ int cmd_exec(int argc, char **argv, int pty)
                             .memory_mb = vf.memory_mb,
                             .cpus = vf.cpus,
                             .verbose = vf.verbose};
+    static char append[4096];
+    const char *extra = getenv("GONDOLIN_APPEND");
+    snprintf(append, sizeof(append), "%s", extra ? extra : "");
+    const char **allenv = env;
+    if (!no_network) {
+        int erc = cli_egress_start(egr, r->loop, append, sizeof(append));
+        if (erc)
+            return erc;
+        r->eg = egr;
+        vo.net_fd = egr->qemu_fd;
+        vo.append = append;
+        /* placeholders first: an explicit --env wins */
+        size_t ns = 0;
+        while (egr->env && egr->env[ns])
+            ns++;
+        allenv = calloc(ns + nenv + 1, sizeof(char *));
+        for (size_t k = 0; k < ns; k++)
+            allenv[k] = egr->env[k];
+        for (size_t k = 0; k < nenv; k++)
+            allenv[ns + k] = env[k];
+        r->xo.env = allenv;
+    }
     struct gd_err err = {{0}};
     int rc = gd_vm_new(r->loop, &vo, &r->vm, &err);
     if (rc)
@@ -444,7 +497,14 @@ int cmd_exec(int argc, char **argv, int pty)
     restore_tty(r);
     int code = r->code < 0 ? 125 : r->code;
     gd_vm_free(r->vm);
+    if (r->eg)
+        cli_egress_stop(r->eg);
+    uv_run(r->loop, UV_RUN_DEFAULT); /* let the network and proxy finish closing */
     uv_loop_close(r->loop);
+    cli_egress_free(egr);
+    free(egr);
+    if (allenv != env)
+        free(allenv);
     free(env);
     free(r);
     return code;

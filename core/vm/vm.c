@@ -880,6 +880,12 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
     ARG("virtio-serial-device,max_ports=2");
     ARG("-device");
     ARG("virtserialport,chardev=ctl,name=gondolin.ctl");
+    if (vm->o.net_fd > 0) {
+        ARG("-netdev");
+        ARG("socket,id=n0,fd=4");
+        ARG("-device");
+        ARG("virtio-net-device,netdev=n0,mac=52:54:00:67:64:01");
+    }
     argv[n] = NULL;
     return 0;
 #undef ARG
@@ -963,12 +969,15 @@ static int launch(gd_vm *vm)
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0); /* terminal signals (Ctrl-C) go to us, not QEMU */
+        int nfd = vm->o.net_fd > 0 ? fcntl(vm->o.net_fd, F_DUPFD, 10) : -1;
         int nul = open("/dev/null", O_RDWR);
         dup2(nul, 0);
         dup2(cp[1], 1);
         dup2(ep[1], 2);
         dup2(sp[1], 3);
-        syscall(SYS_close_range, 4, ~0u, 0);
+        if (nfd >= 0)
+            dup2(nfd, 4);
+        syscall(SYS_close_range, nfd >= 0 ? 5 : 4, ~0u, 0);
         execvp(argv[0], argv);
         dprintf(2, "cannot execute %s: %s\n", argv[0], strerror(errno));
         _exit(127);

@@ -31,6 +31,8 @@ struct gd_vm_opts {
     int rawecho;               /* benchmark: the agent echoes raw bytes, no protocol */
     int bare;                  /* benchmark: the guest powers off at once */
     int verbose;               /* print the QEMU command line */
+    int net_fd;                /* > 0: a stream socket carrying the guest NIC's frames
+                                  (QEMU socket netdev); borrowed, dup'ed into QEMU */
 };
 
 /* status 0: the agent said HELLO (or, for rawecho, its ready byte); negative: boot
