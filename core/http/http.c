@@ -267,6 +267,7 @@ struct flow {
     int err_status; /* set by a parser callback that refused input */
     int shutting;
     int in_pump; /* re-entrancy guard for flow_process */
+    int kicked;  /* the empty parser run for the current request happened */
     int up_retry;
 };
 
@@ -1321,6 +1322,8 @@ static int on_resp_complete(llhttp_t *p)
 {
     struct up *u = p->data;
     gd_txn *t = u->f->t;
+    if (u->f->st == F_TUNNEL)
+        return 0; /* a 101: execute returns HPE_PAUSED_UPGRADE */
     if (t->status >= 100 && t->status < 200 && t->status != 101) {
         hdrs_free(&t->resp);
         t->reason.n = 0;
@@ -1952,6 +1955,7 @@ static int split_hostport(const char *s, size_t len, char **host, unsigned *port
 static void on_request_head(struct flow *f)
 {
     gd_txn *t = f->t;
+    f->kicked = 0;
     int tls = f->g.ssl != NULL;
     snprintf(t->scheme, sizeof(t->scheme), "%s", tls ? "https" : "http");
     unsigned dflt = tls ? 443 : 80;
@@ -2016,6 +2020,8 @@ static void on_request_head(struct flow *f)
         txn_finish(f);
         return;
     }
+    if (t->websocket)
+        t->want_req_body = 0; /* an upgrade has no body; its frames are tunneled */
     if (t->want_req_body && t->req_cl > (int64_t)f->px->o.max_body_buffer) {
         fail_txn(f, 413, "body-limit", "request body of %lld bytes is over the %zu-byte limit",
                  (long long)t->req_cl, f->px->o.max_body_buffer);
@@ -2031,7 +2037,7 @@ static void flow_process(struct flow *f)
         return;
     f->in_pump = 1;
     for (;;) {
-        if (f->st == F_CLOSING)
+        if (f->st == F_CLOSING || f->shutting)
             break;
         size_t avail = f->pend.n - f->pend_off;
         if (f->st == F_TUNNEL) {
@@ -2042,8 +2048,14 @@ static void flow_process(struct flow *f)
             if (f->up && side_queued(&f->up->s) > HIGH_WATER)
                 break;
             avail = 0;
-        } else if (avail && (f->st == F_HEAD || f->st == F_BODY)) {
-            const char *p = f->pend.p + f->pend_off;
+        } else if ((avail || (f->st == F_BODY && f->t && !f->t->req_done && !f->t->req_has_body &&
+                              !f->kicked)) &&
+                   (f->st == F_HEAD || f->st == F_BODY)) {
+            /* a bodiless request paused after its head completes only when the parser
+             * runs again: run it once on no bytes */
+            if (!avail)
+                f->kicked = 1;
+            const char *p = avail ? f->pend.p + f->pend_off : "";
             if (f->st == F_HEAD && !f->t && !(f->t = txn_new(f))) {
                 flow_close(f);
                 break;
@@ -2100,7 +2112,8 @@ static void flow_process(struct flow *f)
             }
             if (f->st == F_BODY && f->up && side_queued(&f->up->s) > HIGH_WATER)
                 break;
-            continue;
+            if (avail)
+                continue; /* else: the empty run is done, read more */
         }
         if (avail)
             break; /* waiting (upstream, response): keep the bytes, stop reading */

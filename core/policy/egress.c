@@ -59,6 +59,17 @@ static int parse_rule(const char *text, struct gd_allow_rule *r, struct gd_err *
     memcpy(hostport, p, hl);
     hostport[hl] = 0;
     char *colon = strrchr(hostport, ':');
+    if (hostport[0] == '[') { /* [v6]:port */
+        char *rb = strchr(hostport, ']');
+        if (!rb || (rb[1] && rb[1] != ':'))
+            return gd_err_set(err, -EINVAL, "--allow-host '%s': bad [address]", text);
+        colon = rb[1] == ':' ? rb + 1 : NULL;
+        memmove(hostport, hostport + 1, strlen(hostport));
+        rb--;
+        *rb = 0;
+        if (colon)
+            colon--;
+    }
     if (colon) {
         *colon = 0;
         if (parse_port(colon + 1, &r->port))
@@ -366,12 +377,25 @@ static enum gd_decision hook_secrets(gd_txn *t, enum gd_phase ph, void *ud)
     int rc = gd_secrets_apply(e->secrets, e->nsecrets, host, target, 0, &out, &which);
     if (rc == -EACCES)
         return secret_denied(t, which);
-    if (out) {
-        const char *q = strchr(target, '?');
-        /* only the query part may change, and only when asked for */
-        if (e->secrets_in_query && q && !strncmp(out, target, (size_t)(q - target)))
-            gd_txn_set_target(t, out);
-        free(out);
+    free(out);
+    const char *q = strchr(target, '?');
+    if (e->secrets_in_query && q) {
+        /* only the query part changes */
+        out = NULL;
+        rc = gd_secrets_apply(e->secrets, e->nsecrets, host, q, 0, &out, &which);
+        if (out) {
+            size_t pl = (size_t)(q - target), ol = strlen(out);
+            char *nt = malloc(pl + ol + 1);
+            if (nt) {
+                memcpy(nt, target, pl);
+                memcpy(nt + pl, out, ol + 1);
+                gd_txn_set_target(t, nt);
+                memset(nt, 0, pl + ol);
+                free(nt);
+            }
+            memset(out, 0, ol);
+            free(out);
+        }
     }
     return GD_CONTINUE;
 }

@@ -6,6 +6,7 @@
  *
  *   gd-proxyd --listen 127.0.0.1:0 [--ca-dir DIR] [--raw HOST:PORT] [egress flags...]
  */
+#define _GNU_SOURCE
 #include "http/http.h"
 #include "policy/egress.h"
 #include "tls/tls.h"
@@ -47,6 +48,22 @@ static void on_conn(uv_stream_t *s, int status)
     gd_proxy_serve(px, dup_fd, &info);
 }
 
+/* --inspect-bodies: a stand-in for a body-inspecting policy (the Lua/plugin layer does
+ * this for real): buffer every request body, refuse ones that contain "FORBIDDEN". */
+static enum gd_decision hook_inspect(gd_txn *t, enum gd_phase ph, void *ud)
+{
+    (void)ud;
+    if (ph == GD_PHASE_REQUEST_HEAD) {
+        gd_txn_want_body(t);
+        return GD_CONTINUE;
+    }
+    size_t n;
+    const uint8_t *b = gd_txn_body(t, &n);
+    if (memmem(b, n, "FORBIDDEN", 9))
+        return gd_txn_deny(t, 403, "inspect", "body carries a forbidden word");
+    return GD_CONTINUE;
+}
+
 static void on_closed(gd_proxy *p, void *ud)
 {
     (void)p;
@@ -66,6 +83,7 @@ static void on_sig(uv_signal_t *s, int signum)
 int main(int argc, char **argv)
 {
     const char *listen_at = "127.0.0.1:0", *ca_dir = NULL;
+    int inspect = 0;
     struct gd_err err = {{0}};
     for (int i = 1; i < argc; i++) {
         int rc = gd_egress_flag(&eg, argc, argv, &i, &err);
@@ -81,6 +99,8 @@ int main(int argc, char **argv)
             ca_dir = argv[++i];
         else if (!strcmp(argv[i], "--quiet"))
             eg.quiet = 1;
+        else if (!strcmp(argv[i], "--inspect-bodies"))
+            inspect = 1;
         else if (!strcmp(argv[i], "--raw") && i + 1 < argc) {
             raw_host = strdup(argv[++i]);
             char *c = strrchr(raw_host, ':');
@@ -114,6 +134,10 @@ int main(int argc, char **argv)
         po.max_body_buffer = strtoul(lim, NULL, 10);
     if (gd_proxy_new(loop, &po, &px) || gd_egress_install(&eg, px))
         return 1;
+    if (inspect &&
+        gd_proxy_add_hook(px, "inspect", GD_PHASE_REQUEST_HEAD | GD_PHASE_REQUEST_BODY,
+                          hook_inspect, NULL))
+        return 1;
     char host[64];
     snprintf(host, sizeof(host), "%s", listen_at);
     char *c = strrchr(host, ':');
@@ -131,6 +155,8 @@ int main(int argc, char **argv)
     struct sockaddr_in got;
     int gl = sizeof(got);
     uv_tcp_getsockname(&srv, (struct sockaddr *)&got, &gl);
+    for (size_t k = 0; k < eg.nsecrets; k++)
+        printf("SECRET %s=%s\n", eg.secrets[k].name, eg.secrets[k].placeholder);
     printf("READY %d\n", ntohs(got.sin_port));
     fflush(stdout);
     uv_signal_init(loop, &sig_term);

@@ -64,7 +64,7 @@ class H(BaseHTTPRequestHandler):
         if path == "/ws":
             return self.websocket()
         data, chunked = self.body()
-        if path == "/echo":
+        if path.startswith("/echo"):
             doc = {
                 "method": self.command,
                 "path": self.path,
