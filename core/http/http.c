@@ -219,6 +219,7 @@ struct gd_txn {
     char method[24];
     char scheme[8];
     char *host;
+    char *dial; /* the host actually dialled when it differs (mapped raw TCP) */
     unsigned port;
     struct buf url; /* as the guest sent it, then the origin-form target */
     char *target;
@@ -524,6 +525,7 @@ static void txn_free(gd_txn *t)
     if (!t)
         return;
     free(t->host);
+    free(t->dial);
     buf_free(&t->url);
     free(t->target);
     hdrs_free(&t->req);
@@ -1868,9 +1870,9 @@ static void start_request(struct flow *f)
         }
     }
     f->up_retry = 0;
-    const char *name = t->host;
+    const char *name = t->dial ? t->dial : t->host;
     for (size_t i = 0; i < px->nov; i++)
-        if (!strcasecmp(px->ov[i].name, t->host))
+        if (!strcasecmp(px->ov[i].name, name))
             name = px->ov[i].addr;
     struct sockaddr_storage ss;
     if (literal_addr(name, &ss)) {
@@ -2319,7 +2321,9 @@ int gd_proxy_serve(gd_proxy *px, int fd, const struct gd_flow_info *info)
         }
         snprintf(t->method, sizeof(t->method), "CONNECT");
         snprintf(t->scheme, sizeof(t->scheme), "tcp");
-        t->host = strdup(f->raw_host);
+        /* policy sees the name the guest used; the map decides where it goes */
+        t->host = strdup(f->name ? f->name : f->raw_host);
+        t->dial = strdup(f->raw_host);
         t->port = f->raw_port;
         t->target = strdup("");
         f->sniffed = 1;

@@ -4,6 +4,7 @@
 #define _GNU_SOURCE
 #include "net/net.h"
 
+#include "dns/addr.h"
 #include "dns/dns.h"
 
 #include <arpa/inet.h>
@@ -527,8 +528,11 @@ static void on_dns_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *ai
             char txt[64];
             struct in_addr in = ((struct sockaddr_in *)a->ai_addr)->sin_addr;
             inet_ntop(AF_INET, &in, txt, sizeof(txt));
-            if (n->o.dns_mode == 1 && n->o.addr_allowed &&
-                !n->o.addr_allowed(n->o.ud, d->q.name, txt))
+            /* internal addresses never go to the guest (loopback would be its own);
+             * the name then gets a synthetic address and the proxy decides */
+            if (gd_addr_internal_str(txt) ||
+                (n->o.dns_mode == 1 && n->o.addr_allowed &&
+                 !n->o.addr_allowed(n->o.ud, d->q.name, txt)))
                 continue;
             int dup = 0;
             for (size_t k = 0; k < n4; k++)
@@ -537,6 +541,11 @@ static void on_dns_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *ai
                 continue;
             memcpy(a4[n4++], &in.s_addr, 4);
             alias_for(n, ntohl(in.s_addr), d->q.name); /* remember which name it was */
+        }
+        if (!status && !n4) {
+            uint32_t sip = name_to_ip(n, d->q.name);
+            if (sip)
+                wr32(a4[n4++], sip);
         }
         int rc = status == UV_ENOENT || status == UV_EAI_NONAME ? GD_DNS_NXDOMAIN
                  : status                                       ? GD_DNS_SERVFAIL

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Egress from real guests: real clients (curl, python3, busybox wget) inside a VM, real
+servers on host loopback. Each scenario boots one VM and runs a script of checks in it;
+the host-side assertions are what a user would check.
+
+Usage: test_egress.py BUILD_DIR [NAME_FILTER]"""
+import json, os, socket, subprocess, sys, threading
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "proxy"))
+from fixture import Upstreams  # noqa: E402
+
+BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
+FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
+G = os.path.join(BUILD, "gondolin")
+TESTS = []
+
+
+def test(fn):
+    TESTS.append(fn)
+    return fn
+
+
+def expect(c, what):
+    if not c:
+        raise AssertionError(what)
+
+
+def gexec(flags, script, timeout=240):
+    r = subprocess.run([G, "exec"] + flags + ["--", "sh", "-c", script], capture_output=True,
+                       timeout=timeout, text=True)
+    return r.returncode, r.stdout, r.stderr
+
+
+@test
+def basics(up):
+    """curl, python3 and busybox wget over HTTP and HTTPS; unlisted host is 403; the
+    guest sees only the placeholder, the server the real secret"""
+    H, S = up.http_port, up.https_port
+    flags = up.flags(f"good.test:{H}", f"good.test:{S}", f"other.test:{S}",
+                     secrets=["API_TOKEN@good.test=s3cret-value-42"])
+    script = f"""
+echo "ENV=$API_TOKEN"
+curl -sS -m 20 -H "Authorization: Bearer $API_TOKEN" https://good.test:{S}/echo; echo
+curl -sS -m 20 http://good.test:{H}/bytes?n=5; echo
+python3 -c 'import urllib.request,json; print("PY", json.load(urllib.request.urlopen("https://good.test:{S}/echo", timeout=20))["method"])'
+busybox wget -q -O - http://good.test:{H}/bytes?n=3; echo
+curl -sS -m 20 -o /dev/null -w 'UNLISTED %{{http_code}}\\n' https://example.com/
+curl -sS -m 20 -H "X-Key: $API_TOKEN" -o /dev/null -w 'WRONGHOST %{{http_code}}\\n' https://other.test:{S}/echo
+curl -sS -m 20 -u "user:$API_TOKEN" https://good.test:{S}/echo; echo
+"""
+    rc, out, err = gexec(flags, script)
+    expect(rc == 0, f"rc {rc}: {err}")
+    lines = out.splitlines()
+    expect(lines[0].startswith("ENV=GONDOLIN_SECRET_") and "s3cret" not in out.split("\n")[0], lines[0])
+    doc = json.loads(lines[1])
+    expect(doc["headers"]["authorization"] == "Bearer s3cret-value-42", doc["headers"])
+    expect(lines[2] == "xxxxx", lines[2])
+    expect(lines[3] == "PY GET", lines[3])
+    expect(lines[4] == "xxx", lines[4])
+    expect(lines[5] == "UNLISTED 403", lines[5])
+    expect(lines[6] == "WRONGHOST 403", lines[6])
+    basic = json.loads(lines[7])["headers"]["authorization"]
+    import base64
+    expect(base64.b64decode(basic.split()[1]) == b"user:s3cret-value-42", basic)
+    expect("denied" in err and "allow-host" in err, f"host log of the denial: {err}")
+
+
+@test
+def internal(up):
+    """the guest cannot reach host loopback, slirp's host alias, metadata, or a name
+    that resolves to loopback; an IPv4-mapped IPv6 literal is refused too"""
+    H = up.http_port
+    flags = up.flags(f"good.test:{H}") + ["--allow-host", "*"]
+    script = f"""
+for u in http://10.0.2.2:{H}/ http://127.0.0.1:{H}/ http://169.254.169.254/ http://198.19.0.2:{H}/ \
+         http://evil.test:{H}/ http://evil.test/ 'http://[::ffff:127.0.0.1]:{H}/'; do
+  code=$(curl -sS -m 15 -o /tmp/body -w '%{{http_code}}' "$u" 2>/dev/null); echo "$u $code $(head -c 120 /tmp/body 2>/dev/null)"
+done
+"""
+    rc, out, err = gexec(flags, script)
+    for line in out.splitlines():
+        code = line.split()[1]
+        # refused (000: connection refused/reset) or a 403 from policy: never a 200
+        expect(code in ("000", "403"), f"reached: {line}")
+    expect("evil.test" in out and "internal-ranges" in out, out)
+
+
+@test
+def tcp_and_dns(up):
+    """raw TCP: unmapped port refused, mapped port works; UDP other than DNS dropped;
+    synthetic DNS gives one address per name"""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            c.sendall(b"hello from raw tcp\n")
+            c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    flags = up.flags(extra=["--tcp-map", f"db.test:5432=127.0.0.1:{port}", "--allow-internal", "db.test"])
+    script = """
+python3 - <<'PY'
+import socket
+def tcp(h, p):
+    try:
+        s = socket.create_connection((h, p), timeout=10); d = s.recv(100); s.close(); return d.decode().strip() or "EMPTY"
+    except Exception as e:
+        return type(e).__name__
+print("MAPPED", tcp("db.test", 5432))
+print("UNMAPPED", tcp("db.test", 5433))
+print("A", socket.gethostbyname("a.example"), "B", socket.gethostbyname("b.example"), "A2", socket.gethostbyname("a.example"))
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(2)
+u.sendto(b"x", ("1.1.1.1", 123))
+try:
+    u.recv(10); print("UDP answered")
+except Exception:
+    print("UDP dropped")
+PY
+"""
+    rc, out, err = gexec(flags, script)
+    srv.close()
+    expect("MAPPED hello from raw tcp" in out, out + err)
+    expect("UNMAPPED ConnectionRefusedError" in out, out)
+    words = dict(zip(*[iter(out.split("\n")[2].split())] * 2))
+    expect(words["A"] == words["A2"] and words["A"] != words["B"] and words["A"].startswith("198.19."), words)
+    expect("UDP dropped" in out, out)
+
+
+@test
+def concurrency(up):
+    """50 concurrent HTTPS connections from the guest; a dying upstream leaves the VM
+    working; chunked upload and download; keep-alive reuse"""
+    H, S = up.http_port, up.https_port
+    flags = up.flags(f"good.test:{H}", f"good.test:{S}")
+    script = f"""
+python3 - <<'PY'
+import concurrent.futures, http.client, ssl, json
+ctx = ssl.create_default_context()
+def one(i):
+    c = http.client.HTTPSConnection("good.test", {S}, context=ctx, timeout=60)
+    c.request("GET", f"/bytes?n={{1000+i}}"); r = c.getresponse(); n = len(r.read()); c.close()
+    return r.status == 200 and n == 1000 + i
+with concurrent.futures.ThreadPoolExecutor(50) as ex:
+    print("CONC", sum(ex.map(one, range(50))))
+c = http.client.HTTPConnection("good.test", {H}, timeout=30)
+try:
+    c.request("GET", "/die?n=5000"); c.getresponse().read(); print("DIE no error")
+except Exception as e:
+    print("DIE", type(e).__name__)
+c = http.client.HTTPSConnection("good.test", {S}, context=ctx, timeout=30)
+conns = set()
+for i in range(100):
+    c.request("GET", "/echo"); conns.add(json.loads(c.getresponse().read())["conn"])
+print("KEEPALIVE", len(conns))
+def gen():
+    for i in range(10): yield b"z" * 1000
+c.request("POST", "/echo", body=gen(), encode_chunked=True, headers={{"Transfer-Encoding": "chunked"}})
+d = json.loads(c.getresponse().read()); print("UPLOAD", d["body_len"], d["chunked"])
+c.request("GET", "/chunked?n=300000&k=9"); print("DOWNLOAD", len(c.getresponse().read()))
+PY
+"""
+    rc, out, err = gexec(flags, script, timeout=400)
+    expect("CONC 50" in out, out + err)
+    expect("DIE IncompleteRead" in out, out)
+    expect("KEEPALIVE 1" in out, out)
+    expect("UPLOAD 10000 True" in out, out)
+    expect("DOWNLOAD 300000" in out, out)
+
+
+@test
+def default_deny(up):
+    """no --allow-host: nothing leaves, and the 403 says why"""
+    rc, out, err = gexec(up.flags(), f"curl -sS -m 15 http://good.test:{up.http_port}/ ; curl -sS -m 15 https://good.test/")
+    expect(out.count("default-deny") == 2 or ("default-deny" in out), out + err)
+
+
+@test
+def trusted_dns(up):
+    """--dns trusted: allowed names get host-resolved addresses that pass the IP policy"""
+    H = up.http_port
+    # pub.test resolves (on the host only: nothing is sent to it) to a public address
+    flags = up.flags(f"good.test:{H}", "pub.test", extra=["--dns", "trusted", "--resolve",
+                                                         "pub.test:93.184.215.14"])
+    rc, out, err = gexec(flags, f"""python3 -c 'import socket; print("PUB", socket.gethostbyname("pub.test")); print("GOOD", socket.gethostbyname("good.test"))'
+curl -sS -m 15 http://good.test:{H}/bytes?n=4; echo""")
+    expect("PUB 93.184.215.14" in out, out + err)
+    # good.test is on host loopback: the guest gets a synthetic address, never 127.0.0.1
+    expect("GOOD 198.19." in out, out + err)
+    expect("xxxx" in out, out + err)
+
+
+def main():
+    up = Upstreams()
+    passed = failed = 0
+    for fn in TESTS:
+        name = fn.__doc__.strip().splitlines()[0]
+        if FILTER and FILTER not in fn.__name__:
+            continue
+        try:
+            fn(up)
+            print(f"ok   {fn.__name__}: {name}")
+            passed += 1
+        except Exception as e:  # noqa: BLE001
+            print(f"FAIL {fn.__name__}: {name}: {e}")
+            failed += 1
+    up.close()
+    print(f"egress integration tests: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
