@@ -27,7 +27,7 @@ static const char *const default_packages[] = {
 /* No virtio_rng: the guest CPU has RDRAND (KVM: host; TCG: -cpu max), which seeds the
  * kernel's CRNG at once; the module and device cost ~20 ms of boot under TCG. */
 static const char *const guest_modules[] = {"virtio_mmio", "virtio_blk", "virtio_console",
-                                            "virtio_net", "overlay", NULL};
+                                            "virtio_net",  "overlay",    NULL};
 /* busybox applets linked where no package provides the command */
 static const char *const busybox_applets[] = {
     "ps",    "top",      "free",   "vi",    "ip",    "ifconfig", "ping",     "wget",

@@ -9,21 +9,21 @@
  *   gondolin.root=DEV   root block device (default /dev/vda)
  */
 #define _GNU_SOURCE
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <arpa/inet.h>
 #include <net/if.h>
 #include <net/route.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
-#include <sys/socket.h>
 #include <sys/reboot.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -127,7 +127,6 @@ static void wait_for(const char *path, int ms)
     }
 }
 
-
 /* ---- network (gondolin.net=ADDR/PREFIX,GATEWAY,DNS) and the MITM CA (gondolin.ca=B64) ---- */
 
 static int set_addr(int sk, unsigned long req, const char *ifn, uint32_t a)
@@ -187,12 +186,13 @@ static void setup_net(void)
     int prefix = atoi(slash + 1);
     uint32_t mask = prefix <= 0 ? 0 : htonl(0xffffffffu << (32 - prefix));
     wait_for("/sys/class/net/eth0", 5000);
-    if (set_addr(sk, SIOCSIFADDR, "eth0", a.s_addr) ||
-        set_addr(sk, SIOCSIFNETMASK, "eth0", mask) || link_up(sk, "eth0"))
+    if (set_addr(sk, SIOCSIFADDR, "eth0", a.s_addr) || set_addr(sk, SIOCSIFNETMASK, "eth0", mask) ||
+        link_up(sk, "eth0"))
         msg("gondolin-init: eth0: %s", strerror(errno));
     struct rtentry rt;
     memset(&rt, 0, sizeof(rt));
-    struct sockaddr_in *d = (struct sockaddr_in *)&rt.rt_dst, *gwa = (struct sockaddr_in *)&rt.rt_gateway,
+    struct sockaddr_in *d = (struct sockaddr_in *)&rt.rt_dst,
+                       *gwa = (struct sockaddr_in *)&rt.rt_gateway,
                        *m = (struct sockaddr_in *)&rt.rt_genmask;
     d->sin_family = gwa->sin_family = m->sin_family = AF_INET;
     gwa->sin_addr = g;

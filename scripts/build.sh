@@ -7,9 +7,9 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs" >/dev/null
 if [[ "${1:-}" == "--asan" ]]; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGD_SANITIZE=ON >/dev/null
-  cmake --build build-asan -j"$jobs" --target test-unit gd-testclient >/dev/null
+  cmake --build build-asan -j"$jobs" --target test-unit gd-testclient gd-proxyd >/dev/null
 fi
 if [[ "${1:-}" == "--asan" ]] && command -v clang >/dev/null; then
   CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DGD_FUZZ=ON >/dev/null
-  cmake --build build-fuzz -j"$jobs" --target fuzz-proto >/dev/null
+  cmake --build build-fuzz -j"$jobs" --target fuzz-proto fuzz-http fuzz-dns fuzz-sni >/dev/null
 fi

@@ -21,7 +21,13 @@ pkgs=(
   apt e2fsprogs
   # tests: fuzzing (clang + libFuzzer runtime), PTY driving, integration driver
   clang libclang-rt-14-dev clang-format python3 tmux procps
+  # tests: test certificates for the loopback upstreams
+  openssl
 )
+# benchmarks only (scripts/setup.sh --bench): load generator and the peer proxy
+if [[ "${1:-}" == "--bench" ]]; then
+  pkgs+=(wrk mitmproxy)
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do

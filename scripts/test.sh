@@ -25,8 +25,26 @@ if [[ -x build-fuzz/tests/fuzz-proto ]]; then
   [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "fuzzer found a crash"; exit 1; }
 fi
 
+for t in http dns sni; do
+  if [[ -x build-fuzz/tests/fuzz-$t ]]; then
+    echo "== fuzz: $t (${GD_FUZZ_SECONDS_NET:-20}s)"
+    mkdir -p build-fuzz/corpus-$t
+    ./build-fuzz/tests/fuzz-$t -max_total_time="${GD_FUZZ_SECONDS_NET:-20}" -max_len=4096 \
+      -print_final_stats=1 build-fuzz/corpus-$t tests/fuzz/seeds-$t 2>&1 | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY' || true
+    [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "fuzzer found a crash"; exit 1; }
+  fi
+done
+
+echo "== proxy engine (no VM), real upstreams on loopback"
+python3 tests/proxy/test_proxy.py build
+echo "== proxy engine under ASan+UBSan"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  python3 tests/proxy/test_proxy.py build-asan
+
 echo "== integration tests (real VMs)"
 python3 tests/integration/test_vm.py build
+echo "== egress from real guests"
+python3 tests/integration/test_egress.py build
 echo "== API client under ASan+UBSan against a real VM"
 for m in concurrent stdin close inject; do
   ASAN_OPTIONS=detect_leaks=1 ./build-asan/tests/gd-testclient "$m"

@@ -37,8 +37,8 @@ struct run {
     size_t in_len, in_off;
     int out_closed[3];
     int signals;
-    int reported; /* a VM error was already printed */
-    uint64_t t0;  /* process start, for GONDOLIN_TIMING */
+    int reported;          /* a VM error was already printed */
+    uint64_t t0;           /* process start, for GONDOLIN_TIMING */
     struct cli_egress *eg; /* NULL with --no-network */
 };
 

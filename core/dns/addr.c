@@ -68,7 +68,7 @@ static const char *v6_internal(const uint8_t *b)
         return (w = v4_internal(be32(b + 12))) ? w : NULL;
     if (b[0] == 0 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b && b[4] == 0 && b[5] == 1)
         return (w = v4_internal(be32(b + 12))) ? w : NULL; /* 64:ff9b:1::/48 */
-    if (b[0] == 0x20 && b[1] == 0x02) /* 6to4 carries v4 in bits 16..47 */
+    if (b[0] == 0x20 && b[1] == 0x02)                      /* 6to4 carries v4 in bits 16..47 */
         return (w = v4_internal(be32(b + 2))) ? w : NULL;
     if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0 && b[3] == 0) { /* Teredo: ~client v4 */
         uint8_t c[4] = {(uint8_t)~b[12], (uint8_t)~b[13], (uint8_t)~b[14], (uint8_t)~b[15]};

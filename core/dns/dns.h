@@ -13,8 +13,14 @@
 #include <stdint.h>
 
 enum { GD_DNS_A = 1, GD_DNS_AAAA = 28 };
-enum { GD_DNS_NOERROR = 0, GD_DNS_FORMERR = 1, GD_DNS_SERVFAIL = 2, GD_DNS_NXDOMAIN = 3,
-       GD_DNS_NOTIMP = 4, GD_DNS_REFUSED = 5 };
+enum {
+    GD_DNS_NOERROR = 0,
+    GD_DNS_FORMERR = 1,
+    GD_DNS_SERVFAIL = 2,
+    GD_DNS_NXDOMAIN = 3,
+    GD_DNS_NOTIMP = 4,
+    GD_DNS_REFUSED = 5
+};
 
 struct gd_dns_q {
     uint16_t id, flags;

@@ -160,10 +160,57 @@ static int has_token(const char *v, const char *tok)
     return 0;
 }
 
+/* Our own table: llhttp_status_name() aborts on codes it does not know. */
 static const char *reason_phrase(int s)
 {
-    const char *r = llhttp_status_name((llhttp_status_t)s);
-    return r ? r : "Unknown";
+    switch (s) {
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 413:
+        return "Content Too Large";
+    case 417:
+        return "Expectation Failed";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Status";
+    }
 }
 
 /* ---- proxy, flows, upstreams ---- */
@@ -680,8 +727,8 @@ enum gd_decision gd_txn_deny(gd_txn *t, int status, const char *rule, const char
     return GD_DENY;
 }
 
-enum gd_decision gd_txn_respond(gd_txn *t, int status, const char *content_type,
-                                const void *body, size_t n)
+enum gd_decision gd_txn_respond(gd_txn *t, int status, const char *content_type, const void *body,
+                                size_t n)
 {
     free(t->dctype);
     t->dctype = strdup(content_type ? content_type : "text/plain");
@@ -1207,10 +1254,9 @@ static int on_resp_value(llhttp_t *p, const char *at, size_t n)
 
 static int is_hop_header(const char *name, const char *connection)
 {
-    static const char *const hop[] = {"connection",          "keep-alive", "proxy-connection",
-                                      "proxy-authenticate",  "te",         "trailer",
-                                      "transfer-encoding",   "upgrade",    "proxy-authorization",
-                                      NULL};
+    static const char *const hop[] = {
+        "connection", "keep-alive",        "proxy-connection", "proxy-authenticate",  "te",
+        "trailer",    "transfer-encoding", "upgrade",          "proxy-authorization", NULL};
     for (const char *const *h = hop; *h; h++)
         if (!strcasecmp(name, *h))
             return 1;
@@ -1288,6 +1334,8 @@ static int on_resp_headers_complete(llhttp_t *p)
     struct flow *f = u->f;
     gd_txn *t = f->t;
     t->status = llhttp_get_status_code(p);
+    if (t->status < 100 || t->status > 599)
+        return -1; /* -> 502 */
     if (t->status >= 100 && t->status < 200 && t->status != 101)
         return 0; /* interim: dropped in on_resp_complete */
     if (t->status == 101 && !t->websocket)
@@ -1438,8 +1486,7 @@ static void deliver_up_plain(struct up *u, const char *p, size_t n)
     }
     if (e != HPE_OK) {
         u->no_reuse = 1;
-        fail_txn(f, 502, "upstream", "bad response from %s: %s", u->host,
-                 llhttp_errno_name(e));
+        fail_txn(f, 502, "upstream", "bad response from %s: %s", u->host, llhttp_errno_name(e));
     }
 }
 
@@ -1660,8 +1707,7 @@ static void send_req_head(struct flow *f, gd_txn *t)
     int have_host = 0;
     for (size_t i = 0; i < t->req.n; i++) {
         const char *n = t->req.v[i].name;
-        if (is_hop_header(n, conn) || !strcasecmp(n, "expect") ||
-            !strcasecmp(n, "content-length"))
+        if (is_hop_header(n, conn) || !strcasecmp(n, "expect") || !strcasecmp(n, "content-length"))
             continue;
         if (!strcasecmp(n, "host"))
             have_host = 1;
@@ -1993,8 +2039,8 @@ static void on_request_head(struct flow *f)
     if (tls) {
         const char *sni = gd_tls_server_sni(f->g.ssl);
         if (sni && strcasecmp(sni, t->host)) {
-            gd_txn_deny(t, 403, "host-sni", "Host %s does not match TLS server name %s",
-                        t->host, sni);
+            gd_txn_deny(t, 403, "host-sni", "Host %s does not match TLS server name %s", t->host,
+                        sni);
             send_synthetic(f, t, 1);
             txn_finish(f);
             return;
@@ -2108,7 +2154,10 @@ static void flow_process(struct flow *f)
                 if (f->t && !f->t->method[0])
                     snprintf(f->t->method, sizeof(f->t->method), "%s",
                              llhttp_method_name(llhttp_get_method(&f->p)));
-                fail_txn(f, st, st == 431 ? "header-limit" : st == 413 ? "body-limit" : "bad-request",
+                fail_txn(f, st,
+                         st == 431   ? "header-limit"
+                         : st == 413 ? "body-limit"
+                                     : "bad-request",
                          "%s", why);
                 break;
             }
@@ -2171,8 +2220,8 @@ static void flow_process(struct flow *f)
 
 static int sniff_http(const char *p, size_t n)
 {
-    static const char *const m[] = {"GET ",     "POST ",  "PUT ",   "PATCH ",   "DELETE ",
-                                    "HEAD ",    "OPTIONS ", "TRACE ", "CONNECT ", NULL};
+    static const char *const m[] = {"GET ",  "POST ",    "PUT ",   "PATCH ",   "DELETE ",
+                                    "HEAD ", "OPTIONS ", "TRACE ", "CONNECT ", NULL};
     for (const char *const *x = m; *x; x++) {
         size_t l = strlen(*x);
         size_t k = n < l ? n : l;

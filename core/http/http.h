@@ -48,14 +48,14 @@ struct gd_proxy_event {
 };
 
 struct gd_proxy_opts {
-    gd_tls *tls;             /* borrowed; NULL: TLS flows are closed */
-    size_t max_header_bytes; /* request or response head; 0 = 64 KiB (-> 431 / 502) */
-    size_t max_headers;      /* 0 = 128 (-> 431) */
-    size_t max_body_buffer;  /* a body a hook asked to buffer; 0 = 16 MiB (-> 413) */
-    unsigned idle_ms;        /* pooled upstream idle timeout; 0 = 30000 */
-    unsigned connect_ms;     /* upstream connect + TLS handshake; 0 = 10000 */
+    gd_tls *tls;              /* borrowed; NULL: TLS flows are closed */
+    size_t max_header_bytes;  /* request or response head; 0 = 64 KiB (-> 431 / 502) */
+    size_t max_headers;       /* 0 = 128 (-> 431) */
+    size_t max_body_buffer;   /* a body a hook asked to buffer; 0 = 16 MiB (-> 413) */
+    unsigned idle_ms;         /* pooled upstream idle timeout; 0 = 30000 */
+    unsigned connect_ms;      /* upstream connect + TLS handshake; 0 = 10000 */
     unsigned pool_per_origin; /* idle connections kept per origin; 0 = 8 */
-    unsigned max_flows;      /* concurrent guest flows; 0 = 4096 */
+    unsigned max_flows;       /* concurrent guest flows; 0 = 4096 */
     /* Host-side name overrides (like curl --resolve): "NAME=ADDR" entries, NULL-ended.
      * Copied. */
     const char *const *resolve;
@@ -100,8 +100,8 @@ const char *gd_txn_method(const gd_txn *t);
 const char *gd_txn_scheme(const gd_txn *t); /* "http", "https", "tcp" */
 const char *gd_txn_host(const gd_txn *t);   /* lowercase, no port, no brackets */
 unsigned gd_txn_port(const gd_txn *t);
-const char *gd_txn_target(const gd_txn *t); /* origin-form path + query */
-const char *gd_txn_addr(const gd_txn *t);   /* CONNECT: the address about to be dialled */
+const char *gd_txn_target(const gd_txn *t);    /* origin-form path + query */
+const char *gd_txn_addr(const gd_txn *t);      /* CONNECT: the address about to be dialled */
 const char *gd_txn_flow_name(const gd_txn *t); /* the guest's DNS name for the flow */
 int gd_txn_status(const gd_txn *t);            /* response phases */
 int gd_txn_is_websocket(const gd_txn *t);
@@ -121,8 +121,8 @@ int gd_txn_set_target(gd_txn *t, const char *target);
  * line. Both copied. */
 enum gd_decision gd_txn_deny(gd_txn *t, int status, const char *rule, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-enum gd_decision gd_txn_respond(gd_txn *t, int status, const char *content_type,
-                                const void *body, size_t n);
+enum gd_decision gd_txn_respond(gd_txn *t, int status, const char *content_type, const void *body,
+                                size_t n);
 /* Records which rule allowed the exchange (audit). */
 void gd_txn_set_rule(gd_txn *t, const char *rule);
 

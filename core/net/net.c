@@ -12,8 +12,8 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
-#include <stddef.h>
 #include <slirp/libslirp.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,11 +24,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#define NET_BASE 0xc6130000u   /* 198.19.0.0/16, host byte order */
-#define GUEST_IP 0xc613000fu   /* .0.15 */
-#define GW_IP 0xc6130002u      /* .0.2 */
-#define DNS_IP 0xc6130003u     /* .0.3 */
-#define MAX_NAMES (127 * 254)  /* 198.19.1.1 .. 198.19.127.254 */
+#define NET_BASE 0xc6130000u    /* 198.19.0.0/16, host byte order */
+#define GUEST_IP 0xc613000fu    /* .0.15 */
+#define GW_IP 0xc6130002u       /* .0.2 */
+#define DNS_IP 0xc6130003u      /* .0.3 */
+#define MAX_NAMES (127 * 254)   /* 198.19.1.1 .. 198.19.127.254 */
 #define MAX_ALIASES (128 * 254) /* 198.19.128.1 .. 198.19.255.254 */
 #define MAX_FWDS 4096
 #define MAX_FRAME 65550
@@ -164,8 +164,8 @@ static void wr32(uint8_t *p, uint32_t v)
 static void csum_fix32(uint8_t *field, uint32_t from, uint32_t to)
 {
     uint32_t s = (uint16_t)~rd16(field);
-    s += (uint16_t)~(from >> 16);
-    s += (uint16_t)~(from & 0xffff);
+    s += (uint16_t) ~(from >> 16);
+    s += (uint16_t) ~(from & 0xffff);
     s += to >> 16;
     s += to & 0xffff;
     while (s >> 16)
@@ -427,7 +427,7 @@ static void send_rst(gd_net *n, const uint8_t *f, size_t ihl)
     const uint8_t *ip = f + 14, *tcp = ip + ihl;
     uint8_t o[14 + 20 + 20];
     memcpy(o, f + 6, 6); /* to the guest */
-    memcpy(o + 6, f, 6);  /* from whoever it addressed */
+    memcpy(o + 6, f, 6); /* from whoever it addressed */
     wr16(o + 12, 0x0800);
     uint8_t *oi = o + 14, *ot = oi + 20;
     memset(oi, 0, 40);
@@ -530,9 +530,8 @@ static void on_dns_resolved(uv_getaddrinfo_t *r, int status, struct addrinfo *ai
             inet_ntop(AF_INET, &in, txt, sizeof(txt));
             /* internal addresses never go to the guest (loopback would be its own);
              * the name then gets a synthetic address and the proxy decides */
-            if (gd_addr_internal_str(txt) ||
-                (n->o.dns_mode == 1 && n->o.addr_allowed &&
-                 !n->o.addr_allowed(n->o.ud, d->q.name, txt)))
+            if (gd_addr_internal_str(txt) || (n->o.dns_mode == 1 && n->o.addr_allowed &&
+                                              !n->o.addr_allowed(n->o.ud, d->q.name, txt)))
                 continue;
             int dup = 0;
             for (size_t k = 0; k < n4; k++)
@@ -579,8 +578,8 @@ static void handle_dns(gd_net *n, const uint8_t *f, size_t len, size_t ihl)
         dns_answer(n, f, q, ql, &dq, GD_DNS_NOERROR, NULL, 0, 0);
         return;
     }
-    if (!strcmp(dq.name, "localhost") || (strlen(dq.name) > 10 &&
-                                          !strcmp(dq.name + strlen(dq.name) - 10, ".localhost"))) {
+    if (!strcmp(dq.name, "localhost") ||
+        (strlen(dq.name) > 10 && !strcmp(dq.name + strlen(dq.name) - 10, ".localhost"))) {
         static const uint8_t lo[1][4] = {{127, 0, 0, 1}};
         dns_answer(n, f, q, ql, &dq, GD_DNS_NOERROR, dq.qtype == GD_DNS_A ? lo : NULL,
                    dq.qtype == GD_DNS_A, SYNTH_TTL);
@@ -637,8 +636,8 @@ static int handle_tcp(gd_net *n, uint8_t *f, size_t len, size_t ihl)
     uint32_t dst = rd32(ip + 16);
     uint16_t dport = rd16(tcp + 2);
     int syn = (tcp[13] & 0x12) == 0x02;
-    int synthetic = (dst & 0xffff0000u) == NET_BASE && (dst >> 8 & 0xff) >= 1 &&
-                    (dst >> 8 & 0xff) <= 127;
+    int synthetic =
+        (dst & 0xffff0000u) == NET_BASE && (dst >> 8 & 0xff) >= 1 && (dst >> 8 & 0xff) <= 127;
     uint32_t target = dst;
     const char *name = NULL;
     if (synthetic) {
@@ -672,9 +671,10 @@ static int handle_tcp(gd_net *n, uint8_t *f, size_t len, size_t ihl)
         char dtxt[32];
         struct in_addr da = {.s_addr = htonl(dst)};
         inet_ntop(AF_INET, &da, dtxt, sizeof(dtxt));
-        int kind = pol == 2 ? GD_FLOW_RAW : dport == 80 ? GD_FLOW_HTTP
-                                          : dport == 443 ? GD_FLOW_TLS
-                                                         : GD_FLOW_SNIFF;
+        int kind = pol == 2       ? GD_FLOW_RAW
+                   : dport == 80  ? GD_FLOW_HTTP
+                   : dport == 443 ? GD_FLOW_TLS
+                                  : GD_FLOW_SNIFF;
         if (!fwd_add(n, target, dport, kind, name, dtxt, up_host, up_port)) {
             send_rst(n, f, ihl);
             return -1;
@@ -1097,7 +1097,8 @@ int gd_net_new(uv_loop_t *loop, const struct gd_net_opts *o, gd_net **out, int *
     n->tick.data = n;
     n->tick_open = 1;
     n->handles++;
-    snprintf(n->guest_arg, sizeof(n->guest_arg), "gondolin.net=198.19.0.15/24,198.19.0.2,198.19.0.3");
+    snprintf(n->guest_arg, sizeof(n->guest_arg),
+             "gondolin.net=198.19.0.15/24,198.19.0.2,198.19.0.3");
     *qemu_fd = sp[1];
     *out = n;
     return 0;
@@ -1147,12 +1148,12 @@ void gd_net_close(gd_net *n, void (*cb)(gd_net *, void *), void *ud)
         uv_close((uv_handle_t *)&s->t, on_stimer_closed);
     }
     int pending = 0;
-#define CLOSE(h, flag)                                                                        \
-    if (n->flag) {                                                                             \
-        n->flag = 0;                                                                           \
-        (h)->data = n;                                                                         \
-        uv_close((uv_handle_t *)(h), on_handle_closed);                                        \
-        pending = 1;                                                                           \
+#define CLOSE(h, flag)                                                                             \
+    if (n->flag) {                                                                                 \
+        n->flag = 0;                                                                               \
+        (h)->data = n;                                                                             \
+        uv_close((uv_handle_t *)(h), on_handle_closed);                                            \
+        pending = 1;                                                                               \
     }
     CLOSE(&n->qpoll, qpoll_open);
     CLOSE(&n->eppoll, eppoll_open);

@@ -339,8 +339,8 @@ static enum gd_decision secret_denied(gd_txn *t, const struct gd_secret *s)
     size_t k = 0;
     for (size_t i = 0; i < s->nhosts && k < sizeof(hosts) - 1; i++)
         k += (size_t)snprintf(hosts + k, sizeof(hosts) - k, "%s%s", i ? "," : "", s->hosts[i]);
-    return gd_txn_deny(t, 403, "secret-scope", "secret %s may only be sent to %s, not %s",
-                       s->name, hosts, gd_txn_host(t));
+    return gd_txn_deny(t, 403, "secret-scope", "secret %s may only be sent to %s, not %s", s->name,
+                       hosts, gd_txn_host(t));
 }
 
 static enum gd_decision hook_secrets(gd_txn *t, enum gd_phase ph, void *ud)

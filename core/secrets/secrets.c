@@ -121,7 +121,7 @@ static char *replace_all(const char *in, const char *from, const char *to, int *
         *oom = 1;
         return NULL;
     }
-    for (const char *p = in, *q; ; p = q + fl) {
+    for (const char *p = in, *q;; p = q + fl) {
         q = strstr(p, from);
         if (!q) {
             strcpy(w, p);

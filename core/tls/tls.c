@@ -3,9 +3,9 @@
  */
 #include "tls/tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
@@ -127,8 +127,7 @@ static X509 *make_ca(EVP_PKEY *key)
         X509_set_issuer_name(c, nm) != 1 || X509_set_pubkey(c, key) != 1 ||
         add_ext(c, c, NID_basic_constraints, "critical,CA:TRUE,pathlen:0") ||
         add_ext(c, c, NID_key_usage, "critical,keyCertSign,cRLSign") ||
-        add_ext(c, c, NID_subject_key_identifier, "hash") ||
-        X509_sign(c, key, EVP_sha256()) <= 0) {
+        add_ext(c, c, NID_subject_key_identifier, "hash") || X509_sign(c, key, EVP_sha256()) <= 0) {
         X509_free(c);
         return NULL;
     }

@@ -134,9 +134,8 @@ int main(int argc, char **argv)
         po.max_body_buffer = strtoul(lim, NULL, 10);
     if (gd_proxy_new(loop, &po, &px) || gd_egress_install(&eg, px))
         return 1;
-    if (inspect &&
-        gd_proxy_add_hook(px, "inspect", GD_PHASE_REQUEST_HEAD | GD_PHASE_REQUEST_BODY,
-                          hook_inspect, NULL))
+    if (inspect && gd_proxy_add_hook(px, "inspect", GD_PHASE_REQUEST_HEAD | GD_PHASE_REQUEST_BODY,
+                                     hook_inspect, NULL))
         return 1;
     char host[64];
     snprintf(host, sizeof(host), "%s", listen_at);
