@@ -464,7 +464,7 @@ int gd_proxy_new(uv_loop_t *loop, const struct gd_proxy_opts *o, gd_proxy **out)
     if (!px->o.connect_ms)
         px->o.connect_ms = 10000;
     if (!px->o.pool_per_origin)
-        px->o.pool_per_origin = 8;
+        px->o.pool_per_origin = 64;
     if (!px->o.max_flows)
         px->o.max_flows = 4096;
     px->o.resolve = NULL;

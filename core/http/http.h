@@ -54,7 +54,7 @@ struct gd_proxy_opts {
     size_t max_body_buffer;   /* a body a hook asked to buffer; 0 = 16 MiB (-> 413) */
     unsigned idle_ms;         /* pooled upstream idle timeout; 0 = 30000 */
     unsigned connect_ms;      /* upstream connect + TLS handshake; 0 = 10000 */
-    unsigned pool_per_origin; /* idle connections kept per origin; 0 = 8 */
+    unsigned pool_per_origin; /* idle connections kept per origin; 0 = 64 */
     unsigned max_flows;       /* concurrent guest flows; 0 = 4096 */
     /* Host-side name overrides (like curl --resolve): "NAME=ADDR" entries, NULL-ended.
      * Copied. */

@@ -42,7 +42,7 @@ def start_nginx(d, cert, key):
         f.truncate(100 << 20)
     conf = os.path.join(d, "nginx.conf")
     with open(conf, "w") as f:
-        f.write(f"""worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;
+        f.write(f"""user root; worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/nginx.err;
 events {{ worker_connections 4096; }}
 http {{ access_log off; keepalive_requests 1000000; sendfile on;
   server {{ listen 127.0.0.1:{port} ssl; server_name good.test;
@@ -113,7 +113,8 @@ def main():
             f.write(f"""from mitmproxy import http
 ALLOW = {{"good.test"}}
 def request(flow: http.HTTPFlow):
-    if flow.request.pretty_host not in ALLOW:
+    # reverse mode rewrites Host to the upstream: the name the client asked for is the SNI
+    if (flow.client_conn.sni or flow.request.pretty_host) not in ALLOW:
         flow.response = http.Response.make(403, b"denied", {{"Content-Type": "text/plain"}})
         return
     a = flow.request.headers.get("authorization", "")
