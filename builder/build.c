@@ -38,24 +38,6 @@ static const char *const busybox_applets[] = {
 };
 #define IMAGE_TIMESTAMP 1704067200u /* 2024-01-01: fixed so builds are reproducible */
 
-int gd_mkdir_p(const char *path, unsigned mode)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof(tmp), "%s", path) >= (int)sizeof(tmp))
-        return -ENAMETOOLONG;
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(tmp, mode) && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, mode) && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
 static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *f)
 {
     (void)st;

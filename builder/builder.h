@@ -67,7 +67,6 @@ int gd_kernel_extract_vmlinux(const char *bzimage, const char *out, struct gd_er
 int gd_modules_resolve(const char *moddir, const char *const *wanted, char ***order, size_t *n,
                        struct gd_err *err);
 
-int gd_mkdir_p(const char *path, unsigned mode);
 int gd_rm_rf(const char *path);
 int gd_copy_file(const char *src, const char *dst, unsigned mode);
 

@@ -12,4 +12,7 @@ int gd_sha256_file(const char *path, char hex[65]);
 int gd_dir_list(const char *path, char ***out, size_t *n);
 void gd_dir_list_free(char **v, size_t n);
 
+/* mkdir -p: creates path and its missing parents with mode. 0 or negative errno. */
+int gd_mkdir_p(const char *path, unsigned mode);
+
 #endif

@@ -1096,6 +1096,19 @@ static int on_req_url(llhttp_t *p, const char *at, size_t n)
     return buf_add(&f->t->url, at, n) ? -1 : 0;
 }
 
+/* Appends n bytes to a heap string (llhttp may deliver a field in pieces). */
+static int str_append(char **s, const char *at, size_t n)
+{
+    size_t l = strlen(*s);
+    char *q = realloc(*s, l + n + 1);
+    if (!q)
+        return -1;
+    memcpy(q + l, at, n);
+    q[l + n] = 0;
+    *s = q;
+    return 0;
+}
+
 static int on_hdr_field(llhttp_t *p, const char *at, size_t n, struct hdrs *h, gd_txn *t,
                         size_t max_headers)
 {
@@ -1109,15 +1122,8 @@ static int on_hdr_field(llhttp_t *p, const char *at, size_t n, struct hdrs *h, g
             free(value);
             return -1;
         }
-    } else {
-        struct hdr *x = &h->v[h->n - 1];
-        size_t l = strlen(x->name);
-        char *q = realloc(x->name, l + n + 1);
-        if (!q)
-            return -1;
-        memcpy(q + l, at, n);
-        q[l + n] = 0;
-        x->name = q;
+    } else if (str_append(&h->v[h->n - 1].name, at, n)) {
+        return -1;
     }
     t->last_was_value = 0;
     return 0;
@@ -1125,16 +1131,8 @@ static int on_hdr_field(llhttp_t *p, const char *at, size_t n, struct hdrs *h, g
 
 static int on_hdr_value(const char *at, size_t n, struct hdrs *h, gd_txn *t)
 {
-    if (!h->n)
+    if (!h->n || str_append(&h->v[h->n - 1].value, at, n))
         return -1;
-    struct hdr *x = &h->v[h->n - 1];
-    size_t l = strlen(x->value);
-    char *q = realloc(x->value, l + n + 1);
-    if (!q)
-        return -1;
-    memcpy(q + l, at, n);
-    q[l + n] = 0;
-    x->value = q;
     t->last_was_value = 1;
     return 0;
 }

@@ -422,22 +422,32 @@ static struct fwd *fwd_add(gd_net *n, uint32_t ip, uint16_t port, int kind, cons
 
 /* ---- frames from the guest ---- */
 
+/* Ethernet + IPv4 header of a reply to guest frame f: addresses swapped, proto, total
+ * IP length tot. Returns the IPv4 header (20 bytes, checksum filled). */
+static uint8_t *reply_ip(uint8_t *o, const uint8_t *f, uint8_t proto, size_t tot)
+{
+    const uint8_t *ip = f + 14;
+    memcpy(o, f + 6, 6); /* to the guest */
+    memcpy(o + 6, f, 6); /* from whoever it addressed */
+    wr16(o + 12, 0x0800);
+    uint8_t *oi = o + 14;
+    memset(oi, 0, 20);
+    oi[0] = 0x45;
+    wr16(oi + 2, (uint16_t)tot);
+    oi[8] = 64;
+    oi[9] = proto;
+    memcpy(oi + 12, ip + 16, 4);
+    memcpy(oi + 16, ip + 12, 4);
+    wr16(oi + 10, fold(sum16(oi, 20, 0)));
+    return oi;
+}
+
 static void send_rst(gd_net *n, const uint8_t *f, size_t ihl)
 {
     const uint8_t *ip = f + 14, *tcp = ip + ihl;
     uint8_t o[14 + 20 + 20];
-    memcpy(o, f + 6, 6); /* to the guest */
-    memcpy(o + 6, f, 6); /* from whoever it addressed */
-    wr16(o + 12, 0x0800);
-    uint8_t *oi = o + 14, *ot = oi + 20;
-    memset(oi, 0, 40);
-    oi[0] = 0x45;
-    wr16(oi + 2, 40);
-    oi[8] = 64;
-    oi[9] = 6;
-    memcpy(oi + 12, ip + 16, 4);
-    memcpy(oi + 16, ip + 12, 4);
-    wr16(oi + 10, fold(sum16(oi, 20, 0)));
+    uint8_t *oi = reply_ip(o, f, 6, 40), *ot = oi + 20;
+    memset(ot, 0, 20);
     memcpy(ot, tcp + 2, 2);
     memcpy(ot + 2, tcp, 2);
     uint32_t seq = rd32(tcp + 4);
@@ -459,21 +469,11 @@ static void send_udp(gd_net *n, const uint8_t *f, const uint8_t *payload, size_t
     uint8_t o[14 + 20 + 8 + 1500];
     if (plen > 1500 - 28)
         return;
-    memcpy(o, f + 6, 6);
-    memcpy(o + 6, f, 6);
-    wr16(o + 12, 0x0800);
-    uint8_t *oi = o + 14, *ou = oi + 20;
-    memset(oi, 0, 28);
-    oi[0] = 0x45;
-    wr16(oi + 2, (uint16_t)(28 + plen));
-    oi[8] = 64;
-    oi[9] = 17;
-    memcpy(oi + 12, ip + 16, 4);
-    memcpy(oi + 16, ip + 12, 4);
-    wr16(oi + 10, fold(sum16(oi, 20, 0)));
+    uint8_t *oi = reply_ip(o, f, 17, 28 + plen), *ou = oi + 20;
     memcpy(ou, udp + 2, 2);
     memcpy(ou + 2, udp, 2);
     wr16(ou + 4, (uint16_t)(8 + plen));
+    wr16(ou + 6, 0); /* the checksum covers its own field as zero */
     memcpy(ou + 8, payload, plen);
     uint32_t s = sum16(oi + 12, 8, 0) + 17 + (uint32_t)(8 + plen);
     uint16_t c = fold(sum16(ou, 8 + plen, s));

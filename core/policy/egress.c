@@ -38,6 +38,14 @@ static int parse_port(const char *s, unsigned *port)
     return 0;
 }
 
+static void rule_free(struct gd_allow_rule *r)
+{
+    free(r->text);
+    free(r->method);
+    free(r->host);
+    free(r->path);
+}
+
 static int parse_rule(const char *text, struct gd_allow_rule *r, struct gd_err *err)
 {
     memset(r, 0, sizeof(*r));
@@ -119,10 +127,7 @@ int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd
             return gd_err_set(err, -ENOMEM, "out of memory");
         e->allow = q;
         if ((rc = parse_rule(v, &q[e->nallow], err))) {
-            free(q[e->nallow].text);
-            free(q[e->nallow].method);
-            free(q[e->nallow].host);
-            free(q[e->nallow].path);
+            rule_free(&q[e->nallow]);
             return rc;
         }
         e->nallow++;
@@ -246,12 +251,8 @@ int gd_egress_finish(struct gd_egress *e, struct gd_err *err)
 
 void gd_egress_free(struct gd_egress *e)
 {
-    for (size_t i = 0; i < e->nallow; i++) {
-        free(e->allow[i].text);
-        free(e->allow[i].method);
-        free(e->allow[i].host);
-        free(e->allow[i].path);
-    }
+    for (size_t i = 0; i < e->nallow; i++)
+        rule_free(&e->allow[i]);
     free(e->allow);
     for (size_t i = 0; i < e->ninternal; i++)
         free(e->internal[i]);

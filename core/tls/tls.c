@@ -3,6 +3,8 @@
  */
 #include "tls/tls.h"
 
+#include "base/fs.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -52,24 +54,6 @@ static const char *openssl_why(void)
 static EVP_PKEY *new_p256(void)
 {
     return EVP_EC_gen("P-256");
-}
-
-static int mkdir_parents(const char *dir)
-{
-    char tmp[4096];
-    if (snprintf(tmp, sizeof(tmp), "%s", dir) >= (int)sizeof(tmp))
-        return -ENAMETOOLONG;
-    for (char *p = tmp + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = 0;
-        if (mkdir(tmp, 0700) && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(tmp, 0700) && errno != EEXIST)
-        return -errno;
-    return 0;
 }
 
 static void default_ca_dir(char *out, size_t cap)
@@ -164,7 +148,7 @@ static int load_or_create_ca(gd_tls *t, const char *dir, struct gd_err *err)
                               dir);
         return 0;
     }
-    int rc = mkdir_parents(dir);
+    int rc = gd_mkdir_p(dir, 0700);
     if (rc)
         return gd_err_set(err, rc, "cannot create %s: %s", dir, strerror(-rc));
     t->ca_key = new_p256();
