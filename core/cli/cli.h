@@ -2,6 +2,7 @@
 #ifndef GD_CLI_H
 #define GD_CLI_H
 
+#include "engine/engine.h"
 #include "http/http.h"
 #include "policy/egress.h"
 #include "tls/tls.h"
@@ -24,9 +25,32 @@ int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f);
 int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap);
 int cli_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* The egress stack of one VM (egress_rt.c). Fill eg with gd_egress_flag first. */
+/* Policy flags of exec/bash/run and the policy commands (egress_rt.c): egress flags
+ * (kept as argv pieces, replayed by the engine into every revision), --policy,
+ * --plugin, --plugin-dir. */
+struct cli_policy {
+    const char **flags;
+    int nflags;
+    const char *policy;
+    const char **plugin_dirs; /* NULL-ended */
+    const char **plugins;     /* NULL-ended */
+    int no_default_dirs;      /* skip /etc/gondolin/plugins.d and ~/.config/... */
+    const char **secret_values; /* authoring tools: NAME=VALUE overrides */
+    int stub_secrets;
+    char status_path[512];    /* exec/run: where reload results go (policy reload) */
+    struct gd_egress check;   /* the flags parsed once, for early errors */
+};
+/* 1 consumed (advancing *i), 0 not a policy flag, -1 bad value (message printed). */
+int cli_policy_flag(struct cli_policy *p, int argc, char **argv, int *i);
+/* Builds the engine; prints a one-line error and returns its exit code on failure. */
+int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out);
+void cli_policy_free(struct cli_policy *p);
+/* $XDG_RUNTIME_DIR/gondolin/sandboxes (or /tmp/gondolin-UID/...), created 0700. */
+int cli_sandbox_dir(char *out, size_t cap);
+
+/* The egress stack of one VM (egress_rt.c). */
 struct cli_egress {
-    struct gd_egress eg;
+    gd_engine *eng; /* borrowed */
     gd_tls *tls;
     gd_proxy *px;
     struct gd_net *net;
@@ -41,6 +65,7 @@ void cli_egress_stop(struct cli_egress *x);
 void cli_egress_free(struct cli_egress *x);
 
 int cmd_exec(int argc, char **argv, int pty);
+int cmd_policy(int argc, char **argv);
 int cmd_doctor(int argc, char **argv);
 
 #endif

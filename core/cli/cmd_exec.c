@@ -311,6 +311,12 @@ static void exec_usage(int pty)
            "  --cpus N            virtual CPUs (default 2)\n"
            "  --accel kvm|tcg|auto  accelerator (default auto: KVM if it really works)\n"
            "  -v, --verbose       print the QEMU command line\n"
+           "\npolicy (docs/lua-api.md, docs/plugins.md):\n"
+           "  --policy FILE.lua   a Lua policy: rules, secrets, hooks, VM settings; reloaded\n"
+           "                      when it changes, on SIGHUP or `gondolin policy reload`\n"
+           "  --plugin PATH.so    load a plugin (repeatable; after the plugin directories)\n"
+           "  --plugin-dir DIR    load every *.so in DIR (after /etc/gondolin/plugins.d and\n"
+           "                      ~/.config/gondolin/plugins.d)\n"
            "\negress (no --allow-host: the guest reaches nothing):\n"
            "  --allow-host RULE   allow requests matching [METHOD ]HOST[:PORT][/PATH]; HOST is\n"
            "                      name, *.name or *; without :PORT only 80/443 (repeatable)\n"
@@ -340,7 +346,7 @@ int cmd_exec(int argc, char **argv, int pty)
     char **cmd = NULL;
     int i;
     struct cli_egress *egr = calloc(1, sizeof(*egr));
-    struct gd_err eerr = {{0}};
+    static struct cli_policy pol;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         int k = cli_vm_flag(argc, argv, &i, &vf);
@@ -352,9 +358,9 @@ int cmd_exec(int argc, char **argv, int pty)
             cmd = argv + i + 1;
             break;
         }
-        k = gd_egress_flag(&egr->eg, argc, argv, &i, &eerr);
+        k = cli_policy_flag(&pol, argc, argv, &i);
         if (k < 0)
-            return cli_die(2, "%s", eerr.msg);
+            return 2;
         if (k)
             continue;
         if (!strcmp(a, "--no-network")) {
@@ -406,9 +412,55 @@ int cmd_exec(int argc, char **argv, int pty)
         env[nenv++] = termkv;
     }
     env[nenv] = NULL;
-    if (no_network && (egr->eg.nallow || egr->eg.nsecrets || egr->eg.nmaps))
-        return cli_die(2, "--no-network cannot be combined with --allow-host, --host-secret "
-                          "or --tcp-map");
+    if (no_network && (pol.check.nallow || pol.check.nsecrets || pol.check.nmaps || pol.policy))
+        return cli_die(2, "--no-network cannot be combined with --policy, --allow-host, "
+                          "--host-secret or --tcp-map");
+    gd_engine *eng = NULL;
+    const char **penv = NULL;
+    char reg_path[512] = "";
+    if (!no_network && pol.policy) { /* found by `gondolin policy reload` */
+        char dir[450];
+        if (cli_sandbox_dir(dir, sizeof(dir)) == 0) {
+            snprintf(reg_path, sizeof(reg_path), "%s/%d", dir, (int)getpid());
+            snprintf(pol.status_path, sizeof(pol.status_path), "%s.status", reg_path);
+            FILE *f = fopen(reg_path, "we");
+            if (f) {
+                fprintf(f, "%s\n", pol.policy);
+                fclose(f);
+            }
+        }
+    }
+    if (!no_network) {
+        int prc = cli_policy_engine(&pol, 0, &eng);
+        if (prc) {
+            if (reg_path[0]) {
+                unlink(reg_path);
+                unlink(pol.status_path);
+            }
+            return prc;
+        }
+        egr->eng = eng;
+        const struct gd_lua_conf *pc = gd_engine_policy_conf(eng);
+        if (pc) { /* the policy's VM settings; the command line wins */
+            if (!vf.image)
+                vf.image = pc->image;
+            if (!vf.memory_mb)
+                vf.memory_mb = pc->memory_mb;
+            if (!vf.cpus)
+                vf.cpus = pc->cpus;
+            size_t np = 0;
+            while (pc->env && pc->env[np])
+                np++;
+            penv = calloc(np + nenv + 1, sizeof(char *));
+            for (size_t k = 0; k < np; k++)
+                penv[k] = pc->env[k];
+            for (size_t k = 0; k <= nenv; k++)
+                penv[np + k] = env[k];
+            free(env);
+            env = penv;
+            nenv += np;
+        }
+    }
 
     char image[1024];
     if (cli_image_dir(&vf, image, sizeof(image)))
@@ -503,6 +555,12 @@ int cmd_exec(int argc, char **argv, int pty)
     uv_loop_close(r->loop);
     cli_egress_free(egr);
     free(egr);
+    gd_engine_free(eng);
+    if (reg_path[0]) {
+        unlink(reg_path);
+        unlink(pol.status_path);
+    }
+    cli_policy_free(&pol);
     if (allenv != env)
         free(allenv);
     free(env);

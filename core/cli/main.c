@@ -205,8 +205,10 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
-    if (!strcmp(c, "exec"))
+    if (!strcmp(c, "exec") || !strcmp(c, "run"))
         return cmd_exec(argc - 1, argv + 1, 0);
+    if (!strcmp(c, "policy"))
+        return cmd_policy(argc - 1, argv + 1);
     if (!strcmp(c, "bash"))
         return cmd_exec(argc - 1, argv + 1, 1);
     if (!strcmp(c, "doctor"))

@@ -14,6 +14,7 @@
 #include "dns/addr.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <llhttp.h>
 #include <netdb.h>
@@ -286,6 +287,7 @@ struct gd_txn {
     int dstatus;
     char *drule, *dreason, *dctype;
     struct buf dbody;
+    struct hdrs dhdrs; /* extra headers of a synthetic response */
     char *allow_rule;
     int want_req_body, want_resp_body;
     struct buf reqbody, respbody;
@@ -294,6 +296,11 @@ struct gd_txn {
     int last_was_value;
     const char *decision; /* audit: "allow", "deny", "respond", "error" */
     char errwhy[256];
+    /* the policy layer's per-transaction slot (gd_txn_set_data) */
+    void *data;
+    void (*data_free)(void *);
+    const char *tag;       /* borrowed from data's owner; audited */
+    const char *hook_name; /* the hook running now: default rule of a denial */
 };
 
 struct flow {
@@ -571,6 +578,8 @@ static void txn_free(gd_txn *t)
 {
     if (!t)
         return;
+    if (t->data_free)
+        t->data_free(t->data);
     free(t->host);
     free(t->dial);
     buf_free(&t->url);
@@ -582,6 +591,7 @@ static void txn_free(gd_txn *t)
     free(t->dreason);
     free(t->dctype);
     buf_free(&t->dbody);
+    hdrs_free(&t->dhdrs);
     free(t->allow_rule);
     buf_free(&t->reqbody);
     buf_free(&t->respbody);
@@ -607,6 +617,7 @@ static void emit_event(struct flow *f, gd_txn *t)
         .bytes_up = t->up_bytes,
         .bytes_down = t->down_bytes,
         .ms = (double)(now_ns() - t->t0) / 1e6,
+        .tag = t->tag,
     };
     px->o.on_event(&e, px->o.event_ud);
 }
@@ -637,7 +648,7 @@ const char *gd_txn_addr(const gd_txn *t)
 }
 const char *gd_txn_flow_name(const gd_txn *t)
 {
-    return t->f->name;
+    return t->f ? t->f->name : t->host;
 }
 int gd_txn_status(const gd_txn *t)
 {
@@ -665,9 +676,22 @@ const char *gd_txn_header(const gd_txn *t, int resp, const char *name)
     return hdrs_get(resp ? &t->resp : &t->req, name);
 }
 
+/* A header a hook may write: a token name, a value without CR, LF or NUL. */
+static int header_ok(const char *name, const char *value)
+{
+    if (!*name)
+        return 0;
+    for (const char *c = name; *c; c++)
+        if (*c <= ' ' || *c >= 127 || strchr("()<>@,;:\\\"/[]?={}", *c))
+            return 0;
+    return !value || !strpbrk(value, "\r\n");
+}
+
 int gd_txn_set_header(gd_txn *t, int resp, const char *name, const char *value)
 {
     struct hdrs *h = resp ? &t->resp : &t->req;
+    if (!header_ok(name, value))
+        return -EINVAL;
     for (size_t i = h->n; i-- > 0;)
         if (!strcasecmp(h->v[i].name, name))
             hdrs_del(h, i);
@@ -685,7 +709,7 @@ int gd_txn_set_header(gd_txn *t, int resp, const char *name, const char *value)
 int gd_txn_set_header_at(gd_txn *t, int resp, size_t i, const char *value)
 {
     struct hdrs *h = resp ? &t->resp : &t->req;
-    if (i >= h->n)
+    if (i >= h->n || strpbrk(value, "\r\n"))
         return -EINVAL;
     char *v = strdup(value);
     if (!v)
@@ -697,7 +721,7 @@ int gd_txn_set_header_at(gd_txn *t, int resp, size_t i, const char *value)
 
 int gd_txn_set_target(gd_txn *t, const char *target)
 {
-    if (target[0] != '/')
+    if (target[0] != '/' || strpbrk(target, " \t\r\n"))
         return -EINVAL;
     char *d = strdup(target);
     if (!d)
@@ -719,7 +743,7 @@ enum gd_decision gd_txn_deny(gd_txn *t, int status, const char *rule, const char
             *c = ' ';
     free(t->drule);
     free(t->dreason);
-    t->drule = strdup(rule ? rule : "policy");
+    t->drule = strdup(rule ? rule : t->hook_name ? t->hook_name : "policy");
     t->dreason = strdup(why);
     t->dstatus = status >= 400 && status <= 599 ? status : 403;
     t->denied = 1;
@@ -742,10 +766,113 @@ enum gd_decision gd_txn_respond(gd_txn *t, int status, const char *content_type,
     return GD_RESPOND;
 }
 
+int gd_txn_respond_header(gd_txn *t, const char *name, const char *value)
+{
+    static const char *const own[] = {"content-type", "content-length", "connection",
+                                      "transfer-encoding", NULL};
+    for (const char *const *o = own; *o; o++)
+        if (!strcasecmp(name, *o))
+            return -EINVAL;
+    if (!header_ok(name, value))
+        return -EINVAL;
+    char *n = strdup(name), *v = strdup(value);
+    if (!n || !v || hdrs_push(&t->dhdrs, n, v)) {
+        free(n);
+        free(v);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
 void gd_txn_set_rule(gd_txn *t, const char *rule)
 {
     free(t->allow_rule);
     t->allow_rule = rule ? strdup(rule) : NULL;
+}
+
+void gd_txn_set_data(gd_txn *t, void *data, void (*data_free)(void *))
+{
+    if (t->data_free)
+        t->data_free(t->data);
+    t->data = data;
+    t->data_free = data_free;
+}
+
+void *gd_txn_data(const gd_txn *t)
+{
+    return t->data;
+}
+
+void gd_txn_set_tag(gd_txn *t, const char *tag)
+{
+    t->tag = tag;
+}
+
+void gd_txn_set_hook_name(gd_txn *t, const char *name)
+{
+    t->hook_name = name;
+}
+
+enum gd_decision gd_txn_decision(const gd_txn *t, int *status, const char **rule,
+                                 const char **reason)
+{
+    *status = t->denied ? t->dstatus : t->status;
+    *rule = t->denied ? t->drule : t->allow_rule;
+    *reason = t->denied ? t->dreason : NULL;
+    return t->denied == 2 ? GD_RESPOND : t->denied ? GD_DENY : GD_CONTINUE;
+}
+
+const uint8_t *gd_txn_respond_body(const gd_txn *t, size_t *n, const char **content_type)
+{
+    *n = t->dbody.n;
+    *content_type = t->dctype;
+    return (const uint8_t *)(t->dbody.p ? t->dbody.p : "");
+}
+
+gd_txn *gd_txn_new_detached(const char *method, const char *scheme, const char *host,
+                            unsigned port, const char *target)
+{
+    gd_txn *t = txn_new(NULL);
+    if (!t)
+        return NULL;
+    snprintf(t->method, sizeof(t->method), "%s", method);
+    snprintf(t->scheme, sizeof(t->scheme), "%s", scheme);
+    t->host = strdup(host);
+    t->target = strdup(target);
+    t->port = port;
+    if (!t->host || !t->target) {
+        txn_free(t);
+        return NULL;
+    }
+    for (char *c = t->host; *c; c++)
+        *c = (char)tolower((unsigned char)*c);
+    return t;
+}
+
+int gd_txn_add_header(gd_txn *t, int resp, const char *name, const char *value)
+{
+    char *n = strdup(name), *v = strdup(value);
+    if (!n || !v || hdrs_push(resp ? &t->resp : &t->req, n, v)) {
+        free(n);
+        free(v);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+void gd_txn_set_response(gd_txn *t, int status)
+{
+    t->status = status;
+}
+
+void gd_txn_set_addr(gd_txn *t, const char *addr)
+{
+    snprintf(t->addr, sizeof(t->addr), "%s", addr);
+}
+
+void gd_txn_free_detached(gd_txn *t)
+{
+    txn_free(t);
 }
 
 void gd_txn_want_body(gd_txn *t)
@@ -777,7 +904,9 @@ static enum gd_decision run_hooks(gd_proxy *px, gd_txn *t, enum gd_phase ph)
         struct hook *h = &px->hooks[i];
         if (!(h->phases & ph))
             continue;
+        t->hook_name = h->name;
         enum gd_decision d = h->fn(t, ph, h->ud);
+        t->hook_name = NULL;
         if (d == GD_CONTINUE)
             continue;
         if (!t->denied) /* a hook that said no without gd_txn_deny: still a denial */
@@ -813,6 +942,8 @@ static void send_synthetic(struct flow *f, gd_txn *t, int close_after)
                reason_phrase(t->dstatus), ctype, body.n);
     if (t->denied == 1 && t->drule)
         buf_printf(&b, "X-Gondolin-Rule: %s\r\n", t->drule);
+    for (size_t i = 0; t->denied == 2 && i < t->dhdrs.n; i++)
+        buf_printf(&b, "%s: %s\r\n", t->dhdrs.v[i].name, t->dhdrs.v[i].value);
     buf_printf(&b, "Connection: %s\r\n\r\n", close_after ? "close" : "keep-alive");
     if (!t->head_req)
         buf_add(&b, body.p ? body.p : "", body.n);

@@ -45,6 +45,7 @@ struct gd_proxy_event {
     int status;
     uint64_t bytes_up, bytes_down;
     double ms;
+    const char *tag; /* gd_txn_set_tag (the policy revision), or NULL */
 };
 
 struct gd_proxy_opts {
@@ -123,6 +124,9 @@ enum gd_decision gd_txn_deny(gd_txn *t, int status, const char *rule, const char
     __attribute__((format(printf, 4, 5)));
 enum gd_decision gd_txn_respond(gd_txn *t, int status, const char *content_type, const void *body,
                                 size_t n);
+/* Adds a header to the synthetic response of gd_txn_respond (copies). -EINVAL for a
+ * framing header (Content-Type goes through gd_txn_respond) or CR/LF in name or value. */
+int gd_txn_respond_header(gd_txn *t, const char *name, const char *value);
 /* Records which rule allowed the exchange (audit). */
 void gd_txn_set_rule(gd_txn *t, const char *rule);
 
@@ -130,5 +134,29 @@ void gd_txn_set_rule(gd_txn *t, const char *rule);
 void gd_txn_want_body(gd_txn *t);
 const uint8_t *gd_txn_body(const gd_txn *t, size_t *n);
 int gd_txn_set_body(gd_txn *t, const void *p, size_t n);
+
+/* The policy layer's slot: one pointer per transaction, freed with data_free when the
+ * transaction ends (after its audit event). Replacing it frees the old one. */
+void gd_txn_set_data(gd_txn *t, void *data, void (*data_free)(void *));
+void *gd_txn_data(const gd_txn *t);
+/* A label for the audit event (borrowed; must outlive the transaction). */
+void gd_txn_set_tag(gd_txn *t, const char *tag);
+/* The name a denial without a rule is attributed to (borrowed, set by a dispatcher). */
+void gd_txn_set_hook_name(gd_txn *t, const char *name);
+/* The decision so far: GD_CONTINUE (allowed; *rule is the allowing rule or NULL),
+ * GD_DENY or GD_RESPOND with *status, *rule and *reason (borrowed). */
+enum gd_decision gd_txn_decision(const gd_txn *t, int *status, const char **rule,
+                                 const char **reason);
+const uint8_t *gd_txn_respond_body(const gd_txn *t, size_t *n, const char **content_type);
+
+/* ---- detached transactions: run hooks without a flow (policy test / explain) ---- */
+
+/* A request that never touches the network. Copies. NULL on out of memory. */
+gd_txn *gd_txn_new_detached(const char *method, const char *scheme, const char *host,
+                            unsigned port, const char *target);
+int gd_txn_add_header(gd_txn *t, int resp, const char *name, const char *value);
+void gd_txn_set_response(gd_txn *t, int status); /* enters the response phases */
+void gd_txn_set_addr(gd_txn *t, const char *addr);
+void gd_txn_free_detached(gd_txn *t);
 
 #endif

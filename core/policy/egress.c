@@ -298,7 +298,7 @@ static int rule_matches(const struct gd_allow_rule *r, gd_txn *t)
     return 1;
 }
 
-static enum gd_decision hook_allow(gd_txn *t, enum gd_phase ph, void *ud)
+enum gd_decision gd_egress_hook_allow(gd_txn *t, enum gd_phase ph, void *ud)
 {
     (void)ph;
     struct gd_egress *e = ud;
@@ -319,7 +319,7 @@ static enum gd_decision hook_allow(gd_txn *t, enum gd_phase ph, void *ud)
                        gd_txn_target(t));
 }
 
-static enum gd_decision hook_internal(gd_txn *t, enum gd_phase ph, void *ud)
+enum gd_decision gd_egress_hook_internal(gd_txn *t, enum gd_phase ph, void *ud)
 {
     (void)ph;
     struct gd_egress *e = ud;
@@ -344,7 +344,7 @@ static enum gd_decision secret_denied(gd_txn *t, const struct gd_secret *s)
                        hosts, gd_txn_host(t));
 }
 
-static enum gd_decision hook_secrets(gd_txn *t, enum gd_phase ph, void *ud)
+enum gd_decision gd_egress_hook_secrets(gd_txn *t, enum gd_phase ph, void *ud)
 {
     (void)ph;
     struct gd_egress *e = ud;
@@ -404,9 +404,9 @@ static enum gd_decision hook_secrets(gd_txn *t, enum gd_phase ph, void *ud)
 int gd_egress_install(struct gd_egress *e, gd_proxy *px)
 {
     int rc;
-    if ((rc = gd_proxy_add_hook(px, "allow-host", GD_PHASE_REQUEST_HEAD, hook_allow, e)) ||
-        (rc = gd_proxy_add_hook(px, "internal-ranges", GD_PHASE_CONNECT, hook_internal, e)) ||
-        (rc = gd_proxy_add_hook(px, "secrets", GD_PHASE_REQUEST_HEAD, hook_secrets, e)))
+    if ((rc = gd_proxy_add_hook(px, "allow-host", GD_PHASE_REQUEST_HEAD, gd_egress_hook_allow, e)) ||
+        (rc = gd_proxy_add_hook(px, "internal-ranges", GD_PHASE_CONNECT, gd_egress_hook_internal, e)) ||
+        (rc = gd_proxy_add_hook(px, "secrets", GD_PHASE_REQUEST_HEAD, gd_egress_hook_secrets, e)))
         return rc;
     return 0;
 }
@@ -436,6 +436,8 @@ void gd_egress_on_event(const struct gd_proxy_event *ev, void *ud)
         if (o) {
             cJSON_AddStringToObject(o, "time", ts);
             cJSON_AddStringToObject(o, "vm", e->vm_id);
+            if (ev->tag)
+                cJSON_AddStringToObject(o, "policy", ev->tag);
             cJSON_AddStringToObject(o, "method", ev->method);
             cJSON_AddStringToObject(o, "scheme", ev->scheme);
             cJSON_AddStringToObject(o, "host", ev->host);

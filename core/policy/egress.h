@@ -66,6 +66,12 @@ void gd_egress_free(struct gd_egress *e);
 /* Installs the built-in hooks, in the order above (the secrets hook goes last so every
  * other hook sees placeholders, never real values). */
 int gd_egress_install(struct gd_egress *e, gd_proxy *px);
+/* The built-in hooks themselves (ud = the gd_egress), for a dispatcher that builds its
+ * own chain: allow-host (REQUEST_HEAD), internal-ranges (CONNECT), secrets
+ * (REQUEST_HEAD, last). */
+enum gd_decision gd_egress_hook_allow(gd_txn *t, enum gd_phase ph, void *ud);
+enum gd_decision gd_egress_hook_internal(gd_txn *t, enum gd_phase ph, void *ud);
+enum gd_decision gd_egress_hook_secrets(gd_txn *t, enum gd_phase ph, void *ud);
 /* gd_proxy_opts.on_event: audit line + a one-line denial notice on stderr. */
 void gd_egress_on_event(const struct gd_proxy_event *ev, void *ud);
 

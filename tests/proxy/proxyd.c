@@ -1,12 +1,16 @@
 /*
  * gd-proxyd - the egress proxy engine with no VM: each TCP connection accepted on
  * --listen is served as if the guest had opened it (first byte decides TLS or HTTP).
- * Takes the same egress flags as `gondolin exec`. Used by tests/proxy and the
- * benchmark. Prints "READY <port>" once listening; SIGTERM/SIGINT stop it cleanly.
+ * Takes the same egress and policy flags as `gondolin exec` (--policy, --plugin,
+ * --plugin-dir; no drop-in directories). Used by tests/proxy and the benchmarks.
+ * Prints "SECRET NAME=PLACEHOLDER" lines and "READY <port>" once listening, then
+ * "RELOAD ok|rejected REVISION [message]" after each reload (SIGHUP, file watch).
+ * SIGTERM/SIGINT stop it cleanly.
  *
- *   gd-proxyd --listen 127.0.0.1:0 [--ca-dir DIR] [--raw HOST:PORT] [egress flags...]
+ *   gd-proxyd --listen 127.0.0.1:0 [--ca-dir DIR] [--raw HOST:PORT] [flags...]
  */
 #define _GNU_SOURCE
+#include "engine/engine.h"
 #include "http/http.h"
 #include "policy/egress.h"
 #include "tls/tls.h"
@@ -19,7 +23,8 @@
 #include <unistd.h>
 
 static gd_proxy *px;
-static struct gd_egress eg;
+static struct gd_egress eg; /* the flags, parsed once for early errors */
+static gd_engine *eng;
 static uv_tcp_t srv;
 static uv_signal_t sig_term, sig_int;
 static char *raw_host;
@@ -76,29 +81,58 @@ static void on_sig(uv_signal_t *s, int signum)
     uv_close((uv_handle_t *)&srv, NULL);
     uv_close((uv_handle_t *)&sig_term, NULL);
     uv_close((uv_handle_t *)&sig_int, NULL);
+    gd_engine_close(eng);
     (void)s;
     gd_proxy_close(px, on_closed, NULL);
+}
+
+static void on_reload(void *ud, int ok, const char *rev, const char *msg)
+{
+    (void)ud;
+    printf("RELOAD %s %s%s%s\n", ok ? "ok" : "rejected", rev, msg ? " " : "", msg ? msg : "");
+    fflush(stdout);
+}
+
+static void log_line(void *ud, const char *msg)
+{
+    (void)ud;
+    fprintf(stderr, "gd-proxyd: %s\n", msg);
 }
 
 int main(int argc, char **argv)
 {
     const char *listen_at = "127.0.0.1:0", *ca_dir = NULL;
-    int inspect = 0;
+    int inspect = 0, quiet = 0;
     struct gd_err err = {{0}};
+    const char **flags = calloc((size_t)argc + 1, sizeof(char *));
+    const char **dirs = calloc((size_t)argc + 1, sizeof(char *));
+    const char **plugins = calloc((size_t)argc + 1, sizeof(char *));
+    int nflags = 0, ndirs = 0, nplugins = 0;
+    const char *policy = NULL;
     for (int i = 1; i < argc; i++) {
+        int start = i;
         int rc = gd_egress_flag(&eg, argc, argv, &i, &err);
         if (rc < 0) {
             fprintf(stderr, "gd-proxyd: %s\n", err.msg);
             return 2;
         }
-        if (rc)
+        if (rc) {
+            for (int k = start; k <= i; k++)
+                flags[nflags++] = argv[k];
             continue;
-        if (!strcmp(argv[i], "--listen") && i + 1 < argc)
+        }
+        if (!strcmp(argv[i], "--policy") && i + 1 < argc)
+            policy = argv[++i];
+        else if (!strcmp(argv[i], "--plugin") && i + 1 < argc)
+            plugins[nplugins++] = argv[++i];
+        else if (!strcmp(argv[i], "--plugin-dir") && i + 1 < argc)
+            dirs[ndirs++] = argv[++i];
+        else if (!strcmp(argv[i], "--listen") && i + 1 < argc)
             listen_at = argv[++i];
         else if (!strcmp(argv[i], "--ca-dir") && i + 1 < argc)
             ca_dir = argv[++i];
         else if (!strcmp(argv[i], "--quiet"))
-            eg.quiet = 1;
+            quiet = 1;
         else if (!strcmp(argv[i], "--inspect-bodies"))
             inspect = 1;
         else if (!strcmp(argv[i], "--raw") && i + 1 < argc) {
@@ -113,27 +147,37 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (gd_egress_finish(&eg, &err)) {
+    struct gd_engine_opts eo = {.policy = policy,
+                                .flags = flags,
+                                .nflags = nflags,
+                                .plugin_dirs = dirs,
+                                .plugins = plugins,
+                                .quiet = quiet,
+                                .log = log_line,
+                                .on_reload = on_reload};
+    if (gd_engine_new(&eo, &eng, &err)) {
         fprintf(stderr, "gd-proxyd: %s\n", err.msg);
         return 2;
     }
+    struct gd_egress *cur = gd_engine_egress(eng);
     signal(SIGPIPE, SIG_IGN);
     gd_tls *tls;
-    struct gd_tls_opts to = {.ca_dir = ca_dir, .upstream_ca = eg.upstream_ca};
+    struct gd_tls_opts to = {.ca_dir = ca_dir, .upstream_ca = cur->upstream_ca};
     if (gd_tls_new(&to, &tls, &err)) {
         fprintf(stderr, "gd-proxyd: %s\n", err.msg);
         return 1;
     }
     uv_loop_t *loop = uv_default_loop();
     struct gd_proxy_opts po = {.tls = tls,
-                               .resolve = (const char *const *)eg.resolve,
-                               .on_event = gd_egress_on_event,
-                               .event_ud = &eg};
+                               .resolve = (const char *const *)cur->resolve,
+                               .on_event = gd_engine_on_event,
+                               .event_ud = eng};
     const char *lim = getenv("GD_PROXY_MAX_BODY");
     if (lim)
         po.max_body_buffer = strtoul(lim, NULL, 10);
-    if (gd_proxy_new(loop, &po, &px) || gd_egress_install(&eg, px))
+    if (gd_proxy_new(loop, &po, &px) || gd_engine_install(eng, px))
         return 1;
+    gd_engine_watch(eng, loop);
     if (inspect && gd_proxy_add_hook(px, "inspect", GD_PHASE_REQUEST_HEAD | GD_PHASE_REQUEST_BODY,
                                      hook_inspect, NULL))
         return 1;
@@ -154,8 +198,9 @@ int main(int argc, char **argv)
     struct sockaddr_in got;
     int gl = sizeof(got);
     uv_tcp_getsockname(&srv, (struct sockaddr *)&got, &gl);
-    for (size_t k = 0; k < eg.nsecrets; k++)
-        printf("SECRET %s=%s\n", eg.secrets[k].name, eg.secrets[k].placeholder);
+    for (size_t k = 0; k < cur->nsecrets; k++)
+        printf("SECRET %s=%s\n", cur->secrets[k].name, cur->secrets[k].placeholder);
+    printf("REVISION %s\n", gd_engine_revision(eng));
     printf("READY %d\n", ntohs(got.sin_port));
     fflush(stdout);
     uv_signal_init(loop, &sig_term);
@@ -165,7 +210,11 @@ int main(int argc, char **argv)
     uv_run(loop, UV_RUN_DEFAULT);
     gd_proxy_free(px);
     gd_tls_free(tls);
+    gd_engine_free(eng);
     gd_egress_free(&eg);
+    free(flags);
+    free(dirs);
+    free(plugins);
     free(raw_host);
     uv_loop_close(loop);
     return 0;

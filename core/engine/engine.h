@@ -1,0 +1,94 @@
+/*
+ * engine.h - the policy engine: one object per sandbox that turns the command line's
+ * egress flags, a Lua policy file and the loaded .so plugins into a *revision* (egress
+ * rules, plugin instances, Lua state, one ordered hook chain), installs a single
+ * dispatcher hook into the proxy, and swaps revisions on reload.
+ *
+ * Chain of a revision, in order:
+ *   allow-host (REQUEST)  internal-ranges (CONNECT)  plugin hooks (load order)
+ *   Lua hooks  secrets (REQUEST, last: every other hook sees placeholders only)
+ *
+ * Each transaction is pinned to the revision current when its first hook ran and keeps
+ * it (refcounted) until it ends, so a reload never splits one exchange between two
+ * policies; the revision's short hash goes into the transaction's audit record.
+ *
+ * Reload (gd_engine_reload; SIGHUP and file watches call it): the new revision is
+ * built in a fresh Lua state with fresh plugin instances and validated completely; only
+ * then does it become current. A failing build leaves the old revision in place.
+ * Settings that only apply at start (VM options, DNS mode, audit file) are reported
+ * when a reload changes them.
+ */
+#ifndef GD_ENGINE_H
+#define GD_ENGINE_H
+
+#include "base/err.h"
+#include "http/http.h"
+#include "lua/lpolicy.h"
+#include "policy/egress.h"
+
+#include <uv.h>
+
+typedef struct gd_engine gd_engine;
+
+struct gd_engine_opts {
+    const char *policy;              /* Lua policy file, or NULL (flags only) */
+    const char *const *flags;        /* egress flags as argv, replayed into every revision */
+    int nflags;
+    const char *const *plugin_dirs;  /* NULL-ended; scanned in order, files sorted */
+    const char *const *plugins;      /* NULL-ended explicit .so paths, after the dirs */
+    const char *lua_dir;             /* trusted modules; NULL = found next to the binary */
+    int quiet;                       /* no denial lines on stderr */
+    void (*log)(void *ud, const char *msg); /* policy/plugin log lines; NULL = stderr */
+    void *log_ud;
+    /* After every reload attempt made by a watch or SIGHUP: ok, the revision now
+     * current, and the error of a rejected attempt (NULL when ok). */
+    void (*on_reload)(void *ud, int ok, const char *revision, const char *msg);
+    /* Authoring tools: "NAME=VALUE" values that replace the policy's secret sources, and
+     * stub_secrets = every other secret gets the value "stub-NAME" (nothing is read). */
+    const char *const *secret_values;
+    int stub_secrets;
+};
+
+/* Builds the first revision. On error err says what and where (file:line). */
+int gd_engine_new(const struct gd_engine_opts *o, gd_engine **out, struct gd_err *err);
+void gd_engine_free(gd_engine *e); /* after gd_engine_unwatch's handles closed */
+
+/* Installs the dispatcher hook; the proxy's on_event must be gd_engine_on_event. */
+int gd_engine_install(gd_engine *e, gd_proxy *px);
+void gd_engine_on_event(const struct gd_proxy_event *ev, void *ud);
+
+/* The current revision's egress rules (borrowed, valid until the next reload). */
+struct gd_egress *gd_engine_egress(gd_engine *e);
+/* The Lua policy's declarations of the current revision, or NULL without a policy. */
+const struct gd_lua_conf *gd_engine_policy_conf(gd_engine *e);
+const char *gd_engine_revision(const gd_engine *e); /* short hash */
+unsigned gd_engine_generation(const gd_engine *e);  /* 1, 2, ... per successful load */
+
+/* Builds and swaps in a new revision. On failure the old one stays and err explains. */
+int gd_engine_reload(gd_engine *e, struct gd_err *err);
+
+/* Watches the policy files and plugin dirs and handles SIGHUP (reload after a short
+ * debounce; results are logged). */
+int gd_engine_watch(gd_engine *e, uv_loop_t *loop);
+void gd_engine_unwatch(gd_engine *e);
+/* Closes the watch, timer and signal handles for good (they finish closing on the
+ * loop; run it once more before gd_engine_free). */
+void gd_engine_close(gd_engine *e);
+
+/* Policy authoring (no VM): runs one request through the current revision's chain.
+ * Headers are "Name: value" strings. Fills the outcome; the transaction is returned
+ * (detached) for inspection and must be freed with gd_txn_free_detached. */
+struct gd_engine_trial {
+    const char *method, *url;
+    const char *const *headers; /* NULL-ended */
+    const char *addr;           /* resolved address for the CONNECT phase, or NULL */
+    int response_status;        /* > 0: also run the response phases with resp_headers */
+    const char *const *resp_headers;
+};
+int gd_engine_try(gd_engine *e, const struct gd_engine_trial *tr, gd_txn **out,
+                  struct gd_err *err);
+
+/* The lua/ directory next to the running binary (source tree or installed share/). */
+const char *gd_engine_default_lua_dir(void);
+
+#endif
