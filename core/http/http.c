@@ -193,6 +193,12 @@ static const char *reason_phrase(int s)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 409:
+        return "Conflict";
+    case 429:
+        return "Too Many Requests";
+    case 451:
+        return "Unavailable For Legal Reasons";
     case 413:
         return "Content Too Large";
     case 417:

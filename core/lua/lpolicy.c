@@ -1940,7 +1940,8 @@ enum gd_decision gd_lua_hook(gd_lua *l, gd_txn *t, enum gd_phase ph, int *ctx_re
             snprintf(msg, sizeof(msg), "%s: memory cap of %zu MiB reached", l->site[idx],
                      l->limit >> 20);
         lua_gc(l->L, LUA_GCCOLLECT, 0);
-        return gd_txn_deny(t, 403, "lua-error", "%s in %s: %s", kind, phase_fn[idx], msg);
+        return gd_txn_deny(t, 403, "lua-error", "%s in %s (%s): %s", kind, phase_fn[idx],
+                           l->site[idx], msg);
     }
     int status;
     const char *rule, *reason;
