@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 start=$SECONDS
 bash scripts/setup.sh
 echo "== style (clang-format)"
-find core guest builder tests examples -name '*.[ch]' -print0 | xargs -0 clang-format --dry-run --Werror
+find core guest builder tests examples plugins -name '*.[ch]' -print0 | xargs -0 clang-format --dry-run --Werror
 echo "== build (warnings are errors; plain, ASan+UBSan, fuzz)"
 bash scripts/build.sh --asan
 
@@ -40,6 +40,21 @@ python3 tests/proxy/test_proxy.py build
 echo "== proxy engine under ASan+UBSan"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   python3 tests/proxy/test_proxy.py build-asan
+
+echo "== policy engine (no VM): Lua bindings, sandbox, limits, reload, plugins, tools"
+python3 tests/policy/test_policy.py build
+echo "== policy engine under ASan+UBSan"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  python3 tests/policy/test_policy.py build-asan
+echo "== ready-made policies against their cases"
+for p in policies/*.lua examples/agent.lua; do
+  ./build/gondolin policy test "$p" | tail -n 1
+done
+echo "== plugin SDK: install, then build examples/plugin out of tree against it"
+rm -rf build/sdk && cmake --install build --prefix build/sdk >/dev/null
+PKG_CONFIG_PATH=$PWD/build/sdk/lib/pkgconfig make -s -C examples/plugin clean stamp.so
+./build/gondolin policy check examples/agent.lua --plugin examples/plugin/stamp.so | head -n 1
+make -s -C examples/plugin clean
 
 echo "== integration tests (real VMs)"
 python3 tests/integration/test_vm.py build

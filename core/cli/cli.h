@@ -32,13 +32,13 @@ struct cli_policy {
     const char **flags;
     int nflags;
     const char *policy;
-    const char **plugin_dirs; /* NULL-ended */
-    const char **plugins;     /* NULL-ended */
-    int no_default_dirs;      /* skip /etc/gondolin/plugins.d and ~/.config/... */
+    const char **plugin_dirs;   /* NULL-ended */
+    const char **plugins;       /* NULL-ended */
+    int no_default_dirs;        /* skip /etc/gondolin/plugins.d and ~/.config/... */
     const char **secret_values; /* authoring tools: NAME=VALUE overrides */
     int stub_secrets;
-    char status_path[512];    /* exec/run: where reload results go (policy reload) */
-    struct gd_egress check;   /* the flags parsed once, for early errors */
+    char status_path[512];  /* exec/run: where reload results go (policy reload) */
+    struct gd_egress check; /* the flags parsed once, for early errors */
 };
 /* 1 consumed (advancing *i), 0 not a policy flag, -1 bad value (message printed). */
 int cli_policy_flag(struct cli_policy *p, int argc, char **argv, int *i);

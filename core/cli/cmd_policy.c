@@ -51,8 +51,8 @@ static const char *phase_list(unsigned m)
 {
     static char b[120];
     b[0] = 0;
-    static const char *const n[5] = {"on_connect", "on_request", "on_request_body",
-                                     "on_response", "on_response_body"};
+    static const char *const n[5] = {"on_connect", "on_request", "on_request_body", "on_response",
+                                     "on_response_body"};
     for (int i = 0; i < 5; i++)
         if (m & (1u << i))
             snprintf(b + strlen(b), sizeof(b) - strlen(b), "%s%s", b[0] ? ", " : "", n[i]);
@@ -234,14 +234,13 @@ static int run_case(gd_engine *e, const cJSON *cs, char *why, size_t cap, char *
         snprintf(why, cap, "rule: want %s, got %s", x->valuestring, rule ? rule : "none");
         ok = 0;
     }
-    if (ok && (x = cJSON_GetObjectItemCaseSensitive(exp, "reason_contains")) &&
-        cJSON_IsString(x) && (!reason || !strstr(reason, x->valuestring))) {
+    if (ok && (x = cJSON_GetObjectItemCaseSensitive(exp, "reason_contains")) && cJSON_IsString(x) &&
+        (!reason || !strstr(reason, x->valuestring))) {
         snprintf(why, cap, "reason: want it to contain '%s', got '%s'", x->valuestring,
                  reason ? reason : "");
         ok = 0;
     }
-    if (ok && (x = cJSON_GetObjectItemCaseSensitive(exp, "body_contains")) &&
-        cJSON_IsString(x)) {
+    if (ok && (x = cJSON_GetObjectItemCaseSensitive(exp, "body_contains")) && cJSON_IsString(x)) {
         size_t n;
         const char *ct;
         const uint8_t *b = gd_txn_respond_body(t, &n, &ct);
@@ -319,7 +318,8 @@ static int cmd_test(int argc, char **argv)
     const char **sv = calloc((size_t)cJSON_GetArraySize(sec) + 1, sizeof(char *));
     size_t nsv = 0;
     for (const cJSON *x = sec ? sec->child : NULL; x; x = x->next)
-        if (cJSON_IsString(x) && asprintf((char **)&sv[nsv], "%s=%s", x->string, x->valuestring) >= 0)
+        if (cJSON_IsString(x) &&
+            asprintf((char **)&sv[nsv], "%s=%s", x->string, x->valuestring) >= 0)
             nsv++;
     p.secret_values = sv;
     gd_engine *e;
@@ -343,8 +343,7 @@ static int cmd_test(int argc, char **argv)
         printf("%-6s %-44s %s\n", ok ? "PASS" : "FAIL", name, ok ? got : why);
         ok ? pass++ : fail++;
     }
-    printf("%d passed, %d failed (%s, revision %s)\n", pass, fail, p.policy,
-           gd_engine_revision(e));
+    printf("%d passed, %d failed (%s, revision %s)\n", pass, fail, p.policy, gd_engine_revision(e));
     gd_engine_free(e);
     cJSON_Delete(doc);
     for (size_t k = 0; k < nsv; k++)
@@ -391,8 +390,7 @@ static int cmd_explain(int argc, char **argv)
     const char *rule, *reason;
     enum gd_decision d = gd_txn_decision(t, &status, &rule, &reason);
     const struct gd_lua_conf *c = gd_engine_policy_conf(e);
-    printf("%s %s (policy %s, revision %s)\n", argv[2], argv[3], p.policy,
-           gd_engine_revision(e));
+    printf("%s %s (policy %s, revision %s)\n", argv[2], argv[3], p.policy, gd_engine_revision(e));
     printf("chain:    allow-host -> internal-ranges (at connect) -> plugins -> lua (%s) -> "
            "secrets\n",
            phase_list(c ? c->hook_phases : 0));

@@ -165,8 +165,8 @@ void cli_policy_free(struct cli_policy *p)
 
 static int pol_port(void *ud, const char *name, unsigned port, const char **uh, unsigned *up)
 {
-    return gd_egress_port_policy(gd_engine_egress(((struct cli_egress *)ud)->eng), name, port,
-                                 uh, up);
+    return gd_egress_port_policy(gd_engine_egress(((struct cli_egress *)ud)->eng), name, port, uh,
+                                 up);
 }
 
 static int pol_host(void *ud, const char *name)

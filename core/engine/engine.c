@@ -169,8 +169,7 @@ static void lua_log(void *ud, const char *msg)
 }
 
 /* Applies one egress flag (argv-style) to eg. */
-static int apply_flag(struct gd_egress *eg, const char *flag, const char *value,
-                      struct gd_err *err)
+static int apply_flag(struct gd_egress *eg, const char *flag, const char *value, struct gd_err *err)
 {
     char *argv[3] = {(char *)flag, (char *)value, NULL};
     int i = 0;
@@ -398,8 +397,7 @@ static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
         char value[65536], spec[66000];
         if ((rc = resolve_secret(r, &c->secrets[i], value, sizeof(value), err)))
             goto fail;
-        snprintf(spec, sizeof(spec), "%s@%s=%s", c->secrets[i].name, c->secrets[i].hosts,
-                 value);
+        snprintf(spec, sizeof(spec), "%s@%s=%s", c->secrets[i].name, c->secrets[i].hosts, value);
         rc = apply_flag(&r->eg, "--host-secret", spec, &sub);
         memset(value, 0, sizeof(value));
         memset(spec, 0, sizeof(spec));
@@ -419,8 +417,7 @@ static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
 
     /* the chain */
     if ((rc = add_chain(r, "allow-host", GD_PHASE_REQUEST_HEAD, gd_egress_hook_allow, &r->eg)) ||
-        (rc = add_chain(r, "internal-ranges", GD_PHASE_CONNECT, gd_egress_hook_internal,
-                        &r->eg)))
+        (rc = add_chain(r, "internal-ranges", GD_PHASE_CONNECT, gd_egress_hook_internal, &r->eg)))
         goto oom;
     for (size_t k = 0; k < r->ninst; k++) {
         size_t nh;
@@ -485,8 +482,9 @@ static void carry_over(gd_engine *e, struct rev *old, struct rev *r)
                 found = 1;
             }
         if (!found)
-            elog(e, "reload: secret %s is new; the running guest has no placeholder for it "
-                    "(it takes effect at the next start)",
+            elog(e,
+                 "reload: secret %s is new; the running guest has no placeholder for it "
+                 "(it takes effect at the next start)",
                  r->eg.secrets[i].name);
     }
     if (old->eg.dns != r->eg.dns)
@@ -646,8 +644,7 @@ static enum gd_decision dispatch(gd_txn *t, enum gd_phase ph, void *ud)
         if (!(c->phases & ph))
             continue;
         gd_txn_set_hook_name(t, c->name);
-        enum gd_decision d =
-            c->fn ? c->fn(t, ph, c->ud) : gd_lua_hook(r->lua, t, ph, &x->ctx);
+        enum gd_decision d = c->fn ? c->fn(t, ph, c->ud) : gd_lua_hook(r->lua, t, ph, &x->ctx);
         if (d == GD_CONTINUE)
             continue;
         int status;
@@ -696,12 +693,11 @@ static int add_headers(gd_txn *t, int resp, const char *const *h, struct gd_err 
     return 0;
 }
 
-int gd_engine_try(gd_engine *e, const struct gd_engine_trial *tr, gd_txn **out,
-                  struct gd_err *err)
+int gd_engine_try(gd_engine *e, const struct gd_engine_trial *tr, gd_txn **out, struct gd_err *err)
 {
     *out = NULL;
     const char *u = tr->url;
-    const char *scheme = !strncasecmp(u, "https://", 8) ? "https"
+    const char *scheme = !strncasecmp(u, "https://", 8)  ? "https"
                          : !strncasecmp(u, "http://", 7) ? "http"
                                                          : NULL;
     if (!scheme)
@@ -767,8 +763,7 @@ static void reload_now(gd_engine *e, const char *why)
     struct gd_err err = {{0}};
     int ok = gd_engine_reload(e, &err) == 0;
     if (!ok)
-        elog(e, "policy reload (%s) rejected, revision %s stays: %s", why, e->cur->hash,
-             err.msg);
+        elog(e, "policy reload (%s) rejected, revision %s stays: %s", why, e->cur->hash, err.msg);
     else if (!e->quiet)
         elog(e, "policy reloaded (%s): revision %s", why, e->cur->hash);
     if (e->on_reload)

@@ -31,13 +31,13 @@
 typedef struct gd_engine gd_engine;
 
 struct gd_engine_opts {
-    const char *policy;              /* Lua policy file, or NULL (flags only) */
-    const char *const *flags;        /* egress flags as argv, replayed into every revision */
+    const char *policy;       /* Lua policy file, or NULL (flags only) */
+    const char *const *flags; /* egress flags as argv, replayed into every revision */
     int nflags;
-    const char *const *plugin_dirs;  /* NULL-ended; scanned in order, files sorted */
-    const char *const *plugins;      /* NULL-ended explicit .so paths, after the dirs */
-    const char *lua_dir;             /* trusted modules; NULL = found next to the binary */
-    int quiet;                       /* no denial lines on stderr */
+    const char *const *plugin_dirs;         /* NULL-ended; scanned in order, files sorted */
+    const char *const *plugins;             /* NULL-ended explicit .so paths, after the dirs */
+    const char *lua_dir;                    /* trusted modules; NULL = found next to the binary */
+    int quiet;                              /* no denial lines on stderr */
     void (*log)(void *ud, const char *msg); /* policy/plugin log lines; NULL = stderr */
     void *log_ud;
     /* After every reload attempt made by a watch or SIGHUP: ok, the revision now
@@ -85,8 +85,7 @@ struct gd_engine_trial {
     int response_status;        /* > 0: also run the response phases with resp_headers */
     const char *const *resp_headers;
 };
-int gd_engine_try(gd_engine *e, const struct gd_engine_trial *tr, gd_txn **out,
-                  struct gd_err *err);
+int gd_engine_try(gd_engine *e, const struct gd_engine_trial *tr, gd_txn **out, struct gd_err *err);
 
 /* The lua/ directory next to the running binary (source tree or installed share/). */
 const char *gd_engine_default_lua_dir(void);

@@ -835,8 +835,8 @@ const uint8_t *gd_txn_respond_body(const gd_txn *t, size_t *n, const char **cont
     return (const uint8_t *)(t->dbody.p ? t->dbody.p : "");
 }
 
-gd_txn *gd_txn_new_detached(const char *method, const char *scheme, const char *host,
-                            unsigned port, const char *target)
+gd_txn *gd_txn_new_detached(const char *method, const char *scheme, const char *host, unsigned port,
+                            const char *target)
 {
     gd_txn *t = txn_new(NULL);
     if (!t)

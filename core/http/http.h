@@ -152,8 +152,8 @@ const uint8_t *gd_txn_respond_body(const gd_txn *t, size_t *n, const char **cont
 /* ---- detached transactions: run hooks without a flow (policy test / explain) ---- */
 
 /* A request that never touches the network. Copies. NULL on out of memory. */
-gd_txn *gd_txn_new_detached(const char *method, const char *scheme, const char *host,
-                            unsigned port, const char *target);
+gd_txn *gd_txn_new_detached(const char *method, const char *scheme, const char *host, unsigned port,
+                            const char *target);
 int gd_txn_add_header(gd_txn *t, int resp, const char *name, const char *value);
 void gd_txn_set_response(gd_txn *t, int status); /* enters the response phases */
 void gd_txn_set_addr(gd_txn *t, const char *addr);

@@ -202,8 +202,8 @@ static int key_line(const gd_lua *l, const char *key)
             line++;
             continue;
         }
-        if (strncmp(p, key, kl) != 0 || (p > l->src && (isalnum((unsigned char)p[-1]) ||
-                                                        p[-1] == '_')))
+        if (strncmp(p, key, kl) != 0 ||
+            (p > l->src && (isalnum((unsigned char)p[-1]) || p[-1] == '_')))
             continue;
         const char *q = p + kl;
         if (*q == '"' || *q == '\'')
@@ -252,8 +252,7 @@ static size_t lev(const char *a, const char *b)
 
 /* Raises "unknown key" with a did-you-mean, for every key of the table at idx not in
  * known. */
-static void check_keys(lua_State *L, gd_lua *l, int idx, const char *const *known,
-                       const char *what)
+static void check_keys(lua_State *L, gd_lua *l, int idx, const char *const *known, const char *what)
 {
     lua_pushnil(L);
     while (lua_next(L, idx)) {
@@ -296,10 +295,10 @@ static char *xstrdup(lua_State *L, const char *s)
     return d;
 }
 
-static void add_flag(lua_State *L, gd_lua *l, const char *flag, const char *value,
-                     const char *key, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static void add_flag(lua_State *L, gd_lua *l, const char *flag, const char *value,
-                     const char *key, const char *fmt, ...)
+static void add_flag(lua_State *L, gd_lua *l, const char *flag, const char *value, const char *key,
+                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void add_flag(lua_State *L, gd_lua *l, const char *flag, const char *value, const char *key,
+                     const char *fmt, ...)
 {
     struct gd_lua_conf *c = &l->conf;
     struct gd_lua_flag *q = realloc(c->flags, (c->nflags + 1) * sizeof(*q));
@@ -345,8 +344,7 @@ static int add_file(gd_lua *l, const char *path, const char *p, size_t n)
 
 /* Pushes the compiled chunk of file path (named chunkname), text only. Raises on error.
  * The file's bytes live in a userdata while compiling, so nothing leaks if we raise. */
-static void load_file(lua_State *L, gd_lua *l, const char *path, const char *chunkname,
-                      int record)
+static void load_file(lua_State *L, gd_lua *l, const char *path, const char *chunkname, int record)
 {
     FILE *fp = fopen(path, "re");
     if (!fp)
@@ -528,8 +526,9 @@ static int l_rawset(lua_State *L)
 static int l_locked_newindex(lua_State *L)
 {
     const char *k = lua_tostring(L, 2);
-    return luaL_error(L, "assignment to global '%s': globals are locked once the policy has "
-                         "loaded (use local variables or ctx)",
+    return luaL_error(L,
+                      "assignment to global '%s': globals are locked once the policy has "
+                      "loaded (use local variables or ctx)",
                       k ? k : "?");
 }
 
@@ -541,8 +540,8 @@ static int l_readonly(lua_State *L)
 /* Wraps the table at the top into a read-only proxy (for our own modules). */
 static void make_readonly(lua_State *L)
 {
-    lua_newtable(L);            /* proxy */
-    lua_newtable(L);            /* mt */
+    lua_newtable(L); /* proxy */
+    lua_newtable(L); /* mt */
     lua_pushvalue(L, -3);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, l_readonly);
@@ -1089,19 +1088,28 @@ static int o_tostring(lua_State *L)
     return 1;
 }
 
-static const luaL_Reg obj_methods[] = {
-    {"method", o_method},     {"scheme", o_scheme},
-    {"host", o_host},         {"port", o_port},
-    {"path", o_path},         {"query", o_query},
-    {"target", o_target},     {"url", o_url},
-    {"header", o_header},     {"headers", o_headers},
-    {"set_header", o_set_header}, {"del_header", o_del_header},
-    {"set_target", o_set_target}, {"is_websocket", o_is_websocket},
-    {"status", o_status},     {"want_body", o_want_body},
-    {"body", o_body},         {"set_body", o_set_body},
-    {"deny", o_deny},         {"respond", o_respond},
-    {"decided", o_decided},
-    {NULL, NULL}};
+static const luaL_Reg obj_methods[] = {{"method", o_method},
+                                       {"scheme", o_scheme},
+                                       {"host", o_host},
+                                       {"port", o_port},
+                                       {"path", o_path},
+                                       {"query", o_query},
+                                       {"target", o_target},
+                                       {"url", o_url},
+                                       {"header", o_header},
+                                       {"headers", o_headers},
+                                       {"set_header", o_set_header},
+                                       {"del_header", o_del_header},
+                                       {"set_target", o_set_target},
+                                       {"is_websocket", o_is_websocket},
+                                       {"status", o_status},
+                                       {"want_body", o_want_body},
+                                       {"body", o_body},
+                                       {"set_body", o_set_body},
+                                       {"deny", o_deny},
+                                       {"respond", o_respond},
+                                       {"decided", o_decided},
+                                       {NULL, NULL}};
 
 static void make_class(lua_State *L, gd_lua *l, const char *name)
 {
@@ -1151,10 +1159,11 @@ static int open_sandbox(lua_State *L)
     lua_pushlightuserdata(L, l);
     lua_rawset(L, LUA_REGISTRYINDEX);
 
-    static const char *const drop[] = {"dofile", "loadfile", "getfenv", "setfenv",
-                                       "collectgarbage", "gcinfo", "module", "newproxy",
-                                       "print", "jit", "ffi", "io", "os", "debug",
-                                       "package", NULL};
+    static const char *const drop[] = {
+        "dofile", "loadfile", "getfenv",  "setfenv", "collectgarbage",
+        "gcinfo", "module",   "newproxy", "print",   "jit",
+        "ffi",    "io",       "os",       "debug",   "package",
+        NULL};
     for (const char *const *d = drop; *d; d++) {
         lua_pushnil(L);
         lua_setglobal(L, *d);
@@ -1240,8 +1249,7 @@ static int lock_globals(lua_State *L)
 
 /* ---- reading the policy table ---- */
 
-static const char *want_string(lua_State *L, gd_lua *l, int idx, const char *key,
-                               const char *what)
+static const char *want_string(lua_State *L, gd_lua *l, int idx, const char *key, const char *what)
 {
     if (lua_type(L, idx) != LUA_TSTRING) {
         char w[300];
@@ -1310,8 +1318,8 @@ static void read_allow_table(lua_State *L, gd_lua *l, int idx, int i)
         luaL_error(L, "%s: %s.path must start with '/'", l->display, what);
     int v6 = strchr(host, ':') != NULL;
     char hostport[400];
-    snprintf(hostport, sizeof(hostport), "%s%s%s%s%s", v6 ? "[" : "", host, v6 ? "]" : "",
-             port, path);
+    snprintf(hostport, sizeof(hostport), "%s%s%s%s%s", v6 ? "[" : "", host, v6 ? "]" : "", port,
+             path);
     lua_getfield(L, idx, "methods");
     lua_getfield(L, idx, "method");
     int m = lua_isnil(L, -2) ? lua_gettop(L) : lua_gettop(L) - 1;
@@ -1376,8 +1384,7 @@ static void read_secrets(lua_State *L, gd_lua *l, int idx)
     while (lua_next(L, idx)) {
         int v = lua_gettop(L);
         if (lua_type(L, -2) != LUA_TSTRING || !valid_env_name(lua_tostring(L, -2)))
-            luaL_error(L, "%s: secrets: keys must be environment variable names",
-                       l->display);
+            luaL_error(L, "%s: secrets: keys must be environment variable names", l->display);
         const char *name = lua_tostring(L, -2);
         char what[200];
         snprintf(what, sizeof(what), "secrets.%s", name);
@@ -1405,8 +1412,9 @@ static void read_secrets(lua_State *L, gd_lua *l, int idx)
                 else if (!strncmp(f, "file:", 5) && f[5] != '/')
                     snprintf(fromb, sizeof(fromb), "file:%s/%s", l->dir, f + 5);
                 else if (!strchr(f, ':'))
-                    luaL_error(L, "%s: %s.from must be \"env\", \"env:VAR\", \"file:PATH\" or "
-                                  "\"SOURCE:ARG\", not '%s'",
+                    luaL_error(L,
+                               "%s: %s.from must be \"env\", \"env:VAR\", \"file:PATH\" or "
+                               "\"SOURCE:ARG\", not '%s'",
                                l->display, what, f);
                 else
                     snprintf(fromb, sizeof(fromb), "%s", f);
@@ -1440,8 +1448,7 @@ static void read_secrets(lua_State *L, gd_lua *l, int idx)
         c->secrets = q;
         char w[300];
         lwhere(l, name, w, sizeof(w));
-        struct gd_lua_secret s = {strdup(name), strdup(lua_tostring(L, -1)), strdup(from),
-                                  NULL};
+        struct gd_lua_secret s = {strdup(name), strdup(lua_tostring(L, -1)), strdup(from), NULL};
         if (asprintf(&s.where, "%s: %s", w, what) < 0)
             s.where = NULL;
         if (!s.name || !s.hosts || !s.from || !s.where) {
@@ -1456,8 +1463,7 @@ static void read_secrets(lua_State *L, gd_lua *l, int idx)
     }
 }
 
-static void read_map(lua_State *L, gd_lua *l, int idx, const char *key, const char *flag,
-                     char sep)
+static void read_map(lua_State *L, gd_lua *l, int idx, const char *key, const char *flag, char sep)
 {
     want_table(L, l, idx, key, key);
     size_t n = lua_objlen(L, idx);
@@ -1485,8 +1491,8 @@ static unsigned want_uint(lua_State *L, gd_lua *l, int idx, const char *key, uns
     lua_Number v = lua_tonumber(L, idx);
     if (lua_type(L, idx) != LUA_TNUMBER || v < lo || v > hi || v != (unsigned)v) {
         char w[300];
-        luaL_error(L, "%s: %s must be a whole number in %u-%u", lwhere(l, key, w, sizeof(w)),
-                   key, lo, hi);
+        luaL_error(L, "%s: %s must be a whole number in %u-%u", lwhere(l, key, w, sizeof(w)), key,
+                   lo, hi);
     }
     return (unsigned)v;
 }
@@ -1577,12 +1583,25 @@ static int read_policy(lua_State *L)
 {
     gd_lua *l = lua_touserdata(L, 1);
     int p = 2;
-    static const char *const keys[] = {
-        "name",          "description",  "allow",           "secrets",
-        "secrets_in_query", "dns",       "tcp_map",         "allow_internal",
-        "resolve",       "upstream_ca",  "vm",              "plugins",
-        "limits",        "on_request",   "on_response",     "on_request_body",
-        "on_response_body", "on_connect", NULL};
+    static const char *const keys[] = {"name",
+                                       "description",
+                                       "allow",
+                                       "secrets",
+                                       "secrets_in_query",
+                                       "dns",
+                                       "tcp_map",
+                                       "allow_internal",
+                                       "resolve",
+                                       "upstream_ca",
+                                       "vm",
+                                       "plugins",
+                                       "limits",
+                                       "on_request",
+                                       "on_response",
+                                       "on_request_body",
+                                       "on_response_body",
+                                       "on_connect",
+                                       NULL};
     check_keys(L, l, p, keys, "policy");
 
     lua_getfield(L, p, "name");
@@ -1626,8 +1645,7 @@ static int read_policy(lua_State *L)
     if (!lua_isnil(L, -1)) {
         const char *ca = want_string(L, l, -1, "upstream_ca", "upstream_ca");
         char path[PATH_MAX];
-        snprintf(path, sizeof(path), "%s%s%s", *ca == '/' ? "" : l->dir, *ca == '/' ? "" : "/",
-                 ca);
+        snprintf(path, sizeof(path), "%s%s%s", *ca == '/' ? "" : l->dir, *ca == '/' ? "" : "/", ca);
         add_flag(L, l, "--upstream-ca", path, "upstream_ca", "upstream_ca");
     }
     lua_pop(L, 1);
@@ -1652,8 +1670,8 @@ static int read_policy(lua_State *L)
         if (!lua_isnil(L, -1)) {
             size_t lim = (size_t)want_uint(L, l, -1, "memory_mb", 1, 4096) << 20;
             if (lim < l->used + (1u << 20))
-                luaL_error(L, "%s: limits.memory_mb: the policy already uses %zu KiB",
-                           l->display, l->used >> 10);
+                luaL_error(L, "%s: limits.memory_mb: the policy already uses %zu KiB", l->display,
+                           l->used >> 10);
             l->limit = lim;
         }
         lua_pop(L, 2);
@@ -1680,12 +1698,14 @@ static int read_policy(lua_State *L)
         l->conf.hook_phases |= 1u << i;
     }
     if ((l->fn[2] != LUA_NOREF) && l->fn[1] == LUA_NOREF)
-        push_warn(l, "%s: on_request_body never runs without an on_request that calls "
-                     "req:want_body()",
+        push_warn(l,
+                  "%s: on_request_body never runs without an on_request that calls "
+                  "req:want_body()",
                   l->display);
     if ((l->fn[4] != LUA_NOREF) && l->fn[3] == LUA_NOREF)
-        push_warn(l, "%s: on_response_body never runs without an on_response that calls "
-                     "res:want_body()",
+        push_warn(l,
+                  "%s: on_response_body never runs without an on_response that calls "
+                  "res:want_body()",
                   l->display);
     return 0;
 }

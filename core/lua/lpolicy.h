@@ -36,10 +36,10 @@
 typedef struct gd_lua gd_lua;
 
 struct gd_lua_opts {
-    const char *lua_dir;   /* trusted modules (require "gondolin.json" ...); may be NULL */
-    size_t mem_limit;      /* allocator cap in bytes; 0 = 64 MiB (limits.memory_mb overrides) */
-    unsigned hook_ms;      /* CPU budget of one hook call; 0 = 100 (limits.hook_ms overrides) */
-    unsigned load_ms;      /* budget of loading the file; 0 = 2000 */
+    const char *lua_dir; /* trusted modules (require "gondolin.json" ...); may be NULL */
+    size_t mem_limit;    /* allocator cap in bytes; 0 = 64 MiB (limits.memory_mb overrides) */
+    unsigned hook_ms;    /* CPU budget of one hook call; 0 = 100 (limits.hook_ms overrides) */
+    unsigned load_ms;    /* budget of loading the file; 0 = 2000 */
     void (*log)(void *ud, const char *msg); /* gondolin.log; NULL: stderr */
     void *log_ud;
 };
@@ -70,7 +70,7 @@ struct gd_lua_conf {
     size_t nplugins;
     char *image;
     unsigned memory_mb, cpus;
-    char **env; /* "K=V", NULL-terminated */
+    char **env;           /* "K=V", NULL-terminated */
     unsigned hook_phases; /* gd_phase mask the policy has hooks for */
 };
 

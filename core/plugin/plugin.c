@@ -16,8 +16,7 @@ _Static_assert((int)GD_PLUGIN_PHASE_CONNECT == (int)GD_PHASE_CONNECT, "phase val
 _Static_assert((int)GD_PLUGIN_PHASE_REQUEST == (int)GD_PHASE_REQUEST_HEAD, "phase values");
 _Static_assert((int)GD_PLUGIN_PHASE_REQUEST_BODY == (int)GD_PHASE_REQUEST_BODY, "phase values");
 _Static_assert((int)GD_PLUGIN_PHASE_RESPONSE == (int)GD_PHASE_RESPONSE_HEAD, "phase values");
-_Static_assert((int)GD_PLUGIN_PHASE_RESPONSE_BODY == (int)GD_PHASE_RESPONSE_BODY,
-               "phase values");
+_Static_assert((int)GD_PLUGIN_PHASE_RESPONSE_BODY == (int)GD_PHASE_RESPONSE_BODY, "phase values");
 _Static_assert((int)GD_PLUGIN_DENY == (int)GD_DENY && (int)GD_PLUGIN_RESPOND == (int)GD_RESPOND,
                "decision values");
 
@@ -69,8 +68,7 @@ int gd_plugin_open(const char *path, gd_plugin **out, struct gd_err *err)
     *(void **)&entry = dlsym(dl, "gondolin_plugin_entry");
     if (!entry) {
         dlclose(dl);
-        return gd_err_set(err, -ENOENT, "plugin %s: does not export gondolin_plugin_entry()",
-                          path);
+        return gd_err_set(err, -ENOENT, "plugin %s: does not export gondolin_plugin_entry()", path);
     }
     const struct gd_plugin_desc *d = entry();
     int rc = 0;
@@ -82,8 +80,9 @@ int gd_plugin_open(const char *path, gd_plugin **out, struct gd_err *err)
                         "(rebuild it against this SDK)",
                         path, d->abi_version, GONDOLIN_PLUGIN_ABI_VERSION);
     else if (d->struct_size < DESC_V1_SIZE)
-        rc = gd_err_set(err, -EPROTO, "plugin %s: descriptor of %u bytes is smaller than ABI "
-                                      "1's %zu",
+        rc = gd_err_set(err, -EPROTO,
+                        "plugin %s: descriptor of %u bytes is smaller than ABI "
+                        "1's %zu",
                         path, d->struct_size, DESC_V1_SIZE);
     else if (!d->init)
         rc = gd_err_set(err, -EINVAL, "plugin %s: descriptor has no init", path);
@@ -296,8 +295,8 @@ int gd_plugin_start(gd_plugin *p, const char *config, void (*log)(void *, const 
     in->log_ud = log_ud;
     char why[256] = "";
     in->in_init = 1;
-    int rc = p->d->init(&host_api, (gd_plugin_host *)in, config ? config : "{}", &in->state,
-                        why, sizeof(why));
+    int rc = p->d->init(&host_api, (gd_plugin_host *)in, config ? config : "{}", &in->state, why,
+                        sizeof(why));
     in->in_init = 0;
     if (rc) {
         char clean[256];

@@ -404,8 +404,10 @@ enum gd_decision gd_egress_hook_secrets(gd_txn *t, enum gd_phase ph, void *ud)
 int gd_egress_install(struct gd_egress *e, gd_proxy *px)
 {
     int rc;
-    if ((rc = gd_proxy_add_hook(px, "allow-host", GD_PHASE_REQUEST_HEAD, gd_egress_hook_allow, e)) ||
-        (rc = gd_proxy_add_hook(px, "internal-ranges", GD_PHASE_CONNECT, gd_egress_hook_internal, e)) ||
+    if ((rc =
+             gd_proxy_add_hook(px, "allow-host", GD_PHASE_REQUEST_HEAD, gd_egress_hook_allow, e)) ||
+        (rc = gd_proxy_add_hook(px, "internal-ranges", GD_PHASE_CONNECT, gd_egress_hook_internal,
+                                e)) ||
         (rc = gd_proxy_add_hook(px, "secrets", GD_PHASE_REQUEST_HEAD, gd_egress_hook_secrets, e)))
         return rc;
     return 0;

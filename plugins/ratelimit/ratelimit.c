@@ -24,7 +24,7 @@
 
 struct rule {
     char *pattern;
-    double rate, burst; /* rate 0: no rate limit */
+    double rate, burst;  /* rate 0: no rate limit */
     long long max_bytes; /* 0: no size limit */
 };
 
@@ -181,8 +181,7 @@ static int init(const struct gd_host_api *api, gd_plugin_host *host, const char 
         }
         for (const cJSON *k = e->child; k; k = k->next) {
             if (!cJSON_IsNumber(k) || k->valuedouble < 0) {
-                snprintf(err, errcap, "%s.%s must be a non-negative number", e->string,
-                         k->string);
+                snprintf(err, errcap, "%s.%s must be a non-negative number", e->string, k->string);
                 goto fail;
             }
             if (!strcmp(k->string, "rate"))
@@ -203,9 +202,8 @@ static int init(const struct gd_host_api *api, gd_plugin_host *host, const char 
         s->rules[s->nrules++] = r;
     }
     cJSON_Delete(j);
-    if (api->register_http_hook(host, "limit",
-                                GD_PLUGIN_PHASE_REQUEST | GD_PLUGIN_PHASE_REQUEST_BODY,
-                                on_request, s)) {
+    if (api->register_http_hook(
+            host, "limit", GD_PLUGIN_PHASE_REQUEST | GD_PLUGIN_PHASE_REQUEST_BODY, on_request, s)) {
         snprintf(err, errcap, "cannot register the hook");
         fini(s);
         return -1;
@@ -220,11 +218,7 @@ fail:
 
 GD_PLUGIN_EXPORT const struct gd_plugin_desc *gondolin_plugin_entry(void)
 {
-    static const struct gd_plugin_desc d = {GONDOLIN_PLUGIN_ABI_VERSION,
-                                            sizeof(struct gd_plugin_desc),
-                                            "ratelimit",
-                                            "1.0",
-                                            init,
-                                            fini};
+    static const struct gd_plugin_desc d = {
+        GONDOLIN_PLUGIN_ABI_VERSION, sizeof(struct gd_plugin_desc), "ratelimit", "1.0", init, fini};
     return &d;
 }

@@ -17,8 +17,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-static int exec_source(void *ud, const char *arg, char *out, size_t cap, char *err,
-                       size_t errcap)
+static int exec_source(void *ud, const char *arg, char *out, size_t cap, char *err, size_t errcap)
 {
     (void)ud;
     if (!arg || !*arg) {

@@ -10,7 +10,7 @@ static int init(const struct gd_host_api *api, gd_plugin_host *host, const char 
 
 GD_PLUGIN_EXPORT const struct gd_plugin_desc *gondolin_plugin_entry(void)
 {
-    static const struct gd_plugin_desc d = {99, sizeof(struct gd_plugin_desc), "badabi", "1",
-                                            init, 0};
+    static const struct gd_plugin_desc d = {99, sizeof(struct gd_plugin_desc), "badabi", "1", init,
+                                            0};
     return &d;
 }

@@ -53,8 +53,7 @@ static int init(const struct gd_host_api *api, gd_plugin_host *host, const char 
 
 GD_PLUGIN_EXPORT const struct gd_plugin_desc *gondolin_plugin_entry(void)
 {
-    static const struct gd_plugin_desc d = {GONDOLIN_PLUGIN_ABI_VERSION,
-                                            sizeof(struct gd_plugin_desc), "testhdr", "1.0",
-                                            init, fini};
+    static const struct gd_plugin_desc d = {
+        GONDOLIN_PLUGIN_ABI_VERSION, sizeof(struct gd_plugin_desc), "testhdr", "1.0", init, fini};
     return &d;
 }

@@ -14,8 +14,7 @@ static int init(const struct gd_host_api *api, gd_plugin_host *host, const char 
 
 GD_PLUGIN_EXPORT const struct gd_plugin_desc *gondolin_plugin_entry(void)
 {
-    static const struct gd_plugin_desc d = {GONDOLIN_PLUGIN_ABI_VERSION,
-                                            sizeof(struct gd_plugin_desc), "initfail", "1",
-                                            init, 0};
+    static const struct gd_plugin_desc d = {
+        GONDOLIN_PLUGIN_ABI_VERSION, sizeof(struct gd_plugin_desc), "initfail", "1", init, 0};
     return &d;
 }

@@ -157,6 +157,10 @@ int main(int argc, char **argv)
                                 .on_reload = on_reload};
     if (gd_engine_new(&eo, &eng, &err)) {
         fprintf(stderr, "gd-proxyd: %s\n", err.msg);
+        free(flags);
+        free(dirs);
+        free(plugins);
+        gd_egress_free(&eg);
         return 2;
     }
     struct gd_egress *cur = gd_engine_egress(eng);

@@ -108,7 +108,7 @@ struct gd_host_api {
     /* -- appended in later ABI revisions go below; check GD_PLUGIN_API_HAS -- */
 };
 
-#define GD_PLUGIN_API_HAS(api, member)                                                        \
+#define GD_PLUGIN_API_HAS(api, member)                                                             \
     ((api)->struct_size >= offsetof(struct gd_host_api, member) + sizeof((api)->member))
 
 struct gd_plugin_desc {
