@@ -196,6 +196,63 @@ curl -sS -m 15 http://good.test:{H}/bytes?n=4; echo""")
     expect("xxxx" in out, out + err)
 
 
+@test
+def agent_policy(up):
+    """gondolin run --policy examples/agent.lua: allowed, denied (host, method, Lua hook)
+    and secret-bearing requests from curl in a real guest; names the policy's hosts,
+    served by a real HTTPS server on host loopback port 443 with its own test CA"""
+    import tempfile
+    d = tempfile.mkdtemp(prefix="gd-agent-")
+    names = ["api.github.com", "github.com", "registry.npmjs.org"]
+    sh = lambda *a: subprocess.run(a, check=True, capture_output=True, cwd=d)
+    sh("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+       "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=agent test CA")
+    sh("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+       "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=api.github.com")
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        f.write("subjectAltName=" + ",".join("DNS:" + n for n in names) + "\n")
+    sh("openssl", "x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+       "-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "ext.cnf")
+    srv = subprocess.Popen([sys.executable, os.path.join(HERE, "..", "proxy", "upstream.py"),
+                            "--port", "443", "--tls", os.path.join(d, "srv.crt"),
+                            os.path.join(d, "srv.key")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = srv.stdout.readline().split()
+        if not line or line[0] != "READY":
+            raise AssertionError("no HTTPS server on 127.0.0.1:443: " + srv.stderr.read()[:300])
+        flags = ["--policy", os.path.join(HERE, "..", "..", "examples", "agent.lua"),
+                 "--upstream-ca", os.path.join(d, "ca.crt")]
+        for n in names:
+            flags += ["--resolve", n + ":127.0.0.1", "--allow-internal", n]
+        script = """
+echo "ENV=$GITHUB_TOKEN"
+curl -sS -m 20 -H "Authorization: Bearer $GITHUB_TOKEN" https://api.github.com/echo; echo
+curl -sS -m 20 -X POST -o /dev/null -w 'PUSH %{http_code}\\n' https://github.com/o/r.git/git-receive-pack
+curl -sS -m 20 -o /dev/null -w 'NPM %{http_code}\\n' https://registry.npmjs.org/echo
+curl -sS -m 20 -X PUT -d x -o /dev/null -w 'PUBLISH %{http_code}\\n' https://registry.npmjs.org/echo
+curl -sS -m 20 -H "Authorization: Bearer $GITHUB_TOKEN" -o /dev/null -w 'LEAK %{http_code}\\n' https://registry.npmjs.org/echo
+curl -sS -m 20 -o /dev/null -w 'UNLISTED %{http_code}\\n' https://example.com/
+echo "GIT_TERMINAL_PROMPT=$GIT_TERMINAL_PROMPT"
+"""
+        env = dict(os.environ, GITHUB_TOKEN="ghp_real_token_1", ANTHROPIC_API_KEY="sk-ant-real")
+        r = subprocess.run([G, "run"] + flags + ["--", "sh", "-c", script], capture_output=True,
+                           timeout=240, text=True, env=env)
+        expect(r.returncode == 0, f"rc {r.returncode}: {r.stderr}")
+        lines = r.stdout.splitlines()
+        expect(lines[0].startswith("ENV=GONDOLIN_SECRET_"), lines[0])
+        doc = json.loads(lines[1])
+        expect(doc["headers"]["authorization"] == "Bearer ghp_real_token_1", doc["headers"])
+        expect(doc["headers"].get("x-gondolin-agent") == "1", doc["headers"])
+        expect(lines[2:7] == ["PUSH 403", "NPM 200", "PUBLISH 403", "LEAK 403", "UNLISTED 403"],
+               lines[2:7])
+        expect(lines[7] == "GIT_TERMINAL_PROMPT=0", lines[7])
+        expect("git push is not allowed" in r.stderr and "agent.lua:" in r.stderr, r.stderr)
+    finally:
+        srv.kill()
+        srv.wait()
+
+
 def main():
     up = Upstreams()
     passed = failed = 0
