@@ -26,7 +26,7 @@ pkgs=(
 )
 # benchmarks only (scripts/setup.sh --bench): load generator and the peer proxy
 if [[ "${1:-}" == "--bench" ]]; then
-  pkgs+=(wrk mitmproxy)
+  pkgs+=(wrk mitmproxy nginx-light)
 fi
 
 missing=()
