@@ -788,13 +788,11 @@ static void on_sighup(uv_signal_t *s, int sig)
 static void on_fs(uv_fs_event_t *h, const char *file, int events, int status)
 {
     (void)events;
-    struct watch *w = (struct watch *)h;
     gd_engine *e = h->data;
     if (status < 0 || !file)
         return;
     size_t n = strlen(file);
     int ours = (n > 4 && !strcmp(file + n - 4, ".lua")) || (n > 3 && !strcmp(file + n - 3, ".so"));
-    (void)w;
     if (ours)
         uv_timer_start(&e->debounce, on_debounce, 100, 0);
 }

@@ -254,11 +254,6 @@ static int64_t api_content_length(const gd_txn *t, int resp)
     return *end ? -1 : (int64_t)n;
 }
 
-static unsigned api_port(const gd_txn *t)
-{
-    return gd_txn_port(t);
-}
-
 static const struct gd_host_api host_api = {
     .abi_version = GONDOLIN_PLUGIN_ABI_VERSION,
     .struct_size = sizeof(struct gd_host_api),
@@ -268,7 +263,7 @@ static const struct gd_host_api host_api = {
     .txn_method = gd_txn_method,
     .txn_scheme = gd_txn_scheme,
     .txn_host = gd_txn_host,
-    .txn_port = api_port,
+    .txn_port = gd_txn_port,
     .txn_target = gd_txn_target,
     .txn_addr = gd_txn_addr,
     .txn_status = gd_txn_status,

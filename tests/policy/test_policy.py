@@ -10,7 +10,7 @@ import json, os, re, signal, subprocess, sys, tempfile, threading, time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "proxy"))
 from fixture import Upstreams  # noqa: E402
-from test_proxy import read_response  # noqa: E402
+from test_proxy import expect, read_response  # noqa: E402
 
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
@@ -24,11 +24,6 @@ TESTS = []
 def test(fn):
     TESTS.append(fn)
     return fn
-
-
-def expect(c, what):
-    if not c:
-        raise AssertionError(what)
 
 
 class Proxy:
