@@ -196,87 +196,7 @@ fail:
     return rc;
 }
 
-/* Merged /usr: bin, sbin, lib, lib32, lib64, libx32 live under usr/. */
-static int rewrite_path(const char *in, char *out, size_t cap)
-{
-    while (in[0] == '.' && in[1] == '/')
-        in += 2;
-    while (*in == '/')
-        in++;
-    static const char *const top[] = {"bin", "sbin", "lib", "lib32", "lib64", "libx32"};
-    for (size_t i = 0; i < sizeof(top) / sizeof(top[0]); i++) {
-        size_t l = strlen(top[i]);
-        if (!strncmp(in, top[i], l) && (in[l] == '/' || in[l] == 0)) {
-            if (in[l] == 0)
-                return 1; /* the directory itself: it is our symlink */
-            return snprintf(out, cap, "usr/%s", in) >= (int)cap ? -1 : 0;
-        }
-    }
-    return snprintf(out, cap, "%s", in) >= (int)cap ? -1 : 0;
-}
-
-static int unpack_data(struct archive *data, const char *root, const char *deb, struct gd_err *err)
-{
-    struct archive *w = archive_write_disk_new();
-    /* relative paths from inside root (see gd_deb_unpack): no "..", no absolute
-     * paths, never through a symlink: a package cannot write outside the tree */
-    archive_write_disk_set_options(w, ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_TIME |
-                                          ARCHIVE_EXTRACT_SECURE_NODOTDOT |
-                                          ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS |
-                                          ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_UNLINK);
-    struct archive_entry *e;
-    int rc = 0, r;
-    char rel[4096], full[4096 + 512];
-    while ((r = archive_read_next_header(data, &e)) == ARCHIVE_OK) {
-        int k = rewrite_path(archive_entry_pathname(e), rel, sizeof(rel));
-        if (k == 1 || !rel[0] || !strcmp(rel, "."))
-            continue;
-        if (k < 0) {
-            rc = gd_err_set(err, -ENAMETOOLONG, "%s: path too long", deb);
-            break;
-        }
-        (void)root;
-        snprintf(full, sizeof(full), "%s", rel);
-        archive_entry_set_pathname(e, full);
-        const char *hl = archive_entry_hardlink(e);
-        if (hl) {
-            char hrel[4096], hfull[4096 + 512];
-            if (rewrite_path(hl, hrel, sizeof(hrel)) != 0) {
-                rc = gd_err_set(err, -EINVAL, "%s: bad hardlink", deb);
-                break;
-            }
-            snprintf(hfull, sizeof(hfull), "%s", hrel);
-            archive_entry_set_hardlink(e, hfull);
-        }
-        /* a package directory over our merged-/usr symlink must not replace it */
-        if (archive_entry_filetype(e) == AE_IFDIR) {
-            struct stat st;
-            if (lstat(full, &st) == 0 && S_ISLNK(st.st_mode))
-                continue;
-        }
-        if (archive_write_header(w, e) != ARCHIVE_OK) {
-            rc = gd_err_set(err, -EIO, "%s: %s: %s", deb, rel, archive_error_string(w));
-            break;
-        }
-        const void *buf;
-        size_t sz;
-        la_int64_t off;
-        while ((r = archive_read_data_block(data, &buf, &sz, &off)) == ARCHIVE_OK)
-            if (archive_write_data_block(w, buf, sz, off) != ARCHIVE_OK)
-                break;
-        if (r != ARCHIVE_EOF && r != ARCHIVE_OK) {
-            rc = gd_err_set(err, -EIO, "%s: %s", deb, archive_error_string(data));
-            break;
-        }
-        archive_write_finish_entry(w);
-    }
-    if (!rc && r != ARCHIVE_EOF)
-        rc = gd_err_set(err, -EIO, "%s: %s", deb, archive_error_string(data));
-    archive_write_free(w);
-    return rc;
-}
-
-int gd_deb_unpack(const char *deb, const char *root, struct gd_err *err)
+int gd_deb_unpack(const char *deb, struct gd_tree *t, struct gd_err *err)
 {
     struct archive *a = archive_read_new();
     archive_read_support_format_ar(a);
@@ -306,22 +226,9 @@ int gd_deb_unpack(const char *deb, const char *root, struct gd_err *err)
             rc = gd_err_set(err, -EIO, "%s: short read of data.tar", deb);
             break;
         }
-        struct archive *d = archive_read_new();
-        archive_read_support_filter_all(d);
-        archive_read_support_format_tar(d);
-        int cwd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        if (archive_read_open_memory(d, buf, (size_t)size) != ARCHIVE_OK)
-            rc = gd_err_set(err, -EIO, "%s: %s", deb, archive_error_string(d));
-        else if (cwd < 0 || chdir(root))
-            rc = gd_err_set(err, -errno, "cannot enter %s: %s", root, strerror(errno));
-        else
-            rc = unpack_data(d, root, deb, err);
-        if (cwd >= 0) {
-            if (fchdir(cwd))
-                rc = rc ? rc : -errno;
-            close(cwd);
-        }
-        archive_read_free(d);
+        const char *base = strrchr(deb, '/');
+        struct gd_extract_opts o = {.label = base ? base + 1 : deb, .merged_usr = 1};
+        rc = gd_tree_extract(t, buf, (size_t)size, NULL, &o, err);
         free(buf);
         break;
     }

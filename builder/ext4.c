@@ -1,8 +1,9 @@
 /*
  * ext4.c - writes a directory tree into a fresh ext4 image with libext2fs: no
  * mke2fs, no mount, no root. Deterministic: entries are added in byte order, every
- * timestamp is opts->timestamp, UUID and hash seed come from the caller, and all
- * files are owned by root (the image is a system image).
+ * timestamp is opts->timestamp, UUID and hash seed come from the caller. Owner,
+ * mode, device numbers and xattrs come from the tree's table (what the archives said)
+ * where it has the path; anything else is root's with the mode found on disk.
  */
 #define _GNU_SOURCE
 #include "builder.h"
@@ -11,6 +12,7 @@
 #include <errno.h>
 #include <ext2fs/ext2fs.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +29,9 @@ struct hl {
 struct w {
     ext2_filsys fs;
     uint32_t ts;
+    const struct gd_ext4_opts *o;
+    size_t rootlen;
+    uint64_t done, total;
     struct hl *hl;
     size_t nhl, caphl;
     struct gd_err *err;
@@ -107,6 +112,8 @@ static int new_linked_inode(struct w *w, ext2_ino_t dir, const char *name, unsig
     return 0;
 }
 
+static int set_mode(struct w *w, ext2_ino_t ino, unsigned type, mode_t mode, const char *src);
+
 static int write_file(struct w *w, ext2_ino_t dir, const char *name, const char *src,
                       const struct stat *st)
 {
@@ -164,6 +171,10 @@ static int write_file(struct w *w, ext2_ino_t dir, const char *name, const char 
     if (ec)
         return e2err(w, ec, "close", src);
 linked:
+    if ((rc = set_mode(w, ino, LINUX_S_IFREG, st->st_mode, src)))
+        return rc;
+    if (w->o->progress && (++w->done & 255) == 0)
+        w->o->progress(w->o->progress_ctx, w->done, w->total);
     if (st->st_nlink > 1) {
         if (w->nhl == w->caphl) {
             w->caphl = w->caphl ? w->caphl * 2 : 64;
@@ -192,27 +203,65 @@ static int add_hardlink(struct w *w, ext2_ino_t dir, const char *name, ext2_ino_
     return 0;
 }
 
+static const struct gd_meta *meta_of(struct w *w, const char *src)
+{
+    if (!w->o->meta || strlen(src) <= w->rootlen)
+        return NULL;
+    return gd_tree_get(w->o->meta, src + w->rootlen + 1);
+}
+
+static int set_xattrs(struct w *w, ext2_ino_t ino, const struct gd_meta *m, const char *src)
+{
+    if (!m || !m->nx)
+        return 0;
+    struct ext2_xattr_handle *h;
+    errcode_t ec = ext2fs_xattrs_open(w->fs, ino, &h);
+    if (!ec)
+        ec = ext2fs_xattrs_read(h);
+    for (size_t i = 0; i < m->nx && !ec; i++)
+        ec = ext2fs_xattr_set(h, m->xname[i], m->xval[i], m->xlen[i]);
+    errcode_t ec2 = ext2fs_xattrs_close(&h);
+    if (ec || ec2)
+        return e2err(w, ec ? ec : ec2, "xattrs of", src);
+    return 0;
+}
+
 static int set_mode(struct w *w, ext2_ino_t ino, unsigned type, mode_t mode, const char *src)
 {
     struct ext2_inode in;
     errcode_t ec = ext2fs_read_inode(w->fs, ino, &in);
     if (ec)
         return e2err(w, ec, "read inode", src);
+    const struct gd_meta *m = meta_of(w, src);
+    uint32_t uid = 0, gid = 0;
+    if (m) {
+        uid = m->uid;
+        gid = m->gid;
+        if (type != LINUX_S_IFLNK)
+            mode = m->mode;
+    }
     in.i_mode = (uint16_t)(type | (mode & 07777));
-    in.i_uid = in.i_gid = 0;
-    ext2fs_set_i_uid_high(in, 0);
-    ext2fs_set_i_gid_high(in, 0);
+    in.i_uid = (uint16_t)uid;
+    in.i_gid = (uint16_t)gid;
+    ext2fs_set_i_uid_high(in, uid >> 16);
+    ext2fs_set_i_gid_high(in, gid >> 16);
     set_times(w, &in);
     if ((ec = ext2fs_write_inode(w->fs, ino, &in)))
         return e2err(w, ec, "write inode", src);
-    return 0;
+    return set_xattrs(w, ino, m, src);
 }
 
 static int write_special(struct w *w, ext2_ino_t dir, const char *name, const char *src,
-                         const struct stat *st)
+                         const struct stat *st0)
 {
     unsigned type;
     int ft;
+    struct stat stm = *st0, *st = &stm;
+    const struct gd_meta *m = meta_of(w, src);
+    if (m) {
+        stm.st_mode = m->mode;
+        stm.st_rdev = (dev_t)m->rdev;
+    }
     if (S_ISCHR(st->st_mode)) {
         type = LINUX_S_IFCHR;
         ft = EXT2_FT_CHRDEV;
@@ -242,7 +291,13 @@ static int write_special(struct w *w, ext2_ino_t dir, const char *name, const ch
     }
     if ((ec = ext2fs_write_new_inode(w->fs, ino, &in)))
         return e2err(w, ec, "write inode", src);
-    return 0;
+    return set_mode(w, ino, type, st->st_mode, src);
+}
+
+static int is_placeholder(struct w *w, const char *src)
+{
+    const struct gd_meta *m = meta_of(w, src);
+    return m && (S_ISCHR(m->mode) || S_ISBLK(m->mode) || S_ISFIFO(m->mode) || S_ISSOCK(m->mode));
 }
 
 static int walk(struct w *w, const char *path, ext2_ino_t dir)
@@ -297,7 +352,7 @@ static int walk(struct w *w, const char *path, ext2_ino_t dir)
                 break;
             }
             rc = set_mode(w, ino, LINUX_S_IFLNK, 0777, p);
-        } else if (S_ISREG(st.st_mode)) {
+        } else if (S_ISREG(st.st_mode) && !is_placeholder(w, p)) {
             ext2_ino_t linked = 0;
             if (st.st_nlink > 1)
                 for (size_t k = 0; k < w->nhl; k++)
@@ -322,6 +377,14 @@ int gd_ext4_write(const char *src_dir, const char *path, const struct gd_ext4_op
     /* content + 10% + 16 MiB of slack for metadata; inodes with headroom */
     uint64_t blocks = a.blocks + a.blocks / 10 + 4096;
     uint64_t inodes = a.inodes + a.inodes / 4 + 1024;
+    if (o->size_mb) {
+        uint64_t want = o->size_mb * 256;
+        if (want < blocks)
+            return gd_err_set(
+                err, -ENOSPC, "rootfs.sizeMb %llu is too small: the tree needs about %llu MiB",
+                (unsigned long long)o->size_mb, (unsigned long long)((blocks + 255) / 256));
+        blocks = want;
+    }
 
     unlink(path);
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -347,7 +410,8 @@ int gd_ext4_write(const char *src_dir, const char *path, const struct gd_ext4_op
                                 EXT4_FEATURE_RO_COMPAT_DIR_NLINK;
     param.s_feature_compat = EXT2_FEATURE_COMPAT_EXT_ATTR;
 
-    struct w w = {.ts = o->timestamp, .err = err};
+    struct w w = {.ts = o->timestamp, .err = err, .o = o, .rootlen = strlen(src_dir)};
+    w.total = a.inodes;
     w.buf = malloc(1 << 20);
     if (!w.buf)
         return gd_err_set(err, -ENOMEM, "out of memory");
@@ -419,5 +483,60 @@ out:
     free(w.buf);
     if (rc)
         unlink(path);
+    return rc;
+}
+
+int gd_ext4_normalize(const char *path, uint32_t ts, struct gd_err *err)
+{
+    ext2_filsys fs;
+    errcode_t ec = ext2fs_open(path, EXT2_FLAG_RW | EXT2_FLAG_64BITS, 0, 0, unix_io_manager, &fs);
+    if (ec)
+        return gd_err_set(err, -EIO, "ext4: open %s: %s", path, error_message(ec));
+    ext2_inode_scan scan;
+    int rc = 0;
+    if ((ec = ext2fs_open_inode_scan(fs, 0, &scan))) {
+        rc = gd_err_set(err, -EIO, "ext4: scan %s: %s", path, error_message(ec));
+        goto out;
+    }
+    size_t isz = EXT2_INODE_SIZE(fs->super);
+    struct ext2_inode_large *in = calloc(1, isz);
+    ext2_ino_t ino;
+    while (in &&
+           !(ec = ext2fs_get_next_inode_full(scan, &ino, (struct ext2_inode *)in, (int)isz)) &&
+           ino) {
+        if (!in->i_links_count && !in->i_dtime)
+            continue;
+        in->i_atime = in->i_ctime = in->i_mtime = ts;
+        if (in->i_dtime)
+            in->i_dtime = ts;
+        in->i_generation = 0;
+        if (isz > EXT2_GOOD_OLD_INODE_SIZE &&
+            in->i_extra_isize >=
+                offsetof(struct ext2_inode_large, i_crtime_extra) + 4 - EXT2_GOOD_OLD_INODE_SIZE) {
+            in->i_ctime_extra = in->i_mtime_extra = in->i_atime_extra = 0;
+            in->i_crtime = ts;
+            in->i_crtime_extra = 0;
+        }
+        if ((ec = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)in, (int)isz)))
+            break;
+    }
+    free(in);
+    ext2fs_close_inode_scan(scan);
+    if (ec) {
+        rc = gd_err_set(err, -EIO, "ext4: normalize %s: %s", path, error_message(ec));
+        goto out;
+    }
+    struct ext2_super_block *sb = fs->super;
+    sb->s_mtime = sb->s_wtime = sb->s_lastcheck = ts;
+    sb->s_mnt_count = 0;
+    sb->s_kbytes_written = 0;
+    memset(sb->s_last_mounted, 0, sizeof(sb->s_last_mounted));
+    sb->s_state = EXT2_VALID_FS;
+    fs->now = ts;
+    ext2fs_mark_super_dirty(fs);
+out:
+    ec = ext2fs_close_free(&fs);
+    if (ec && !rc)
+        rc = gd_err_set(err, -EIO, "ext4: write %s: %s", path, error_message(ec));
     return rc;
 }

@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define LZ4_LEGACY_MAGIC 0x184C2102u
 #define LZ4_LEGACY_BLOCK (8u << 20)
@@ -150,6 +151,42 @@ static int write_all(const char *path, const uint8_t *buf, size_t n, unsigned mo
     return close(fd) ? -errno : 0;
 }
 
+int gd_gunzip(const uint8_t *in, size_t n, uint8_t **out, size_t *outn)
+{
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK)
+        return -ENOMEM;
+    size_t cap = n * 4 + 4096, len = 0;
+    uint8_t *buf = malloc(cap);
+    int zr = Z_OK;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    while (buf && zr == Z_OK) {
+        if (len == cap) {
+            if (cap > ((size_t)1 << 31))
+                break;
+            uint8_t *nb = realloc(buf, cap * 2);
+            if (!nb)
+                break;
+            buf = nb;
+            cap *= 2;
+        }
+        z.next_out = buf + len;
+        z.avail_out = (uInt)(cap - len);
+        zr = inflate(&z, Z_NO_FLUSH);
+        len = cap - z.avail_out;
+    }
+    inflateEnd(&z);
+    if (zr != Z_STREAM_END) {
+        free(buf);
+        return -EINVAL;
+    }
+    *out = buf;
+    *outn = len;
+    return 0;
+}
+
 int gd_kernel_extract_vmlinux(const char *bzimage, const char *out, struct gd_err *err)
 {
     uint8_t *b;
@@ -168,9 +205,12 @@ int gd_kernel_extract_vmlinux(const char *bzimage, const char *out, struct gd_er
         goto out;
     uint8_t *elf;
     size_t elfn;
-    rc = gd_lz4_legacy_decompress(b + pm + poff, plen, &elf, &elfn);
+    if (plen > 2 && b[pm + poff] == 0x1f && b[pm + poff + 1] == 0x8b)
+        rc = gd_gunzip(b + pm + poff, plen, &elf, &elfn);
+    else
+        rc = gd_lz4_legacy_decompress(b + pm + poff, plen, &elf, &elfn);
     if (rc) {
-        rc = gd_err_set(err, rc, "kernel: payload of %s is not LZ4 (legacy) compressed", bzimage);
+        rc = gd_err_set(err, rc, "kernel: payload of %s is neither gzip nor LZ4 (legacy)", bzimage);
         goto out;
     }
     if (elfn < 4 || memcmp(elf, ELFMAG, SELFMAG)) {
@@ -291,8 +331,30 @@ static int scan_mods(const char *root, const char *rel, struct mod **v, size_t *
     return rc;
 }
 
+/* Is the module compiled into the kernel (modules.builtin lists it)? */
+static int builtin_has(const char *builtin, const char *key)
+{
+    for (const char *p = builtin; p && *p;) {
+        const char *e = strchr(p, '\n');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        const char *b = memrchr(p, '/', l);
+        b = b ? b + 1 : p;
+        size_t bl = l - (size_t)(b - p);
+        char nm[64];
+        if (bl > 3 && bl - 3 < sizeof(nm) && !memcmp(b + bl - 3, ".ko", 3)) {
+            memcpy(nm, b, bl - 3);
+            nm[bl - 3] = 0;
+            norm(nm);
+            if (!strcmp(nm, key))
+                return 1;
+        }
+        p = e ? e + 1 : NULL;
+    }
+    return 0;
+}
+
 static int visit(struct mod *v, size_t n, const char *name, char *state, char ***order, size_t *no,
-                 int depth, struct gd_err *err)
+                 int depth, const char *builtin, struct gd_err *err)
 {
     char key[64];
     snprintf(key, sizeof(key), "%s", name);
@@ -301,8 +363,11 @@ static int visit(struct mod *v, size_t n, const char *name, char *state, char **
     for (i = 0; i < n; i++)
         if (!strcmp(v[i].name, key))
             break;
+    if (i == n && builtin_has(builtin, key))
+        return 0;
     if (i == n)
-        return gd_err_set(err, -ENOENT, "kernel module '%s' not found", name);
+        return gd_err_set(err, -ENOENT,
+                          "kernel module '%s' not found (neither a module nor built in)", name);
     if (state[i] == 2)
         return 0;
     if (state[i] == 1 || depth > 64)
@@ -311,7 +376,7 @@ static int visit(struct mod *v, size_t n, const char *name, char *state, char **
     char deps[512];
     snprintf(deps, sizeof(deps), "%s", v[i].deps);
     for (char *save, *d = strtok_r(deps, ",", &save); d; d = strtok_r(NULL, ",", &save)) {
-        int rc = visit(v, n, d, state, order, no, depth + 1, err);
+        int rc = visit(v, n, d, state, order, no, depth + 1, builtin, err);
         if (rc)
             return rc;
     }
@@ -338,8 +403,21 @@ int gd_modules_resolve(const char *moddir, const char *const *wanted, char ***or
         rc = gd_err_set(err, -ENOMEM, "out of memory");
         goto out;
     }
+    char bp[4200];
+    snprintf(bp, sizeof(bp), "%s/../modules.builtin", moddir);
+    uint8_t *builtin = NULL;
+    size_t bn = 0;
+    if (read_all(bp, &builtin, &bn) == 0) {
+        uint8_t *nb = realloc(builtin, bn + 1);
+        if (nb) {
+            builtin = nb;
+            builtin[bn] = 0;
+        }
+    }
     for (size_t i = 0; wanted[i] && !rc; i++)
-        rc = visit(v, nm, wanted[i], state, order, n, 0, err);
+        rc = visit(v, nm, wanted[i], state, order, n, 0, builtin && bn ? (char *)builtin : NULL,
+                   err);
+    free(builtin);
 out:
     free(state);
     free(v);
@@ -473,5 +551,43 @@ int gd_initramfs_write(const char *src_dir, const char *path, struct gd_err *err
         }
     }
     free(m.p);
+    return rc;
+}
+
+int gd_modules_gunzip(const char *moddir)
+{
+    char **v;
+    size_t n;
+    int rc = gd_dir_list(moddir, &v, &n);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < n && !rc; i++) {
+        char p[4096], q[4096];
+        struct stat st;
+        snprintf(p, sizeof(p), "%s/%s", moddir, v[i]);
+        if (lstat(p, &st))
+            continue;
+        if (S_ISDIR(st.st_mode)) {
+            rc = gd_modules_gunzip(p);
+            continue;
+        }
+        size_t l = strlen(p);
+        if (!S_ISREG(st.st_mode) || l < 7 || strcmp(p + l - 6, ".ko.gz"))
+            continue;
+        uint8_t *in, *out;
+        size_t inn, outn;
+        if ((rc = read_all(p, &in, &inn)))
+            break;
+        rc = gd_gunzip(in, inn, &out, &outn);
+        free(in);
+        if (rc)
+            break;
+        snprintf(q, sizeof(q), "%.*s", (int)(l - 3), p);
+        rc = write_all(q, out, outn, 0644);
+        free(out);
+        if (!rc)
+            unlink(p);
+    }
+    gd_dir_list_free(v, n);
     return rc;
 }

@@ -7,6 +7,12 @@
  * it and execs the agent as PID 1. Kernel arguments:
  *   gondolin.poweroff   power off at once (the "bare boot" benchmark baseline)
  *   gondolin.root=DEV   root block device (default /dev/vda)
+ *   gondolin.rootfs=M   readonly: the image read-only, no overlay; rw: the image
+ *                       itself, writable (build VMs); default: tmpfs overlay
+ * From the image: /etc/gondolin/env (KEY=VALUE lines) becomes the agent's environment,
+ * /etc/gondolin/init-extra.sh runs (/bin/sh) before the agent starts, and an
+ * /etc/gondolin/rootfs-init replaces the exec of the agent (it must exec
+ * $GONDOLIN_AGENT itself).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -26,6 +32,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -302,15 +309,24 @@ int main(void)
     mkdir("/lower", 0755);
     mkdir("/rw", 0755);
     mkdir("/newroot", 0755);
-    if (mount(rootdev, "/lower", "ext4", MS_RDONLY, NULL))
-        die("mount root image");
-    if (mount("tmpfs", "/rw", "tmpfs", 0, "mode=0755"))
-        die("mount tmpfs");
-    mkdir("/rw/upper", 0755);
-    mkdir("/rw/work", 0755);
-    if (mount("overlay", "/newroot", "overlay", 0,
-              "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work"))
-        die("mount overlay root");
+    const char *mode = karg("gondolin.rootfs");
+    if (mode && !strncmp(mode, "rw", 2) && (mode[2] == ' ' || mode[2] == '\n' || !mode[2])) {
+        if (mount(rootdev, "/newroot", "ext4", 0, NULL))
+            die("mount root image read-write");
+    } else if (mode && !strncmp(mode, "readonly", 8)) {
+        if (mount(rootdev, "/newroot", "ext4", MS_RDONLY, NULL))
+            die("mount root image");
+    } else {
+        if (mount(rootdev, "/lower", "ext4", MS_RDONLY, NULL))
+            die("mount root image");
+        if (mount("tmpfs", "/rw", "tmpfs", 0, "mode=0755"))
+            die("mount tmpfs");
+        mkdir("/rw/upper", 0755);
+        mkdir("/rw/work", 0755);
+        if (mount("overlay", "/newroot", "overlay", 0,
+                  "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work"))
+            die("mount overlay root");
+    }
 
     if (mount("/dev", "/newroot/dev", NULL, MS_MOVE, NULL) ||
         mount("/proc", "/newroot/proc", NULL, MS_MOVE, NULL) ||
@@ -331,8 +347,42 @@ int main(void)
     setup_net();
     setup_ca();
     step("root switched");
+    static char envbuf[16384];
+    char *envp[130];
+    size_t ne = 0;
+    int efd = open("/etc/gondolin/env", O_RDONLY | O_CLOEXEC);
+    if (efd >= 0) {
+        ssize_t n = read(efd, envbuf, sizeof(envbuf) - 1);
+        close(efd);
+        envbuf[n > 0 ? n : 0] = 0;
+        for (char *save, *l = strtok_r(envbuf, "\n", &save); l && ne < 127;
+             l = strtok_r(NULL, "\n", &save))
+            if (strchr(l, '=') && l[0] != '=')
+                envp[ne++] = l;
+    }
+    envp[ne] = NULL;
+    if (access("/etc/gondolin/init-extra.sh", F_OK) == 0) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            char *a[] = {(char *)"/bin/sh", (char *)"/etc/gondolin/init-extra.sh", NULL};
+            execve(a[0], a, envp);
+            _exit(127);
+        }
+        int st;
+        if (pid > 0)
+            waitpid(pid, &st, 0);
+        step("init-extra done");
+    }
+    if (access("/etc/gondolin/rootfs-init", X_OK) == 0) {
+        envp[ne++] = (char *)"GONDOLIN_AGENT=" AGENT;
+        envp[ne] = NULL;
+        char *a[] = {(char *)"/etc/gondolin/rootfs-init", NULL};
+        execve(a[0], a, envp);
+        msg("gondolin-init: exec /etc/gondolin/rootfs-init: %s; starting the agent",
+            strerror(errno));
+        envp[--ne] = NULL;
+    }
     char *argv[] = {(char *)"sandboxd", NULL};
-    char *envp[] = {NULL};
     execve(AGENT, argv, envp);
     die("exec " AGENT);
     return 1;

@@ -14,7 +14,7 @@ pkgs=(
   # build
   cmake gcc make pkg-config musl-tools
   libuv1-dev libcjson-dev libssl-dev liblz4-dev libarchive-dev libext2fs-dev
-  libluajit-5.1-dev libslirp-dev libglib2.0-dev node-llhttp
+  libluajit-5.1-dev libslirp-dev libglib2.0-dev node-llhttp libcurl4-openssl-dev zlib1g-dev
   # run
   "$qemu" ca-certificates
   # image builder (apt-get download) and its checks

@@ -15,4 +15,9 @@ void gd_dir_list_free(char **v, size_t n);
 /* mkdir -p: creates path and its missing parents with mode. 0 or negative errno. */
 int gd_mkdir_p(const char *path, unsigned mode);
 
+/* rm -rf (does not follow symlinks). 0 or negative errno. */
+int gd_rm_rf(const char *path);
+/* Copies a regular file (replacing dst) and sets mode. 0 or negative errno. */
+int gd_copy_file(const char *src, const char *dst, unsigned mode);
+
 #endif

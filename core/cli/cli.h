@@ -15,6 +15,7 @@ struct cli_vm_flags {
     const char *accel;
     unsigned memory_mb;
     unsigned cpus;
+    const char *rootfs_mode; /* --rootfs-mode, or NULL: the image's default */
     int verbose;
 };
 
@@ -67,5 +68,9 @@ void cli_egress_free(struct cli_egress *x);
 int cmd_exec(int argc, char **argv, int pty);
 int cmd_policy(int argc, char **argv);
 int cmd_doctor(int argc, char **argv);
+int cmd_build(int argc, char **argv);
+int cmd_image(int argc, char **argv);
+/* Builds the default image into out (cmd_build.c). 0 or an exit code. */
+int cli_build_default(const char *out, int verbose);
 
 #endif

@@ -308,6 +308,7 @@ static void exec_usage(int pty)
            "  -e, --env K=V       set an environment variable (repeatable)\n"
            "  -w, --cwd DIR       working directory in the guest\n"
            "  --memory SIZE       guest memory, e.g. 512M, 2G (default 1G)\n"
+           "  --rootfs-mode MODE  memory (tmpfs overlay, default), readonly, cow (= memory)\n"
            "  --cpus N            virtual CPUs (default 2)\n"
            "  --accel kvm|tcg|auto  accelerator (default auto: KVM if it really works)\n"
            "  -v, --verbose       print the QEMU command line\n"
@@ -487,6 +488,7 @@ int cmd_exec(int argc, char **argv, int pty)
                             .accel = vf.accel,
                             .memory_mb = vf.memory_mb,
                             .cpus = vf.cpus,
+                            .rootfs_mode = vf.rootfs_mode,
                             .verbose = vf.verbose};
     static char append[4096];
     const char *extra = getenv("GONDOLIN_APPEND");

@@ -2,8 +2,9 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
-#include "../../builder/builder.h"
+#include "base/fs.h"
 #include "image/image.h"
+#include "image/store.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -43,10 +44,10 @@ static int parse_size_mb(const char *s, unsigned *out)
 int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f)
 {
     const char *a = argv[*i];
-    const char *names[] = {"--image", "--accel", "--memory", "--cpus"};
+    const char *names[] = {"--image", "--accel", "--memory", "--cpus", "--rootfs-mode"};
     int which = -1;
     const char *val = NULL;
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < 5; k++) {
         size_t l = strlen(names[k]);
         if (!strncmp(a, names[k], l) && (a[l] == 0 || a[l] == '=')) {
             which = k;
@@ -94,37 +95,34 @@ int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f)
         f->cpus = (unsigned)c;
         break;
     }
+    case 4:
+        if (strcmp(val, "readonly") && strcmp(val, "memory") && strcmp(val, "cow") &&
+            strcmp(val, "rw")) {
+            cli_die(2, "--rootfs-mode must be readonly, memory, cow or rw, not '%s'", val);
+            return -1;
+        }
+        f->rootfs_mode = val;
+        break;
     }
     return 1;
-}
-
-static int build_default(const char *out, int verbose)
-{
-    char cache[1024], debs[1200], guest[1024];
-    gd_cache_dir(cache, sizeof(cache));
-    snprintf(debs, sizeof(debs), "%s/debs", cache);
-    if (gd_guest_bin_dir(guest, sizeof(guest)))
-        return cli_die(1, "guest binaries (sandboxd, init) not found next to this gondolin "
-                          "binary; build the project (cmake --build build)");
-    struct gd_build_opts o = {
-        .output = out, .cache_dir = debs, .guest_dir = guest, .verbose = verbose};
-    struct gd_err err = {{0}};
-    int rc = gd_build_default(&o, &err);
-    if (rc)
-        return cli_die(1, "image build failed: %s", err.msg);
-    return 0;
 }
 
 int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap)
 {
     const char *env = getenv("GONDOLIN_GUEST_DIR");
-    if (f->image || (env && *env)) {
-        snprintf(out, cap, "%s", f->image ? f->image : env);
+    const char *def = getenv("GONDOLIN_DEFAULT_IMAGE");
+    struct gd_err err = {{0}};
+    if (f->image || (env && *env) ||
+        (def && *def && strcmp(def, "default:latest") && strcmp(def, "default"))) {
+        const char *sel = f->image ? f->image : env && *env ? env : def;
+        if (gd_store_resolve(sel, gd_host_arch(), out, cap, &err)) {
+            cli_die(1, "%s", err.msg);
+            return -1;
+        }
         return 0;
     }
     gd_image_default_dir(out, cap);
     struct gd_image img;
-    struct gd_err err;
     int need = gd_image_load(out, 0, &img, &err) != 0;
     if (!need) {
         /* the image must carry this build's agent */
@@ -141,39 +139,9 @@ int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap)
         fprintf(stderr, "gondolin: no default image yet; building it from Debian packages "
                         "(first use only)\n");
     }
-    if (need && build_default(out, f->verbose))
+    if (need && cli_build_default(out, f->verbose))
         return -1;
     return 0;
-}
-
-static int cmd_build(int argc, char **argv)
-{
-    const char *out = NULL;
-    int def = 0, verbose = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--default"))
-            def = 1;
-        else if (!strcmp(argv[i], "--output") && i + 1 < argc)
-            out = argv[++i];
-        else if (!strcmp(argv[i], "-v"))
-            verbose = 1;
-        else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: gondolin build --default [--output DIR]\n\n"
-                   "Builds the default guest image from Debian packages (apt-get download;\n"
-                   "no root, no loop mounts, no Docker). Without --output it replaces the\n"
-                   "cached default image (~/.cache/gondolin/images/default-ARCH).\n");
-            return 0;
-        } else
-            return cli_die(2, "build: unknown argument '%s' (see gondolin build --help)", argv[i]);
-    }
-    if (!def)
-        return cli_die(2, "build: only --default is supported so far (see --help)");
-    char dir[1024];
-    if (!out) {
-        gd_image_default_dir(dir, sizeof(dir));
-        out = dir;
-    }
-    return build_default(out, verbose) ? 1 : 0;
 }
 
 static void usage(FILE *f)
@@ -184,7 +152,9 @@ static void usage(FILE *f)
                "  exec [flags] -- CMD [ARGS...]   run a command in a fresh VM\n"
                "  exec [flags] -c 'SHELL STRING'  run a string with /bin/sh -lc\n"
                "  bash [flags] [-- CMD...]        interactive shell on a PTY\n"
-               "  build --default [--output DIR]  build the default guest image\n"
+               "  build --config FILE [--output DIR | --tag REF]  build a guest image\n"
+               "  build --init-config | --validate FILE | --verify DIR | --default\n"
+               "  image ls|inspect|import|tag|rm|gc  the local image store\n"
                "  doctor                          check QEMU, KVM, packages and the image\n"
                "  --version                       print the version\n\n"
                "Run `gondolin <command> --help` for the flags of a command.\n");
@@ -215,5 +185,7 @@ int main(int argc, char **argv)
         return cmd_doctor(argc - 1, argv + 1);
     if (!strcmp(c, "build"))
         return cmd_build(argc - 1, argv + 1);
+    if (!strcmp(c, "image"))
+        return cmd_image(argc - 1, argv + 1);
     return cli_die(2, "unknown command '%s' (see gondolin --help)", c);
 }

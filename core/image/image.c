@@ -115,6 +115,10 @@ int gd_image_load(const char *dir, int verify, struct gd_image *img, struct gd_e
     const cJSON *sd = guest ? cJSON_GetObjectItemCaseSensitive(guest, "sandboxd") : NULL;
     if (cJSON_IsString(sd))
         snprintf(img->sandboxd_sha, sizeof(img->sandboxd_sha), "%s", sd->valuestring);
+    const cJSON *rm = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(m, "runtimeDefaults"), "rootfsMode");
+    if (cJSON_IsString(rm))
+        snprintf(img->rootfs_mode, sizeof(img->rootfs_mode), "%s", rm->valuestring);
     char *dst[] = {img->kernel, img->bzimage, img->initramfs, img->rootfs};
     const char *shas[4] = {0};
     for (int i = 0; i < 4; i++) {

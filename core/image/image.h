@@ -20,6 +20,7 @@ struct gd_image {
     char initramfs[1200];
     char rootfs[1200];
     char sandboxd_sha[65]; /* agent baked into the image */
+    char rootfs_mode[16];  /* runtimeDefaults.rootfsMode, "" if none */
 };
 
 /* ~/.cache/gondolin (honours XDG_CACHE_HOME). */

@@ -11,6 +11,7 @@
 #include "lua/lpolicy.h"
 
 #include "base/pattern.h"
+#include "base/text.h"
 
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -228,28 +229,6 @@ static const char *lwhere(gd_lua *l, const char *key, char *buf, size_t cap)
     return buf;
 }
 
-static size_t lev(const char *a, const char *b)
-{
-    size_t la = strlen(a), lb = strlen(b);
-    if (la > 30 || lb > 30)
-        return 99;
-    size_t d[32][32];
-    for (size_t i = 0; i <= la; i++)
-        d[i][0] = i;
-    for (size_t j = 0; j <= lb; j++)
-        d[0][j] = j;
-    for (size_t i = 1; i <= la; i++)
-        for (size_t j = 1; j <= lb; j++) {
-            size_t c = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
-            if (d[i - 1][j] + 1 < c)
-                c = d[i - 1][j] + 1;
-            if (d[i][j - 1] + 1 < c)
-                c = d[i][j - 1] + 1;
-            d[i][j] = c;
-        }
-    return d[la][lb];
-}
-
 /* Raises "unknown key" with a did-you-mean, for every key of the table at idx not in
  * known. */
 static void check_keys(lua_State *L, gd_lua *l, int idx, const char *const *known, const char *what)
@@ -262,21 +241,11 @@ static void check_keys(lua_State *L, gd_lua *l, int idx, const char *const *know
             luaL_error(L, "%s: %s: keys must be names", lwhere(l, what, w, sizeof(w)), what);
         }
         const char *k = lua_tostring(L, -1);
-        const char *best = NULL;
-        size_t bd = 3;
         int ok = 0;
-        for (const char *const *n = known; *n; n++) {
-            if (!strcmp(*n, k)) {
-                ok = 1;
-                break;
-            }
-            size_t d = lev(*n, k);
-            if (d < bd) {
-                bd = d;
-                best = *n;
-            }
-        }
+        for (const char *const *n = known; *n && !ok; n++)
+            ok = !strcmp(*n, k);
         if (!ok) {
+            const char *best = gd_closest(k, known, 3);
             char w[300];
             lwhere(l, k, w, sizeof(w));
             if (best)

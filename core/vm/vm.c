@@ -860,18 +860,27 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
     char tsc[64] = "";
     if (khz > 0)
         snprintf(tsc, sizeof(tsc), " tsc_early_khz=%ld", khz);
+    const char *mode = vm->o.rootfs_mode ? vm->o.rootfs_mode : vm->img.rootfs_mode;
+    int rw = mode && !strcmp(mode, "rw");
+    const char *rootarg = rw                                  ? " gondolin.rootfs=rw"
+                          : mode && !strcmp(mode, "readonly") ? " gondolin.rootfs=readonly"
+                                                              : "";
     ARG("-append");
     /* async probe: the disk and the port probe while init loads the next module */
     ARG("console=ttyS0 quiet loglevel=1 panic=-1 reboot=t 8250.nr_uarts=1 i8042.noaux "
-        "i8042.nokbd cryptomgr.notests driver_async_probe=virtio_blk,virtio_console%s%s%s%s%s",
-        tsc, vm->o.bare ? " gondolin.poweroff" : "", vm->o.rawecho ? " gondolin.rawecho" : "",
-        vm->o.append ? " " : "", vm->o.append ? vm->o.append : "");
+        "i8042.nokbd cryptomgr.notests driver_async_probe=virtio_blk,virtio_console%s%s%s%s%s%s",
+        tsc, rootarg, vm->o.bare ? " gondolin.poweroff" : "",
+        vm->o.rawecho ? " gondolin.rawecho" : "", vm->o.append ? " " : "",
+        vm->o.append ? vm->o.append : "");
     ARG("-chardev");
     ARG("stdio,id=con,signal=off");
     ARG("-serial");
     ARG("chardev:con");
     ARG("-drive");
-    ARG("file=%s,format=raw,if=none,id=root,readonly=on,cache=unsafe", vm->img.rootfs);
+    if (rw)
+        ARG("file=%s,format=raw,if=none,id=root,cache=writeback", vm->img.rootfs);
+    else
+        ARG("file=%s,format=raw,if=none,id=root,readonly=on,cache=unsafe", vm->img.rootfs);
     ARG("-device");
     ARG("virtio-blk-device,drive=root");
     ARG("-chardev");

@@ -31,6 +31,9 @@ struct gd_vm_opts {
     int rawecho;               /* benchmark: the agent echoes raw bytes, no protocol */
     int bare;                  /* benchmark: the guest powers off at once */
     int verbose;               /* print the QEMU command line */
+    const char *rootfs_mode;   /* "readonly", "memory" (tmpfs overlay), "cow" (= memory),
+                                  "rw" (build VMs: the image itself is written), or
+                                  NULL: the image's runtimeDefaults, else memory */
     int net_fd;                /* > 0: a stream socket carrying the guest NIC's frames
                                   (QEMU socket netdev); borrowed, dup'ed into QEMU */
 };

@@ -1,0 +1,11 @@
+/* text.h - small string helpers shared by the policy loader and the builder. */
+#ifndef GD_TEXT_H
+#define GD_TEXT_H
+
+#include <stddef.h>
+
+/* The candidate (NULL-ended list) closest to word by edit distance, if that distance
+ * is below max_distance; for "did you mean" hints. NULL when none is close. */
+const char *gd_closest(const char *word, const char *const *cands, size_t max_distance);
+
+#endif

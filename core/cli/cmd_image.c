@@ -1,0 +1,109 @@
+/* cmd_image.c - `gondolin image ls | inspect | import | tag | rm | gc`. */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include "image/image.h"
+#include "image/store.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void image_usage(void)
+{
+    printf("usage: gondolin image <command>\n\n"
+           "  ls [--json]                      refs and images in the store\n"
+           "  inspect SELECTOR [--arch A]      the manifest of an image (path, ref or buildId)\n"
+           "  import DIR [--tag NAME[:TAG]]    copy a built image into the store\n"
+           "  tag SELECTOR NAME[:TAG] [--arch A]  point a ref at an image\n"
+           "  rm NAME[:TAG] [--arch A]         remove a ref (the image stays until gc)\n"
+           "  gc [--dry-run]                   remove images no ref points to\n\n"
+           "The store is GONDOLIN_IMAGE_STORE or ~/.cache/gondolin/images. Anywhere an image\n"
+           "is chosen (--image, GONDOLIN_DEFAULT_IMAGE) a selector is a directory, a ref or a\n"
+           "buildId (or a unique prefix of 8+ characters).\n");
+}
+
+int cmd_image(int argc, char **argv)
+{
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
+        image_usage();
+        return argc < 2 ? 2 : 0;
+    }
+    const char *sub = argv[1];
+    const char *arch = gd_host_arch(), *tag = NULL;
+    const char *pos[3] = {NULL, NULL, NULL};
+    int npos = 0, json = 0, dry = 0;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--arch") && i + 1 < argc)
+            arch = argv[++i];
+        else if (!strcmp(argv[i], "--tag") && i + 1 < argc)
+            tag = argv[++i];
+        else if (!strcmp(argv[i], "--json"))
+            json = 1;
+        else if (!strcmp(argv[i], "--dry-run"))
+            dry = 1;
+        else if (argv[i][0] == '-' && argv[i][1])
+            return cli_die(2, "image %s: unknown flag '%s'", sub, argv[i]);
+        else if (npos < 3)
+            pos[npos++] = argv[i];
+        else
+            return cli_die(2, "image %s: too many arguments", sub);
+    }
+    if (strcmp(arch, "x86_64") && strcmp(arch, "aarch64"))
+        return cli_die(2, "image: --arch must be x86_64 or aarch64, not '%s'", arch);
+    struct gd_err err = {{0}};
+    if (!strcmp(sub, "ls") || !strcmp(sub, "list"))
+        return gd_store_list(stdout, json, &err) ? cli_die(1, "image ls: %s", err.msg) : 0;
+    if (!strcmp(sub, "gc"))
+        return gd_store_gc(stdout, dry, &err) ? cli_die(1, "image gc: %s", err.msg) : 0;
+    if (!strcmp(sub, "inspect")) {
+        if (npos != 1)
+            return cli_die(2, "usage: gondolin image inspect SELECTOR [--arch A]");
+        char dir[1400], p[1500];
+        if (gd_store_resolve(pos[0], arch, dir, sizeof(dir), &err))
+            return cli_die(1, "image inspect: %s", err.msg);
+        snprintf(p, sizeof(p), "%s/manifest.json", dir);
+        FILE *f = fopen(p, "re");
+        if (!f)
+            return cli_die(1, "image inspect: cannot read %s", p);
+        printf("{\n  \"path\": \"%s\",\n  \"manifest\": ", dir);
+        char buf[65536];
+        size_t n;
+        int first = 1;
+        while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
+            /* the manifest as is, kept as a nested value */
+            if (first)
+                while (n && (buf[n - 1] == '\n'))
+                    n--;
+            fwrite(buf, 1, n, stdout);
+            first = 0;
+        }
+        fclose(f);
+        printf("\n}\n");
+        return 0;
+    }
+    if (!strcmp(sub, "import")) {
+        if (npos != 1)
+            return cli_die(2, "usage: gondolin image import DIR [--tag NAME[:TAG]]");
+        char id[64];
+        if (gd_store_import(pos[0], tag, id, &err))
+            return cli_die(1, "image import: %s", err.msg);
+        printf("%s%s%s\n", id, tag ? " " : "", tag ? tag : "");
+        return 0;
+    }
+    if (!strcmp(sub, "tag")) {
+        if (npos != 2)
+            return cli_die(2, "usage: gondolin image tag SELECTOR NAME[:TAG] [--arch A]");
+        if (gd_store_tag(pos[0], pos[1], arch, &err))
+            return cli_die(1, "image tag: %s", err.msg);
+        return 0;
+    }
+    if (!strcmp(sub, "rm")) {
+        if (npos != 1)
+            return cli_die(2, "usage: gondolin image rm NAME[:TAG] [--arch A]");
+        if (gd_store_rm(pos[0], arch, &err))
+            return cli_die(1, "image rm: %s", err.msg);
+        return 0;
+    }
+    return cli_die(2, "image: unknown command '%s' (ls, inspect, import, tag, rm, gc)", sub);
+}
