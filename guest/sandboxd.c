@@ -796,8 +796,9 @@ static void raw_echo(void)
 
 int main(void)
 {
-    setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
-    setenv("HOME", "/root", 1);
+    /* defaults; the image's baked env (init passes /etc/gondolin/env) wins */
+    setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 0);
+    setenv("HOME", "/root", 0);
     setenv("TERM", "linux", 0);
     setenv("LANG", "C.UTF-8", 0);
     if (access("/etc/gondolin/mitm/ca.crt", R_OK) == 0) {

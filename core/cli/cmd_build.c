@@ -240,6 +240,13 @@ static void deep_checks(const struct gd_build_config *c, struct gd_diags *d)
                         c->alpine.kernel_package);
         gd_apk_close(db);
     } else if (!c->oci.set) {
+        struct gd_pkg *all;
+        size_t nall;
+        struct gd_err e1 = {{0}};
+        if (gd_deb_resolve((const char *const *)c->debian.packages.v, &all, &nall, &e1) == 0) {
+            free(all);
+            return; /* one apt run says they all exist */
+        }
         for (size_t i = 0; i < c->debian.packages.n; i++) {
             const char *one[] = {c->debian.packages.v[i], NULL};
             struct gd_pkg *p;
