@@ -293,11 +293,34 @@ static int parse_index(struct gd_apk_db *db, const char *text, size_t n, const c
     return count;
 }
 
-int gd_apkindex_parse_count(const char *text, size_t n)
+static int count_entry(void *ud, const char *name, const uint8_t *data, size_t len)
 {
+    (void)name;
+    (void)data;
+    *(size_t *)ud += len;
+    return 0;
+}
+
+int gd_apk_fuzz_one(const uint8_t *d, size_t n)
+{
+    /* index text with the resolver over it, the gzip member splitter, the tar walker,
+     * and version comparison of the first two lines */
     struct gd_apk_db db = {0};
-    int r = parse_index(&db, text, n, NULL);
+    int r = parse_index(&db, (const char *)d, n, NULL);
+    if (r > 0) {
+        const char *names[] = {db.v[0].name, NULL};
+        struct gd_pkg *p = NULL;
+        size_t np = 0;
+        struct gd_err err;
+        if (gd_apk_resolve(&db, names, &p, &np, &err) == 0)
+            free(p);
+        if (db.n > 1)
+            gd_apk_vercmp(db.v[0].version, db.v[1].version);
+    }
     gd_apk_close_parts(&db);
+    size_t total = 0;
+    gz_member_len(d, n);
+    tar_each(d, n, count_entry, &total);
     return r;
 }
 

@@ -27,11 +27,18 @@ static const char *const guest_modules[] = {"virtio_mmio", "virtio_blk", "virtio
                                             "virtio_net",  "overlay",    NULL};
 /* busybox applets linked where no package provides the command */
 static const char *const busybox_applets[] = {
-    "ps",    "top",      "free",   "vi",    "ip",    "ifconfig", "ping",     "wget",
-    "nc",    "poweroff", "reboot", "halt",  "mount", "umount",   "hostname", "xxd",
-    "which", "killall",  "pgrep",  "pkill", "lsmod", "dmesg",    "uptime",   "watch",
-    "unzip", "awk",      "diff",   "xargs", "find",  "sleep",    "more",     "clear",
-    "reset", "stty",     "tr",     "od",    NULL,
+    "ps",       "top",      "free",     "vi",       "ip",        "ifconfig", "ping",     "wget",
+    "nc",       "poweroff", "reboot",   "halt",     "mount",     "umount",   "hostname", "xxd",
+    "which",    "killall",  "pgrep",    "pkill",    "lsmod",     "dmesg",    "uptime",   "watch",
+    "unzip",    "awk",      "diff",     "xargs",    "find",      "sleep",    "more",     "clear",
+    "reset",    "stty",     "tr",       "od",       "cat",       "ls",       "cp",       "mv",
+    "rm",       "mkdir",    "rmdir",    "ln",       "chmod",     "chown",    "echo",     "head",
+    "tail",     "wc",       "sort",     "uniq",     "cut",       "grep",     "sed",      "env",
+    "id",       "date",     "touch",    "true",     "false",     "test",     "[",        "expr",
+    "basename", "dirname",  "readlink", "realpath", "stat",      "du",       "df",       "tar",
+    "gzip",     "gunzip",   "zcat",     "mktemp",   "seq",       "yes",      "tee",      "printf",
+    "pwd",      "uname",    "kill",     "md5sum",   "sha256sum", "less",     "ash",      "hexdump",
+    NULL,
 };
 #define IMAGE_TIMESTAMP 1704067200u /* 2024-01-01: fixed so builds are reproducible */
 
@@ -777,7 +784,7 @@ static int build_into(const struct gd_build_config *c, struct gd_build_opts *o, 
     gd_progress_end(&pr, rc ? "failed" : "done");
     if (rc) {
         if (rc == -ENOENT && strstr(err->msg, "kernel module"))
-            gd_err_set(err, rc, "E012 kernel %s: %s", pl.kernel.name, err->msg);
+            gd_err_prefix(err, "E012 kernel %s: ", pl.kernel.name);
         goto out;
     }
     o->t_initramfs = now_s() - t1;
@@ -821,7 +828,7 @@ static int build_into(const struct gd_build_config *c, struct gd_build_opts *o, 
     gd_progress_end(&pr, rc ? "failed" : "done");
     if (rc) {
         if (rc == -ENOSPC)
-            gd_err_set(err, rc, "E013 %s", err->msg);
+            gd_err_prefix(err, "E013 ");
         goto out;
     }
     o->t_ext4 = now_s() - t2;

@@ -184,8 +184,8 @@ int gd_apk_exists(struct gd_apk_db *db, const char *name);
  * .PKGINFO are checked) and extracts packages into the tree. */
 int gd_apk_install(struct gd_apk_db *db, const struct gd_pkg *p, size_t n, struct gd_tree *t,
                    const char *what, struct gd_err *err);
-/* Parses APKINDEX text (exposed for the fuzz target). Returns the number of records. */
-int gd_apkindex_parse_count(const char *text, size_t n);
+/* The fuzz target's entry: index parsing + resolution, gzip members, tar walking. */
+int gd_apk_fuzz_one(const uint8_t *d, size_t n);
 /* apk version comparison: <0, 0, >0. */
 int gd_apk_vercmp(const char *a, const char *b);
 

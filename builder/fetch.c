@@ -201,8 +201,8 @@ int gd_fetch_file(const char *url, const char *const *headers, const char *dest,
     else if (!ok)
         rc = gd_err_set(err, -EIO, "cannot write %s", part);
     else if (sha256 && strcmp(hex, sha256))
-        rc = gd_err_set(err, -EBADMSG, "%s: sha256 mismatch: expected %s, got %s", label, sha256,
-                        hex);
+        rc = gd_err_set(err, -EBADMSG, "%s: sha256 mismatch: expected %s, got %s: refusing it",
+                        label, sha256, hex);
     else if (rename(part, dest))
         rc = gd_err_set(err, -errno, "cannot store %s: %s", dest, strerror(errno));
     if (rc)

@@ -257,9 +257,10 @@ static int layers_of(struct client *cl, const cJSON *man, const char *cache_dir,
             snprintf(url, sizeof(url), "%s/v2/%s/blobs/%s", cl->r.base, cl->r.repo, dg);
             const char *h[] = {cl->auth[0] ? cl->auth : NULL, NULL};
             rc = gd_fetch_file(url, h, path, dg + 7, label, err);
-            if (rc == -EBADMSG)
-                return gd_err_set(err, rc, "%s: layer %d (%s): %s: refusing it", img->reference, i,
-                                  dg, err->msg);
+            if (rc == -EBADMSG) {
+                gd_err_prefix(err, "%s: ", img->reference);
+                return rc;
+            }
             if (!rc)
                 rc = add_layer(img, path);
         }

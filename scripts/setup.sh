@@ -23,10 +23,12 @@ pkgs=(
   clang libclang-rt-14-dev clang-format python3 tmux procps
   # tests: test certificates for the loopback upstreams
   openssl
+  # tests: the image builder's sources on loopback (OCI registry, OCI image tools)
+  docker-registry skopeo umoci
 )
 # benchmarks only (scripts/setup.sh --bench): load generator and the peer proxy
 if [[ "${1:-}" == "--bench" ]]; then
-  pkgs+=(wrk mitmproxy nginx-light)
+  pkgs+=(wrk mitmproxy nginx-light cpio lz4)
 fi
 
 missing=()

@@ -25,7 +25,7 @@ if [[ -x build-fuzz/tests/fuzz-proto ]]; then
   [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "fuzzer found a crash"; exit 1; }
 fi
 
-for t in http dns sni; do
+for t in http dns sni apk; do
   if [[ -x build-fuzz/tests/fuzz-$t ]]; then
     echo "== fuzz: $t (${GD_FUZZ_SECONDS_NET:-20}s)"
     mkdir -p build-fuzz/corpus-$t
@@ -60,6 +60,11 @@ echo "== integration tests (real VMs)"
 python3 tests/integration/test_vm.py build
 echo "== egress from real guests"
 python3 tests/integration/test_egress.py build
+echo "== image builder and store: examples, Alpine repo and OCI registry on loopback"
+python3 tests/builder/test_build.py build
+echo "== image builder under ASan+UBSan (Alpine path: index, signatures, resolver, tree)"
+ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  python3 tests/builder/test_build.py build-asan -k alpine
 echo "== API client under ASan+UBSan against a real VM"
 for m in concurrent stdin close inject; do
   ASAN_OPTIONS=detect_leaks=1 ./build-asan/tests/gd-testclient "$m"

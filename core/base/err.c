@@ -15,6 +15,20 @@ int gd_err_set(struct gd_err *e, int code, const char *fmt, ...)
     return code;
 }
 
+void gd_err_prefix(struct gd_err *e, const char *fmt, ...)
+{
+    if (!e)
+        return;
+    char old[sizeof(e->msg)];
+    memcpy(old, e->msg, sizeof(old));
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(e->msg, sizeof(e->msg), fmt, ap);
+    va_end(ap);
+    if (n >= 0 && (size_t)n < sizeof(e->msg))
+        snprintf(e->msg + n, sizeof(e->msg) - (size_t)n, "%s", old);
+}
+
 void gd_sanitize(char *dst, size_t cap, const char *src, size_t len)
 {
     size_t o = 0;

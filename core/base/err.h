@@ -10,6 +10,8 @@ struct gd_err {
 };
 
 /* Formats into e (if non-NULL) and returns `code` (a negative errno). */
+/* Puts a formatted prefix before the message already in e. */
+void gd_err_prefix(struct gd_err *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int gd_err_set(struct gd_err *e, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
