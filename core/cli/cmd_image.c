@@ -5,6 +5,7 @@
 #include "image/image.h"
 #include "image/store.h"
 
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,20 +67,23 @@ int cmd_image(int argc, char **argv)
         FILE *f = fopen(p, "re");
         if (!f)
             return cli_die(1, "image inspect: cannot read %s", p);
-        printf("{\n  \"path\": \"%s\",\n  \"manifest\": ", dir);
-        char buf[65536];
-        size_t n;
-        int first = 1;
-        while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
-            /* the manifest as is, kept as a nested value */
-            if (first)
-                while (n && (buf[n - 1] == '\n'))
-                    n--;
-            fwrite(buf, 1, n, stdout);
-            first = 0;
-        }
+        char *buf = malloc(1 << 20);
+        size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
         fclose(f);
-        printf("\n}\n");
+        if (!buf)
+            return cli_die(1, "out of memory");
+        buf[n] = 0;
+        cJSON *m = cJSON_Parse(buf);
+        free(buf);
+        if (!m)
+            return cli_die(1, "image inspect: %s is not JSON", p);
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "path", dir);
+        cJSON_AddItemToObject(o, "manifest", m);
+        char *text = cJSON_Print(o);
+        cJSON_Delete(o);
+        printf("%s\n", text ? text : "{}");
+        free(text);
         return 0;
     }
     if (!strcmp(sub, "import")) {

@@ -13,6 +13,7 @@ import base64
 import gzip
 import hashlib
 import io
+import json
 import os
 import subprocess
 import tarfile
@@ -264,18 +265,85 @@ def apk_repo(tmp, tamper=False):
     return r
 
 
-class Registry:
-    """docker-registry on loopback, filesystem storage in a temp dir."""
+def _b64u(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+class TokenServer:
+    """The token endpoint of the registry's bearer auth: grants what is asked to
+    anyone (anonymous pull, as public registries do) in an RS256 JWT whose x5c header
+    carries a self-signed certificate the registry trusts."""
 
     def __init__(self, tmp):
+        self.key = os.path.join(tmp, "token.key")
+        self.cert = os.path.join(tmp, "token.crt")
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", self.key,
+           "-out", self.cert, "-days", "2", "-subj", "/CN=gondolin-test-token")
+        der = subprocess.run(["openssl", "x509", "-in", self.cert, "-outform", "DER"],
+                             check=True, capture_output=True).stdout
+        self.x5c = base64.b64encode(der).decode()
+        self.requests = []
+        srv = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(h):
+                from urllib.parse import urlparse, parse_qs
+                q = parse_qs(urlparse(h.path).query)
+                srv.requests.append(h.path)
+                access = []
+                for sc in q.get("scope", []):
+                    typ, name, actions = sc.split(":")
+                    access.append({"type": typ, "name": name, "actions": actions.split(",")})
+                now = int(time.time())
+                claims = {"iss": "gondolin-test-issuer", "sub": "", "aud": q["service"][0],
+                          "exp": now + 600, "nbf": now - 10, "iat": now,
+                          "jti": os.urandom(8).hex(), "access": access}
+                head = {"typ": "JWT", "alg": "RS256", "x5c": [srv.x5c]}
+                signing = (_b64u(json.dumps(head).encode()) + "." +
+                           _b64u(json.dumps(claims).encode()))
+                with tempfile.NamedTemporaryFile() as f:
+                    f.write(signing.encode())
+                    f.flush()
+                    sig = subprocess.run(["openssl", "dgst", "-sha256", "-sign", srv.key, f.name],
+                                         check=True, capture_output=True).stdout
+                tok = signing + "." + _b64u(sig)
+                body = json.dumps({"token": tok, "access_token": tok, "expires_in": 600}).encode()
+                h.send_response(200)
+                h.send_header("Content-Type", "application/json")
+                h.send_header("Content-Length", str(len(body)))
+                h.end_headers()
+                h.wfile.write(body)
+
+            def log_message(h, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.realm = "http://127.0.0.1:%d/token" % self.httpd.server_address[1]
+
+    def stop(self):
+        self.httpd.shutdown()
+
+
+class Registry:
+    """docker-registry on loopback, filesystem storage in a temp dir; with token=True
+    it demands bearer tokens from a TokenServer."""
+
+    def __init__(self, tmp, token=False):
         self.dir = os.path.join(tmp, "registry")
         os.makedirs(self.dir, exist_ok=True)
         self.port = free_port()
+        self.tokens = TokenServer(tmp) if token else None
+        auth = ""
+        if token:
+            auth = ("auth:\n  token:\n    realm: %s\n    service: gondolin-test\n"
+                    "    issuer: gondolin-test-issuer\n    rootcertbundle: %s\n"
+                    % (self.tokens.realm, self.tokens.cert))
         cfg = os.path.join(tmp, "registry.yml")
         open(cfg, "w").write(
             "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
             "    rootdirectory: %s\n  delete:\n    enabled: true\n"
-            "http:\n  addr: 127.0.0.1:%d\n" % (self.dir, self.port))
+            "http:\n  addr: 127.0.0.1:%d\n%s" % (self.dir, self.port, auth))
         self.proc = subprocess.Popen(["docker-registry", "serve", cfg],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(100):
@@ -297,6 +365,8 @@ class Registry:
     def stop(self):
         self.proc.terminate()
         self.proc.wait()
+        if self.tokens:
+            self.tokens.stop()
 
 
 def oci_busybox(tmp):
@@ -318,4 +388,33 @@ def oci_busybox(tmp):
     sh("umoci", "repack", "--image", lay + ":busybox", bundle)
     os.unlink(os.path.join(rootfs, "etc", "deleted-later"))
     sh("umoci", "repack", "--image", lay + ":busybox", bundle)
+    # another image, standing for another platform in a multi-platform index
+    open(os.path.join(rootfs, "etc", "wrong-platform"), "w").write("arm64\n")
+    sh("umoci", "repack", "--image", lay + ":armish", bundle)
     return lay
+
+
+def add_index(lay, tag, amd64_tag, arm64_tag):
+    """Tags, in an OCI layout, an image index listing arm64_tag's manifest for
+    linux/arm64 (first) and amd64_tag's for linux/amd64: a multi-platform image."""
+    with open(os.path.join(lay, "index.json")) as f:
+        idx = json.load(f)
+
+    def by(t):
+        return next(m for m in idx["manifests"]
+                    if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == t)
+    other = dict(by(arm64_tag), platform={"os": "linux", "architecture": "arm64"})
+    mine = dict(by(amd64_tag), platform={"os": "linux", "architecture": "amd64"})
+    mine.pop("annotations", None)
+    other.pop("annotations", None)
+    index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+             "manifests": [other, mine]}
+    data = json.dumps(index).encode()
+    dg = hashlib.sha256(data).hexdigest()
+    open(os.path.join(lay, "blobs", "sha256", dg), "wb").write(data)
+    idx["manifests"].append({"mediaType": "application/vnd.oci.image.index.v1+json",
+                             "digest": "sha256:" + dg, "size": len(data),
+                             "annotations": {"org.opencontainers.image.ref.name": tag}})
+    with open(os.path.join(lay, "index.json"), "w") as f:
+        json.dump(idx, f)
+    return "sha256:" + dg

@@ -159,7 +159,11 @@ def examples_build_boot_and_are_reproducible():
     expect("gondolin busybox image" in out and "built-in-vm" in out and "PS1=gondolin$" in out,
            out)
     bb2 = os.path.join(TMP, "bb2")
-    build(os.path.join(EX, "minimal-busybox.json"), bb2)
+    # the second build as if on a terminal: progress bars instead of lines
+    p = run("build", "--config", os.path.join(EX, "minimal-busybox.json"), "--output", bb2,
+            env=dict(ENV, GONDOLIN_PROGRESS="bar"))
+    expect("\033[K  unpacking the kernel" in p.stderr and "#####" in p.stderr
+           and "100%" in p.stderr, repr(p.stderr[-600:]))
     expect(manifest(bb2)["buildId"] == m["buildId"], "buildIds differ")
     for a in ("vmlinux", "initramfs.cpio.lz4", "rootfs.ext4"):
         expect(open(os.path.join(bb, a), "rb").read() == open(os.path.join(bb2, a), "rb").read(),
@@ -280,9 +284,13 @@ def oci_from_a_loopback_registry():
     base = os.path.join(TMP, "ocitest")
     os.makedirs(base, exist_ok=True)
     lay = repos.oci_busybox(base)
-    reg = repos.Registry(base)
+    index_digest = repos.add_index(lay, "multi", "busybox", "armish")
+    reg = repos.Registry(base, token=True)
     try:
         reg.push(lay, "busybox", "gondolin/busybox:1")
+        repos.sh("skopeo", "copy", "--all", "--dest-tls-verify=false", "oci:%s:multi" % lay,
+                 "docker://%s/gondolin/multi:1" % reg.host)
+        before = len(reg.tokens.requests)
         with open(os.path.join(EX, "oci-busybox.json")) as f:
             text = f.read().replace("127.0.0.1:5000", reg.host)
         cfg = write(os.path.join(base, "oci.json"), text)
@@ -296,6 +304,33 @@ def oci_from_a_loopback_registry():
         o = guest(out, "cat /etc/oci-release; ls /etc/deleted-later 2>&1; echo kind=$IMAGE_KIND"
                   ).stdout
         expect("from an OCI registry" in o and "No such file" in o and "kind=oci" in o, o)
+        got = reg.tokens.requests[before:]
+        expect(any("scope=repository:gondolin/busybox:pull" in r for r in got), got)
+        # a multi-platform index: the linux/amd64 image is picked (arm64 is listed first)
+        cfgm = write(os.path.join(base, "multi.json"), json.dumps({
+            "oci": {"image": "%s/gondolin/multi:1" % reg.host, "platform": "linux/amd64"}}))
+        outm = os.path.join(base, "multi")
+        build(cfgm, outm)
+        mm = manifest(outm)
+        expect(mm["ociSource"]["digest"] == index_digest, (mm["ociSource"], index_digest))
+        dbg = subprocess.run(["debugfs", "-R", "stat /etc/wrong-platform",
+                              os.path.join(outm, "rootfs.ext4")], capture_output=True, text=True)
+        expect("not found" in dbg.stderr, "picked the arm64 image: " + dbg.stdout)
+        p = build(write(os.path.join(base, "s390.json"), json.dumps({
+            "oci": {"image": "%s/gondolin/multi:1" % reg.host, "platform": "linux/s390x"}})),
+            os.path.join(base, "s390"), check=False)
+        expect(p.returncode == 1 and "no linux/s390x image (has: linux/arm64, linux/amd64)"
+               in p.stderr, p.stderr)
+        # a docker-archive (docker save) tarball
+        arch = os.path.join(base, "busybox.tar")
+        repos.sh("skopeo", "copy", "oci:%s:busybox" % lay, "docker-archive:%s" % arch)
+        cfga = write(os.path.join(base, "archive.json"), json.dumps({
+            "oci": {"image": "docker-archive:busybox.tar"}}))
+        outa = os.path.join(base, "archive")
+        build(cfga, outa)
+        dbg = subprocess.run(["debugfs", "-R", "cat /etc/oci-release",
+                              os.path.join(outa, "rootfs.ext4")], capture_output=True, text=True)
+        expect("from an OCI registry" in dbg.stdout, dbg.stdout + dbg.stderr)
         # the same image from the local OCI layout
         cfg2 = write(os.path.join(base, "layout.json"), json.dumps({
             "oci": {"image": "oci:%s:busybox" % lay}}))
@@ -311,7 +346,7 @@ def oci_from_a_loopback_registry():
         expect(manifest(out2)["ociSource"]["reference"].startswith("oci:"), manifest(out2))
         # a corrupted layer in the registry: refused (fresh cache, pull always)
         man = json.loads(subprocess.run(
-            ["skopeo", "inspect", "--raw", "--tls-verify=false",
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", "x:y",
              "docker://%s/gondolin/busybox:1" % reg.host], capture_output=True, text=True).stdout)
         blob = reg.blob(man["layers"][0]["digest"])
         data = bytearray(open(blob, "rb").read())
