@@ -439,6 +439,11 @@ int gd_ext4_write(const char *src_dir, const char *path, const struct gd_ext4_op
         rc = gd_err_set(err, -EIO, "ext4: allocate tables: %s", error_message(ec));
         goto out;
     }
+    /* the inode tables of a fresh sparse file are zero: say so, or the kernel's lazy
+     * init thread sets the flag itself whenever it gets to run (a build VM would then
+     * leave a timing-dependent byte in the image) */
+    for (dgrp_t g = 0; g < fs->group_desc_count; g++)
+        ext2fs_bg_flags_set(fs, g, EXT2_BG_INODE_ZEROED);
     ec = ext2fs_convert_subcluster_bitmap(fs, &fs->block_map);
     if (ec) {
         rc = gd_err_set(err, -EIO, "ext4: bitmap: %s", error_message(ec));
