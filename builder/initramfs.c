@@ -419,6 +419,13 @@ int gd_modules_resolve(const char *moddir, const char *const *wanted, char ***or
                    err);
     free(builtin);
 out:
+    if (rc && *order) { /* the caller gets nothing on failure */
+        for (size_t i = 0; i < *n; i++)
+            free((*order)[i]);
+        free(*order);
+        *order = NULL;
+        *n = 0;
+    }
     free(state);
     free(v);
     return rc;

@@ -62,9 +62,11 @@ echo "== egress from real guests"
 python3 tests/integration/test_egress.py build
 echo "== image builder and store: examples, Alpine repo and OCI registry on loopback"
 python3 tests/builder/test_build.py build
-echo "== image builder under ASan+UBSan (Alpine path: index, signatures, resolver, tree)"
-ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  python3 tests/builder/test_build.py build-asan -k alpine
+echo "== image builder under ASan+UBSan (Alpine index/signatures/resolver, OCI registry client, tree)"
+for k in alpine oci; do
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    python3 tests/builder/test_build.py build-asan -k "$k"
+done
 echo "== API client under ASan+UBSan against a real VM"
 for m in concurrent stdin close inject; do
   ASAN_OPTIONS=detect_leaks=1 ./build-asan/tests/gd-testclient "$m"
