@@ -411,6 +411,29 @@ def image_store():
 
 
 @test
+def rootfs_modes_and_init_hooks():
+    extra = write(os.path.join(TMP, "modes", "extra.sh"),
+                  "echo ran-before-the-agent > /run/init-extra\n")
+    cfg = write(os.path.join(TMP, "modes", "ro.json"), json.dumps({
+        "debian": {"packages": ["busybox-static"]},
+        "env": ["GREETING=hello world", "QUOTED=it's"],
+        "init": {"rootfsInitExtra": "extra.sh"},
+        "runtimeDefaults": {"rootfsMode": "readonly"}}))
+    out = os.path.join(TMP, "modes", "img")
+    build(cfg, out)
+    expect(manifest(out)["runtimeDefaults"]["rootfsMode"] == "readonly", manifest(out))
+    o = guest(out, 'touch /x 2>&1; touch /tmp/y && echo tmp-ok; cat /run/init-extra; '
+                   'echo "$GREETING|$QUOTED"').stdout
+    expect("Read-only file system" in o and "tmp-ok" in o and "ran-before-the-agent" in o
+           and "hello world|it's" in o, o)
+    o = run("exec", "--image", out, "--rootfs-mode", "memory", "--", "/bin/sh", "-c",
+            "touch /x && echo overlay-ok").stdout
+    expect("overlay-ok" in o, o)
+    o = run("exec", "--image", out, "--", "/bin/sh", "-lc", 'echo "$GREETING"').stdout
+    expect("hello world" in o, o)
+
+
+@test
 def interrupted_build_leaves_nothing():
     store = os.path.join(TMP, "store-int")
     env = dict(ENV, GONDOLIN_IMAGE_STORE=store)
