@@ -3,6 +3,8 @@
 #include "builder.h"
 #include "config.h"
 
+#include "builder_id.h"
+
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
@@ -869,6 +871,7 @@ static int build_into(const struct gd_build_config *c, struct gd_build_opts *o, 
     }
     cJSON *guest = cJSON_AddObjectToObject(m, "guest");
     cJSON_AddStringToObject(guest, "sandboxd", ghex);
+    cJSON_AddStringToObject(guest, "builder", GD_BUILDER_ID);
     if ((rc = write_manifest(m, tmp, o, err))) {
         cJSON_Delete(m);
         goto out;
@@ -1019,6 +1022,11 @@ out:
     flock(lfd, LOCK_UN);
     close(lfd);
     return rc;
+}
+
+const char *gd_builder_id(void)
+{
+    return GD_BUILDER_ID;
 }
 
 int gd_build_default(struct gd_build_opts *o, struct gd_err *err)

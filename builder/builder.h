@@ -40,6 +40,9 @@ struct gd_build_opts {
 /* Builds the image a config describes into o->output. 0 or a negative errno with
  * `err` (messages of config problems found late carry their E0xx code). */
 int gd_build(const struct gd_build_config *c, struct gd_build_opts *o, struct gd_err *err);
+/* Identity of the builder and guest sources this binary was built from (recorded in
+ * manifest.json as guest.builder; a default image with another is rebuilt). */
+const char *gd_builder_id(void);
 /* Builds the default Debian-based image. */
 int gd_build_default(struct gd_build_opts *o, struct gd_err *err);
 /* Resolves everything and prints packages, sizes and steps without building. */

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
+#include "../../builder/builder.h"
 #include "base/fs.h"
 #include "image/image.h"
 #include "image/store.h"
@@ -124,7 +125,13 @@ int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap)
     gd_image_default_dir(out, cap);
     struct gd_image img;
     int need = gd_image_load(out, 0, &img, &err) != 0;
-    if (!need) {
+    if (!need && strcmp(img.builder_id, gd_builder_id())) {
+        /* built by another version of the builder or guest: rebuild, so the default
+         * image is always what this binary would build */
+        fprintf(stderr, "gondolin: the default image was built by another version; "
+                        "rebuilding it\n");
+        need = 1;
+    } else if (!need) {
         /* the image must carry this build's agent */
         char guest[1024], p[1100], hex[65];
         if (gd_guest_bin_dir(guest, sizeof(guest)) == 0) {

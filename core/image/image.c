@@ -119,6 +119,10 @@ int gd_image_load(const char *dir, int verify, struct gd_image *img, struct gd_e
         cJSON_GetObjectItemCaseSensitive(m, "runtimeDefaults"), "rootfsMode");
     if (cJSON_IsString(rm))
         snprintf(img->rootfs_mode, sizeof(img->rootfs_mode), "%s", rm->valuestring);
+    const cJSON *bi =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "guest"), "builder");
+    if (cJSON_IsString(bi))
+        snprintf(img->builder_id, sizeof(img->builder_id), "%s", bi->valuestring);
     char *dst[] = {img->kernel, img->bzimage, img->initramfs, img->rootfs};
     const char *shas[4] = {0};
     for (int i = 0; i < 4; i++) {

@@ -21,6 +21,7 @@ struct gd_image {
     char rootfs[1200];
     char sandboxd_sha[65]; /* agent baked into the image */
     char rootfs_mode[16];  /* runtimeDefaults.rootfsMode, "" if none */
+    char builder_id[32];   /* guest.builder: sources the image was built from */
 };
 
 /* ~/.cache/gondolin (honours XDG_CACHE_HOME). */
