@@ -394,9 +394,19 @@ def image_store():
     js = json.loads(run("image", "ls", "--json").stdout)
     refs = sorted(e["ref"] for e in js if e.get("ref"))
     expect(refs == ["busy:1", "busy:stable", "par:0", "par:1", "par:2", "par:3"], refs)
-    # build straight into the store with --tag
-    p = run("build", "--config", os.path.join(EX, "minimal-busybox.json"), "--tag", "built:1")
-    expect(bid in p.stdout, p.stdout)
+    # build straight into the store with --tag: two builds of the same config at once
+    procs = [subprocess.Popen([GONDOLIN, "build", "--config",
+                               os.path.join(EX, "minimal-busybox.json"), "--tag", t],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for t in ("built:1", "built:2")]
+    for pr in procs:
+        out, err = pr.communicate(timeout=600)
+        expect(pr.returncode == 0 and bid in out, out + err)
+    objs = os.listdir(os.path.join(STORE, "objects"))
+    expect([o for o in objs if not o.endswith(".lock")] == [bid], objs)
+    run("image", "rm", "built:2")
+    p = run("build", "--verify", os.path.join(STORE, "objects", bid))
+    expect("all checksums match" in p.stdout, p.stdout)
     for r in ("busy:1", "busy:stable", "par:0", "par:1", "par:2", "par:3"):
         run("image", "rm", r)
     p = run("image", "gc")
