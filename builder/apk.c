@@ -462,11 +462,6 @@ int gd_apk_exists(struct gd_apk_db *db, const char *name)
     return find(db, name) != NULL;
 }
 
-static int cmp_pkg(const void *a, const void *b)
-{
-    return strcmp(((const struct gd_pkg *)a)->name, ((const struct gd_pkg *)b)->name);
-}
-
 int gd_apk_resolve(struct gd_apk_db *db, const char *const *names, struct gd_pkg **out, size_t *n,
                    struct gd_err *err)
 {
@@ -526,33 +521,13 @@ int gd_apk_resolve(struct gd_apk_db *db, const char *const *names, struct gd_pkg
         free(v);
         return rc;
     }
-    qsort(v, qt, sizeof(*v), cmp_pkg);
+    qsort(v, qt, sizeof(*v), gd_pkg_cmp);
     *out = v;
     *n = qt;
     return 0;
 }
 
 /* ---- fetching ---- */
-
-static int read_file(const char *path, uint8_t **buf, size_t *n)
-{
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return -errno;
-    struct stat st;
-    if (fstat(fileno(f), &st) || st.st_size > (1LL << 32)) {
-        fclose(f);
-        return -EFBIG;
-    }
-    *buf = malloc((size_t)st.st_size + 1);
-    if (!*buf) {
-        fclose(f);
-        return -ENOMEM;
-    }
-    *n = fread(*buf, 1, (size_t)st.st_size, f);
-    fclose(f);
-    return 0;
-}
 
 static void cache_name(const char *url, char *out, size_t cap)
 {
@@ -586,7 +561,7 @@ static int load_index(struct gd_apk_db *db, const char *base, const char *arch, 
         return gd_err_set(err, rc, "%s", ferr.msg);
     uint8_t *buf;
     size_t n;
-    if ((rc = read_file(path, &buf, &n)))
+    if ((rc = gd_read_bytes(path, &buf, &n)))
         return gd_err_set(err, rc, "%s: %s", path, strerror(-rc));
     size_t first = gz_member_len(buf, n);
     if (!first || first >= n) {
@@ -711,7 +686,7 @@ static int install_one(struct gd_apk_db *db, const struct apkrec *r, struct gd_t
         return rc;
     uint8_t *buf;
     size_t n;
-    if ((rc = read_file(path, &buf, &n)))
+    if ((rc = gd_read_bytes(path, &buf, &n)))
         return gd_err_set(err, rc, "%s: %s", path, strerror(-rc));
     /* members: [signature] control data */
     size_t m1 = gz_member_len(buf, n), m2 = m1 && m1 < n ? gz_member_len(buf + m1, n - m1) : 0;
@@ -747,11 +722,8 @@ static int install_one(struct gd_apk_db *db, const struct apkrec *r, struct gd_t
     struct pkginfo pi = {""};
     tar_each(ctl, cn, find_pkginfo, &pi);
     free(ctl);
-    unsigned char dh[32];
     char hex[65];
-    EVP_Digest(buf + doff, dlen, dh, &ml, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++)
-        sprintf(hex + 2 * i, "%02x", dh[i]);
+    gd_sha256_hex(buf + doff, dlen, hex);
     if (!pi.datahash[0] || strcmp(pi.datahash, hex)) {
         gd_err_set(err, rc, "%s: data does not match .PKGINFO's datahash: refusing it", fn);
         goto out;

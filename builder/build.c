@@ -17,9 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -505,13 +503,6 @@ void gd_build_id(const char *kernel, const char *initramfs, const char *rootfs, 
              md[13], md[14], md[15]);
 }
 
-static const char *host_arch(void)
-{
-    struct utsname u;
-    uname(&u);
-    return !strcmp(u.machine, "aarch64") ? "aarch64" : "x86_64";
-}
-
 static cJSON *pkg_list(cJSON *arr, const struct gd_pkg *p, size_t n, const char *role)
 {
     for (size_t i = 0; i < n; i++) {
@@ -690,11 +681,11 @@ static int find_moddir(const char *kroot, char *out, size_t cap, char *kver, siz
 static int build_into(const struct gd_build_config *c, struct gd_build_opts *o, const char *tmp,
                       struct gd_err *err)
 {
-    if (strcmp(c->arch, host_arch()) || strcmp(c->arch, "x86_64"))
+    if (strcmp(c->arch, gd_host_arch()) || strcmp(c->arch, "x86_64"))
         return gd_err_set(err, -ENOTSUP,
                           "arch %s on a %s host: not supported yet (the microvm + PVH boot path "
                           "is x86_64 only)",
-                          c->arch, host_arch());
+                          c->arch, gd_host_arch());
     char work[4096], root[4096], kroot[4096], iroot[4096], p[4096], q[4096], debs[4096];
     snprintf(work, sizeof(work), "%s/.work", tmp);
     snprintf(root, sizeof(root), "%s/rootfs", work);
@@ -967,13 +958,9 @@ int gd_build(const struct gd_build_config *c, struct gd_build_opts *o, struct gd
             return gd_err_set(err, rc, "cannot create %s: %s", tmp, strerror(-rc));
     }
     snprintf(lock, sizeof(lock), "%s.lock", o->output);
-    int lfd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    int lfd = gd_lock_open(lock);
     if (lfd < 0)
-        return gd_err_set(err, -errno, "cannot open %s: %s", lock, strerror(errno));
-    if (flock(lfd, LOCK_EX)) {
-        close(lfd);
-        return gd_err_set(err, -errno, "cannot lock %s", lock);
-    }
+        return gd_err_set(err, lfd, "cannot lock %s: %s", lock, strerror(-lfd));
     remove_stale(o->output);
     snprintf(tmp, sizeof(tmp), "%s.tmp-%d", o->output, (int)getpid());
     gd_rm_rf(tmp);
@@ -1019,7 +1006,6 @@ restore:
     pthread_sigmask(SIG_SETMASK, &oldmask, NULL);
     o->sigmask = NULL;
 out:
-    flock(lfd, LOCK_UN);
     close(lfd);
     return rc;
 }
@@ -1050,30 +1036,11 @@ int gd_build_verify(const char *dir, FILE *out, struct gd_err *err)
 {
     char p[4200];
     snprintf(p, sizeof(p), "%s/manifest.json", dir);
-    FILE *f = fopen(p, "re");
-    if (!f)
-        return gd_err_set(err, -errno, "%s: %s", p, strerror(errno));
-    char *text = NULL;
-    size_t cap = 0, len = 0, r;
-    char buf[65536];
-    while ((r = fread(buf, 1, sizeof(buf), f)) > 0) {
-        if (len + r + 1 > cap) {
-            cap = (len + r + 1) * 2;
-            char *nt = realloc(text, cap);
-            if (!nt) {
-                free(text);
-                fclose(f);
-                return gd_err_set(err, -ENOMEM, "out of memory");
-            }
-            text = nt;
-        }
-        memcpy(text + len, buf, r);
-        len += r;
-    }
-    fclose(f);
-    if (!text)
-        return gd_err_set(err, -EINVAL, "%s: empty", p);
-    text[len] = 0;
+    char *text;
+    size_t len;
+    int rc = gd_read_file(p, 16u << 20, &text, &len);
+    if (rc)
+        return gd_err_set(err, rc, "%s: %s", p, strerror(-rc));
     cJSON *m = cJSON_Parse(text);
     free(text);
     cJSON *assets = cJSON_GetObjectItem(m, "assets");
@@ -1099,7 +1066,7 @@ int gd_build_verify(const char *dir, FILE *out, struct gd_err *err)
             continue;
         }
         snprintf(p, sizeof(p), "%s/%s", dir, path);
-        int rc = gd_sha256_file(p, hex);
+        rc = gd_sha256_file(p, hex);
         int ok = rc == 0 && !strcmp(hex, want);
         fprintf(out, "  %-10s %-20s %s\n", a->string, path,
                 ok   ? "ok"

@@ -64,6 +64,8 @@ struct gd_pkg {
     uint64_t size; /* installed size in bytes, when the index says */
 };
 
+/* qsort comparator: packages by name. */
+int gd_pkg_cmp(const void *a, const void *b);
 /* Resolves the dependency closure of `names` (NULL-terminated) as if nothing were
  * installed. *out is malloc'd; *n set. */
 int gd_deb_resolve(const char *const *names, struct gd_pkg **out, size_t *n, struct gd_err *err);
@@ -159,6 +161,8 @@ int gd_initramfs_write(const char *src_dir, const char *path, struct gd_err *err
 int gd_lz4_legacy_compress(const uint8_t *in, size_t n, uint8_t **out, size_t *outn);
 int gd_lz4_legacy_decompress(const uint8_t *in, size_t n, uint8_t **out, size_t *outn);
 
+/* A whole file as bytes (at most 4 GiB; gd_read_file with a byte pointer). */
+int gd_read_bytes(const char *path, uint8_t **buf, size_t *n);
 /* gzip (one or more members) in memory -> *out (malloc'd). */
 int gd_gunzip(const uint8_t *in, size_t n, uint8_t **out, size_t *outn);
 /* Extracts the uncompressed ELF vmlinux (PVH entry) from an x86 bzImage. */

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "config.h"
 
+#include "../core/base/fs.h"
 #include "../core/base/text.h"
 
 #include <errno.h>
@@ -11,7 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 const char *const gd_default_debian_packages[] = {
@@ -347,11 +347,15 @@ static void walk(const cJSON *obj, const struct field *fields, const char *base,
 
 /* ---- values ---- */
 
-static const char *str_at(const cJSON *root, const char *a, const char *b)
+static const cJSON *at(const cJSON *root, const char *a, const char *b)
 {
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, a);
-    if (b)
-        o = cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, b) : NULL;
+    return b && cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, b) : b ? NULL : o;
+}
+
+static const char *str_at(const cJSON *root, const char *a, const char *b)
+{
+    const cJSON *o = at(root, a, b);
     return cJSON_IsString(o) ? o->valuestring : NULL;
 }
 
@@ -393,12 +397,6 @@ static void strv_from(struct gd_strv *s, const cJSON *arr, const char *const *de
         strv_push(s, def[i]);
 }
 
-static const cJSON *at(const cJSON *root, const char *a, const char *b)
-{
-    const cJSON *o = cJSON_GetObjectItemCaseSensitive(root, a);
-    return b && cJSON_IsObject(o) ? cJSON_GetObjectItemCaseSensitive(o, b) : b ? NULL : o;
-}
-
 /* A path from the config, relative to its directory; E016 when it does not exist. */
 static void config_path(const struct gd_build_config *c, const char *v, const char *jpath,
                         char *out, size_t cap, struct gd_diags *d)
@@ -413,13 +411,6 @@ static void config_path(const struct gd_build_config *c, const char *v, const ch
         snprintf(out, cap, "%s/%s", c->dir, v);
     if (access(out, R_OK))
         gd_diag_add(d, "E016", jpath, "%s: %s", out, strerror(errno));
-}
-
-static const char *host_arch(void)
-{
-    struct utsname u;
-    uname(&u);
-    return !strcmp(u.machine, "aarch64") ? "aarch64" : "x86_64";
 }
 
 void gd_config_parse(const char *text, const char *file, const char *arch_override,
@@ -455,7 +446,7 @@ void gd_config_parse(const char *text, const char *file, const char *arch_overri
     walk(j, f_top, "", d);
 
     set_str(c->arch, sizeof(c->arch), arch_override ? arch_override : str_at(j, "arch", NULL),
-            host_arch());
+            gd_host_arch());
     if (arch_override && strcmp(arch_override, "x86_64") && strcmp(arch_override, "aarch64"))
         gd_diag_add(d, "E004", "arch", "'%s' is not one of: x86_64, aarch64 (--arch)",
                     arch_override);
@@ -579,10 +570,10 @@ void gd_config_parse(const char *text, const char *file, const char *arch_overri
         c->ncopy++;
     }
     strv_from(&c->commands, at(j, "postBuild", "commands"), NULL);
-    if (c->commands.n && strcmp(c->arch, host_arch()))
+    if (c->commands.n && strcmp(c->arch, gd_host_arch()))
         gd_diag_add(d, "W004", "postBuild.commands",
                     "arch %s differs from the host (%s): the build VM runs emulated (slow)",
-                    c->arch, host_arch());
+                    c->arch, gd_host_arch());
 }
 
 void gd_config_free(struct gd_build_config *c)

@@ -24,7 +24,7 @@ static int name_ok(const char *s)
     return 1;
 }
 
-static int cmp_pkg(const void *a, const void *b)
+int gd_pkg_cmp(const void *a, const void *b)
 {
     return strcmp(((const struct gd_pkg *)a)->name, ((const struct gd_pkg *)b)->name);
 }
@@ -115,7 +115,7 @@ int gd_deb_resolve(const char *const *names, struct gd_pkg **out, size_t *n, str
                           last_err[0] ? last_err
                                       : "no packages (run `apt-get update` as root first)");
     }
-    qsort(v, cnt, sizeof(*v), cmp_pkg);
+    qsort(v, cnt, sizeof(*v), gd_pkg_cmp);
     *out = v;
     *n = cnt;
     return 0;

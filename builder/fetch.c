@@ -153,12 +153,6 @@ int gd_http_get(const char *url, const char *const *headers, size_t max, struct 
     return 0;
 }
 
-static void hex32(const unsigned char *md, char *hex)
-{
-    for (int i = 0; i < 32; i++)
-        sprintf(hex + 2 * i, "%02x", md[i]);
-}
-
 int gd_fetch_file(const char *url, const char *const *headers, const char *dest, const char *sha256,
                   const char *label, struct gd_err *err)
 {
@@ -179,11 +173,8 @@ int gd_fetch_file(const char *url, const char *const *headers, const char *dest,
     long status = 0;
     CURLcode cc = CURLE_FAILED_INIT;
     if (c) {
-        curl_off_t len = -1;
         cc = curl_easy_perform(c);
         curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &status);
-        curl_easy_getinfo(c, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len);
-        (void)len;
         curl_easy_cleanup(c);
     }
     curl_slist_free_all(hl);
@@ -192,7 +183,7 @@ int gd_fetch_file(const char *url, const char *const *headers, const char *dest,
     EVP_DigestFinal_ex(s.md, md, &ml);
     EVP_MD_CTX_free(s.md);
     int ok = fclose(f) == 0;
-    hex32(md, hex);
+    gd_hex(md, 32, hex);
     int rc = 0;
     if (cc != CURLE_OK)
         rc = gd_err_set(err, -EIO, "%s: %s", url, curl_easy_strerror(cc));

@@ -100,37 +100,13 @@ int gd_lz4_legacy_decompress(const uint8_t *in, size_t n, uint8_t **out, size_t 
     return 0;
 }
 
-static int read_all(const char *path, uint8_t **buf, size_t *n)
+int gd_read_bytes(const char *path, uint8_t **buf, size_t *n)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    struct stat st;
-    if (fstat(fd, &st)) {
-        int e = -errno;
-        close(fd);
-        return e;
-    }
-    uint8_t *b = malloc((size_t)st.st_size + 1);
-    if (!b) {
-        close(fd);
-        return -ENOMEM;
-    }
-    size_t got = 0;
-    while (got < (size_t)st.st_size) {
-        ssize_t r = read(fd, b + got, (size_t)st.st_size - got);
-        if (r <= 0) {
-            int e = r < 0 ? -errno : -EIO;
-            free(b);
-            close(fd);
-            return e;
-        }
-        got += (size_t)r;
-    }
-    close(fd);
-    *buf = b;
-    *n = got;
-    return 0;
+    char *b;
+    int rc = gd_read_file(path, (size_t)1 << 32, &b, n);
+    if (!rc)
+        *buf = (uint8_t *)b;
+    return rc;
 }
 
 static int write_all(const char *path, const uint8_t *buf, size_t n, unsigned mode)
@@ -191,7 +167,7 @@ int gd_kernel_extract_vmlinux(const char *bzimage, const char *out, struct gd_er
 {
     uint8_t *b;
     size_t n;
-    int rc = read_all(bzimage, &b, &n);
+    int rc = gd_read_bytes(bzimage, &b, &n);
     if (rc)
         return gd_err_set(err, rc, "kernel: read %s: %s", bzimage, strerror(-rc));
     rc = gd_err_set(err, -EINVAL, "kernel: %s is not an x86 bzImage (boot protocol >= 2.08)",
@@ -246,7 +222,7 @@ static int modinfo(const char *path, char *name, size_t ncap, char *deps, size_t
 {
     uint8_t *b;
     size_t n;
-    int rc = read_all(path, &b, &n);
+    int rc = gd_read_bytes(path, &b, &n);
     if (rc)
         return rc;
     rc = -EINVAL;
@@ -405,18 +381,12 @@ int gd_modules_resolve(const char *moddir, const char *const *wanted, char ***or
     }
     char bp[4200];
     snprintf(bp, sizeof(bp), "%s/../modules.builtin", moddir);
-    uint8_t *builtin = NULL;
+    char *builtin = NULL; /* NUL-terminated by gd_read_file */
     size_t bn = 0;
-    if (read_all(bp, &builtin, &bn) == 0) {
-        uint8_t *nb = realloc(builtin, bn + 1);
-        if (nb) {
-            builtin = nb;
-            builtin[bn] = 0;
-        }
-    }
+    if (gd_read_file(bp, (size_t)1 << 24, &builtin, &bn))
+        builtin = NULL;
     for (size_t i = 0; wanted[i] && !rc; i++)
-        rc = visit(v, nm, wanted[i], state, order, n, 0, builtin && bn ? (char *)builtin : NULL,
-                   err);
+        rc = visit(v, nm, wanted[i], state, order, n, 0, builtin, err);
     free(builtin);
 out:
     if (rc && *order) { /* the caller gets nothing on failure */
@@ -495,7 +465,7 @@ static int cpio_walk(struct archive *a, const char *root, const char *rel, int64
             archive_entry_set_symlink(e, target);
             archive_entry_set_size(e, 0);
         } else if (S_ISREG(st.st_mode)) {
-            rc = read_all(full, &data, &dn);
+            rc = gd_read_bytes(full, &data, &dn);
             if (rc)
                 rc = gd_err_set(err, rc, "initramfs: read %s", full);
             archive_entry_set_size(e, (la_int64_t)dn);
@@ -583,7 +553,7 @@ int gd_modules_gunzip(const char *moddir)
             continue;
         uint8_t *in, *out;
         size_t inn, outn;
-        if ((rc = read_all(p, &in, &inn)))
+        if ((rc = gd_read_bytes(p, &in, &inn)))
             break;
         rc = gd_gunzip(in, inn, &out, &outn);
         free(in);

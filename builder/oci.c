@@ -81,15 +81,6 @@ static int parse_ref(const char *s, struct ref *r)
     return 0;
 }
 
-static void sha256_hex(const void *p, size_t n, char *out)
-{
-    unsigned char md[32];
-    unsigned ml;
-    EVP_Digest(p, n, md, &ml, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; i++)
-        sprintf(out + 2 * i, "%02x", md[i]);
-}
-
 /* "Bearer realm="x",service="y",scope="z"" -> token URL. */
 static int token_url(const char *chal, char *out, size_t cap)
 {
@@ -138,10 +129,6 @@ static int get(struct client *c, const char *url, const char *accept, struct gd_
 {
     for (int attempt = 0; attempt < 2; attempt++) {
         const char *h[3] = {accept, c->auth[0] ? c->auth : NULL, NULL};
-        if (!accept) {
-            h[0] = h[1];
-            h[1] = NULL;
-        }
         int rc = gd_http_get(url, h, MANIFEST_MAX, resp, err);
         if (rc)
             return rc;
@@ -270,21 +257,6 @@ static int layers_of(struct client *cl, const cJSON *man, const char *cache_dir,
     return 0;
 }
 
-static int read_text(const char *path, char **out, size_t max)
-{
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return -errno;
-    char *b = malloc(max + 1);
-    size_t n = b ? fread(b, 1, max, f) : 0;
-    fclose(f);
-    if (!b)
-        return -ENOMEM;
-    b[n] = 0;
-    *out = b;
-    return 0;
-}
-
 static int pull_layout(const struct gd_build_config *c, const char *spec, const char *cache_dir,
                        struct gd_oci_image *img, struct gd_err *err)
 {
@@ -301,9 +273,10 @@ static int pull_layout(const struct gd_build_config *c, const char *spec, const 
         snprintf(dir, sizeof(dir), "%s", tmp);
     }
     snprintf(img->reference, sizeof(img->reference), "oci:%s%s%s", dir, tag[0] ? ":" : "", tag);
+    size_t tlen;
     snprintf(p, sizeof(p), "%s/index.json", dir);
     char *text = NULL;
-    int rc = read_text(p, &text, MANIFEST_MAX);
+    int rc = gd_read_file(p, MANIFEST_MAX, &text, &tlen);
     if (rc)
         return gd_err_set(err, rc, "%s: %s (not an OCI layout?)", p, strerror(-rc));
     cJSON *idx = cJSON_Parse(text);
@@ -322,9 +295,9 @@ static int pull_layout(const struct gd_build_config *c, const char *spec, const 
         if (blob_path(dir, dg, bp, sizeof(bp)))
             break;
         snprintf(bp, sizeof(bp), "%s/blobs/sha256/%s", dir, dg + 7);
-        if ((rc = read_text(bp, &text, MANIFEST_MAX)))
+        if ((rc = gd_read_file(bp, MANIFEST_MAX, &text, &tlen)))
             break;
-        sha256_hex(text, strlen(text), hex);
+        gd_sha256_hex(text, tlen, hex);
         if (strcmp(hex, dg + 7)) {
             free(text);
             cJSON_Delete(idx);
@@ -378,14 +351,15 @@ static int pull_archive(const struct gd_build_config *c, const char *spec, const
     int rc = gd_tree_extract(&t, NULL, 0, file, &o, err);
     gd_tree_free(&t);
     char *text = NULL;
+    size_t tlen = 0;
     char p[4300];
     snprintf(p, sizeof(p), "%s/manifest.json", tmpd);
-    if (!rc && (rc = read_text(p, &text, MANIFEST_MAX)))
+    if (!rc && (rc = gd_read_file(p, MANIFEST_MAX, &text, &tlen)))
         rc = gd_err_set(err, rc, "%s: no manifest.json (not a docker-archive?)", file);
     cJSON *j = text ? cJSON_Parse(text) : NULL;
     if (text) {
         char hex[65];
-        sha256_hex(text, strlen(text), hex);
+        gd_sha256_hex(text, tlen, hex);
         snprintf(img->digest, sizeof(img->digest), "sha256:%s", hex);
     }
     free(text);
@@ -421,7 +395,7 @@ static void ref_cache_path(const char *cache_dir, const char *image, const char 
 {
     char key[1400], hex[65];
     snprintf(key, sizeof(key), "%s %s", image, platform);
-    sha256_hex(key, strlen(key), hex);
+    gd_sha256_hex(key, strlen(key), hex);
     snprintf(out, cap, "%s/oci-refs/%.32s.json", cache_dir, hex);
 }
 
@@ -449,7 +423,9 @@ int gd_oci_pull(const struct gd_build_config *c, const char *cache_dir, struct g
     char rcache[4200];
     ref_cache_path(cache_dir, spec, c->oci.platform, rcache, sizeof(rcache));
     char *cached = NULL;
-    if (strcmp(c->oci.pull_policy, "always") && read_text(rcache, &cached, MANIFEST_MAX) == 0) {
+    size_t tlen;
+    if (strcmp(c->oci.pull_policy, "always") &&
+        gd_read_file(rcache, MANIFEST_MAX, &cached, &tlen) == 0) {
         cJSON *j = cJSON_Parse(cached);
         free(cached);
         const char *dg = cJSON_GetStringValue(cJSON_GetObjectItem(j, "digest"));
@@ -489,7 +465,7 @@ int gd_oci_pull(const struct gd_build_config *c, const char *cache_dir, struct g
             return rc;
         }
         char hex[65], dg[80];
-        sha256_hex(r.body, r.len, hex);
+        gd_sha256_hex(r.body, r.len, hex);
         snprintf(dg, sizeof(dg), "sha256:%s", hex);
         const char *want = depth ? strrchr(url, '/') + 1 : cl.r.digest[0] ? cl.r.digest : NULL;
         if (want && strcmp(want, dg)) {

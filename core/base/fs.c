@@ -6,10 +6,13 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <openssl/evp.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 int gd_sha256_file(const char *path, char hex[65])
@@ -38,9 +41,84 @@ int gd_sha256_file(const char *path, char hex[65])
     EVP_MD_CTX_free(c);
     if (err)
         return err;
-    for (int i = 0; i < 32; i++)
-        sprintf(hex + 2 * i, "%02x", md[i]);
+    gd_hex(md, 32, hex);
     return 0;
+}
+
+void gd_hex(const unsigned char *p, size_t n, char *out)
+{
+    static const char d[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = d[p[i] >> 4];
+        out[2 * i + 1] = d[p[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+void gd_sha256_hex(const void *p, size_t n, char hex[65])
+{
+    unsigned char md[32];
+    unsigned int ml = 0;
+    EVP_Digest(p, n, md, &ml, EVP_sha256(), NULL);
+    gd_hex(md, 32, hex);
+}
+
+int gd_read_file(const char *path, size_t max, char **buf, size_t *n)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st)) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    if ((uint64_t)st.st_size > max) {
+        close(fd);
+        return -EFBIG;
+    }
+    char *b = malloc((size_t)st.st_size + 1);
+    if (!b) {
+        close(fd);
+        return -ENOMEM;
+    }
+    size_t got = 0;
+    while (got < (size_t)st.st_size) {
+        ssize_t r = read(fd, b + got, (size_t)st.st_size - got);
+        if (r <= 0) {
+            int e = r < 0 ? -errno : -EIO;
+            free(b);
+            close(fd);
+            return e;
+        }
+        got += (size_t)r;
+    }
+    close(fd);
+    b[got] = 0;
+    *buf = b;
+    *n = got;
+    return 0;
+}
+
+int gd_lock_open(const char *path)
+{
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    if (flock(fd, LOCK_EX)) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    return fd;
+}
+
+const char *gd_host_arch(void)
+{
+    struct utsname u;
+    uname(&u);
+    return !strcmp(u.machine, "aarch64") ? "aarch64" : "x86_64";
 }
 
 static int cmpstr(const void *a, const void *b)

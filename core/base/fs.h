@@ -6,6 +6,21 @@
 
 /* sha256 of a file as 64 lowercase hex digits + NUL. 0 or negative errno. */
 int gd_sha256_file(const char *path, char hex[65]);
+/* sha256 of a buffer, as hex. */
+void gd_sha256_hex(const void *p, size_t n, char hex[65]);
+/* n bytes as lowercase hex (2n digits + NUL). */
+void gd_hex(const unsigned char *p, size_t n, char *out);
+
+/* The whole file, NUL-terminated (*buf malloc'd, *n without the NUL); -EFBIG when it
+ * is larger than max. 0 or negative errno. */
+int gd_read_file(const char *path, size_t max, char **buf, size_t *n);
+
+/* Opens (creating) path and takes an exclusive flock on it: the fd, or negative errno.
+ * Closing the fd releases the lock. */
+int gd_lock_open(const char *path);
+
+/* "x86_64" or "aarch64": the architecture this process runs on. */
+const char *gd_host_arch(void);
 
 /* Names in a directory except "." and "..", sorted in byte order (locale-independent,
  * so builds are reproducible). *out and each name are malloc'd: gd_dir_list_free. */

@@ -37,40 +37,7 @@ static void build_usage(void)
            "  -v, --verbose             step timings\n");
 }
 
-static char *slurp(const char *path, struct gd_err *err)
-{
-    FILE *f = fopen(path, "re");
-    if (!f) {
-        gd_err_set(err, -errno, "%s: %s", path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, n = 0;
-    char *b = malloc(cap);
-    size_t r;
-    while (b && (r = fread(b + n, 1, cap - n - 1, f)) > 0) {
-        n += r;
-        if (n + 1 == cap) {
-            if (cap > (16u << 20)) {
-                free(b);
-                b = NULL;
-                gd_err_set(err, -EFBIG, "%s: larger than 16 MiB", path);
-                break;
-            }
-            char *nb = realloc(b, cap * 2);
-            if (!nb) {
-                free(b);
-                b = NULL;
-                break;
-            }
-            b = nb;
-            cap *= 2;
-        }
-    }
-    fclose(f);
-    if (b)
-        b[n] = 0;
-    return b;
-}
+#define CONFIG_MAX (16u << 20)
 
 static void cache_root(char *buf, size_t cap)
 {
@@ -79,14 +46,10 @@ static void cache_root(char *buf, size_t cap)
 
 /* ---- postBuild.commands in a build VM ---- */
 
-struct runctx {
-    const struct gd_build_opts *o;
-};
-
 static int run_commands(void *ud, const char *dir, const struct gd_build_config *c,
                         struct gd_err *err)
 {
-    struct runctx *rc_ = ud;
+    const struct gd_build_opts *bo = ud;
     size_t cap = 256;
     for (size_t i = 0; i < c->commands.n; i++)
         cap += strlen(c->commands.v[i]) * 4 + 128;
@@ -116,8 +79,8 @@ static int run_commands(void *ud, const char *dir, const struct gd_build_config 
     pid_t pid = fork();
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (rc_->o->sigmask)
-            sigprocmask(SIG_SETMASK, rc_->o->sigmask, NULL);
+        if (bo->sigmask)
+            sigprocmask(SIG_SETMASK, bo->sigmask, NULL);
         dup2(pfd[1], 1);
         dup2(pfd[1], 2);
         int dn = open("/dev/null", O_RDONLY);
@@ -311,10 +274,11 @@ static void kernel_and_size_checks(const struct gd_build_config *c, struct gd_di
 
 static int validate(const char *file, const char *arch, int json)
 {
-    struct gd_err err = {{0}};
-    char *text = slurp(file, &err);
-    if (!text)
-        return cli_die(2, "build --validate: %s", err.msg);
+    char *text;
+    size_t tl;
+    int rc = gd_read_file(file, CONFIG_MAX, &text, &tl);
+    if (rc)
+        return cli_die(2, "build --validate: %s: %s", file, strerror(-rc));
     struct gd_build_config c;
     struct gd_diags d = {0};
     gd_config_parse(text, file, arch, &c, &d);
@@ -324,7 +288,7 @@ static int validate(const char *file, const char *arch, int json)
     if (!d.errors && !getenv("GONDOLIN_VALIDATE_NO_TRIAL"))
         kernel_and_size_checks(&c, &d);
     print_diags(&d, file, json);
-    int rc = d.errors ? 1 : 0;
+    rc = d.errors ? 1 : 0;
     gd_diags_free(&d);
     gd_config_free(&c);
     return rc;
@@ -341,9 +305,8 @@ int cli_build_default(const char *out, int verbose)
                           "binary; build the project (cmake --build build)");
     struct gd_build_opts o = {
         .output = out, .cache_dir = cache, .guest_dir = guest, .verbose = verbose};
-    struct runctx rx = {&o};
     o.run_commands = run_commands;
-    o.ctx = &rx;
+    o.ctx = &o;
     struct gd_err err = {{0}};
     int rc = gd_build_default(&o, &err);
     if (rc)
@@ -416,9 +379,10 @@ int cmd_build(int argc, char **argv)
     char *text = NULL;
     struct gd_err err = {{0}};
     if (config) {
-        text = slurp(config, &err);
-        if (!text)
-            return cli_die(2, "build: %s", err.msg);
+        size_t tl;
+        int r = gd_read_file(config, CONFIG_MAX, &text, &tl);
+        if (r)
+            return cli_die(2, "build: %s: %s", config, strerror(-r));
     } else {
         text = gd_config_default_json(arch ? arch : gd_host_arch());
     }
@@ -443,9 +407,8 @@ int cmd_build(int argc, char **argv)
     }
     struct gd_build_opts o = {
         .cache_dir = cache, .guest_dir = guest, .verbose = verbose, .keep_work = keep};
-    struct runctx rx = {&o};
     o.run_commands = run_commands;
-    o.ctx = &rx;
+    o.ctx = &o;
     if (dry) {
         if (gd_build_plan(&c, &o, stdout, &err))
             rc = cli_die(1, "build --dry-run: %s", err.msg);

@@ -64,15 +64,11 @@ int cmd_image(int argc, char **argv)
         if (gd_store_resolve(pos[0], arch, dir, sizeof(dir), &err))
             return cli_die(1, "image inspect: %s", err.msg);
         snprintf(p, sizeof(p), "%s/manifest.json", dir);
-        FILE *f = fopen(p, "re");
-        if (!f)
-            return cli_die(1, "image inspect: cannot read %s", p);
-        char *buf = malloc(1 << 20);
-        size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-        fclose(f);
-        if (!buf)
-            return cli_die(1, "out of memory");
-        buf[n] = 0;
+        char *buf;
+        size_t n;
+        int rc = gd_read_file(p, 1 << 20, &buf, &n);
+        if (rc)
+            return cli_die(1, "image inspect: cannot read %s: %s", p, strerror(-rc));
         cJSON *m = cJSON_Parse(buf);
         free(buf);
         if (!m)

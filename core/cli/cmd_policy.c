@@ -3,6 +3,8 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
+#include "base/fs.h"
+
 #include <cjson/cJSON.h>
 #include <dirent.h>
 #include <errno.h>
@@ -268,19 +270,6 @@ static int run_case(gd_engine *e, const cJSON *cs, char *why, size_t cap, char *
     return ok;
 }
 
-static char *slurp(const char *path, size_t max)
-{
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return NULL;
-    char *b = malloc(max + 1);
-    size_t n = b ? fread(b, 1, max, f) : 0;
-    fclose(f);
-    if (b)
-        b[n] = 0;
-    return b;
-}
-
 static int cmd_test(int argc, char **argv)
 {
     struct cli_policy p = {0};
@@ -301,9 +290,11 @@ static int cmd_test(int argc, char **argv)
         strncat(cases_path, ".test.json", sizeof(cases_path) - strlen(cases_path) - 1);
     }
     free(rest);
-    char *text = slurp(cases_path, 8u << 20);
-    if (!text)
-        return cli_die(2, "policy test: cannot read %s: %s", cases_path, strerror(errno));
+    char *text;
+    size_t tl;
+    int rc = gd_read_file(cases_path, 8u << 20, &text, &tl);
+    if (rc)
+        return cli_die(2, "policy test: cannot read %s: %s", cases_path, strerror(-rc));
     cJSON *doc = cJSON_Parse(text);
     free(text);
     if (!doc)
@@ -323,7 +314,7 @@ static int cmd_test(int argc, char **argv)
             nsv++;
     p.secret_values = sv;
     gd_engine *e;
-    int rc = cli_policy_engine(&p, 1, &e);
+    rc = cli_policy_engine(&p, 1, &e);
     if (rc) {
         cJSON_Delete(doc);
         cli_policy_free(&p);

@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "engine/engine.h"
 
+#include "base/fs.h"
 #include "plugin/plugin.h"
 
 #include <errno.h>
@@ -459,8 +460,7 @@ static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
     unsigned dl = 0;
     EVP_DigestFinal_ex(md, d, &dl);
     EVP_MD_CTX_free(md);
-    for (int i = 0; i < 6; i++)
-        snprintf(r->hash + 2 * i, 3, "%02x", d[i]);
+    gd_hex(d, 6, r->hash);
     *out = r;
     return 0;
 oom:

@@ -1,6 +1,7 @@
 /* image.c - guest image manifest and verification. */
 #define _GNU_SOURCE
 #include "image.h"
+#include "store.h"
 
 #include "base/fs.h"
 
@@ -13,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 void gd_cache_dir(char *buf, size_t cap)
@@ -28,12 +28,7 @@ void gd_cache_dir(char *buf, size_t cap)
 
 void gd_image_default_dir(char *buf, size_t cap)
 {
-    char c[900];
-    struct utsname u;
-    uname(&u);
-    gd_cache_dir(c, sizeof(c));
-    snprintf(buf, cap, "%s/images/default-%s", c,
-             !strcmp(u.machine, "aarch64") ? "aarch64" : "x86_64");
+    gd_store_default_dir(gd_host_arch(), buf, cap);
 }
 
 int gd_guest_bin_dir(char *buf, size_t cap)
@@ -87,21 +82,16 @@ int gd_image_load(const char *dir, int verify, struct gd_image *img, struct gd_e
     snprintf(img->dir, sizeof(img->dir), "%s", dir);
     char path[1200];
     snprintf(path, sizeof(path), "%s/manifest.json", dir);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return gd_err_set(err, -errno, "image %s: cannot open manifest.json: %s", dir,
-                          strerror(errno));
-    char *text = malloc(1 << 20);
-    size_t n = text ? fread(text, 1, (1 << 20) - 1, f) : 0;
-    fclose(f);
-    if (!text)
-        return gd_err_set(err, -ENOMEM, "out of memory");
-    text[n] = 0;
+    char *text;
+    size_t n;
+    int rc = gd_read_file(path, 1 << 20, &text, &n);
+    if (rc)
+        return gd_err_set(err, rc, "image %s: cannot read manifest.json: %s", dir, strerror(-rc));
+    FILE *f;
     cJSON *m = cJSON_Parse(text);
     free(text);
     if (!m)
         return gd_err_set(err, -EINVAL, "image %s: manifest.json is not valid JSON", dir);
-    int rc = 0;
     const cJSON *arch = cJSON_GetObjectItemCaseSensitive(m, "arch");
     const cJSON *bid = cJSON_GetObjectItemCaseSensitive(m, "buildId");
     const cJSON *assets = cJSON_GetObjectItemCaseSensitive(m, "assets");

@@ -12,17 +12,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
-#include <sys/utsname.h>
 #include <unistd.h>
-
-const char *gd_host_arch(void)
-{
-    static struct utsname u;
-    uname(&u);
-    return !strcmp(u.machine, "aarch64") ? "aarch64" : "x86_64";
-}
 
 void gd_store_dir(char *buf, size_t cap)
 {
@@ -34,6 +25,13 @@ void gd_store_dir(char *buf, size_t cap)
     char c[1024];
     gd_cache_dir(c, sizeof(c));
     snprintf(buf, cap, "%s/images", c);
+}
+
+void gd_store_default_dir(const char *arch, char *buf, size_t cap)
+{
+    char store[1024];
+    gd_store_dir(store, sizeof(store));
+    snprintf(buf, cap, "%s/default-%s", store, arch);
 }
 
 static int name_ok(const char *s, size_t max)
@@ -63,20 +61,8 @@ static int lock_store(const char *store, struct gd_err *err)
     if (rc)
         return gd_err_set(err, rc, "cannot create %s: %s", store, strerror(-rc));
     snprintf(p, sizeof(p), "%s/.lock", store);
-    int fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return gd_err_set(err, -errno, "cannot open %s: %s", p, strerror(errno));
-    if (flock(fd, LOCK_EX)) {
-        close(fd);
-        return gd_err_set(err, -errno, "cannot lock %s", p);
-    }
-    return fd;
-}
-
-static void unlock_store(int fd)
-{
-    flock(fd, LOCK_UN);
-    close(fd);
+    int fd = gd_lock_open(p);
+    return fd < 0 ? gd_err_set(err, fd, "cannot lock %s: %s", p, strerror(-fd)) : fd;
 }
 
 static int is_image_dir(const char *dir)
@@ -108,7 +94,7 @@ int gd_store_resolve(const char *sel, const char *arch, char *out, size_t cap, s
             return 0;
         }
         if (!strcmp(name, "default") && !strcmp(tag, "latest")) {
-            snprintf(p, sizeof(p), "%s/default-%s", store, arch);
+            gd_store_default_dir(arch, p, sizeof(p));
             snprintf(out, cap, "%s", p);
             return is_image_dir(p) ? 0 : gd_err_set(err, -ENOENT, "no default image yet");
         }
@@ -144,20 +130,16 @@ static int read_manifest(const char *dir, char *id, size_t idcap, char *arch, si
 {
     char p[1400];
     snprintf(p, sizeof(p), "%s/manifest.json", dir);
-    FILE *f = fopen(p, "re");
-    if (!f)
-        return -errno;
-    char *buf = malloc(1 << 20);
-    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
-    fclose(f);
-    if (!buf)
-        return -ENOMEM;
-    buf[n] = 0;
+    char *buf;
+    size_t n;
+    int rc = gd_read_file(p, 1 << 20, &buf, &n);
+    if (rc)
+        return rc;
     cJSON *m = cJSON_Parse(buf);
     free(buf);
     const char *b = cJSON_GetStringValue(cJSON_GetObjectItem(m, "buildId"));
     const char *a = cJSON_GetStringValue(cJSON_GetObjectItem(m, "arch"));
-    int rc = b && a && name_ok(b, 64) ? 0 : -EINVAL;
+    rc = b && a && name_ok(b, 64) ? 0 : -EINVAL;
     if (!rc) {
         snprintf(id, idcap, "%s", b);
         snprintf(arch, acap, "%s", a);
@@ -246,7 +228,7 @@ static int put_object(const char *dir, const char *ref, int move, char idout[64]
         gd_rm_rf(dir); /* it was a duplicate of an object already there */
     if (!rc && ref)
         rc = set_ref(store, ref, arch, id, err);
-    unlock_store(lk);
+    close(lk);
     if (!rc)
         snprintf(idout, 64, "%s", id);
     return rc;
@@ -288,7 +270,7 @@ int gd_store_rm(const char *ref, const char *arch, struct gd_err *err)
     rmdir(p);
     snprintf(p, sizeof(p), "%s/refs/%s", store, name);
     rmdir(p);
-    unlock_store(lk);
+    close(lk);
     return rc;
 }
 
@@ -376,7 +358,7 @@ int gd_store_list(FILE *out, int json, struct gd_err *err)
         fprintf(out, "%-32s %-8s %-36s %9s\n", "REF", "ARCH", "BUILD ID", "SIZE");
     const char *arches[] = {"x86_64", "aarch64"};
     for (int a = 0; a < 2; a++) {
-        snprintf(p, sizeof(p), "%s/default-%s", store, arches[a]);
+        gd_store_default_dir(arches[a], p, sizeof(p));
         char id[80], ar[32];
         if (read_manifest(p, id, sizeof(id), ar, sizeof(ar)))
             continue;
@@ -391,7 +373,7 @@ int gd_store_list(FILE *out, int json, struct gd_err *err)
     }
     for (size_t i = 0; i < nr; i++) {
         if (!strcmp(refs[i].ref, "default:latest"))
-            snprintf(p, sizeof(p), "%s/default-%s", store, refs[i].arch);
+            gd_store_default_dir(refs[i].arch, p, sizeof(p));
         else
             snprintf(p, sizeof(p), "%s/objects/%s", store, refs[i].id);
         long long sz = dir_size(p);
@@ -484,7 +466,7 @@ int gd_store_gc(FILE *out, int dry_run, struct gd_err *err)
         gd_dir_list_free(v, n);
     }
     free(refs);
-    unlock_store(lk);
+    close(lk);
     if (!removed)
         fprintf(out, "nothing to remove\n");
     return 0;

@@ -14,12 +14,14 @@
 #define GD_IMAGE_STORE_H
 
 #include "base/err.h"
+#include "base/fs.h"
 
 #include <stddef.h>
 #include <stdio.h>
 
 void gd_store_dir(char *buf, size_t cap);
-const char *gd_host_arch(void);
+/* <store>/default-<arch>: the default image (the ref default:latest). */
+void gd_store_default_dir(const char *arch, char *buf, size_t cap);
 
 /* Checks "name[:tag]" (tag defaults to latest). 0 if valid. */
 int gd_store_parse_ref(const char *ref, char *name, size_t ncap, char *tag, size_t tcap);

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include "lua/lpolicy.h"
 
+#include "base/fs.h"
 #include "base/pattern.h"
 #include "base/text.h"
 
@@ -570,12 +571,8 @@ static int l_sha256(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
-    unsigned char d[32];
-    unsigned dl = 0;
-    EVP_Digest(s, n, d, &dl, EVP_sha256(), NULL);
     char hex[65];
-    for (int i = 0; i < 32; i++)
-        snprintf(hex + 2 * i, 3, "%02x", d[i]);
+    gd_sha256_hex(s, n, hex);
     lua_pushstring(L, hex);
     return 1;
 }
@@ -1773,8 +1770,7 @@ int gd_lua_load(const char *path, const struct gd_lua_opts *o, gd_lua **out, str
     unsigned char d[32];
     unsigned dl = 0;
     EVP_DigestFinal_ex(l->md, d, &dl);
-    for (int i = 0; i < 32; i++)
-        snprintf(l->hash + 2 * i, 3, "%02x", d[i]);
+    gd_hex(d, 32, l->hash);
     lua_gc(l->L, LUA_GCCOLLECT, 0);
     *out = l;
     return 0;
