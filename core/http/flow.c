@@ -1,0 +1,806 @@
+/* flow.c - the guest side: request parsing, routing, the flow state machine. */
+#define _GNU_SOURCE
+#include "http/http_int.h"
+
+#include "dns/addr.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <netdb.h>
+#include <openssl/err.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void flow_read_start(struct flow *f);
+
+/* ---- guest-facing output ---- */
+
+void gd__flow_send(struct flow *f, const void *p, size_t n)
+{
+    gd__side_write(&f->g, p, n, f);
+}
+
+/* Sends a complete synthetic response for the current transaction. */
+void gd__send_synthetic(struct flow *f, gd_txn *t, int close_after)
+{
+    struct buf b = {0};
+    const char *ctype = t->denied == 2 ? t->dctype : "text/plain; charset=utf-8";
+    struct buf body = {0};
+    if (t->denied == 2)
+        gd__buf_add(&body, t->dbody.p ? t->dbody.p : "", t->dbody.n);
+    else
+        gd__buf_printf(&body, "gondolin: %s by %s: %s\n", t->dstatus < 500 ? "denied" : "failed",
+                       t->drule ? t->drule : "policy", t->dreason ? t->dreason : "");
+    gd__buf_printf(&b, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n", t->dstatus,
+                   gd__reason_phrase(t->dstatus), ctype, body.n);
+    if (t->denied == 1 && t->drule)
+        gd__buf_printf(&b, "X-Gondolin-Rule: %s\r\n", t->drule);
+    for (size_t i = 0; t->denied == 2 && i < t->dhdrs.n; i++)
+        gd__buf_printf(&b, "%s: %s\r\n", t->dhdrs.v[i].name, t->dhdrs.v[i].value);
+    gd__buf_printf(&b, "Connection: %s\r\n\r\n", close_after ? "close" : "keep-alive");
+    if (!t->head_req)
+        gd__buf_add(&b, body.p ? body.p : "", body.n);
+    t->down_bytes += body.n;
+    gd__flow_send(f, b.p, b.n);
+    gd__buf_free(&b);
+    gd__buf_free(&body);
+    t->resp_head_sent = 1;
+    t->resp_done = 1;
+    t->status = t->dstatus;
+    if (close_after)
+        t->resp_close = 1;
+}
+
+/* An error that is ours (bad request, upstream failure): a synthetic response if the
+ * guest has not seen a head yet, else the connection is cut. */
+void gd__fail_txn(struct flow *f, int status, const char *rule, const char *fmt, ...)
+{
+    gd_txn *t = f->t;
+    char why[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    if (!t) {
+        gd__flow_close(f);
+        return;
+    }
+    if (t->resp_head_sent || f->kind == GD_FLOW_RAW) {
+        snprintf(t->errwhy, sizeof(t->errwhy), "%s", why);
+        t->decision = "error";
+        gd__emit_event(f, t);
+        gd__txn_free(t);
+        f->t = NULL;
+        gd__flow_close(f);
+        return;
+    }
+    gd_txn_deny(t, status, rule, "%s", why);
+    if (status >= 500 || status == 400)
+        t->decision = "error";
+    gd__send_synthetic(f, t, 1);
+    gd__txn_finish(f);
+}
+
+/* ---- flow lifecycle ---- */
+
+static void flow_free(struct flow *f)
+{
+    gd_proxy *px = f->px;
+    if (f->prev)
+        f->prev->next = f->next;
+    else if (px->flows == f)
+        px->flows = f->next;
+    if (f->next)
+        f->next->prev = f->prev;
+    px->nflows--;
+    gd__side_tls_free(&f->g);
+    gd__buf_free(&f->pend);
+    free(f->name);
+    free(f->dst_addr);
+    free(f->raw_host);
+    free(f);
+    gd__maybe_reap(px);
+}
+
+static void on_flow_closed(uv_handle_t *h)
+{
+    struct flow *f = h->data;
+    f->g.open = 0;
+    flow_free(f);
+}
+
+void gd__flow_close(struct flow *f)
+{
+    if (f->st == F_CLOSING)
+        return;
+    f->st = F_CLOSING;
+    if (f->t) {
+        if (!f->t->resp_done && !f->t->denied && f->t->method[0]) {
+            f->t->decision = "error";
+            if (!f->t->errwhy[0])
+                snprintf(f->t->errwhy, sizeof(f->t->errwhy), "connection closed");
+            gd__emit_event(f, f->t);
+        }
+        gd__txn_free(f->t);
+        f->t = NULL;
+    }
+    if (f->res)
+        f->res->f = NULL;
+    f->res = NULL;
+    if (f->up) {
+        struct up *u = f->up;
+        f->up = NULL;
+        gd__up_close(u);
+    }
+    if (f->g.open)
+        uv_close(&f->g.u.h, on_flow_closed);
+    else
+        flow_free(f);
+}
+
+static void on_shutdown(uv_shutdown_t *r, int status)
+{
+    (void)status;
+    struct flow *f = r->data;
+    free(r);
+    gd__flow_close(f);
+}
+
+/* Closes after everything queued to the guest has been written. */
+void gd__flow_close_after_flush(struct flow *f)
+{
+    if (f->shutting || f->st == F_CLOSING)
+        return;
+    f->shutting = 1;
+    if (f->g.ssl) {
+        SSL_shutdown(f->g.ssl);
+        gd__side_flush_tls(&f->g, f);
+    }
+    if (f->g.reading) {
+        uv_read_stop(&f->g.u.s);
+        f->g.reading = 0;
+    }
+    uv_shutdown_t *r = malloc(sizeof(*r));
+    if (!r || uv_shutdown(r, &f->g.u.s, on_shutdown)) {
+        free(r);
+        gd__flow_close(f);
+        return;
+    }
+    r->data = f;
+}
+
+/* A transaction ended (response complete or synthesized). Audit, then either read the
+ * next request or close. */
+void gd__txn_finish(struct flow *f)
+{
+    gd_txn *t = f->t;
+    if (!t)
+        return;
+    int keep = t->keepalive && !t->resp_close && t->req_done && f->st != F_TUNNEL;
+    gd__emit_event(f, t);
+    gd__txn_free(t);
+    f->t = NULL;
+    if (f->up) {
+        struct up *u = f->up;
+        gd__up_release(u, keep && llhttp_get_errno(&u->p) == HPE_PAUSED);
+    }
+    if (!keep) {
+        gd__flow_close_after_flush(f);
+        return;
+    }
+    f->st = F_HEAD;
+    llhttp_resume(&f->p);
+    gd__flow_process(f);
+}
+
+/* ---- request parser callbacks ---- */
+
+static int req_limit(struct flow *f, size_t add)
+{
+    gd_txn *t = f->t;
+    t->head_bytes += add;
+    if (t->head_bytes > f->px->o.max_header_bytes) {
+        f->err_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_req_begin(llhttp_t *p)
+{
+    struct flow *f = p->data;
+    if (!f->t && !(f->t = gd__txn_new(f)))
+        return -1;
+    return 0;
+}
+
+static int on_req_url(llhttp_t *p, const char *at, size_t n)
+{
+    struct flow *f = p->data;
+    if (req_limit(f, n))
+        return -1;
+    return gd__buf_add(&f->t->url, at, n) ? -1 : 0;
+}
+
+/* Appends n bytes to a heap string (llhttp may deliver a field in pieces). */
+static int str_append(char **s, const char *at, size_t n)
+{
+    size_t l = strlen(*s);
+    char *q = realloc(*s, l + n + 1);
+    if (!q)
+        return -1;
+    memcpy(q + l, at, n);
+    q[l + n] = 0;
+    *s = q;
+    return 0;
+}
+
+int gd__on_hdr_field(llhttp_t *p, const char *at, size_t n, struct hdrs *h, gd_txn *t,
+                     size_t max_headers)
+{
+    (void)p;
+    if (t->last_was_value || !h->n) {
+        if (h->n >= max_headers)
+            return -1;
+        char *name = strndup(at, n), *value = strdup("");
+        if (!name || !value || gd__hdrs_push(h, name, value)) {
+            free(name);
+            free(value);
+            return -1;
+        }
+    } else if (str_append(&h->v[h->n - 1].name, at, n)) {
+        return -1;
+    }
+    t->last_was_value = 0;
+    return 0;
+}
+
+int gd__on_hdr_value(const char *at, size_t n, struct hdrs *h, gd_txn *t)
+{
+    if (!h->n || str_append(&h->v[h->n - 1].value, at, n))
+        return -1;
+    t->last_was_value = 1;
+    return 0;
+}
+
+static int on_req_field(llhttp_t *p, const char *at, size_t n)
+{
+    struct flow *f = p->data;
+    if (req_limit(f, n))
+        return -1;
+    if (gd__on_hdr_field(p, at, n, &f->t->req, f->t, f->px->o.max_headers)) {
+        f->err_status = 431;
+        return -1;
+    }
+    return 0;
+}
+
+static int on_req_value(llhttp_t *p, const char *at, size_t n)
+{
+    struct flow *f = p->data;
+    if (req_limit(f, n))
+        return -1;
+    return gd__on_hdr_value(at, n, &f->t->req, f->t);
+}
+
+static int on_req_headers_complete(llhttp_t *p)
+{
+    struct flow *f = p->data;
+    gd_txn *t = f->t;
+    snprintf(t->method, sizeof(t->method), "%s", llhttp_method_name(llhttp_get_method(p)));
+    t->http10 = llhttp_get_http_major(p) == 1 && llhttp_get_http_minor(p) == 0;
+    t->keepalive = llhttp_should_keep_alive(p);
+    t->req_chunked = (p->flags & F_CHUNKED) != 0;
+    t->req_cl = (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1;
+    t->req_has_body = t->req_chunked || t->req_cl > 0;
+    t->head_req = !strcmp(t->method, "HEAD");
+    t->websocket = p->upgrade != 0;
+    return HPE_PAUSED;
+}
+
+static int on_req_body(llhttp_t *p, const char *at, size_t n)
+{
+    struct flow *f = p->data;
+    gd_txn *t = f->t;
+    t->up_bytes += n;
+    if (t->denied)
+        return 0; /* discarding the body of a refused request */
+    if (t->want_req_body) {
+        if (t->reqbody.n + n > f->px->o.max_body_buffer) {
+            f->err_status = 413;
+            return -1;
+        }
+        return gd__buf_add(&t->reqbody, at, n) ? -1 : 0;
+    }
+    if (!f->up)
+        return -1;
+    if (t->req_chunked) {
+        char hx[24];
+        int k = snprintf(hx, sizeof(hx), "%zx\r\n", n);
+        gd__up_send(f->up, hx, (size_t)k);
+        gd__up_send(f->up, at, n);
+        gd__up_send(f->up, "\r\n", 2);
+    } else {
+        gd__up_send(f->up, at, n);
+    }
+    return 0;
+}
+
+static int on_req_complete(llhttp_t *p)
+{
+    struct flow *f = p->data;
+    if (f->t)
+        f->t->req_done = 1;
+    return HPE_PAUSED;
+}
+
+static int valid_host(const char *h)
+{
+    if (!*h || strlen(h) > 253)
+        return 0;
+    for (; *h; h++)
+        if (!((*h >= 'a' && *h <= 'z') || (*h >= '0' && *h <= '9') || *h == '-' || *h == '.' ||
+              *h == '_' || *h == ':'))
+            return 0;
+    return 1;
+}
+
+/* "host[:port]" or "[v6]:port" into lowercase host and port (default if absent). */
+static int split_hostport(const char *s, size_t len, char **host, unsigned *port, unsigned dflt)
+{
+    char tmp[300];
+    if (!len || len >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, s, len);
+    tmp[len] = 0;
+    char *h = tmp, *ps = NULL;
+    if (*h == '[') {
+        char *e = strchr(h, ']');
+        if (!e)
+            return -1;
+        *e = 0;
+        h++;
+        if (e[1] == ':')
+            ps = e + 2;
+        else if (e[1])
+            return -1;
+    } else {
+        char *c = strchr(h, ':');
+        if (c) {
+            *c = 0;
+            ps = c + 1;
+        }
+    }
+    *port = dflt;
+    if (ps) {
+        char *end;
+        unsigned long v = strtoul(ps, &end, 10);
+        if (!*ps || *end || v == 0 || v > 65535)
+            return -1;
+        *port = (unsigned)v;
+    }
+    for (char *c = h; *c; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c += 32;
+    size_t hl = strlen(h);
+    if (hl && h[hl - 1] == '.')
+        h[hl - 1] = 0; /* "example.com." is example.com */
+    if (!valid_host(h))
+        return -1;
+    *host = strdup(h);
+    return *host ? 0 : -1;
+}
+
+/* The request head is parsed: validate, route, run policy, then get an upstream. */
+static void on_request_head(struct flow *f)
+{
+    gd_txn *t = f->t;
+    f->kicked = 0;
+    int tls = f->g.ssl != NULL;
+    snprintf(t->scheme, sizeof(t->scheme), "%s", tls ? "https" : "http");
+    unsigned dflt = tls ? 443 : 80;
+    const char *url = t->url.p ? t->url.p : "";
+    if (!strcmp(t->method, "CONNECT")) {
+        gd__fail_txn(f, 405, "connect", "CONNECT tunnels are not allowed; requests go direct");
+        return;
+    }
+    const char *hosthdr = gd__hdrs_get(&t->req, "host");
+    if (!strncasecmp(url, "http://", 7) || !strncasecmp(url, "https://", 8) ||
+        !strncasecmp(url, "ws://", 5) || !strncasecmp(url, "wss://", 6)) {
+        const char *a = strstr(url, "//") + 2;
+        const char *slash = a + strcspn(a, "/?#");
+        if (split_hostport(a, (size_t)(slash - a), &t->host, &t->port, dflt)) {
+            gd__fail_txn(f, 400, "bad-request", "bad authority in request target");
+            return;
+        }
+        t->target = strdup(*slash == '/' ? slash : "/");
+    } else if (url[0] == '/' || !strcmp(url, "*")) {
+        if (!hosthdr || split_hostport(hosthdr, strlen(hosthdr), &t->host, &t->port, dflt)) {
+            gd__fail_txn(f, 400, "bad-request", hosthdr ? "bad Host header" : "no Host header");
+            return;
+        }
+        t->target = strdup(url);
+    } else {
+        gd__fail_txn(f, 400, "bad-request", "unsupported request target");
+        return;
+    }
+    if (!t->target) {
+        gd__fail_txn(f, 500, "internal", "out of memory");
+        return;
+    }
+    if (tls) {
+        const char *sni = gd_tls_server_sni(f->g.ssl);
+        if (sni && strcasecmp(sni, t->host)) {
+            gd_txn_deny(t, 403, "host-sni", "Host %s does not match TLS server name %s", t->host,
+                        sni);
+            gd__send_synthetic(f, t, 1);
+            gd__txn_finish(f);
+            return;
+        }
+    }
+    const char *expect = gd__hdrs_get(&t->req, "expect");
+    if (expect) {
+        if (strcasecmp(expect, "100-continue")) {
+            gd__fail_txn(f, 417, "bad-request", "unsupported Expect: %s", expect);
+            return;
+        }
+        t->expect_continue = 1;
+    }
+    if (t->websocket) {
+        const char *up = gd__hdrs_get(&t->req, "upgrade");
+        if (!up || strcasecmp(up, "websocket") || strcmp(t->method, "GET")) {
+            gd__fail_txn(f, 501, "bad-request", "only WebSocket upgrades on GET are supported");
+            return;
+        }
+    }
+    if (gd__run_hooks(f->px, t, GD_PHASE_REQUEST_HEAD) != GD_CONTINUE) {
+        gd__send_synthetic(f, t, t->req_has_body || t->websocket);
+        if (!t->req_has_body && !t->websocket)
+            t->req_done = 1;
+        gd__txn_finish(f);
+        return;
+    }
+    if (t->websocket)
+        t->want_req_body = 0; /* an upgrade has no body; its frames are tunneled */
+    if (t->want_req_body && t->req_cl > (int64_t)f->px->o.max_body_buffer) {
+        gd__fail_txn(f, 413, "body-limit", "request body of %lld bytes is over the %zu-byte limit",
+                     (long long)t->req_cl, f->px->o.max_body_buffer);
+        return;
+    }
+    gd__start_request(f);
+}
+
+/* Feeds pending guest plaintext to whichever consumer the state calls for. */
+void gd__flow_process(struct flow *f)
+{
+    if (f->in_pump || f->st == F_CLOSING)
+        return;
+    f->in_pump = 1;
+    for (;;) {
+        if (f->st == F_CLOSING || f->shutting)
+            break;
+        size_t avail = f->pend.n - f->pend_off;
+        if (f->st == F_TUNNEL) {
+            if (avail && f->up) {
+                gd__up_send(f->up, f->pend.p + f->pend_off, avail);
+                f->pend_off += avail;
+            }
+            if (f->up && gd__side_queued(&f->up->s) > HIGH_WATER)
+                break;
+            avail = 0;
+        } else if ((avail || (f->st == F_BODY && f->t && !f->t->req_done && !f->t->req_has_body &&
+                              !f->kicked)) &&
+                   (f->st == F_HEAD || f->st == F_BODY)) {
+            /* a bodiless request paused after its head completes only when the parser
+             * runs again: run it once on no bytes */
+            if (!avail)
+                f->kicked = 1;
+            const char *p = avail ? f->pend.p + f->pend_off : "";
+            if (f->st == F_HEAD && !f->t && !(f->t = gd__txn_new(f))) {
+                gd__flow_close(f);
+                break;
+            }
+            llhttp_errno_t e = llhttp_execute(&f->p, p, avail);
+            const char *pos = llhttp_get_error_pos(&f->p);
+            size_t used = (e == HPE_OK || !pos) ? avail : (size_t)(pos - p);
+            f->pend_off += used;
+            if (f->st == F_CLOSING)
+                break;
+            if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+                gd_txn *t = f->t;
+                if (f->st == F_HEAD) {
+                    on_request_head(f);
+                    continue;
+                }
+                if (t && t->req_done && f->st == F_BODY) {
+                    if (t->websocket) {
+                        f->st = F_WAIT_RESP;
+                        break;
+                    }
+                    if (t->want_req_body && !t->denied) {
+                        if (gd__run_hooks(f->px, t, GD_PHASE_REQUEST_BODY) != GD_CONTINUE) {
+                            gd__send_synthetic(f, t, 0);
+                            gd__txn_finish(f);
+                            continue;
+                        }
+                        gd__send_req_head(f, t);
+                    } else if (t->req_chunked && !t->denied && f->up) {
+                        gd__up_send(f->up, "0\r\n\r\n", 5);
+                    }
+                    f->st = F_WAIT_RESP;
+                    continue;
+                }
+                continue;
+            }
+            if (e != HPE_OK) {
+                int st = f->err_status ? f->err_status : 400;
+                const char *why = st == 431   ? "request header fields too large"
+                                  : st == 413 ? "request body over the buffering limit"
+                                              : llhttp_errno_name(e);
+                if (f->t && f->t->resp_head_sent) {
+                    gd__flow_close(f);
+                    break;
+                }
+                if (!f->t)
+                    f->t = gd__txn_new(f);
+                if (f->t && !f->t->method[0])
+                    snprintf(f->t->method, sizeof(f->t->method), "%s",
+                             llhttp_method_name(llhttp_get_method(&f->p)));
+                gd__fail_txn(f, st,
+                             st == 431   ? "header-limit"
+                             : st == 413 ? "body-limit"
+                                         : "bad-request",
+                             "%s", why);
+                break;
+            }
+            if (f->st == F_BODY && f->up && gd__side_queued(&f->up->s) > HIGH_WATER)
+                break;
+            if (avail)
+                continue; /* else: the empty run is done, read more */
+        }
+        if (avail)
+            break; /* waiting (upstream, response): keep the bytes, stop reading */
+        f->pend.n = f->pend_off = 0;
+        /* everything consumed: more from TLS buffers, then from the socket */
+        if (f->g.ssl && f->g.hs_done) {
+            char tmp[16384];
+            int r = SSL_read(f->g.ssl, tmp, sizeof(tmp));
+            if (r > 0) {
+                gd__buf_add(&f->pend, tmp, (size_t)r);
+                continue;
+            }
+            int e = SSL_get_error(f->g.ssl, r);
+            gd__side_flush_tls(&f->g, f);
+            if (e == SSL_ERROR_ZERO_RETURN)
+                f->g.eof = 1;
+            else if (e != SSL_ERROR_WANT_READ) {
+                ERR_clear_error();
+                gd__flow_close(f);
+                break;
+            }
+        }
+        if (f->g.eof) {
+            if (f->st == F_TUNNEL && f->up) {
+                /* half-close toward the upstream: let it finish */
+                gd__flow_close_after_flush(f);
+            } else if (f->st == F_HEAD && !f->t) {
+                gd__flow_close_after_flush(f);
+            } else if (f->st == F_HEAD) {
+                gd__flow_close(f);
+            }
+            break;
+        }
+        if (!f->g.reading && f->g.open && !f->shutting) {
+            f->g.reading = 1;
+            flow_read_start(f);
+        }
+        break;
+    }
+    if (f->st != F_CLOSING) {
+        size_t avail = f->pend.n - f->pend_off;
+        int want_read = !avail && (f->st == F_HEAD || f->st == F_BODY || f->st == F_TUNNEL) &&
+                        !(f->up && gd__side_queued(&f->up->s) > HIGH_WATER);
+        if (!want_read && f->g.reading) {
+            uv_read_stop(&f->g.u.s);
+            f->g.reading = 0;
+        }
+    }
+    f->in_pump = 0;
+}
+
+/* ---- guest input ---- */
+
+static int sniff_http(const char *p, size_t n)
+{
+    static const char *const m[] = {"GET ",  "POST ",    "PUT ",   "PATCH ",   "DELETE ",
+                                    "HEAD ", "OPTIONS ", "TRACE ", "CONNECT ", NULL};
+    for (const char *const *x = m; *x; x++) {
+        size_t l = strlen(*x);
+        size_t k = n < l ? n : l;
+        if (!strncmp(p, *x, k))
+            return n >= l ? 1 : 0; /* 1 yes, 0 need more */
+    }
+    return -1;
+}
+
+static void on_flow_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
+{
+    struct flow *f = s->data;
+    if (nread < 0) {
+        free(b->base);
+        f->g.eof = 1;
+        if (f->g.reading) {
+            uv_read_stop(s);
+            f->g.reading = 0;
+        }
+        if (nread != UV_EOF || f->st == F_HEAD || f->st == F_TUNNEL)
+            gd__flow_process(f);
+        if (nread != UV_EOF && f->st != F_CLOSING)
+            gd__flow_close(f);
+        return;
+    }
+    if (!nread) {
+        free(b->base);
+        return;
+    }
+    const char *p = b->base;
+    size_t n = (size_t)nread;
+    if (!f->sniffed && f->kind != GD_FLOW_RAW) {
+        int is_tls = (unsigned char)p[0] == 0x16;
+        if (f->kind == GD_FLOW_SNIFF)
+            f->kind = is_tls ? GD_FLOW_TLS : GD_FLOW_HTTP;
+        if (f->kind == GD_FLOW_TLS) {
+            SSL *ssl = is_tls && f->px->o.tls
+                           ? gd_tls_server_new(f->px->o.tls, f->name ? f->name : f->dst_addr)
+                           : NULL;
+            if (!ssl || gd__side_tls_init(&f->g, ssl)) {
+                if (ssl && !f->g.ssl)
+                    SSL_free(ssl);
+                free(b->base);
+                gd__flow_close(f); /* not TLS on a TLS port */
+                return;
+            }
+        } else {
+            gd__buf_add(&f->pend, p, n);
+            int h = sniff_http(f->pend.p, f->pend.n);
+            if (h < 0) {
+                free(b->base);
+                gd__flow_close(f); /* not HTTP on an HTTP port */
+                return;
+            }
+            free(b->base);
+            if (h == 0)
+                return;
+            f->sniffed = 1;
+            gd__flow_process(f);
+            return;
+        }
+        f->sniffed = 1;
+    }
+    if (f->g.ssl) {
+        BIO_write(f->g.rb, p, (int)n);
+        free(b->base);
+        if (!f->g.hs_done) {
+            int r = SSL_do_handshake(f->g.ssl);
+            gd__side_flush_tls(&f->g, f);
+            if (r != 1) {
+                int e = SSL_get_error(f->g.ssl, r);
+                if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+                    ERR_clear_error();
+                    gd__flow_close_after_flush(f);
+                }
+                return;
+            }
+            f->g.hs_done = 1;
+        }
+        gd__flow_process(f);
+        return;
+    }
+    gd__buf_add(&f->pend, p, n);
+    free(b->base);
+    gd__flow_process(f);
+}
+
+static void flow_read_start(struct flow *f)
+{
+    uv_read_start(&f->g.u.s, gd__alloc_cb, on_flow_read);
+}
+
+/* ---- entry ---- */
+
+int gd_proxy_serve(gd_proxy *px, int fd, const struct gd_flow_info *info)
+{
+    if (px->closing || px->nflows >= px->o.max_flows) {
+        close(fd);
+        return -EBUSY;
+    }
+    struct flow *f = calloc(1, sizeof(*f));
+    if (!f) {
+        close(fd);
+        return -ENOMEM;
+    }
+    f->px = px;
+    f->kind = info->kind;
+    f->name = info->name ? strdup(info->name) : NULL;
+    f->dst_addr = info->dst_addr ? strdup(info->dst_addr) : NULL;
+    f->raw_host = info->raw_host ? strdup(info->raw_host) : NULL;
+    f->dst_port = info->dst_port;
+    f->raw_port = info->raw_port;
+    int dom = 0;
+    socklen_t dl = sizeof(dom);
+    getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &dom, &dl);
+    int rc;
+    if (dom == AF_UNIX) {
+        uv_pipe_init(px->loop, &f->g.u.pipe, 0);
+        rc = uv_pipe_open(&f->g.u.pipe, fd);
+    } else {
+        uv_tcp_init(px->loop, &f->g.u.tcp);
+        rc = uv_tcp_open(&f->g.u.tcp, fd);
+        if (!rc)
+            uv_tcp_nodelay(&f->g.u.tcp, 1);
+    }
+    f->g.u.h.data = f;
+    f->g.open = 1;
+    f->next = px->flows;
+    if (px->flows)
+        px->flows->prev = f;
+    px->flows = f;
+    px->nflows++;
+    if (rc) {
+        close(fd);
+        gd__flow_close(f);
+        return rc;
+    }
+    llhttp_init(&f->p, HTTP_REQUEST, &gd__req_settings);
+    f->p.data = f;
+    f->st = F_HEAD;
+    if (f->kind == GD_FLOW_RAW) {
+        gd_txn *t = f->t = gd__txn_new(f);
+        if (!t || !f->raw_host) {
+            gd__flow_close(f);
+            return -ENOMEM;
+        }
+        snprintf(t->method, sizeof(t->method), "CONNECT");
+        snprintf(t->scheme, sizeof(t->scheme), "tcp");
+        /* policy sees the name the guest used; the map decides where it goes */
+        t->host = strdup(f->name ? f->name : f->raw_host);
+        t->dial = strdup(f->raw_host);
+        t->port = f->raw_port;
+        t->target = strdup("");
+        f->sniffed = 1;
+        if (!t->host || !t->target) {
+            gd__flow_close(f);
+            return -ENOMEM;
+        }
+        if (gd__run_hooks(px, t, GD_PHASE_REQUEST_HEAD) != GD_CONTINUE) {
+            gd__emit_event(f, t);
+            gd__txn_free(t);
+            f->t = NULL;
+            gd__flow_close(f);
+            return 0;
+        }
+        gd__start_request(f);
+        return 0;
+    }
+    f->g.reading = 1;
+    flow_read_start(f);
+    return 0;
+}
+
+void gd__req_settings_init(void)
+{
+    llhttp_settings_init(&gd__req_settings);
+    gd__req_settings.on_message_begin = on_req_begin;
+    gd__req_settings.on_url = on_req_url;
+    gd__req_settings.on_header_field = on_req_field;
+    gd__req_settings.on_header_value = on_req_value;
+    gd__req_settings.on_headers_complete = on_req_headers_complete;
+    gd__req_settings.on_body = on_req_body;
+    gd__req_settings.on_message_complete = on_req_complete;
+}
