@@ -33,3 +33,16 @@ int gd_host_pattern_check(const char *p)
             return -EINVAL;
     return 0;
 }
+
+int gd_path_match(const char *prefix, const char *target)
+{
+    size_t pl = strlen(prefix);
+    if (pl && prefix[pl - 1] == '*')
+        return !strncmp(target, prefix, pl - 1);
+    if (strncmp(target, prefix, pl))
+        return 0;
+    if (pl && prefix[pl - 1] == '/')
+        return 1;
+    char next = target[pl];
+    return next == 0 || next == '/' || next == '?';
+}

@@ -112,7 +112,16 @@ static void on_flow_closed(uv_handle_t *h)
 {
     struct flow *f = h->data;
     f->g.open = 0;
-    flow_free(f);
+    if (!f->timer_open)
+        flow_free(f);
+}
+
+static void on_flow_timer_closed(uv_handle_t *h)
+{
+    struct flow *f = h->data;
+    f->timer_open = 0;
+    if (!f->g.open)
+        flow_free(f);
 }
 
 void gd__flow_close(struct flow *f)
@@ -138,9 +147,11 @@ void gd__flow_close(struct flow *f)
         f->up = NULL;
         gd__up_close(u);
     }
+    if (f->timer_open)
+        uv_close((uv_handle_t *)&f->timer, on_flow_timer_closed);
     if (f->g.open)
         uv_close(&f->g.u.h, on_flow_closed);
-    else
+    else if (!f->timer_open)
         flow_free(f);
 }
 
@@ -269,11 +280,15 @@ int gd__on_hdr_value(const char *at, size_t n, struct hdrs *h, gd_txn *t)
     return 0;
 }
 
+/* Trailers (fields after a chunked body) count toward the head limit and are dropped:
+ * they arrive after every header check ran, so they never become headers. */
 static int on_req_field(llhttp_t *p, const char *at, size_t n)
 {
     struct flow *f = p->data;
     if (req_limit(f, n))
         return -1;
+    if (f->t->req_trailers)
+        return 0;
     if (gd__on_hdr_field(p, at, n, &f->t->req, f->t, f->px->o.max_headers)) {
         f->err_status = 431;
         return -1;
@@ -286,6 +301,8 @@ static int on_req_value(llhttp_t *p, const char *at, size_t n)
     struct flow *f = p->data;
     if (req_limit(f, n))
         return -1;
+    if (f->t->req_trailers)
+        return 0;
     return gd__on_hdr_value(at, n, &f->t->req, f->t);
 }
 
@@ -297,11 +314,29 @@ static int on_req_headers_complete(llhttp_t *p)
     t->http10 = llhttp_get_http_major(p) == 1 && llhttp_get_http_minor(p) == 0;
     t->keepalive = llhttp_should_keep_alive(p);
     t->req_chunked = (p->flags & F_CHUNKED) != 0;
-    t->req_cl = (p->flags & F_CONTENT_LENGTH) ? (int64_t)p->content_length : -1;
+    t->req_trailers = 1;
+    if (p->flags & F_CONTENT_LENGTH) {
+        if (p->content_length > (uint64_t)INT64_MAX) {
+            f->err_status = 400;
+            f->err_why = "Content-Length out of range";
+            return -1;
+        }
+        if (p->content_length > f->px->o.max_request_body) {
+            f->err_status = 413;
+            f->err_why = "request body over the proxy's limit";
+            return -1;
+        }
+        t->req_cl = (int64_t)p->content_length;
+    } else {
+        t->req_cl = -1;
+    }
     t->req_has_body = t->req_chunked || t->req_cl > 0;
     t->head_req = !strcmp(t->method, "HEAD");
     t->websocket = p->upgrade != 0;
-    return HPE_PAUSED;
+    /* A request with a body (or an upgrade) pauses here, before its body; one without
+     * pauses at its end (on_req_complete), so it is whole when policy decides and a
+     * refusal can keep the connection. */
+    return t->req_has_body || t->websocket ? HPE_PAUSED : 0;
 }
 
 static int on_req_body(llhttp_t *p, const char *at, size_t n)
@@ -309,14 +344,23 @@ static int on_req_body(llhttp_t *p, const char *at, size_t n)
     struct flow *f = p->data;
     gd_txn *t = f->t;
     t->up_bytes += n;
+    f->progress = 1;
+    if (t->up_bytes > f->px->o.max_request_body) {
+        f->err_status = 413;
+        f->err_why = "request body over the proxy's limit";
+        return -1;
+    }
     if (t->denied)
         return 0; /* discarding the body of a refused request */
     if (t->want_req_body) {
-        if (t->reqbody.n + n > f->px->o.max_body_buffer) {
-            f->err_status = 413;
+        int rc = gd__txn_buffer(t, &t->reqbody, at, n);
+        if (rc) {
+            f->err_status = rc == -ENOBUFS ? 503 : 413;
+            f->err_why = rc == -ENOBUFS ? "the proxy's buffering budget is spent"
+                                        : "request body over the buffering limit";
             return -1;
         }
-        return gd__buf_add(&t->reqbody, at, n) ? -1 : 0;
+        return 0;
     }
     if (!f->up)
         return -1;
@@ -340,98 +384,97 @@ static int on_req_complete(llhttp_t *p)
     return HPE_PAUSED;
 }
 
-static int valid_host(const char *h)
+/* ---- the request head: validate, route, decide ---- */
+
+/* The authority as the Host header carries it: [v6] bracketed, port only if not the
+ * scheme's default. */
+void gd__authority(const gd_txn *t, char *out, size_t cap)
 {
-    if (!*h || strlen(h) > 253)
-        return 0;
-    for (; *h; h++)
-        if (!((*h >= 'a' && *h <= 'z') || (*h >= '0' && *h <= '9') || *h == '-' || *h == '.' ||
-              *h == '_' || *h == ':'))
-            return 0;
-    return 1;
+    int dflt = (!strcmp(t->scheme, "https") && t->port == 443) ||
+               (!strcmp(t->scheme, "http") && t->port == 80);
+    int v6 = strchr(t->host, ':') != NULL;
+    if (dflt)
+        snprintf(out, cap, v6 ? "[%s]" : "%s", t->host);
+    else
+        snprintf(out, cap, v6 ? "[%s]:%u" : "%s:%u", t->host, t->port);
 }
 
-/* "host[:port]" or "[v6]:port" into lowercase host and port (default if absent). */
-static int split_hostport(const char *s, size_t len, char **host, unsigned *port, unsigned dflt)
+/* Every header name a token, one Host at most (RFC 9112 §3.2, §5.1). */
+static const char *check_headers(const gd_txn *t)
 {
-    char tmp[300];
-    if (!len || len >= sizeof(tmp))
-        return -1;
-    memcpy(tmp, s, len);
-    tmp[len] = 0;
-    char *h = tmp, *ps = NULL;
-    if (*h == '[') {
-        char *e = strchr(h, ']');
-        if (!e)
-            return -1;
-        *e = 0;
-        h++;
-        if (e[1] == ':')
-            ps = e + 2;
-        else if (e[1])
-            return -1;
+    size_t hosts = 0;
+    for (size_t i = 0; i < t->req.n; i++) {
+        if (!gd__token(t->req.v[i].name))
+            return "a header name is not a token";
+        if (!strcasecmp(t->req.v[i].name, "host"))
+            hosts++;
+    }
+    return hosts > 1 ? "more than one Host header" : NULL;
+}
+
+/* Routes the request: host and port from an absolute-form target or the Host header,
+ * a canonical target, and the Host header rewritten to the decided authority. NULL or
+ * why it is a bad request. */
+static const char *route(struct flow *f, gd_txn *t)
+{
+    unsigned dflt = f->g.ssl ? 443 : 80;
+    const char *url = t->url.p ? t->url.p : "";
+    const char *hosthdr = gd__hdrs_get(&t->req, "host");
+    char *path = NULL;
+    if (!strncasecmp(url, "http://", 7) || !strncasecmp(url, "https://", 8) ||
+        !strncasecmp(url, "ws://", 5) || !strncasecmp(url, "wss://", 6)) {
+        /* absolute form: the URL's authority decides, whatever Host says (RFC 9112
+         * §3.2.2); origin form goes upstream */
+        const char *a = strstr(url, "//") + 2;
+        size_t al = strcspn(a, "/?#");
+        if (gd__split_hostport(a, al, &t->host, &t->port, dflt))
+            return "bad authority in request target";
+        const char *rest = a + al;
+        if (asprintf(&path, "%s%s", *rest == '/' ? "" : "/", *rest == '#' ? "" : rest) < 0)
+            return "out of memory";
+    } else if (url[0] == '/' || (!strcmp(url, "*") && !strcmp(t->method, "OPTIONS"))) {
+        if (!hosthdr)
+            return "no Host header";
+        if (gd__split_hostport(hosthdr, strlen(hosthdr), &t->host, &t->port, dflt))
+            return "bad Host header";
+        if (!(path = strdup(url)))
+            return "out of memory";
     } else {
-        char *c = strchr(h, ':');
-        if (c) {
-            *c = 0;
-            ps = c + 1;
-        }
+        return "unsupported request target";
     }
-    *port = dflt;
-    if (ps) {
-        char *end;
-        unsigned long v = strtoul(ps, &end, 10);
-        if (!*ps || *end || v == 0 || v > 65535)
-            return -1;
-        *port = (unsigned)v;
+    int rc = gd_http_normalize_target(path, &t->target);
+    free(path);
+    if (rc)
+        return rc == -ENOMEM ? "out of memory" : "bad request target";
+    char auth[300];
+    gd__authority(t, auth, sizeof(auth));
+    for (size_t i = t->req.n; i-- > 0;)
+        if (!strcasecmp(t->req.v[i].name, "host"))
+            gd__hdrs_del(&t->req, i);
+    char *hn = strdup("Host"), *hv = strdup(auth);
+    if (!hn || !hv || gd__hdrs_push(&t->req, hn, hv)) {
+        free(hn);
+        free(hv);
+        return "out of memory";
     }
-    for (char *c = h; *c; c++)
-        if (*c >= 'A' && *c <= 'Z')
-            *c += 32;
-    size_t hl = strlen(h);
-    if (hl && h[hl - 1] == '.')
-        h[hl - 1] = 0; /* "example.com." is example.com */
-    if (!valid_host(h))
-        return -1;
-    *host = strdup(h);
-    return *host ? 0 : -1;
+    return NULL;
 }
 
 /* The request head is parsed: validate, route, run policy, then get an upstream. */
 static void on_request_head(struct flow *f)
 {
     gd_txn *t = f->t;
-    f->kicked = 0;
     int tls = f->g.ssl != NULL;
     snprintf(t->scheme, sizeof(t->scheme), "%s", tls ? "https" : "http");
-    unsigned dflt = tls ? 443 : 80;
-    const char *url = t->url.p ? t->url.p : "";
     if (!strcmp(t->method, "CONNECT")) {
         gd__fail_txn(f, 405, "connect", "CONNECT tunnels are not allowed; requests go direct");
         return;
     }
-    const char *hosthdr = gd__hdrs_get(&t->req, "host");
-    if (!strncasecmp(url, "http://", 7) || !strncasecmp(url, "https://", 8) ||
-        !strncasecmp(url, "ws://", 5) || !strncasecmp(url, "wss://", 6)) {
-        const char *a = strstr(url, "//") + 2;
-        const char *slash = a + strcspn(a, "/?#");
-        if (split_hostport(a, (size_t)(slash - a), &t->host, &t->port, dflt)) {
-            gd__fail_txn(f, 400, "bad-request", "bad authority in request target");
-            return;
-        }
-        t->target = strdup(*slash == '/' ? slash : "/");
-    } else if (url[0] == '/' || !strcmp(url, "*")) {
-        if (!hosthdr || split_hostport(hosthdr, strlen(hosthdr), &t->host, &t->port, dflt)) {
-            gd__fail_txn(f, 400, "bad-request", hosthdr ? "bad Host header" : "no Host header");
-            return;
-        }
-        t->target = strdup(url);
-    } else {
-        gd__fail_txn(f, 400, "bad-request", "unsupported request target");
-        return;
-    }
-    if (!t->target) {
-        gd__fail_txn(f, 500, "internal", "out of memory");
+    const char *bad = check_headers(t);
+    if (!bad)
+        bad = route(f, t);
+    if (bad) {
+        gd__fail_txn(f, strstr(bad, "memory") ? 500 : 400, "bad-request", "%s", bad);
         return;
     }
     if (tls) {
@@ -439,7 +482,7 @@ static void on_request_head(struct flow *f)
         if (sni && strcasecmp(sni, t->host)) {
             gd_txn_deny(t, 403, "host-sni", "Host %s does not match TLS server name %s", t->host,
                         sni);
-            gd__send_synthetic(f, t, 1);
+            gd__send_synthetic(f, t, !t->req_done);
             gd__txn_finish(f);
             return;
         }
@@ -460,9 +503,7 @@ static void on_request_head(struct flow *f)
         }
     }
     if (gd__run_hooks(f->px, t, GD_PHASE_REQUEST_HEAD) != GD_CONTINUE) {
-        gd__send_synthetic(f, t, t->req_has_body || t->websocket);
-        if (!t->req_has_body && !t->websocket)
-            t->req_done = 1;
+        gd__send_synthetic(f, t, !t->req_done || t->websocket);
         gd__txn_finish(f);
         return;
     }
@@ -473,7 +514,205 @@ static void on_request_head(struct flow *f)
                      (long long)t->req_cl, f->px->o.max_body_buffer);
         return;
     }
+    if (t->want_req_body && gd__budget_spent(f->px)) {
+        gd__fail_txn(f, 503, "buffer-budget",
+                     "the proxy's body-buffering budget (%zu bytes) is spent; try again",
+                     f->px->o.max_buffer_total);
+        return;
+    }
     gd__start_request(f);
+}
+
+/* The whole request body was read: hooks on a buffered body, then the end of it. */
+static void on_request_done(struct flow *f)
+{
+    gd_txn *t = f->t;
+    if (t->websocket) {
+        f->st = F_WAIT_RESP;
+        return;
+    }
+    if (t->want_req_body && !t->denied) {
+        if (gd__run_hooks(f->px, t, GD_PHASE_REQUEST_BODY) != GD_CONTINUE) {
+            gd__send_synthetic(f, t, 0);
+            gd__txn_finish(f);
+            return;
+        }
+        gd__send_req_head(f, t);
+    } else if (t->req_chunked && !t->denied && f->up) {
+        gd__up_send(f->up, "0\r\n\r\n", 5);
+    }
+    f->st = F_WAIT_RESP;
+}
+
+static void on_parse_error(struct flow *f, llhttp_errno_t e)
+{
+    int st = f->err_status ? f->err_status : 400;
+    const char *why = f->err_why                       ? f->err_why
+                      : st == 431                      ? "request header fields too large"
+                      : e == HPE_INVALID_HEADER_TOKEN  ? "a header name is not a token"
+                      : llhttp_get_error_reason(&f->p) ? llhttp_get_error_reason(&f->p)
+                                                       : llhttp_errno_name(e);
+    if (f->t && f->t->resp_head_sent) {
+        gd__flow_close(f);
+        return;
+    }
+    if (!f->t)
+        f->t = gd__txn_new(f);
+    if (f->t && !f->t->method[0])
+        snprintf(f->t->method, sizeof(f->t->method), "%s",
+                 llhttp_method_name(llhttp_get_method(&f->p)));
+    gd__fail_txn(f, st,
+                 st == 431   ? "header-limit"
+                 : st == 413 ? "body-limit"
+                 : st == 503 ? "buffer-budget"
+                             : "bad-request",
+                 "%s", why);
+}
+
+/* ---- the flow state machine: one step per state ---- */
+
+static size_t pending(const struct flow *f)
+{
+    return f->pend.n - f->pend_off;
+}
+
+/* F_HEAD / F_BODY: feeds pending bytes to the request parser. 1 = state may have moved
+ * on (run again), 0 = needs more input or must wait. */
+static int step_parse(struct flow *f)
+{
+    size_t avail = pending(f);
+    if (!avail)
+        return 0;
+    const char *p = f->pend.p + f->pend_off;
+    llhttp_errno_t e = llhttp_execute(&f->p, p, avail);
+    const char *pos = llhttp_get_error_pos(&f->p);
+    f->pend_off += (e == HPE_OK || !pos) ? avail : (size_t)(pos - p);
+    if (f->st == F_CLOSING)
+        return 0;
+    if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+        if (f->st == F_HEAD)
+            on_request_head(f);
+        else if (f->st == F_BODY && f->t && f->t->req_done)
+            on_request_done(f);
+        return 1;
+    }
+    if (e != HPE_OK) {
+        on_parse_error(f, e);
+        return 0;
+    }
+    return 0;
+}
+
+/* F_TUNNEL: guest bytes go up as they are. */
+static void step_tunnel(struct flow *f)
+{
+    size_t avail = pending(f);
+    if (avail && f->up) {
+        gd__up_send(f->up, f->pend.p + f->pend_off, avail);
+        f->pend_off += avail;
+    }
+}
+
+/* The guest closed its side. */
+static void on_guest_eof(struct flow *f)
+{
+    switch (f->st) {
+    case F_TUNNEL:
+        gd__flow_close_after_flush(f); /* half-close toward the upstream: let it finish */
+        break;
+    case F_HEAD:
+        if (!f->t)
+            gd__flow_close_after_flush(f);
+        else
+            gd__flow_close(f); /* a partial head */
+        break;
+    case F_BODY:
+        /* mid-body: the request can never complete; free both sides now */
+        if (f->t)
+            snprintf(f->t->errwhy, sizeof(f->t->errwhy), "guest closed mid-body");
+        gd__flow_close(f);
+        break;
+    default:
+        break; /* the request is whole: the response finishes, then the flow closes */
+    }
+}
+
+/* More plaintext: from the TLS buffers, else start reading the socket. 1 = got some. */
+static int pull(struct flow *f)
+{
+    f->pend.n = f->pend_off = 0;
+    if (f->g.ssl && f->g.hs_done) {
+        char tmp[16384];
+        int r = SSL_read(f->g.ssl, tmp, sizeof(tmp));
+        if (r > 0) {
+            if (gd__buf_add(&f->pend, tmp, (size_t)r)) {
+                gd__flow_close(f);
+                return 0;
+            }
+            return 1;
+        }
+        int e = SSL_get_error(f->g.ssl, r);
+        gd__side_flush_tls(&f->g, f);
+        if (e == SSL_ERROR_ZERO_RETURN)
+            f->g.eof = 1;
+        else if (e != SSL_ERROR_WANT_READ) {
+            ERR_clear_error();
+            gd__flow_close(f);
+            return 0;
+        }
+    }
+    if (f->g.eof) {
+        on_guest_eof(f);
+        return 0;
+    }
+    return 0;
+}
+
+enum { T_NONE, T_IDLE, T_HEAD, T_BODY };
+
+static void on_flow_timer(uv_timer_t *tm)
+{
+    struct flow *f = tm->data;
+    int kind = f->tkind;
+    f->tkind = T_NONE;
+    if (f->st == F_CLOSING || f->shutting)
+        return;
+    if (kind == T_IDLE) {
+        gd__flow_close_after_flush(f);
+    } else if (kind == T_HEAD) {
+        if (!f->t)
+            f->t = gd__txn_new(f);
+        gd__fail_txn(f, 408, "timeout", "request head not complete within %u ms", f->px->o.head_ms);
+    } else if (kind == T_BODY) {
+        gd__fail_txn(f, 408, "timeout", "request body made no progress for %u ms",
+                     f->px->o.body_ms);
+    }
+}
+
+/* Arms the deadline the state calls for: keep-alive idle before a request, the head
+ * deadline from its first byte (never extended by a trickle), body progress after. */
+static void arm_timer(struct flow *f)
+{
+    if (!f->timer_open)
+        return;
+    int kind = T_NONE;
+    unsigned ms = 0;
+    if (f->st == F_HEAD && f->kind != GD_FLOW_RAW) {
+        kind = f->t ? T_HEAD : T_IDLE;
+        ms = f->t ? f->px->o.head_ms : f->px->o.keepalive_ms;
+    } else if (f->st == F_BODY) {
+        kind = T_BODY;
+        ms = f->px->o.body_ms;
+    }
+    if (kind == T_NONE) {
+        if (f->tkind != T_NONE)
+            uv_timer_stop(&f->timer);
+        f->tkind = T_NONE;
+    } else if (kind != f->tkind || (kind == T_BODY && f->progress)) {
+        uv_timer_start(&f->timer, on_flow_timer, ms, 0);
+        f->tkind = kind;
+    }
+    f->progress = 0;
 }
 
 /* Feeds pending guest plaintext to whichever consumer the state calls for. */
@@ -482,134 +721,37 @@ void gd__flow_process(struct flow *f)
     if (f->in_pump || f->st == F_CLOSING)
         return;
     f->in_pump = 1;
-    for (;;) {
-        if (f->st == F_CLOSING || f->shutting)
-            break;
-        size_t avail = f->pend.n - f->pend_off;
+    while (f->st != F_CLOSING && !f->shutting) {
         if (f->st == F_TUNNEL) {
-            if (avail && f->up) {
-                gd__up_send(f->up, f->pend.p + f->pend_off, avail);
-                f->pend_off += avail;
-            }
+            step_tunnel(f);
             if (f->up && gd__side_queued(&f->up->s) > HIGH_WATER)
                 break;
-            avail = 0;
-        } else if ((avail || (f->st == F_BODY && f->t && !f->t->req_done && !f->t->req_has_body &&
-                              !f->kicked)) &&
-                   (f->st == F_HEAD || f->st == F_BODY)) {
-            /* a bodiless request paused after its head completes only when the parser
-             * runs again: run it once on no bytes */
-            if (!avail)
-                f->kicked = 1;
-            const char *p = avail ? f->pend.p + f->pend_off : "";
-            if (f->st == F_HEAD && !f->t && !(f->t = gd__txn_new(f))) {
-                gd__flow_close(f);
-                break;
-            }
-            llhttp_errno_t e = llhttp_execute(&f->p, p, avail);
-            const char *pos = llhttp_get_error_pos(&f->p);
-            size_t used = (e == HPE_OK || !pos) ? avail : (size_t)(pos - p);
-            f->pend_off += used;
-            if (f->st == F_CLOSING)
-                break;
-            if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
-                gd_txn *t = f->t;
-                if (f->st == F_HEAD) {
-                    on_request_head(f);
-                    continue;
-                }
-                if (t && t->req_done && f->st == F_BODY) {
-                    if (t->websocket) {
-                        f->st = F_WAIT_RESP;
-                        break;
-                    }
-                    if (t->want_req_body && !t->denied) {
-                        if (gd__run_hooks(f->px, t, GD_PHASE_REQUEST_BODY) != GD_CONTINUE) {
-                            gd__send_synthetic(f, t, 0);
-                            gd__txn_finish(f);
-                            continue;
-                        }
-                        gd__send_req_head(f, t);
-                    } else if (t->req_chunked && !t->denied && f->up) {
-                        gd__up_send(f->up, "0\r\n\r\n", 5);
-                    }
-                    f->st = F_WAIT_RESP;
-                    continue;
-                }
+        } else if (f->st == F_HEAD || f->st == F_BODY) {
+            if (step_parse(f))
                 continue;
-            }
-            if (e != HPE_OK) {
-                int st = f->err_status ? f->err_status : 400;
-                const char *why = st == 431   ? "request header fields too large"
-                                  : st == 413 ? "request body over the buffering limit"
-                                              : llhttp_errno_name(e);
-                if (f->t && f->t->resp_head_sent) {
-                    gd__flow_close(f);
-                    break;
-                }
-                if (!f->t)
-                    f->t = gd__txn_new(f);
-                if (f->t && !f->t->method[0])
-                    snprintf(f->t->method, sizeof(f->t->method), "%s",
-                             llhttp_method_name(llhttp_get_method(&f->p)));
-                gd__fail_txn(f, st,
-                             st == 431   ? "header-limit"
-                             : st == 413 ? "body-limit"
-                                         : "bad-request",
-                             "%s", why);
+            if (f->st == F_CLOSING || f->shutting)
                 break;
-            }
             if (f->st == F_BODY && f->up && gd__side_queued(&f->up->s) > HIGH_WATER)
                 break;
-            if (avail)
-                continue; /* else: the empty run is done, read more */
         }
-        if (avail)
+        if (pending(f))
             break; /* waiting (upstream, response): keep the bytes, stop reading */
-        f->pend.n = f->pend_off = 0;
-        /* everything consumed: more from TLS buffers, then from the socket */
-        if (f->g.ssl && f->g.hs_done) {
-            char tmp[16384];
-            int r = SSL_read(f->g.ssl, tmp, sizeof(tmp));
-            if (r > 0) {
-                gd__buf_add(&f->pend, tmp, (size_t)r);
-                continue;
-            }
-            int e = SSL_get_error(f->g.ssl, r);
-            gd__side_flush_tls(&f->g, f);
-            if (e == SSL_ERROR_ZERO_RETURN)
-                f->g.eof = 1;
-            else if (e != SSL_ERROR_WANT_READ) {
-                ERR_clear_error();
-                gd__flow_close(f);
-                break;
-            }
-        }
-        if (f->g.eof) {
-            if (f->st == F_TUNNEL && f->up) {
-                /* half-close toward the upstream: let it finish */
-                gd__flow_close_after_flush(f);
-            } else if (f->st == F_HEAD && !f->t) {
-                gd__flow_close_after_flush(f);
-            } else if (f->st == F_HEAD) {
-                gd__flow_close(f);
-            }
+        if (!pull(f))
             break;
-        }
-        if (!f->g.reading && f->g.open && !f->shutting) {
-            f->g.reading = 1;
-            flow_read_start(f);
-        }
-        break;
     }
     if (f->st != F_CLOSING) {
-        size_t avail = f->pend.n - f->pend_off;
-        int want_read = !avail && (f->st == F_HEAD || f->st == F_BODY || f->st == F_TUNNEL) &&
+        int want_read = !pending(f) && !f->g.eof && !f->shutting &&
+                        (f->st == F_HEAD || f->st == F_BODY || f->st == F_TUNNEL) &&
                         !(f->up && gd__side_queued(&f->up->s) > HIGH_WATER);
-        if (!want_read && f->g.reading) {
+        if (want_read && !f->g.reading && f->g.open) {
+            f->g.reading = 1;
+            flow_read_start(f);
+        } else if (!want_read && f->g.reading) {
             uv_read_stop(&f->g.u.s);
             f->g.reading = 0;
         }
+        if (!f->shutting)
+            arm_timer(f);
     }
     f->in_pump = 0;
 }
@@ -639,10 +781,10 @@ static void on_flow_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
             uv_read_stop(s);
             f->g.reading = 0;
         }
-        if (nread != UV_EOF || f->st == F_HEAD || f->st == F_TUNNEL)
-            gd__flow_process(f);
-        if (nread != UV_EOF && f->st != F_CLOSING)
+        if (nread != UV_EOF)
             gd__flow_close(f);
+        else
+            gd__flow_process(f);
         return;
     }
     if (!nread) {
@@ -747,6 +889,9 @@ int gd_proxy_serve(gd_proxy *px, int fd, const struct gd_flow_info *info)
     }
     f->g.u.h.data = f;
     f->g.open = 1;
+    uv_timer_init(px->loop, &f->timer);
+    f->timer.data = f;
+    f->timer_open = 1;
     f->next = px->flows;
     if (px->flows)
         px->flows->prev = f;
@@ -790,6 +935,7 @@ int gd_proxy_serve(gd_proxy *px, int fd, const struct gd_flow_info *info)
     }
     f->g.reading = 1;
     flow_read_start(f);
+    arm_timer(f);
     return 0;
 }
 

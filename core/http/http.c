@@ -52,7 +52,19 @@ int gd_proxy_new(uv_loop_t *loop, const struct gd_proxy_opts *o, gd_proxy **out)
     if (!px->o.pool_per_origin)
         px->o.pool_per_origin = 64;
     if (!px->o.max_flows)
-        px->o.max_flows = 4096;
+        px->o.max_flows = 1024;
+    if (!px->o.pool_total)
+        px->o.pool_total = 256;
+    if (!px->o.head_ms)
+        px->o.head_ms = 60000;
+    if (!px->o.keepalive_ms)
+        px->o.keepalive_ms = 120000;
+    if (!px->o.body_ms)
+        px->o.body_ms = 60000;
+    if (!px->o.max_request_body)
+        px->o.max_request_body = 1ull << 40;
+    if (!px->o.max_buffer_total)
+        px->o.max_buffer_total = 256u << 20;
     px->o.resolve = NULL;
     for (const char *const *r = o->resolve; r && *r; r++) {
         const char *eq = strchr(*r, '=');

@@ -56,7 +56,18 @@ struct gd_proxy_opts {
     unsigned idle_ms;         /* pooled upstream idle timeout; 0 = 30000 */
     unsigned connect_ms;      /* upstream connect + TLS handshake; 0 = 10000 */
     unsigned pool_per_origin; /* idle connections kept per origin; 0 = 64 */
-    unsigned max_flows;       /* concurrent guest flows; 0 = 4096 */
+    unsigned max_flows;       /* concurrent guest flows; 0 = 1024 (more are refused) */
+    unsigned pool_total;      /* idle upstream connections kept in all; 0 = 256 */
+    /* Guest-side deadlines (ms); a real client never meets the defaults. */
+    unsigned head_ms;      /* first byte of a request to its complete head; 0 = 60000 (408) */
+    unsigned keepalive_ms; /* idle between requests on a connection; 0 = 120000 (closed) */
+    unsigned body_ms;      /* no request-body progress for this long; 0 = 60000 (408) */
+    /* Request bodies: a Content-Length over this, or a longer chunked body, is 413;
+     * 0 = 1 TiB. A Content-Length that does not fit 63 bits is 400. */
+    uint64_t max_request_body;
+    /* Bodies buffered for hooks, summed over every flow of every proxy in the process;
+     * a request that would pass it gets 503. 0 = 256 MiB. */
+    size_t max_buffer_total;
     /* Host-side name overrides (like curl --resolve): "NAME=ADDR" entries, NULL-ended.
      * Copied. */
     const char *const *resolve;
@@ -116,7 +127,12 @@ const char *gd_txn_header(const gd_txn *t, int resp, const char *name);
 int gd_txn_set_header(gd_txn *t, int resp, const char *name, const char *value);
 /* Replaces the value of header i (copies). */
 int gd_txn_set_header_at(gd_txn *t, int resp, size_t i, const char *value);
+/* A new origin-form target, normalised like the guest's (gd_http_normalize_target). */
 int gd_txn_set_target(gd_txn *t, const char *target);
+/* Phases: request headers and the target change only in REQUEST_HEAD/REQUEST_BODY
+ * (before the head goes upstream), response headers only in RESPONSE_HEAD/_BODY, bodies
+ * only in their body phase, gd_txn_want_body only in a head phase; the Host header is
+ * the decided authority and never changes. Out of phase: -EPERM (want_body ignored). */
 
 /* Decisions. rule names what decided (shown to the guest and audited); reason is one
  * line. Both copied. */
@@ -148,6 +164,17 @@ void gd_txn_set_hook_name(gd_txn *t, const char *name);
 enum gd_decision gd_txn_decision(const gd_txn *t, int *status, const char **rule,
                                  const char **reason);
 const uint8_t *gd_txn_respond_body(const gd_txn *t, size_t *n, const char **content_type);
+
+/* ---- request targets (pure functions; what the proxy applies to every request) ---- */
+
+/* Canonical origin-form target: percent-escapes of unreserved characters decoded, the
+ * others in upper-case hex, dot segments removed (RFC 3986 §5.2.4), fragment dropped,
+ * query kept as sent. "*" stays. -EINVAL for a target that is not "/..." or "*", a bad
+ * escape, or a control/space/non-ASCII byte in the path. *out malloc'd. */
+int gd_http_normalize_target(const char *in, char **out);
+/* Does a normalised target's path carry something servers disagree on: an encoded '/',
+ * '\\' or NUL, a raw '\\', or a "..;" segment? Path rules never match such a path. */
+int gd_http_path_ambiguous(const char *target);
 
 /* ---- detached transactions: run hooks without a flow (policy test / explain) ---- */
 

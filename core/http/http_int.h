@@ -69,6 +69,7 @@ struct gd_proxy {
     void *close_ud;
     uv_idle_t reaper; /* fires close_cb once everything is gone */
     int reaper_on;
+    size_t nidle; /* pooled idle upstream connections */
 };
 
 struct side {
@@ -104,8 +105,9 @@ struct gd_txn {
     /* request framing */
     int64_t req_cl; /* -1 none */
     int req_chunked, head_req, websocket, expect_continue, http10, keepalive;
-    int req_done;     /* the whole request was read from the guest */
-    int req_has_body; /* framing says a body follows */
+    int req_done;                    /* the whole request was read from the guest */
+    int req_has_body;                /* framing says a body follows */
+    int req_trailers, resp_trailers; /* the parser is past the head: fields are trailers */
     /* response framing toward the guest */
     int resp_chunked_out, resp_head_sent, resp_done, resp_close;
     /* decisions */
@@ -120,6 +122,8 @@ struct gd_txn {
     uint64_t t0, up_bytes, down_bytes;
     size_t head_bytes;
     int last_was_value;
+    enum gd_phase phase;  /* the hook phase running now; 0 outside the chain */
+    size_t buffered;      /* bytes of reqbody/respbody charged to the global budget */
     const char *decision; /* audit: "allow", "deny", "respond", "error" */
     char errwhy[256];
     /* the policy layer's per-transaction slot (gd_txn_set_data) */
@@ -145,11 +149,15 @@ struct flow {
     size_t pend_off;
     struct up *up;
     struct resolve *res;
-    int err_status; /* set by a parser callback that refused input */
+    int err_status;      /* set by a parser callback that refused input */
+    const char *err_why; /* and why (static text), or NULL */
     int shutting;
-    int in_pump; /* re-entrancy guard for flow_process */
-    int kicked;  /* the empty parser run for the current request happened */
+    int in_pump; /* re-entrancy guard for gd__flow_process */
     int up_retry;
+    uv_timer_t timer; /* guest-side deadlines: keep-alive idle, head, body progress */
+    int timer_open;
+    int tkind;    /* which deadline is armed (enum in flow.c) */
+    int progress; /* guest bytes moved since the deadline was armed */
 };
 
 struct up {
@@ -180,6 +188,7 @@ void gd__resp_settings_init(void); /* upstream.c */
 /* flow.c */
 void gd__fail_txn(struct flow *f, int status, const char *rule, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+void gd__authority(const gd_txn *t, char *out, size_t cap);
 void gd__flow_close(struct flow *f);
 void gd__flow_close_after_flush(struct flow *f);
 void gd__flow_process(struct flow *f);
@@ -211,7 +220,17 @@ void gd__side_tls_free(struct side *s);
 int gd__side_tls_init(struct side *s, SSL *ssl);
 void gd__side_write(struct side *s, const void *p, size_t n, void *owner);
 
+/* target.c */
+/* "host[:port]" or "[v6]:port" into a canonical lowercase host (one trailing dot
+ * dropped; a name must be well formed, a bracketed host a valid IPv6 literal). */
+int gd__split_hostport(const char *s, size_t len, char **host, unsigned *port, unsigned dflt);
+int gd__token(const char *s); /* an RFC 9110 token (header names) */
+
 /* txn.c */
+/* Appends to a body buffered for hooks: -E2BIG over max_body_buffer, -ENOBUFS over the
+ * process-wide budget, -ENOMEM. */
+int gd__txn_buffer(gd_txn *t, struct buf *b, const void *p, size_t n);
+int gd__budget_spent(const gd_proxy *px);
 void gd__emit_event(struct flow *f, gd_txn *t);
 enum gd_decision gd__run_hooks(gd_proxy *px, gd_txn *t, enum gd_phase ph);
 void gd__txn_free(gd_txn *t);

@@ -165,6 +165,8 @@ const char *gd__reason_phrase(int s)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
     case 409:
         return "Conflict";
     case 429:

@@ -19,6 +19,37 @@
 
 /* ---- transactions ---- */
 
+/* Bytes buffered for hooks by every transaction of every proxy in the process. The
+ * loop is single-threaded per proxy, but several proxies may live on several loops. */
+static _Atomic size_t buffered_total;
+
+static void account(gd_txn *t)
+{
+    size_t now = t->reqbody.n + t->respbody.n;
+    if (now >= t->buffered)
+        buffered_total += now - t->buffered;
+    else
+        buffered_total -= t->buffered - now;
+    t->buffered = now;
+}
+
+int gd__budget_spent(const gd_proxy *px)
+{
+    return buffered_total >= px->o.max_buffer_total;
+}
+
+int gd__txn_buffer(gd_txn *t, struct buf *b, const void *p, size_t n)
+{
+    gd_proxy *px = t->f ? t->f->px : NULL;
+    if (px && b->n + n > px->o.max_body_buffer)
+        return -E2BIG;
+    if (px && buffered_total + n > px->o.max_buffer_total)
+        return -ENOBUFS;
+    int rc = gd__buf_add(b, p, n);
+    account(t);
+    return rc;
+}
+
 gd_txn *gd__txn_new(struct flow *f)
 {
     gd_txn *t = calloc(1, sizeof(*t));
@@ -52,6 +83,7 @@ void gd__txn_free(gd_txn *t)
     free(t->allow_rule);
     gd__buf_free(&t->reqbody);
     gd__buf_free(&t->respbody);
+    account(t);
     free(t);
 }
 
@@ -116,6 +148,26 @@ int gd_txn_is_websocket(const gd_txn *t)
     return t->websocket;
 }
 
+/* The phase a hook call runs in. A detached transaction (policy test) is in its request
+ * phases until gd_txn_set_response. */
+static enum gd_phase phase_of(const gd_txn *t)
+{
+    if (t->phase)
+        return t->phase;
+    if (!t->f)
+        return t->status ? GD_PHASE_RESPONSE_HEAD : GD_PHASE_REQUEST_HEAD;
+    return 0;
+}
+
+/* May a hook change the request (resp 0) or response (resp 1) head now? */
+static int head_writable(const gd_txn *t, int resp)
+{
+    enum gd_phase ph = phase_of(t);
+    if (resp)
+        return ph == GD_PHASE_RESPONSE_HEAD || ph == GD_PHASE_RESPONSE_BODY;
+    return ph == GD_PHASE_REQUEST_HEAD || ph == GD_PHASE_REQUEST_BODY;
+}
+
 size_t gd_txn_header_count(const gd_txn *t, int resp)
 {
     return resp ? t->resp.n : t->req.n;
@@ -149,6 +201,8 @@ int gd_txn_set_header(gd_txn *t, int resp, const char *name, const char *value)
     struct hdrs *h = resp ? &t->resp : &t->req;
     if (!header_ok(name, value))
         return -EINVAL;
+    if (!head_writable(t, resp) || (!resp && !strcasecmp(name, "host")))
+        return -EPERM; /* Host is the authority policy decided on */
     for (size_t i = h->n; i-- > 0;)
         if (!strcasecmp(h->v[i].name, name))
             gd__hdrs_del(h, i);
@@ -168,6 +222,8 @@ int gd_txn_set_header_at(gd_txn *t, int resp, size_t i, const char *value)
     struct hdrs *h = resp ? &t->resp : &t->req;
     if (i >= h->n || strpbrk(value, "\r\n"))
         return -EINVAL;
+    if (!head_writable(t, resp) || (!resp && !strcasecmp(h->v[i].name, "host")))
+        return -EPERM;
     char *v = strdup(value);
     if (!v)
         return -ENOMEM;
@@ -178,11 +234,14 @@ int gd_txn_set_header_at(gd_txn *t, int resp, size_t i, const char *value)
 
 int gd_txn_set_target(gd_txn *t, const char *target)
 {
-    if (target[0] != '/' || strpbrk(target, " \t\r\n"))
+    if (!head_writable(t, 0))
+        return -EPERM;
+    if (!strcmp(target, "*") || strpbrk(target, " \t\r\n"))
         return -EINVAL;
-    char *d = strdup(target);
-    if (!d)
-        return -ENOMEM;
+    char *d;
+    int rc = gd_http_normalize_target(target, &d);
+    if (rc)
+        return rc;
     free(t->target);
     t->target = d;
     return 0;
@@ -295,7 +354,8 @@ gd_txn *gd_txn_new_detached(const char *method, const char *scheme, const char *
     snprintf(t->method, sizeof(t->method), "%s", method);
     snprintf(t->scheme, sizeof(t->scheme), "%s", scheme);
     t->host = strdup(host);
-    t->target = strdup(target);
+    if (gd_http_normalize_target(target, &t->target))
+        t->target = strdup(target); /* shown as given; a guest could not have sent it */
     t->port = port;
     if (!t->host || !t->target) {
         gd__txn_free(t);
@@ -334,9 +394,10 @@ void gd_txn_free_detached(gd_txn *t)
 
 void gd_txn_want_body(gd_txn *t)
 {
-    if (t->resp_head_sent || t->status)
+    enum gd_phase ph = phase_of(t);
+    if (ph == GD_PHASE_RESPONSE_HEAD)
         t->want_resp_body = 1;
-    else
+    else if (ph == GD_PHASE_REQUEST_HEAD)
         t->want_req_body = 1;
 }
 
@@ -349,9 +410,17 @@ const uint8_t *gd_txn_body(const gd_txn *t, size_t *n)
 
 int gd_txn_set_body(gd_txn *t, const void *p, size_t n)
 {
+    enum gd_phase ph = phase_of(t);
+    if (ph != GD_PHASE_REQUEST_BODY && ph != GD_PHASE_RESPONSE_BODY && t->f)
+        return -EPERM;
     struct buf *b = t->status ? &t->respbody : &t->reqbody;
+    gd_proxy *px = t->f ? t->f->px : NULL;
+    if (px && n > b->n && buffered_total + (n - b->n) > px->o.max_buffer_total)
+        return -ENOBUFS;
     b->n = 0;
-    return gd__buf_add(b, p, n);
+    int rc = gd__buf_add(b, p, n);
+    account(t);
+    return rc;
 }
 
 /* Runs the hooks registered for phase, in order, until one does not continue. */
@@ -362,7 +431,9 @@ enum gd_decision gd__run_hooks(gd_proxy *px, gd_txn *t, enum gd_phase ph)
         if (!(h->phases & ph))
             continue;
         t->hook_name = h->name;
+        t->phase = ph;
         enum gd_decision d = h->fn(t, ph, h->ud);
+        t->phase = 0;
         t->hook_name = NULL;
         if (d == GD_CONTINUE)
             continue;

@@ -72,6 +72,10 @@ void gd__up_close(struct up *u)
     if (u->dead)
         return;
     u->dead = 1;
+    if (u->idle) {
+        u->idle = 0;
+        u->px->nidle--;
+    }
     if (u->f && u->f->up == u)
         u->f->up = NULL;
     u->f = NULL;
@@ -108,11 +112,13 @@ void gd__up_release(struct up *u, int reusable)
         f->up = NULL;
     u->f = NULL;
     if (!reusable || u->no_reuse || u->dead || u->s.eof || u->px->closing ||
+        u->px->nidle >= u->px->o.pool_total ||
         pool_count(u->px, u->key) >= u->px->o.pool_per_origin) {
         gd__up_close(u);
         return;
     }
     u->idle = 1;
+    u->px->nidle++;
     llhttp_init(&u->p, HTTP_RESPONSE, &gd__resp_settings);
     u->p.data = u;
     uv_timer_start(&u->timer, on_idle_timeout, u->px->o.idle_ms, 0);
@@ -149,6 +155,8 @@ static int on_resp_field(llhttp_t *p, const char *at, size_t n)
     struct up *u = p->data;
     if (resp_limit(u, n))
         return -1;
+    if (u->f->t->resp_trailers)
+        return 0; /* trailers are dropped: they would bypass response hooks */
     return gd__on_hdr_field(p, at, n, &u->f->t->resp, u->f->t, u->px->o.max_headers * 2);
 }
 
@@ -157,6 +165,8 @@ static int on_resp_value(llhttp_t *p, const char *at, size_t n)
     struct up *u = p->data;
     if (resp_limit(u, n))
         return -1;
+    if (u->f->t->resp_trailers)
+        return 0;
     return gd__on_hdr_value(at, n, &u->f->t->resp, u->f->t);
 }
 
@@ -249,6 +259,10 @@ static int on_resp_headers_complete(llhttp_t *p)
         return 0; /* interim: dropped in on_resp_complete */
     if (t->status == 101 && !t->websocket)
         return -1;
+    for (size_t i = 0; i < t->resp.n; i++)
+        if (!gd__token(t->resp.v[i].name))
+            return -1; /* -> 502: a name that is not a token never reaches the guest */
+    t->resp_trailers = 1;
     if (gd__run_hooks(f->px, t, GD_PHASE_RESPONSE_HEAD) != GD_CONTINUE)
         return HPE_PAUSED;
     if (t->status == 101) {
@@ -268,11 +282,8 @@ static int on_resp_body(llhttp_t *p, const char *at, size_t n)
     gd_txn *t = f->t;
     if (t->denied)
         return 0;
-    if (t->want_resp_body) {
-        if (t->respbody.n + n > u->px->o.max_body_buffer)
-            return -1;
-        return gd__buf_add(&t->respbody, at, n) ? -1 : 0;
-    }
+    if (t->want_resp_body)
+        return gd__txn_buffer(t, &t->respbody, at, n) ? -1 : 0;
     send_resp_body(f, t, at, n);
     return 0;
 }
@@ -583,24 +594,16 @@ void gd__send_req_head(struct flow *f, gd_txn *t)
 {
     struct buf b = {0};
     const char *conn = gd__hdrs_get(&t->req, "connection");
-    gd__buf_printf(&b, "%s %s HTTP/1.1\r\n", t->method, t->target);
-    int have_host = 0;
+    char auth[300];
+    gd__authority(t, auth, sizeof(auth));
+    /* origin form, and the Host policy decided on: never one the guest or a hook wrote */
+    gd__buf_printf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", t->method, t->target, auth);
     for (size_t i = 0; i < t->req.n; i++) {
         const char *n = t->req.v[i].name;
-        if (is_hop_header(n, conn) || !strcasecmp(n, "expect") || !strcasecmp(n, "content-length"))
+        if (is_hop_header(n, conn) || !strcasecmp(n, "expect") ||
+            !strcasecmp(n, "content-length") || !strcasecmp(n, "host"))
             continue;
-        if (!strcasecmp(n, "host"))
-            have_host = 1;
         gd__buf_printf(&b, "%s: %s\r\n", n, t->req.v[i].value);
-    }
-    if (!have_host) {
-        int dflt = (!strcmp(t->scheme, "https") && t->port == 443) ||
-                   (!strcmp(t->scheme, "http") && t->port == 80);
-        int v6 = strchr(t->host, ':') != NULL;
-        if (dflt)
-            gd__buf_printf(&b, v6 ? "Host: [%s]\r\n" : "Host: %s\r\n", t->host);
-        else
-            gd__buf_printf(&b, v6 ? "Host: [%s]:%u\r\n" : "Host: %s:%u\r\n", t->host, t->port);
     }
     if (t->websocket)
         gd__buf_printf(&b, "Connection: Upgrade\r\nUpgrade: websocket\r\n");
@@ -786,6 +789,7 @@ void gd__start_request(struct flow *f)
             if (!u->idle || u->dead || strncmp(u->key, prefix, (size_t)pl))
                 continue;
             u->idle = 0;
+            px->nidle--;
             u->reused = 1;
             u->got_bytes = 0;
             u->f = f;

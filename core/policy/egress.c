@@ -293,8 +293,9 @@ static int rule_matches(const struct gd_allow_rule *r, gd_txn *t)
     }
     if (r->method && strcmp(r->method, gd_txn_method(t)))
         return 0;
-    if (r->path && strncmp(gd_txn_target(t), r->path, strlen(r->path)))
-        return 0;
+    if (r->path &&
+        (gd_http_path_ambiguous(gd_txn_target(t)) || !gd_path_match(r->path, gd_txn_target(t))))
+        return 0; /* an encoded '/' or '\\' means different paths to different servers */
     return 1;
 }
 
@@ -314,9 +315,12 @@ enum gd_decision gd_egress_hook_allow(gd_txn *t, enum gd_phase ph, void *ud)
     if (!e->nallow)
         return gd_txn_deny(t, 403, "default-deny",
                            "no --allow-host rule: this sandbox has no network egress");
-    return gd_txn_deny(t, 403, "allow-host", "no --allow-host rule matches %s %s://%s:%u%s",
+    return gd_txn_deny(t, 403, "allow-host", "no --allow-host rule matches %s %s://%s:%u%s%s",
                        gd_txn_method(t), gd_txn_scheme(t), gd_txn_host(t), gd_txn_port(t),
-                       gd_txn_target(t));
+                       gd_txn_target(t),
+                       gd_http_path_ambiguous(gd_txn_target(t))
+                           ? " (an encoded '/', '\\' or NUL in a path never matches a path rule)"
+                           : "");
 }
 
 enum gd_decision gd_egress_hook_internal(gd_txn *t, enum gd_phase ph, void *ud)
@@ -334,8 +338,13 @@ enum gd_decision gd_egress_hook_internal(gd_txn *t, enum gd_phase ph, void *ud)
                        gd_txn_host(t), gd_txn_addr(t), range, gd_txn_host(t));
 }
 
-static enum gd_decision secret_denied(gd_txn *t, const struct gd_secret *s)
+static enum gd_decision secret_denied(gd_txn *t, const struct gd_secret *s, int rc)
 {
+    if (rc == -EPROTO)
+        return gd_txn_deny(t, 403, "secret-cleartext",
+                           "secret %s is only sent over HTTPS, not to http://%s (--host-secret "
+                           "%s@http://%s allows cleartext)",
+                           s->name, gd_txn_host(t), s->name, gd_txn_host(t));
     char hosts[300] = "";
     size_t k = 0;
     for (size_t i = 0; i < s->nhosts && k < sizeof(hosts) - 1; i++)
@@ -351,6 +360,7 @@ enum gd_decision gd_egress_hook_secrets(gd_txn *t, enum gd_phase ph, void *ud)
     if (!e->nsecrets)
         return GD_CONTINUE;
     const char *host = gd_txn_host(t);
+    int tls = !strcmp(gd_txn_scheme(t), "https");
     size_t n = gd_txn_header_count(t, 0);
     for (size_t i = 0; i < n; i++) {
         const char *name, *value;
@@ -358,9 +368,9 @@ enum gd_decision gd_egress_hook_secrets(gd_txn *t, enum gd_phase ph, void *ud)
         int basic = !strcasecmp(name, "authorization");
         char *out = NULL;
         const struct gd_secret *which = NULL;
-        int rc = gd_secrets_apply(e->secrets, e->nsecrets, host, value, basic, &out, &which);
-        if (rc == -EACCES)
-            return secret_denied(t, which);
+        int rc = gd_secrets_apply(e->secrets, e->nsecrets, host, tls, value, basic, &out, &which);
+        if (rc == -EACCES || rc == -EPROTO)
+            return secret_denied(t, which, rc);
         if (rc)
             return gd_txn_deny(t, 500, "secrets", "out of memory");
         if (out) {
@@ -375,15 +385,17 @@ enum gd_decision gd_egress_hook_secrets(gd_txn *t, enum gd_phase ph, void *ud)
     const char *target = gd_txn_target(t);
     char *out = NULL;
     const struct gd_secret *which = NULL;
-    int rc = gd_secrets_apply(e->secrets, e->nsecrets, host, target, 0, &out, &which);
+    int rc = gd_secrets_apply(e->secrets, e->nsecrets, host, 1, target, 0, &out, &which);
     if (rc == -EACCES)
-        return secret_denied(t, which);
+        return secret_denied(t, which, rc);
     free(out);
     const char *q = strchr(target, '?');
     if (e->secrets_in_query && q) {
         /* only the query part changes */
         out = NULL;
-        rc = gd_secrets_apply(e->secrets, e->nsecrets, host, q, 0, &out, &which);
+        rc = gd_secrets_apply(e->secrets, e->nsecrets, host, tls, q, 0, &out, &which);
+        if (rc == -EPROTO)
+            return secret_denied(t, which, rc);
         if (out) {
             size_t pl = (size_t)(q - target), ol = strlen(out);
             char *nt = malloc(pl + ol + 1);

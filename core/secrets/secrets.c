@@ -53,6 +53,9 @@ int gd_secret_parse(const char *spec, struct gd_secret *s, struct gd_err *err)
     }
     char *save = NULL;
     for (char *h = strtok_r(hl, ",", &save); h; h = strtok_r(NULL, ",", &save)) {
+        int clear = !strncasecmp(h, "http://", 7);
+        if (clear)
+            h += 7;
         if (gd_host_pattern_check(h)) {
             gd_err_set(err, -EINVAL, "secret %s: bad host pattern '%s'", s->name, h);
             free(hl);
@@ -60,14 +63,17 @@ int gd_secret_parse(const char *spec, struct gd_secret *s, struct gd_err *err)
             return -EINVAL;
         }
         char **v = realloc(s->hosts, (s->nhosts + 1) * sizeof(*v));
-        if (!v || !(v[s->nhosts] = strdup(h))) {
-            if (v)
-                s->hosts = v;
+        if (v)
+            s->hosts = v;
+        unsigned char *c = realloc(s->cleartext, s->nhosts + 1);
+        if (c)
+            s->cleartext = c;
+        if (!v || !c || !(v[s->nhosts] = strdup(h))) {
             free(hl);
             gd_secret_free(s);
             return gd_err_set(err, -ENOMEM, "out of memory");
         }
-        s->hosts = v;
+        c[s->nhosts] = (unsigned char)clear;
         s->nhosts++;
     }
     free(hl);
@@ -96,6 +102,7 @@ void gd_secret_free(struct gd_secret *s)
     for (size_t i = 0; i < s->nhosts; i++)
         free(s->hosts[i]);
     free(s->hosts);
+    free(s->cleartext);
     memset(s, 0, sizeof(*s));
 }
 
@@ -103,6 +110,14 @@ int gd_secret_in_scope(const struct gd_secret *s, const char *host)
 {
     for (size_t i = 0; i < s->nhosts; i++)
         if (gd_host_match(s->hosts[i], host))
+            return 1;
+    return 0;
+}
+
+int gd_secret_cleartext_ok(const struct gd_secret *s, const char *host)
+{
+    for (size_t i = 0; i < s->nhosts; i++)
+        if (s->cleartext[i] && gd_host_match(s->hosts[i], host))
             return 1;
     return 0;
 }
@@ -135,8 +150,8 @@ static char *replace_all(const char *in, const char *from, const char *to, int *
     return o;
 }
 
-static int apply_plain(const struct gd_secret *v, size_t n, const char *host, const char *in,
-                       char **out, const struct gd_secret **which)
+static int apply_plain(const struct gd_secret *v, size_t n, const char *host, int tls,
+                       const char *in, char **out, const struct gd_secret **which)
 {
     char *cur = NULL;
     for (size_t i = 0; i < n; i++) {
@@ -152,6 +167,11 @@ static int apply_plain(const struct gd_secret *v, size_t n, const char *host, co
         }
         if (!has_ph)
             continue;
+        if (!tls && !gd_secret_cleartext_ok(&v[i], host)) {
+            free(cur);
+            *which = &v[i];
+            return -EPROTO;
+        }
         int oom = 0;
         char *nx = replace_all(src, v[i].placeholder, v[i].value, &oom);
         if (oom) {
@@ -195,14 +215,14 @@ static char *basic_decode(const char *tok)
     return (char *)dec;
 }
 
-int gd_secrets_apply(const struct gd_secret *v, size_t n, const char *host, const char *in,
+int gd_secrets_apply(const struct gd_secret *v, size_t n, const char *host, int tls, const char *in,
                      int basic, char **out, const struct gd_secret **which)
 {
     *out = NULL;
     char *dec = basic && !strncasecmp(in, "Basic ", 6) ? basic_decode(in + 6) : NULL;
     if (dec) {
         char *sub = NULL;
-        int rc = apply_plain(v, n, host, dec, &sub, which);
+        int rc = apply_plain(v, n, host, tls, dec, &sub, which);
         memset(dec, 0, strlen(dec));
         free(dec);
         if (rc)
@@ -220,7 +240,7 @@ int gd_secrets_apply(const struct gd_secret *v, size_t n, const char *host, cons
             return enc ? 0 : -ENOMEM;
         }
     }
-    return apply_plain(v, n, host, in, out, which);
+    return apply_plain(v, n, host, tls, in, out, which);
 }
 
 char *gd_secrets_redact(const struct gd_secret *v, size_t n, const char *in)

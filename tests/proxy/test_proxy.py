@@ -133,11 +133,12 @@ def main():
     flags = up.flags(f"good.test:{H}", f"good.test:{S}", f"other.test:{H}", f"other.test:{S}",
                      f"GET echo.test:{H}/echo", f"evil.test:{H}", f"127.0.0.1:{H}", "169.254.169.254",
                      f"[::ffff:127.0.0.1]:{H}", "[64:ff9b::a00:1]",
-                     secrets=["TOKEN@good.test=real-token-123"], extra=["--inspect-bodies"])
+                     secrets=["TOKEN@good.test=real-token-123", "PLAIN@http://good.test=plain-value-456"],
+                     extra=["--inspect-bodies"])
     px = Proxy(up, flags, env={"GD_PROXY_MAX_BODY": "100000"})
     tok = px.secrets["TOKEN"]
     subst = {
-        "{HTTP}": str(H), "{HTTPS}": str(S), "{TOKEN}": tok,
+        "{HTTP}": str(H), "{HTTPS}": str(S), "{TOKEN}": tok, "{PLAIN}": px.secrets["PLAIN"],
         "{BASIC_USER_TOKEN}": base64.b64encode(f"user:{tok}".encode()).decode(),
         "{BIG70K}": "a" * 70000,
         "{MANY200}": "".join(f"X-H{i}: {i}\r\n" for i in range(200)),
@@ -261,7 +262,7 @@ def concurrent(px, H, S, **_):
         s.sendall(f"GET /bytes?n={1000 + i} HTTP/1.1\r\nHost: good.test:{S}\r\n\r\n".encode())
     for i, s in enumerate(socks):
         st, _, body = read_response(s)
-        expect(st == 200 and len(body) == 1000 + i, f"conn {i}: {st} {len(body)}")
+        expect(st == 200 and len(body) == 1000 + i, f"conn {i}: {st} {len(body)} {body[:200]!r}")
         s.close()
 
 
@@ -290,7 +291,7 @@ def untrusted_upstream(up, H, S, **_):
 @test
 def query_opt_in(up, H, **_):
     """--secrets-in-query substitutes in the query string only"""
-    p = Proxy(up, up.flags(f"good.test:{H}", secrets=["TOKEN@good.test=real-token-123"],
+    p = Proxy(up, up.flags(f"good.test:{H}", secrets=["TOKEN@http://good.test=real-token-123"],
                            extra=["--secrets-in-query"]))
     try:
         tok = p.secrets["TOKEN"]
@@ -307,7 +308,7 @@ def query_opt_in(up, H, **_):
 def audit_log(up, H, **_):
     """--audit writes one JSON line per decision, with secrets redacted"""
     path = os.path.join(up.dir, "audit.jsonl")
-    p = Proxy(up, up.flags(f"good.test:{H}", secrets=["TOKEN@good.test=real-token-123"],
+    p = Proxy(up, up.flags(f"good.test:{H}", secrets=["TOKEN@http://good.test=real-token-123"],
                            extra=["--audit", path]))
     try:
         tok = p.secrets["TOKEN"]
@@ -333,6 +334,262 @@ def audit_log(up, H, **_):
     expect(d["decision"] == "deny" and d["status"] == 403 and d["rule"] == "allow-host", d)
     expect("real-token-123" not in open(path).read(), "real secret value in the audit log")
     expect("[secret TOKEN]" in leak["path"], leak["path"])
+
+
+# ---- hardening: each of these was a bypass or an unbounded resource before ----
+
+def upstream_log(px, H):
+    s = px.connect()
+    s.sendall(f"GET /_log HTTP/1.1\r\nHost: good.test:{H}\r\n\r\n".encode())
+    st, _, body = read_response(s)
+    s.close()
+    expect(st == 200, f"/_log: {st}")
+    return json.loads(body)
+
+
+def closed_within(s, seconds):
+    """Reads until the peer closes or resets; True if that happened in time."""
+    s.settimeout(seconds)
+    try:
+        while s.recv(65536):
+            pass
+        return True
+    except (ConnectionResetError, ssl.SSLError, OSError) as e:
+        return not isinstance(e, socket.timeout)
+
+
+def open_fds(p):
+    return len(os.listdir(f"/proc/{p.p.pid}/fd"))
+
+
+@test
+def smuggle_huge_content_length(px, H, **_):
+    """a Content-Length of 2^63 or 2^64-1 is 400 and nothing after it reaches the upstream"""
+    for cl in ("9223372036854775808", "18446744073709551615"):
+        s = px.connect()
+        s.sendall((f"POST /echo HTTP/1.1\r\nHost: good.test:{H}\r\nContent-Length: {cl}\r\n\r\n"
+                   f"POST /admin-{cl} HTTP/1.1\r\nHost: evil.test\r\nContent-Length: 0\r\n\r\n").encode())
+        st, head, body = read_response(s)
+        expect(st == 400 and b"Content-Length out of range" in body, f"{st} {body!r}")
+        expect(closed_within(s, 5), "connection left open after a framing error")
+        s.close()
+        expect(not any("/admin" in l for l in upstream_log(px, H)), "smuggled request reached upstream")
+
+
+@test
+def absolute_form_host_is_the_decided_one(px, up, H, S, **_):
+    """absolute-form target: the URL's authority is the Host sent upstream, with the secret"""
+    tok = px.secrets["TOKEN"]
+    s = px.connect("good.test")
+    s.sendall((f"GET https://good.test:{S}/echo HTTP/1.1\r\nHost: evil.test\r\n"
+               f"Authorization: Bearer {tok}\r\n\r\n").encode())
+    st, _, body = read_response(s)
+    doc = json.loads(body)
+    expect(st == 200 and doc["headers"]["host"] == f"good.test:{S}", doc["headers"])
+    expect(doc["path"] == "/echo", f"origin form upstream: {doc['path']}")
+    s = px.connect()
+    s.sendall(f"GET http://good.test:{H}?q=1 HTTP/1.1\r\nHost: evil.test\r\n\r\n".encode())
+    st, _, body = read_response(s)
+    doc = json.loads(body) if st == 200 else {}
+    expect(st == 404 or (st == 200 and doc["headers"]["host"] == f"good.test:{H}"), f"{st} {body!r}")
+    log = upstream_log(px, H)
+    expect(not any(l.endswith(" evil.test") for l in log), f"Host: evil.test went upstream: {log}")
+    expect(any(l == f"GET /?q=1 good.test:{H}" for l in log), f"query-only absolute URL: {log}")
+
+
+@test
+def pipelined_after_denials(px, H, **_):
+    """pipelined requests after a head-phase and a connect-phase denial get real answers"""
+    s = px.connect()
+    s.sendall((f"GET /a HTTP/1.1\r\nHost: nope.test:{H}\r\n\r\n"
+               f"GET /b HTTP/1.1\r\nHost: evil.test:{H}\r\n\r\n"
+               f"GET /bytes?n=5 HTTP/1.1\r\nHost: good.test:{H}\r\n\r\n").encode())
+    data, out = b"", []
+    s.settimeout(10)
+    while len(out) < 3:
+        c = s.recv(65536)
+        expect(c, f"connection closed after {len(out)} responses")
+        data += c
+        while b"\r\n\r\n" in data:  # every answer here carries a Content-Length
+            head, _, rest = data.partition(b"\r\n\r\n")
+            n = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(rest) < n:
+                break
+            text = head.decode("latin-1")
+            out.append((int(text.split()[1]), text, rest[:n]))
+            data = rest[n:]
+    (st1, h1, _), (st2, h2, _), (st3, h3, b3) = out
+    expect(st1 == 403 and "allow-host" in h1, h1)
+    expect(st2 == 403 and "internal-ranges" in h2 and "keep-alive" in h2, h2)
+    expect(st3 == 200 and b3 == b"xxxxx", f"third: {st3} {h3[:200]} {b3!r}")
+    s.close()
+
+
+@test
+def path_rules_on_normalised_paths(up, H, **_):
+    """a stock python3 -m http.server behind a /pub/ rule never serves /private.txt"""
+    import tempfile, http.server  # noqa: F401
+    root = tempfile.mkdtemp(prefix="gd-pub-")
+    os.mkdir(os.path.join(root, "pub"))
+    open(os.path.join(root, "pub", "ok.txt"), "w").write("public\n")
+    open(os.path.join(root, "private.txt"), "w").write("SECRET FILE\n")
+    srv = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "0"],
+                           cwd=root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = srv.stdout.readline()
+    port = int(line.split("port ")[1].split()[0])
+    p = Proxy(up, up.flags(f"GET good.test:{port}/pub/", f"GET good.test:{port}/echo"))
+    try:
+        def get(path):
+            s = p.connect()
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: good.test:{port}\r\n\r\n".encode())
+            r = read_response(s)
+            s.close()
+            return r
+        st, _, body = get("/pub/ok.txt")
+        expect(st == 200 and body == b"public\n", f"allowed file: {st} {body!r}")
+        st, _, body = get("/pub/%6fk.txt")
+        expect(st == 200 and body == b"public\n", f"encoded unreserved: {st} {body!r}")
+        for bad in ("/pub/../private.txt", "/pub/%2e%2e/private.txt", "/pub/%2E%2E/private.txt",
+                    "/pub/..%2fprivate.txt", "/pub/..%5cprivate.txt", "/pub/.%2e/private.txt",
+                    "/pub/x/../../private.txt", "/pub\\..\\private.txt", "/pub/..;/private.txt",
+                    "/echoadmin", "/pub", "/private.txt"):
+            st, head, body = get(bad)
+            expect(st in (400, 403) and b"SECRET" not in body, f"{bad}: {st} {body[:80]!r}")
+        st, _, _ = get("/pub/%zz")
+        expect(st == 400, f"bad escape: {st}")
+    finally:
+        p.close()
+        srv.kill()
+        srv.wait()
+
+
+@test
+def chunked_trailers_never_become_headers(px, H, **_):
+    """request trailers (secret, Host) after a buffered chunked body are dropped"""
+    tok = px.secrets["TOKEN"]
+    s = px.connect()
+    s.sendall((f"POST /echo HTTP/1.1\r\nHost: other.test:{H}\r\nTransfer-Encoding: chunked\r\n\r\n"
+               f"5\r\nhello\r\n0\r\nX-Real: {tok}\r\nHost: evil.test\r\n\r\n").encode())
+    st, _, body = read_response(s)
+    doc = json.loads(body)
+    expect(st == 200 and doc["body_len"] == 5, f"{st} {body[:200]!r}")
+    expect("x-real" not in doc["headers"] and doc["headers"]["host"] == f"other.test:{H}", doc["headers"])
+    expect(b"real-token-123" not in body, "secret reached an out-of-scope host")
+
+
+@test
+def guest_eof_mid_body_frees_both_sides(up, H, **_):
+    """uploads abandoned mid-body to a non-reading upstream: every fd is given back"""
+    p = Proxy(up, up.flags(f"good.test:{H}"))
+    try:
+        base = open_fds(p)
+        socks = []
+        for i in range(40):
+            s = p.connect()
+            s.sendall(f"POST /sink HTTP/1.1\r\nHost: good.test:{H}\r\nContent-Length: 100000000\r\n\r\n".encode())
+            s.sendall(b"u" * 200000)
+            socks.append(s)
+        time.sleep(1)
+        expect(open_fds(p) >= base + 40, f"uploads not open: {open_fds(p)} vs {base}")
+        for s in socks:
+            s.close()
+        deadline = time.time() + 5
+        while time.time() < deadline and open_fds(p) > base + 2:
+            time.sleep(0.1)
+        expect(open_fds(p) <= base + 2, f"{open_fds(p) - base} fds left after the guest closed")
+    finally:
+        p.close()
+
+
+@test
+def guest_side_deadlines(up, H, **_):
+    """slowloris head, idle keep-alive and a stalled body meet their deadlines (408 / close)"""
+    p = Proxy(up, up.flags(f"good.test:{H}"),
+              env={"GD_PROXY_HEAD_MS": "700", "GD_PROXY_KEEPALIVE_MS": "700", "GD_PROXY_BODY_MS": "700"})
+    try:
+        s = p.connect()
+        t0 = time.time()
+        s.sendall(b"GET /echo HTTP/1.1\r\n")
+        for _ in range(5):  # a trickle does not extend the head deadline
+            time.sleep(0.2)
+            try:
+                s.sendall(b"X-A: b\r\n")
+            except OSError:
+                break
+        st, _, body = read_response(s)
+        expect(st == 408 and b"request head" in body, f"head: {st} {body!r}")
+        expect(time.time() - t0 < 3, "head deadline not met")
+        s = p.connect()
+        s.sendall(f"GET /bytes?n=3 HTTP/1.1\r\nHost: good.test:{H}\r\n\r\n".encode())
+        st, _, body = read_response(s)
+        expect(st == 200, f"keep-alive request {st}")
+        t0 = time.time()
+        expect(closed_within(s, 5) and time.time() - t0 < 3, "idle keep-alive connection not closed")
+        s = p.connect()
+        s.sendall(f"POST /echo HTTP/1.1\r\nHost: good.test:{H}\r\nContent-Length: 10\r\n\r\nabc".encode())
+        st, _, body = read_response(s)
+        expect(st == 408 and b"request body" in body, f"body: {st} {body!r}")
+    finally:
+        p.close()
+
+
+@test
+def buffering_budget_and_flow_limit(up, H, **_):
+    """buffered bodies share a global budget (503 beyond it); flows per proxy are capped"""
+    p = Proxy(up, up.flags(f"good.test:{H}", extra=["--inspect-bodies"]),
+              env={"GD_PROXY_MAX_BODY": "400000", "GD_PROXY_MAX_BUFFER_TOTAL": "300000",
+                   "GD_PROXY_MAX_FLOWS": "8"})
+    try:
+        hdr = f"POST /echo HTTP/1.1\r\nHost: good.test:{H}\r\nContent-Length: 200000\r\n\r\n".encode()
+        a = p.connect()
+        a.sendall(hdr + b"a" * 180000)
+        time.sleep(0.3)
+        b = p.connect()
+        b.sendall(hdr + b"b" * 150000)
+        st, _, body = read_response(b)
+        expect(st == 503 and b"budget" in body, f"second buffered upload: {st} {body!r}")
+        b.close()
+        a.sendall(b"a" * 20000)
+        st, _, body = read_response(a)
+        expect(st == 200 and json.loads(body)["body_len"] == 200000, f"first upload: {st}")
+        a.close()
+        time.sleep(0.2)
+        c = p.connect()
+        c.sendall(hdr + b"c" * 200000)
+        st, _, _ = read_response(c)
+        expect(st == 200, f"budget given back: {st}")
+        c.close()
+        time.sleep(0.2)
+        held = [p.connect() for _ in range(8)]
+        time.sleep(0.3)
+        extra = p.connect()
+        expect(closed_within(extra, 3), "a flow over the limit was served")
+        for s in held:
+            s.close()
+    finally:
+        p.close()
+
+
+@test
+def upstream_reset_mid_body_aborts_guest(px, H, S, **_):
+    """an upstream RST after part of a response ends the guest's response at once"""
+    for sni, port in ((None, H), ("good.test", S)):
+        s = px.connect(sni)
+        s.sendall(f"GET /rst?n=100000 HTTP/1.1\r\nHost: good.test:{port}\r\n\r\n".encode())
+        t0 = time.time()
+        got = b""
+        s.settimeout(10)
+        try:
+            while True:
+                c = s.recv(65536)
+                if not c:
+                    break
+                got += c
+        except (ConnectionResetError, ssl.SSLError, socket.timeout) as e:
+            expect(not isinstance(e, socket.timeout), "guest left hanging")
+        expect(time.time() - t0 < 3, f"took {time.time() - t0:.1f}s")
+        expect(got.startswith(b"HTTP/1.1 200") and len(got) < (1 << 20), "partial response then abort")
+        s.close()
 
 
 if __name__ == "__main__":

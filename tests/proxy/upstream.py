@@ -11,12 +11,16 @@ Endpoints:
   /die?n=N         promises 2N bytes, sends N, then drops the connection
   /status?code=C   an empty response with status C
   /ws              WebSocket echo (text and binary frames)
+  /rst?n=N         promises 1 MiB, sends N bytes, then resets the connection (RST)
+  /sink            reads nothing of the body, answers nothing; holds the connection 60 s
+  /_log            JSON list of "METHOD target host" of every request so far (not itself)
 """
 import argparse, base64, hashlib, json, os, socket, ssl, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse, parse_qs
 
 CONN = [0]
+LOG = []
 
 
 class H(BaseHTTPRequestHandler):
@@ -61,8 +65,26 @@ class H(BaseHTTPRequestHandler):
 
     def handle_any(self):
         path, q = self.q()
+        if path == "/_log":
+            return self.send(200, json.dumps(LOG).encode(), "application/json")
+        LOG.append(f"{self.command} {self.path} {self.headers.get('Host', '')}")
         if path == "/ws":
             return self.websocket()
+        if path == "/sink":
+            import time
+            time.sleep(60)
+            self.close_connection = True
+            return
+        if path == "/rst":
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            self.wfile.write(b"r" * int(q.get("n", "100000")))
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            self.connection.close()
+            self.close_connection = True
+            return
         data, chunked = self.body()
         if path.startswith("/echo"):
             doc = {
@@ -156,7 +178,9 @@ def main():
     ap.add_argument("--bind", default="127.0.0.1")
     ap.add_argument("--tls", nargs=2)
     a = ap.parse_args()
-    srv = ThreadingHTTPServer((a.bind, a.port), H)
+    class Srv(ThreadingHTTPServer):
+        request_queue_size = 256  # the default 5 drops SYNs of concurrent tests (1 s retries)
+    srv = Srv((a.bind, a.port), H)
     srv.daemon_threads = True
     if a.tls:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
