@@ -72,8 +72,13 @@ void gd__fail_txn(struct flow *f, int status, const char *rule, const char *fmt,
         return;
     }
     if (t->resp_head_sent || f->kind == GD_FLOW_RAW) {
+        /* the guest has a head: only cutting the connection can tell it the response
+         * failed. A length or chunked body cut short is an error to any client; a
+         * close-delimited one ends in a reset where the socket is TCP (a plain close
+         * would read as a complete body) */
         snprintf(t->errwhy, sizeof(t->errwhy), "%s", why);
         t->decision = "error";
+        f->abort = t->resp_eof_body;
         gd__emit_event(f, t);
         gd__txn_free(t);
         f->t = NULL;
@@ -149,7 +154,9 @@ void gd__flow_close(struct flow *f)
     }
     if (f->timer_open)
         uv_close((uv_handle_t *)&f->timer, on_flow_timer_closed);
-    if (f->g.open)
+    if (f->g.open && f->abort && f->g.u.h.type == UV_TCP)
+        uv_tcp_close_reset(&f->g.u.tcp, on_flow_closed);
+    else if (f->g.open)
         uv_close(&f->g.u.h, on_flow_closed);
     else if (!f->timer_open)
         flow_free(f);

@@ -110,6 +110,7 @@ struct gd_txn {
     int req_trailers, resp_trailers; /* the parser is past the head: fields are trailers */
     /* response framing toward the guest */
     int resp_chunked_out, resp_head_sent, resp_done, resp_close;
+    int resp_eof_body; /* the guest's body ends at close (a 1.0 client, no length) */
     /* decisions */
     int denied; /* a deny/respond was produced */
     int dstatus;
@@ -152,6 +153,7 @@ struct flow {
     int err_status;      /* set by a parser callback that refused input */
     const char *err_why; /* and why (static text), or NULL */
     int shutting;
+    int abort;   /* close with a reset where the socket allows it */
     int in_pump; /* re-entrancy guard for gd__flow_process */
     int up_retry;
     uv_timer_t timer; /* guest-side deadlines: keep-alive idle, head, body progress */

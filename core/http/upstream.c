@@ -217,7 +217,7 @@ static void send_resp_head(struct flow *f, gd_txn *t, int buffered)
             gd__buf_printf(&b, "Content-Length: %zu\r\n", t->respbody.n);
     } else if (!nobody && (chunked_upstream || !upstream_cl)) {
         if (t->http10)
-            t->resp_close = 1; /* close-delimited toward a 1.0 client */
+            t->resp_close = t->resp_eof_body = 1; /* close-delimited toward a 1.0 client */
         else {
             t->resp_chunked_out = 1;
             gd__buf_printf(&b, "Transfer-Encoding: chunked\r\n");

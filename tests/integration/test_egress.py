@@ -253,6 +253,53 @@ echo "GIT_TERMINAL_PROMPT=$GIT_TERMINAL_PROMPT"
         srv.wait()
 
 
+@test
+def hardening(up):
+    """in a real guest: an upstream reset mid-response fails curl at once (plain and TLS);
+    a secret is refused over cleartext HTTP; curl --path-as-is cannot climb out of a
+    path rule; a hand-written smuggling request is 400"""
+    H, S = up.http_port, up.https_port
+    flags = up.flags(f"good.test:{H}", f"good.test:{S}", f"GET echo.test:{H}/echo",
+                     secrets=["API_TOKEN@good.test=s3cret-value-42"])
+    script = f"""
+for u in http://good.test:{H}/rst?n=100000 https://good.test:{S}/rst?n=100000; do
+  t0=$(date +%s%N); curl -sS -m 60 -o /dev/null "$u" 2>/dev/null; rc=$?; t1=$(date +%s%N)
+  echo "RST rc=$rc ms=$(( (t1 - t0) / 1000000 ))"
+done
+curl -sS -m 20 -H "Authorization: Bearer $API_TOKEN" -o /tmp/b -w 'CLEAR %{{http_code}}\\n' http://good.test:{H}/echo
+head -c 300 /tmp/b; echo
+curl -sS -m 20 -H "Authorization: Bearer $API_TOKEN" -o /dev/null -w 'TLS %{{http_code}}\\n' https://good.test:{S}/echo
+curl -sS -m 20 --path-as-is -o /dev/null -w 'CLIMB %{{http_code}}\\n' 'http://echo.test:{H}/echo/../_log'
+curl -sS -m 20 --path-as-is -o /dev/null -w 'CLIMB2 %{{http_code}}\\n' 'http://echo.test:{H}/echo/..%2f_log'
+python3 - <<'PY'
+import socket
+s = socket.create_connection(("good.test", {H}), timeout=20)
+s.sendall(b"POST /echo HTTP/1.1\\r\\nHost: good.test:{H}\\r\\nContent-Length: 9223372036854775808\\r\\n\\r\\n"
+          b"POST /smuggled HTTP/1.1\\r\\nHost: evil.test\\r\\n\\r\\n")
+print("SMUGGLE", s.recv(200).split(b"\\r\\n")[0].decode())
+PY
+"""
+    rc, out, err = gexec(flags, script)
+    rst = [l for l in out.splitlines() if l.startswith("RST")]
+    expect(len(rst) == 2, out + err)
+    for l in rst:
+        w = dict(kv.split("=") for kv in l.split()[1:])
+        expect(w["rc"] not in ("0", "28") and int(w["ms"]) < 15000, f"reset not propagated: {l}")
+    expect("CLEAR 403" in out and "secret-cleartext" in out, out)
+    expect("TLS 200" in out, out)
+    expect("CLIMB 403" in out and "CLIMB2 403" in out, out)
+    expect("SMUGGLE HTTP/1.1 400" in out, out)
+    s = socket.create_connection(("127.0.0.1", H), timeout=10)
+    s.sendall(f"GET /_log HTTP/1.1\r\nHost: good.test:{H}\r\nConnection: close\r\n\r\n".encode())
+    log = b""
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        log += c
+    expect(b"/smuggled" not in log, "smuggled request reached the upstream")
+
+
 def main():
     up = Upstreams()
     passed = failed = 0

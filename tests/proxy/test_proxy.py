@@ -590,6 +590,17 @@ def upstream_reset_mid_body_aborts_guest(px, H, S, **_):
         expect(time.time() - t0 < 3, f"took {time.time() - t0:.1f}s")
         expect(got.startswith(b"HTTP/1.1 200") and len(got) < (1 << 20), "partial response then abort")
         s.close()
+    # an HTTP/1.0 client reads a close-delimited body: a clean close would look complete
+    s = px.connect()
+    s.sendall(f"GET /rst?n=50000&close=1 HTTP/1.0\r\nHost: good.test:{H}\r\n\r\n".encode())
+    s.settimeout(10)
+    try:
+        while s.recv(65536):
+            pass
+        raise AssertionError("close-delimited body ended cleanly after an upstream reset")
+    except ConnectionResetError:
+        pass
+    s.close()
 
 
 if __name__ == "__main__":

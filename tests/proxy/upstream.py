@@ -11,7 +11,7 @@ Endpoints:
   /die?n=N         promises 2N bytes, sends N, then drops the connection
   /status?code=C   an empty response with status C
   /ws              WebSocket echo (text and binary frames)
-  /rst?n=N         promises 1 MiB, sends N bytes, then resets the connection (RST)
+  /rst?n=N[&close=1] promises 1 MiB (or no length), sends N bytes, then resets (RST)
   /sink            reads nothing of the body, answers nothing; holds the connection 60 s
   /_log            JSON list of "METHOD target host" of every request so far (not itself)
 """
@@ -77,7 +77,10 @@ class H(BaseHTTPRequestHandler):
             return
         if path == "/rst":
             self.send_response(200)
-            self.send_header("Content-Length", str(1 << 20))
+            if q.get("close"):  # close-delimited: only the reset says it failed
+                self.send_header("Connection", "close")
+            else:
+                self.send_header("Content-Length", str(1 << 20))
             self.end_headers()
             self.wfile.write(b"r" * int(q.get("n", "100000")))
             self.wfile.flush()
