@@ -323,7 +323,8 @@ static void exec_usage(int pty)
            "                      name, *.name or *; without :PORT only 80/443 (repeatable)\n"
            "  --host-secret NAME@HOST[,HOST...][=VALUE]\n"
            "                      the guest sees NAME=<placeholder>; the host puts VALUE (or\n"
-           "                      $NAME) into requests to HOST only (repeatable)\n"
+           "                      $NAME) into HTTPS requests to HOST only (http://HOST\n"
+           "                      also allows cleartext; repeatable)\n"
            "  --secrets-in-query  also substitute placeholders in URL query strings\n"
            "  --allow-internal HOST  let HOST resolve to loopback/private addresses\n"
            "  --tcp-map HOST:PORT[=UPHOST:UPPORT]  raw TCP for HOST:PORT (repeatable)\n"
@@ -331,6 +332,7 @@ static void exec_usage(int pty)
            "  --resolve NAME:ADDR host-side address for NAME (like curl --resolve)\n"
            "  --upstream-ca FILE  also trust FILE for upstream TLS\n"
            "  --audit FILE        append one JSON line per egress decision\n"
+           "  --http-limit NAME=N head_ms, keepalive_ms, body_ms, max_flows, buffer_total\n"
            "  --no-network        no network device at all\n");
     if (!pty)
         printf("  -t, --tty           run on a PTY (stdout carries both streams)\n"

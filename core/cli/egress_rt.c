@@ -202,6 +202,7 @@ int cli_egress_start(struct cli_egress *x, uv_loop_t *loop, char *append, size_t
                                .resolve = (const char *const *)eg->resolve,
                                .on_event = gd_engine_on_event,
                                .event_ud = x->eng};
+    gd_egress_proxy_limits(eg, &po);
     if (gd_proxy_new(loop, &po, &x->px) || gd_engine_install(x->eng, x->px))
         return cli_die(125, "cannot start the egress proxy");
     struct gd_net_opts no = {.dns_mode = (int)eg->dns,

@@ -212,6 +212,33 @@ int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd
         e->upstream_ca = strdup(v);
         return 1;
     }
+    if ((v = flag_value(argc, argv, i, "--http-limit"))) {
+        static const char *const names[] = {"head_ms",   "keepalive_ms", "body_ms",
+                                            "max_flows", "buffer_total", NULL};
+        const char *eq = strchr(v, '=');
+        char *end = NULL;
+        unsigned long long n = eq ? strtoull(eq + 1, &end, 10) : 0;
+        int k = -1;
+        for (int j = 0; eq && names[j]; j++)
+            if (strlen(names[j]) == (size_t)(eq - v) && !strncmp(v, names[j], (size_t)(eq - v)))
+                k = j;
+        if (k < 0 || !eq[1] || *end || !n || n > (k == 4 ? (1ull << 40) : 0xffffffffull))
+            return gd_err_set(err, -EINVAL,
+                              "--http-limit wants head_ms, keepalive_ms, body_ms, max_flows or "
+                              "buffer_total =POSITIVE-NUMBER, not '%s'",
+                              v);
+        if (k == 0)
+            e->head_ms = (unsigned)n;
+        else if (k == 1)
+            e->keepalive_ms = (unsigned)n;
+        else if (k == 2)
+            e->body_ms = (unsigned)n;
+        else if (k == 3)
+            e->max_flows = (unsigned)n;
+        else
+            e->buffer_total = (size_t)n;
+        return 1;
+    }
     if ((v = flag_value(argc, argv, i, "--resolve"))) {
         /* NAME:ADDR (like curl's --resolve without the port) */
         const char *c = strchr(v, ':');
@@ -222,6 +249,15 @@ int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd
         return push_str(&e->resolve, &e->nresolve, tmp) ? -ENOMEM : 1;
     }
     return 0;
+}
+
+void gd_egress_proxy_limits(const struct gd_egress *e, struct gd_proxy_opts *o)
+{
+    o->head_ms = e->head_ms;
+    o->keepalive_ms = e->keepalive_ms;
+    o->body_ms = e->body_ms;
+    o->max_flows = e->max_flows;
+    o->max_buffer_total = e->buffer_total;
 }
 
 int gd_egress_finish(struct gd_egress *e, struct gd_err *err)

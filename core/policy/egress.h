@@ -54,11 +54,16 @@ struct gd_egress {
     char *upstream_ca;
     char vm_id[40];
     int quiet; /* no denial lines on stderr */
+    /* --http-limit NAME=VALUE: the proxy's guest-facing limits (0 = its default) */
+    unsigned head_ms, keepalive_ms, body_ms, max_flows;
+    size_t buffer_total;
 };
 
 /* Parses one egress flag at argv[*i] ("--allow-host X" or "--allow-host=X"), advancing
  * *i past its value. 1 consumed, 0 not an egress flag, negative errno with err set. */
 int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd_err *err);
+/* Copies the --http-limit values into proxy options (fields left 0 keep the default). */
+void gd_egress_proxy_limits(const struct gd_egress *e, struct gd_proxy_opts *o);
 /* Cross-checks the whole set and opens the audit file. */
 int gd_egress_finish(struct gd_egress *e, struct gd_err *err);
 void gd_egress_free(struct gd_egress *e);

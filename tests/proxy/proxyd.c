@@ -176,20 +176,10 @@ int main(int argc, char **argv)
                                .resolve = (const char *const *)cur->resolve,
                                .on_event = gd_engine_on_event,
                                .event_ud = eng};
-    /* limits for the tests that exercise them (the product sets them in gd_proxy_opts) */
+    gd_egress_proxy_limits(cur, &po);
     const char *lim;
     if ((lim = getenv("GD_PROXY_MAX_BODY")))
         po.max_body_buffer = strtoul(lim, NULL, 10);
-    if ((lim = getenv("GD_PROXY_MAX_BUFFER_TOTAL")))
-        po.max_buffer_total = strtoul(lim, NULL, 10);
-    if ((lim = getenv("GD_PROXY_MAX_FLOWS")))
-        po.max_flows = (unsigned)strtoul(lim, NULL, 10);
-    if ((lim = getenv("GD_PROXY_HEAD_MS")))
-        po.head_ms = (unsigned)strtoul(lim, NULL, 10);
-    if ((lim = getenv("GD_PROXY_KEEPALIVE_MS")))
-        po.keepalive_ms = (unsigned)strtoul(lim, NULL, 10);
-    if ((lim = getenv("GD_PROXY_BODY_MS")))
-        po.body_ms = (unsigned)strtoul(lim, NULL, 10);
     if (gd_proxy_new(loop, &po, &px) || gd_engine_install(eng, px))
         return 1;
     gd_engine_watch(eng, loop);

@@ -504,8 +504,8 @@ def guest_eof_mid_body_frees_both_sides(up, H, **_):
 @test
 def guest_side_deadlines(up, H, **_):
     """slowloris head, idle keep-alive and a stalled body meet their deadlines (408 / close)"""
-    p = Proxy(up, up.flags(f"good.test:{H}"),
-              env={"GD_PROXY_HEAD_MS": "700", "GD_PROXY_KEEPALIVE_MS": "700", "GD_PROXY_BODY_MS": "700"})
+    p = Proxy(up, up.flags(f"good.test:{H}", extra=["--http-limit", "head_ms=700", "--http-limit",
+                                                    "keepalive_ms=700", "--http-limit=body_ms=700"]))
     try:
         s = p.connect()
         t0 = time.time()
@@ -536,9 +536,9 @@ def guest_side_deadlines(up, H, **_):
 @test
 def buffering_budget_and_flow_limit(up, H, **_):
     """buffered bodies share a global budget (503 beyond it); flows per proxy are capped"""
-    p = Proxy(up, up.flags(f"good.test:{H}", extra=["--inspect-bodies"]),
-              env={"GD_PROXY_MAX_BODY": "400000", "GD_PROXY_MAX_BUFFER_TOTAL": "300000",
-                   "GD_PROXY_MAX_FLOWS": "8"})
+    p = Proxy(up, up.flags(f"good.test:{H}", extra=["--inspect-bodies", "--http-limit",
+                                                    "buffer_total=300000", "--http-limit", "max_flows=8"]),
+              env={"GD_PROXY_MAX_BODY": "400000"})
     try:
         hdr = f"POST /echo HTTP/1.1\r\nHost: good.test:{H}\r\nContent-Length: 200000\r\n\r\n".encode()
         a = p.connect()
