@@ -706,7 +706,7 @@ static void connect_candidates(struct flow *f, struct sockaddr **cand, size_t n)
             gd__flow_close(f);
             return;
         }
-        gd__send_synthetic(f, t, t->req_has_body);
+        gd__send_synthetic(f, t, !t->req_done);
         gd__txn_finish(f);
         return;
     }

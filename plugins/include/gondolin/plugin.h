@@ -94,13 +94,17 @@ struct gd_host_api {
     size_t (*txn_header_count)(const gd_txn *t, int resp);
     void (*txn_header_at)(const gd_txn *t, int resp, size_t i, const char **name,
                           const char **value);
-    /* Replaces all headers called name (value NULL deletes). -EINVAL for CR/LF. */
+    /* Replaces all headers called name (value NULL deletes). -EINVAL for CR/LF or a name
+     * that is not a token; -EPERM out of phase (request headers only in the request
+     * phases before the head goes upstream, response headers only in the response
+     * phases) and always for the request's Host, which is the decided authority. */
     int (*txn_set_header)(gd_txn *t, int resp, const char *name, const char *value);
     /* Decisions: return their result from the hook. reason is one line, copied. */
     enum gd_plugin_decision (*txn_deny)(gd_txn *t, int status, const char *reason);
     enum gd_plugin_decision (*txn_respond)(gd_txn *t, int status, const char *content_type,
                                            const void *body, size_t n);
-    /* In a head phase: buffer the body for the matching body phase. */
+    /* In a head phase: buffer the body for the matching body phase (ignored elsewhere).
+     * Bodies buffered by every flow share one budget: beyond it the request gets 503. */
     void (*txn_want_body)(gd_txn *t);
     const uint8_t *(*txn_body)(const gd_txn *t, size_t *n);
     /* A byte count the proxy knows before the body arrives: Content-Length, or -1. */
