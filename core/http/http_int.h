@@ -233,6 +233,7 @@ int gd__token(const char *s); /* an RFC 9110 token (header names) */
  * process-wide budget, -ENOMEM. */
 int gd__txn_buffer(gd_txn *t, struct buf *b, const void *p, size_t n);
 int gd__budget_spent(const gd_proxy *px);
+void gd__txn_undeny(gd_txn *t);
 void gd__emit_event(struct flow *f, gd_txn *t);
 enum gd_decision gd__run_hooks(gd_proxy *px, gd_txn *t, enum gd_phase ph);
 void gd__txn_free(gd_txn *t);

@@ -272,3 +272,46 @@ void gd__alloc_cb(uv_handle_t *h, size_t sz, uv_buf_t *b)
     b->base = malloc(READ_CHUNK);
     b->len = b->base ? READ_CHUNK : 0;
 }
+
+/* ---- header fields from llhttp (request and response parsers) ---- */
+
+/* Appends n bytes to a heap string (llhttp may deliver a field in pieces). */
+static int str_append(char **s, const char *at, size_t n)
+{
+    size_t l = strlen(*s);
+    char *q = realloc(*s, l + n + 1);
+    if (!q)
+        return -1;
+    memcpy(q + l, at, n);
+    q[l + n] = 0;
+    *s = q;
+    return 0;
+}
+
+int gd__on_hdr_field(llhttp_t *p, const char *at, size_t n, struct hdrs *h, gd_txn *t,
+                     size_t max_headers)
+{
+    (void)p;
+    if (t->last_was_value || !h->n) {
+        if (h->n >= max_headers)
+            return -1;
+        char *name = strndup(at, n), *value = strdup("");
+        if (!name || !value || gd__hdrs_push(h, name, value)) {
+            free(name);
+            free(value);
+            return -1;
+        }
+    } else if (str_append(&h->v[h->n - 1].name, at, n)) {
+        return -1;
+    }
+    t->last_was_value = 0;
+    return 0;
+}
+
+int gd__on_hdr_value(const char *at, size_t n, struct hdrs *h, gd_txn *t)
+{
+    if (!h->n || str_append(&h->v[h->n - 1].value, at, n))
+        return -1;
+    t->last_was_value = 1;
+    return 0;
+}

@@ -423,6 +423,13 @@ int gd_txn_set_body(gd_txn *t, const void *p, size_t n)
     return rc;
 }
 
+/* Forgets a CONNECT-phase denial of one address before the next is tried. */
+void gd__txn_undeny(gd_txn *t)
+{
+    t->denied = 0;
+    t->decision = "allow";
+}
+
 /* Runs the hooks registered for phase, in order, until one does not continue. */
 enum gd_decision gd__run_hooks(gd_proxy *px, gd_txn *t, enum gd_phase ph)
 {

@@ -461,7 +461,18 @@ static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         free(b->base);
     if (nread >= 0 || u->dead)
         return;
-    /* EOF or error from upstream */
+    /* EOF or error from upstream. libuv reports a reset that arrives with POLLHUP after
+     * a partial read as EOF without reading the error: ask the socket. */
+    int truncated = 0;
+    if (nread == UV_EOF && b) {
+        int err = 0;
+        socklen_t el = sizeof(err);
+        uv_os_fd_t fd;
+        if (!uv_fileno(&u->s.u.h, &fd) && !getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) && err)
+            nread = uv_translate_sys_error(err);
+        else if (u->s.ssl && !(SSL_get_shutdown(u->s.ssl) & SSL_RECEIVED_SHUTDOWN))
+            truncated = 1; /* TCP closed under TLS without close_notify */
+    }
     u->s.eof = 1;
     struct flow *f = u->f;
     if (!f) {
@@ -470,7 +481,12 @@ static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     }
     if (f->st == F_TUNNEL) {
         gd__up_close(u);
-        gd__flow_close_after_flush(f);
+        if (nread == UV_EOF) {
+            gd__flow_close_after_flush(f);
+        } else { /* a reset stays a reset toward a TCP guest */
+            f->abort = 1;
+            gd__flow_close(f);
+        }
         return;
     }
     gd_txn *t = f->t;
@@ -483,7 +499,8 @@ static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
         gd__start_request(f);
         return;
     }
-    if (t && llhttp_message_needs_eof(&u->p) && t->resp_head_sent && nread == UV_EOF) {
+    if (t && llhttp_message_needs_eof(&u->p) && t->resp_head_sent && nread == UV_EOF &&
+        !truncated) {
         if (llhttp_finish(&u->p) == HPE_OK || t->resp_done) {
             u->no_reuse = 1;
             resp_finished(f);
@@ -688,7 +705,7 @@ static void connect_candidates(struct flow *f, struct sockaddr **cand, size_t n)
     int found = 0;
     for (size_t i = 0; i < n && !found; i++) {
         gd_addr_str(cand[i], t->addr, sizeof(t->addr));
-        t->denied = 0;
+        gd__txn_undeny(t);
         if (gd__run_hooks(px, t, GD_PHASE_CONNECT) == GD_CONTINUE) {
             memcpy(&chosen, cand[i],
                    cand[i]->sa_family == AF_INET ? sizeof(struct sockaddr_in)
@@ -788,13 +805,19 @@ void gd__start_request(struct flow *f)
         for (struct up *u = px->ups; u; u = u->next) {
             if (!u->idle || u->dead || strncmp(u->key, prefix, (size_t)pl))
                 continue;
+            /* a pooled connection is a dial too: the CONNECT phase (internal ranges,
+             * on_connect, plugins, a reloaded policy) decides on its address again */
+            snprintf(t->addr, sizeof(t->addr), "%s", u->key + pl);
+            if (gd__run_hooks(px, t, GD_PHASE_CONNECT) != GD_CONTINUE) {
+                gd__txn_undeny(t);
+                continue;
+            }
             u->idle = 0;
             px->nidle--;
             u->reused = 1;
             u->got_bytes = 0;
             u->f = f;
             f->up = u;
-            snprintf(t->addr, sizeof(t->addr), "%s", u->key + pl);
             up_ready(u);
             return;
         }

@@ -21,6 +21,7 @@ from urllib.parse import urlparse, parse_qs
 
 CONN = [0]
 LOG = []
+RST = set()  # connections to end with a reset: no FIN first (see Srv.shutdown_request)
 
 
 class H(BaseHTTPRequestHandler):
@@ -85,7 +86,7 @@ class H(BaseHTTPRequestHandler):
             self.wfile.write(b"r" * int(q.get("n", "100000")))
             self.wfile.flush()
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
-            self.connection.close()
+            RST.add(self.connection)
             self.close_connection = True
             return
         data, chunked = self.body()
@@ -183,6 +184,13 @@ def main():
     a = ap.parse_args()
     class Srv(ThreadingHTTPServer):
         request_queue_size = 256  # the default 5 drops SYNs of concurrent tests (1 s retries)
+
+        def shutdown_request(self, request):
+            if request in RST:  # the stock one sends a FIN (SHUT_WR) before closing
+                RST.discard(request)
+                self.close_request(request)
+                return
+            super().shutdown_request(request)
     srv = Srv((a.bind, a.port), H)
     srv.daemon_threads = True
     if a.tls:
