@@ -41,6 +41,7 @@ int gd__lua_log(lua_State *L)
     char msg[1024];
     size_t ml;
     const char *s = lua_tolstring(L, -1, &ml);
+    gd__lua_charge(L, l, ml);
     gd_sanitize(msg, sizeof(msg), s, ml);
     if (l->o.log)
         l->o.log(l->o.log_ud, msg);
@@ -65,6 +66,7 @@ static int l_b64_encode(lua_State *L)
     const char *s = luaL_checklstring(L, 1, &n);
     if (n > (64u << 20))
         return luaL_error(L, "base64: input too large");
+    gd__lua_charge(L, gd__lua_self(L), 2 * n);
     unsigned char *out = lua_newuserdata(L, 4 * ((n + 2) / 3) + 1);
     int ol = EVP_EncodeBlock(out, (const unsigned char *)s, (int)n);
     lua_pushlstring(L, (const char *)out, (size_t)ol);
@@ -75,6 +77,7 @@ static int l_b64_decode(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
+    gd__lua_charge(L, gd__lua_self(L), 2 * n);
     if (n > (64u << 20) || n % 4) {
         lua_pushnil(L);
         lua_pushliteral(L, "not base64");
@@ -99,6 +102,7 @@ static int l_sha256(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
+    gd__lua_charge(L, gd__lua_self(L), 4 * n);
     char hex[65];
     gd_sha256_hex(s, n, hex);
     lua_pushstring(L, hex);
@@ -230,6 +234,7 @@ static int l_json_encode(lua_State *L)
         return luaL_error(L, "json.encode: out of memory");
     a->p = s;
     a->free = free;
+    gd__lua_charge(L, gd__lua_self(L), 16 * strlen(s));
     lua_pushstring(L, s);
     return 1;
 }
@@ -270,6 +275,7 @@ static int l_json_decode(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
+    gd__lua_charge(L, gd__lua_self(L), 16 * n);
     struct anchor *a = push_anchor(L);
     a->free = cjson_free_tree;
     a->p = cJSON_ParseWithLength(s, n);

@@ -37,10 +37,13 @@ static int run_chunk(lua_State *L)
     return 0;
 }
 
-static void err_from_stack(gd_lua *l, struct gd_err *err, int rc)
+static void err_from_stack(gd_lua *l, struct gd_err *err, int rc, int killed)
 {
     const char *m = lua_tostring(l->L, -1);
-    if (rc == LUA_ERRMEM)
+    if (killed && rc == LUA_ERRMEM)
+        gd_err_set(err, -EINVAL, "%s: loading exceeded its CPU budget of %u ms", l->display,
+                   l->o.load_ms);
+    else if (rc == LUA_ERRMEM)
         gd_err_set(err, -ENOMEM, "%s: out of memory (policy memory cap %zu MiB)", l->display,
                    l->limit >> 20);
     else
@@ -98,12 +101,13 @@ int gd_lua_load(const char *path, const struct gd_lua_opts *o, gd_lua **out, str
     l->loading = 1;
     gd__lua_budget_start(l, l->o.load_ms);
     int rc = lua_cpcall(l->L, load_entry, &a);
+    int killed = l->killed;
     gd__lua_budget_stop(l);
     l->loading = 0;
     if (!rc)
         rc = lua_cpcall(l->L, gd__lua_lock_globals, l);
     if (rc) {
-        err_from_stack(l, err, rc);
+        err_from_stack(l, err, rc, killed);
         gd_lua_free(l);
         return -EINVAL;
     }
@@ -248,10 +252,13 @@ enum gd_decision gd_lua_hook(gd_lua *l, gd_txn *t, enum gd_phase ph, int *ctx_re
         gd_sanitize(msg, sizeof(msg), m ? m : "error object is not a string",
                     strlen(m ? m : "error object is not a string"));
         lua_pop(l->L, 1);
-        const char *kind = rc == LUA_ERRMEM ? "out of memory"
-                           : killed         ? "CPU budget exceeded"
-                                            : "error";
-        if (rc == LUA_ERRMEM)
+        const char *kind = killed             ? "CPU budget exceeded"
+                           : rc == LUA_ERRMEM ? "out of memory"
+                                              : "error";
+        if (killed && rc == LUA_ERRMEM) /* the allocator refused once the budget was gone */
+            snprintf(msg, sizeof(msg), "%s: CPU budget of %u ms exceeded", l->site[idx],
+                     l->o.hook_ms);
+        else if (rc == LUA_ERRMEM)
             snprintf(msg, sizeof(msg), "%s: memory cap of %zu MiB reached", l->site[idx],
                      l->limit >> 20);
         lua_gc(l->L, LUA_GCCOLLECT, 0);

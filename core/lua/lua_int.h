@@ -29,6 +29,7 @@ struct gd_lua {
     size_t used, limit;
     uint64_t deadline; /* ns; 0 = no call running */
     unsigned budget_ms;
+    size_t work; /* units charged by C code since the clock was last read */
     int killed;
     int loading;
     struct gd_lua_opts o;
@@ -100,6 +101,15 @@ void *gd__lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 void gd__lua_count_hook(lua_State *L, lua_Debug *ar);
 void gd__lua_budget_start(gd_lua *l, unsigned ms);
 void gd__lua_budget_stop(gd_lua *l);
+/* Charges units of work done inside a C function (about a byte copied or scanned, or a
+ * few nanoseconds; GD_LUA_STEP is one step of the pattern matcher): the instruction
+ * count cannot see time spent in C, so library functions whose cost depends on their
+ * input charge it here. Reads the clock every GD_LUA_WORK_CHECK units and raises the
+ * CPU-budget error once the budget of the running call is gone. The allocator charges
+ * every byte it hands out the same way (without raising). */
+#define GD_LUA_STEP 16u
+#define GD_LUA_WORK_CHECK (1u << 20)
+void gd__lua_charge(lua_State *L, gd_lua *l, size_t units);
 /* Pushes the compiled chunk of the text file at path; records it (hash, file list) when
  * record. Raises on error. */
 void gd__lua_load_file(lua_State *L, gd_lua *l, const char *path, const char *chunkname,
@@ -136,6 +146,13 @@ struct lreq {
 void gd__lua_open_txn(lua_State *L, gd_lua *l);
 /* Pushes a request (resp 0) or response (1) object for t. */
 struct lreq *gd__lua_push_obj(lua_State *L, gd_txn *t, int resp);
+
+/* ---- strmatch.c, stdlib.c ---- */
+
+/* Replaces find, match, gmatch and gsub in the string table at strtab by our matcher. */
+void gd__lua_open_strmatch(lua_State *L, gd_lua *l, int strtab);
+/* Puts the string and table libraries (and tonumber) under the CPU budget. */
+void gd__lua_open_stdlib(lua_State *L, gd_lua *l);
 
 /* ---- conf.c ---- */
 

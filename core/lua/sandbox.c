@@ -25,6 +25,13 @@ static uint64_t now_ns(void)
 
 /* ---- limits ---- */
 
+static void budget_kill(lua_State *L, gd_lua *l);
+
+/* Allocations are charged to the CPU budget as well: every C function that copies or
+ * builds a string (rep, upper, the .. operator, format, concat, gsub ...) allocates the
+ * result first, so bytes allocated bound the copying a single instruction can do. Once
+ * the budget is gone, large allocations fail (the hook then raises the budget error at
+ * the next instruction); small ones still succeed so the error itself can be built. */
 void *gd__lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     gd_lua *l = ud;
@@ -36,6 +43,16 @@ void *gd__lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     }
     if (nsize > old && l->used - old + nsize > l->limit)
         return NULL;
+    if (nsize > old && l->deadline) {
+        l->work += nsize - old;
+        if (l->work >= GD_LUA_WORK_CHECK) {
+            l->work = 0;
+            if (!l->killed && now_ns() >= l->deadline)
+                budget_kill(NULL, l);
+        }
+        if (l->killed && nsize > 65536)
+            return NULL;
+    }
     void *p = realloc(ptr, nsize);
     if (!p)
         return NULL;
@@ -54,6 +71,18 @@ static gd_lua *self_reg(lua_State *L)
     return l;
 }
 
+/* Marks the running call as out of budget: from now on the count hook fires on every
+ * instruction. Raises the budget error when L is given. */
+static void budget_kill(lua_State *L, gd_lua *l)
+{
+    if (!l->killed) {
+        l->killed = 1;
+        lua_sethook(l->L, gd__lua_count_hook, LUA_MASKCOUNT, 1);
+    }
+    if (L)
+        luaL_error(L, "CPU budget of %u ms exceeded", l->budget_ms);
+}
+
 /* The CPU budget. JIT compilation is off for the whole state (luaJIT_setmode), so the
  * count hook runs in every loop, including ones LuaJIT would otherwise trace. Once the
  * budget is gone the hook fires on every instruction, so a pcall in the script cannot
@@ -66,17 +95,28 @@ void gd__lua_count_hook(lua_State *L, lua_Debug *ar)
         return;
     if (!l->killed && now_ns() < l->deadline)
         return;
-    if (!l->killed) {
-        l->killed = 1;
-        lua_sethook(L, gd__lua_count_hook, LUA_MASKCOUNT, 1);
-    }
-    luaL_error(L, "CPU budget of %u ms exceeded", l->budget_ms);
+    budget_kill(L, l);
+}
+
+void gd__lua_charge(lua_State *L, gd_lua *l, size_t units)
+{
+    if (!l->deadline)
+        return;
+    if (l->killed)
+        budget_kill(L, l);
+    l->work += units;
+    if (l->work < GD_LUA_WORK_CHECK)
+        return;
+    l->work = 0;
+    if (now_ns() >= l->deadline)
+        budget_kill(L, l);
 }
 
 void gd__lua_budget_start(gd_lua *l, unsigned ms)
 {
     l->budget_ms = ms;
     l->killed = 0;
+    l->work = 0;
     l->deadline = now_ns() + (uint64_t)ms * 1000000u;
 }
 
@@ -213,6 +253,7 @@ static int l_load(lua_State *L)
     size_t n;
     const char *s = lua_tolstring(L, 1, &n);
     const char *name = luaL_optstring(L, 2, "=(load)");
+    gd__lua_charge(L, gd__lua_self(L), 16 * n); /* compiling is not counted otherwise */
     if (n && s[0] == LUA_SIGNATURE[0]) {
         lua_pushnil(L);
         lua_pushstring(L, "load: precompiled bytecode is not accepted");
@@ -279,6 +320,7 @@ void gd__lua_make_readonly(lua_State *L)
     lua_setmetatable(L, -2);
     lua_remove(L, -2);
 }
+
 /* ---- state setup ---- */
 
 void gd__lua_reg(lua_State *L, gd_lua *l, int tbl, const char *name, lua_CFunction f)
@@ -321,6 +363,7 @@ int gd__lua_open_sandbox(lua_State *L)
     lua_pushnil(L);
     lua_setfield(L, -2, "dump");
     lua_pop(L, 1);
+    gd__lua_open_stdlib(L, l);
     int g = LUA_GLOBALSINDEX;
     gd__lua_reg(L, l, g, "require", l_require);
     gd__lua_reg(L, l, g, "load", l_load);

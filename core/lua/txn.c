@@ -201,6 +201,7 @@ static int o_body(lua_State *L)
     r = check_obj(L, ph, "body");
     size_t n;
     const uint8_t *b = gd_txn_body(r->t, &n);
+    gd__lua_charge(L, gd__lua_self(L), n);
     lua_pushlstring(L, (const char *)b, n);
     return 1;
 }
@@ -212,6 +213,7 @@ static int o_set_body(lua_State *L)
     r = check_obj(L, ph, "set_body");
     size_t n;
     const char *s = luaL_checklstring(L, 2, &n);
+    gd__lua_charge(L, gd__lua_self(L), n);
     if (gd_txn_set_body(r->t, s, n))
         return luaL_error(L, "set_body: out of memory");
     return 0;
