@@ -321,6 +321,28 @@ void gd__lua_make_readonly(lua_State *L)
     lua_remove(L, -2);
 }
 
+/* The library tables become read-only proxies. Strings keep indexing the real string
+ * table through their metatable, which stays out of reach: getmetatable("") returns a
+ * read-only view of it instead (its __index the read-only string table). */
+static void lock_libs(lua_State *L)
+{
+    static const char *const libs[] = {"string", "table", "math", "bit", "coroutine"};
+    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++) {
+        lua_getglobal(L, libs[i]);
+        gd__lua_make_readonly(L);
+        lua_setglobal(L, libs[i]);
+    }
+    lua_pushliteral(L, "");
+    if (!lua_getmetatable(L, -1))
+        luaL_error(L, "strings have no metatable");
+    lua_newtable(L);
+    lua_getglobal(L, "string");
+    lua_setfield(L, -2, "__index");
+    gd__lua_make_readonly(L);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 2);
+}
+
 /* ---- state setup ---- */
 
 void gd__lua_reg(lua_State *L, gd_lua *l, int tbl, const char *name, lua_CFunction f)
@@ -364,6 +386,7 @@ int gd__lua_open_sandbox(lua_State *L)
     lua_setfield(L, -2, "dump");
     lua_pop(L, 1);
     gd__lua_open_stdlib(L, l);
+    lock_libs(L);
     int g = LUA_GLOBALSINDEX;
     gd__lua_reg(L, l, g, "require", l_require);
     gd__lua_reg(L, l, g, "load", l_load);

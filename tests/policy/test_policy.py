@@ -226,6 +226,17 @@ ESCAPES = {
     "loadfile": 'return loadfile("/etc/passwd")',
     "dofile": 'return dofile("/etc/passwd")',
     "collectgarbage": 'return collectgarbage("stop")',
+    "string_mt": 'getmetatable("").__index = { upper = function() return "x" end }',
+    "string_mt_rawset": 'rawset(getmetatable(""), "__index", {})',
+    "string_mt_setmt": 'setmetatable(getmetatable(""), nil)',
+    "string_mt_lib": 'getmetatable("").__index.upper = function() return "x" end',
+    "string_field": 'string.upper = function() return "x" end',
+    "string_rawset": 'rawset(string, "upper", 1)',
+    "string_setmt": 'setmetatable(string, nil)',
+    "table_field": 'table.concat = nil',
+    "math_rawset": 'rawset(math, "pi", 3)',
+    "bit_field": 'bit.band = nil',
+    "coroutine_field": 'coroutine.wrap = nil',
 }
 
 EXPECTED = {
@@ -238,12 +249,17 @@ EXPECTED = {
     "require_path": "not a module name", "require_new": "only while the policy loads",
     "loadfile": "global 'loadfile'", "dofile": "global 'dofile'",
     "collectgarbage": "global 'collectgarbage'",
+    "string_mt": "read-only", "string_mt_rawset": "read-only",
+    "string_mt_setmt": "protected metatable", "string_mt_lib": "read-only",
+    "string_field": "read-only", "string_rawset": "read-only",
+    "string_setmt": "protected metatable", "table_field": "read-only", "math_rawset": "read-only",
+    "bit_field": "read-only", "coroutine_field": "read-only",
 }
 
 
 @test
 def sandbox(up, d, **_):
-    """escape attempts (io, os, ffi, bytecode, string.dump, debug, setfenv, metatables, rawset, require) fail cleanly"""
+    """escape attempts (io, os, ffi, bytecode, string.dump, debug, setfenv, metatables, rawset, require, library tables, the string metatable) fail cleanly"""
     H = up.http_port
     attempts = ",\n".join(f'  ["{k}"] = function(req) {v} end' for k, v in ESCAPES.items())
     write(d, "helper2.lua", "return {}\n")
@@ -257,6 +273,10 @@ return {{
   on_request = function(req)
     local name = req:path():sub(2)
     if name == "keep" then kept = req; return req:respond(200, nil, "kept") end
+    if name == "intact" then
+      return req:respond(200, nil, ("a"):upper() .. tostring(string.upper == ("").upper)
+        .. tostring(type(table.concat) == "function" and math.pi > 3.14))
+    end
     if name == "use_kept" then
       local ok, err = pcall(function() return kept:host() end)
       return req:respond(200, nil, (ok and "ESCAPED " or "blocked: ") .. tostring(err))
@@ -276,6 +296,9 @@ return {{
             text = body.decode()
             if st != 200 or not text.startswith("blocked: ") or EXPECTED[name] not in text:
                 bad.append(f"{name}: {st} {text[:160]}")
+        st, _, body = px.req("GET", "/intact", f"good.test:{H}")
+        if body != b"Atruetrue":
+            bad.append(f"libraries changed by the attempts: {body[:160]}")
         px.req("GET", "/keep", f"good.test:{H}")
         st, _, body = px.req("GET", "/use_kept", f"good.test:{H}")
         if b"request already finished" not in body:
@@ -287,11 +310,14 @@ return {{
 
 @test
 def sandbox_at_load(up, d, **_):
-    """a policy that touches io at load time is refused by policy check with file:line"""
+    """a policy that touches io or the string metatable at load time is refused by policy check with file:line"""
     p = write(d, "evil.lua", 'local x = 1\nlocal f = io.open("/etc/passwd")\nreturn {}\n')
     r = subprocess.run([GONDOLIN, "policy", "check", p], capture_output=True, text=True)
     expect(r.returncode != 0, "check passed")
     expect("evil.lua:2:" in r.stderr and "global 'io'" in r.stderr, r.stderr)
+    mt = write(d, "mt.lua", 'local x = 1\ngetmetatable("").__index.x = 1\nreturn {}\n')
+    r = subprocess.run([GONDOLIN, "policy", "check", mt], capture_output=True, text=True)
+    expect(r.returncode != 0 and "mt.lua:2:" in r.stderr and "read-only" in r.stderr, r.stderr)
 
 
 @test
