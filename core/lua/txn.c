@@ -18,9 +18,16 @@ static const char MT_REQ[] = "gondolin.request", MT_RES[] = "gondolin.response";
 
 #define P_REQ (GD_PHASE_REQUEST_HEAD | GD_PHASE_REQUEST_BODY)
 #define P_RES (GD_PHASE_RESPONSE_HEAD | GD_PHASE_RESPONSE_BODY)
-#define P_ALL (GD_PHASE_CONNECT | P_REQ | P_RES)
+#define P_HTTP (P_REQ | P_RES)
+#define P_ALL (GD_PHASE_CONNECT | P_HTTP)
 
-static struct lreq *check_obj(lua_State *L, unsigned phases, const char *fn)
+/* The object at 1, checked: a live request (req_phases) or response (res_phases)
+ * object, called in one of the phases the method is allowed in for that kind (0: not a
+ * method of that kind). on_connect sees only what a pooled connection's reuse cannot
+ * make stale (scheme, host, port, addr): it does not run again for a request that reuses
+ * a connection, so a decision there must not depend on the request's path or headers. */
+static struct lreq *check_obj(lua_State *L, unsigned req_phases, unsigned res_phases,
+                              const char *fn)
 {
     gd_lua *l = gd__lua_self(L);
     struct lreq *r = lua_touserdata(L, 1);
@@ -32,6 +39,9 @@ static struct lreq *check_obj(lua_State *L, unsigned phases, const char *fn)
     lua_pop(L, 3);
     if (!ok)
         luaL_error(L, "%s: call it as a method (obj:%s(...))", fn, fn);
+    unsigned phases = r->resp ? res_phases : req_phases;
+    if (!phases)
+        luaL_error(L, "%s: a %s method", fn, r->resp ? "request" : "response");
     if (!r->t || r->t != l->cur)
         luaL_error(L, "%s: request already finished", fn);
     if (!(l->cur_phase & phases))
@@ -41,39 +51,39 @@ static struct lreq *check_obj(lua_State *L, unsigned phases, const char *fn)
 
 static int o_method(lua_State *L)
 {
-    lua_pushstring(L, gd_txn_method(check_obj(L, P_ALL, "method")->t));
+    lua_pushstring(L, gd_txn_method(check_obj(L, P_HTTP, P_HTTP, "method")->t));
     return 1;
 }
 static int o_scheme(lua_State *L)
 {
-    lua_pushstring(L, gd_txn_scheme(check_obj(L, P_ALL, "scheme")->t));
+    lua_pushstring(L, gd_txn_scheme(check_obj(L, P_ALL, P_ALL, "scheme")->t));
     return 1;
 }
 static int o_host(lua_State *L)
 {
-    lua_pushstring(L, gd_txn_host(check_obj(L, P_ALL, "host")->t));
+    lua_pushstring(L, gd_txn_host(check_obj(L, P_ALL, P_ALL, "host")->t));
     return 1;
 }
 static int o_port(lua_State *L)
 {
-    lua_pushinteger(L, gd_txn_port(check_obj(L, P_ALL, "port")->t));
+    lua_pushinteger(L, gd_txn_port(check_obj(L, P_ALL, P_ALL, "port")->t));
     return 1;
 }
 static int o_target(lua_State *L)
 {
-    lua_pushstring(L, gd_txn_target(check_obj(L, P_ALL, "target")->t));
+    lua_pushstring(L, gd_txn_target(check_obj(L, P_HTTP, P_HTTP, "target")->t));
     return 1;
 }
 static int o_path(lua_State *L)
 {
-    const char *tg = gd_txn_target(check_obj(L, P_ALL, "path")->t);
+    const char *tg = gd_txn_target(check_obj(L, P_HTTP, P_HTTP, "path")->t);
     const char *q = strchr(tg, '?');
     lua_pushlstring(L, tg, q ? (size_t)(q - tg) : strlen(tg));
     return 1;
 }
 static int o_query(lua_State *L)
 {
-    const char *q = strchr(gd_txn_target(check_obj(L, P_ALL, "query")->t), '?');
+    const char *q = strchr(gd_txn_target(check_obj(L, P_HTTP, P_HTTP, "query")->t), '?');
     if (q)
         lua_pushstring(L, q + 1);
     else
@@ -82,7 +92,7 @@ static int o_query(lua_State *L)
 }
 static int o_url(lua_State *L)
 {
-    gd_txn *t = check_obj(L, P_ALL, "url")->t;
+    gd_txn *t = check_obj(L, P_HTTP, P_HTTP, "url")->t;
     const char *s = gd_txn_scheme(t);
     unsigned p = gd_txn_port(t), def = !strcmp(s, "https") ? 443 : 80;
     const char *h = gd_txn_host(t);
@@ -96,18 +106,28 @@ static int o_url(lua_State *L)
 }
 static int o_is_websocket(lua_State *L)
 {
-    lua_pushboolean(L, gd_txn_is_websocket(check_obj(L, P_ALL, "is_websocket")->t));
+    lua_pushboolean(L, gd_txn_is_websocket(check_obj(L, P_HTTP, P_HTTP, "is_websocket")->t));
+    return 1;
+}
+/* The address dialled (connect) or connected to (response phases). */
+static int o_addr(lua_State *L)
+{
+    const char *a = gd_txn_addr(check_obj(L, P_ALL & ~P_REQ, P_RES, "addr")->t);
+    if (a && *a)
+        lua_pushstring(L, a);
+    else
+        lua_pushnil(L);
     return 1;
 }
 static int o_status(lua_State *L)
 {
-    lua_pushinteger(L, gd_txn_status(check_obj(L, P_RES, "status")->t));
+    lua_pushinteger(L, gd_txn_status(check_obj(L, P_RES, P_RES, "status")->t));
     return 1;
 }
 
 static int o_header(lua_State *L)
 {
-    struct lreq *r = check_obj(L, P_ALL, "header");
+    struct lreq *r = check_obj(L, P_HTTP, P_HTTP, "header");
     const char *v = gd_txn_header(r->t, r->resp, luaL_checkstring(L, 2));
     if (v)
         lua_pushstring(L, v);
@@ -118,7 +138,7 @@ static int o_header(lua_State *L)
 
 static int o_headers(lua_State *L)
 {
-    struct lreq *r = check_obj(L, P_ALL, "headers");
+    struct lreq *r = check_obj(L, P_HTTP, P_HTTP, "headers");
     size_t n = gd_txn_header_count(r->t, r->resp);
     lua_createtable(L, 0, (int)n);
     char low[256];
@@ -145,12 +165,7 @@ static int o_headers(lua_State *L)
 
 static int set_header(lua_State *L, const char *fn, int del)
 {
-    gd_lua *l = gd__lua_self(L);
-    struct lreq *r = lua_touserdata(L, 1);
-    unsigned ph = r && r->resp ? P_RES : P_REQ;
-    r = check_obj(L, ph, fn);
-    if (r->resp && l->cur_phase & P_REQ)
-        return luaL_error(L, "%s: API disabled in phase %s", fn, gd__lua_phase_name(l->cur_phase));
+    struct lreq *r = check_obj(L, P_REQ, P_RES, fn);
     const char *k = luaL_checkstring(L, 2);
     const char *v = del ? NULL : luaL_checkstring(L, 3);
     int rc = gd_txn_set_header(r->t, r->resp, k, v);
@@ -171,9 +186,7 @@ static int o_del_header(lua_State *L)
 
 static int o_set_target(lua_State *L)
 {
-    struct lreq *r = check_obj(L, P_REQ, "set_target");
-    if (r->resp)
-        return luaL_error(L, "set_target: a request method");
+    struct lreq *r = check_obj(L, P_REQ, 0, "set_target");
     if (gd_txn_set_target(r->t, luaL_checkstring(L, 2)))
         return luaL_error(L, "set_target: wants an origin-form target (\"/path?query\")");
     return 0;
@@ -182,9 +195,7 @@ static int o_set_target(lua_State *L)
 static int o_want_body(lua_State *L)
 {
     gd_lua *l = gd__lua_self(L);
-    struct lreq *r = lua_touserdata(L, 1);
-    unsigned ph = r && r->resp ? GD_PHASE_RESPONSE_HEAD : GD_PHASE_REQUEST_HEAD;
-    r = check_obj(L, ph, "want_body");
+    struct lreq *r = check_obj(L, GD_PHASE_REQUEST_HEAD, GD_PHASE_RESPONSE_HEAD, "want_body");
     int body_fn =
         l->fn[gd__lua_phase_index(r->resp ? GD_PHASE_RESPONSE_BODY : GD_PHASE_REQUEST_BODY)];
     if (body_fn == LUA_NOREF)
@@ -196,9 +207,7 @@ static int o_want_body(lua_State *L)
 
 static int o_body(lua_State *L)
 {
-    struct lreq *r = lua_touserdata(L, 1);
-    unsigned ph = r && r->resp ? GD_PHASE_RESPONSE_BODY : GD_PHASE_REQUEST_BODY;
-    r = check_obj(L, ph, "body");
+    struct lreq *r = check_obj(L, GD_PHASE_REQUEST_BODY, GD_PHASE_RESPONSE_BODY, "body");
     size_t n;
     const uint8_t *b = gd_txn_body(r->t, &n);
     gd__lua_charge(L, gd__lua_self(L), n);
@@ -208,9 +217,7 @@ static int o_body(lua_State *L)
 
 static int o_set_body(lua_State *L)
 {
-    struct lreq *r = lua_touserdata(L, 1);
-    unsigned ph = r && r->resp ? GD_PHASE_RESPONSE_BODY : GD_PHASE_REQUEST_BODY;
-    r = check_obj(L, ph, "set_body");
+    struct lreq *r = check_obj(L, GD_PHASE_REQUEST_BODY, GD_PHASE_RESPONSE_BODY, "set_body");
     size_t n;
     const char *s = luaL_checklstring(L, 2, &n);
     gd__lua_charge(L, gd__lua_self(L), n);
@@ -233,11 +240,7 @@ static void caller_site(lua_State *L, char *buf, size_t cap)
 
 static int o_deny(lua_State *L)
 {
-    gd_lua *l = gd__lua_self(L);
-    struct lreq *r = lua_touserdata(L, 1);
-    r = check_obj(L, r && r->resp ? P_RES : P_REQ, "deny");
-    if (r->resp && l->cur_phase & P_REQ)
-        return luaL_error(L, "deny: API disabled in phase %s", gd__lua_phase_name(l->cur_phase));
+    struct lreq *r = check_obj(L, GD_PHASE_CONNECT | P_REQ, P_RES, "deny");
     int status = (int)luaL_optinteger(L, 2, 403);
     const char *why = luaL_optstring(L, 3, "denied by policy");
     if (status < 400 || status > 599)
@@ -250,11 +253,7 @@ static int o_deny(lua_State *L)
 
 static int o_respond(lua_State *L)
 {
-    gd_lua *l = gd__lua_self(L);
-    struct lreq *r = lua_touserdata(L, 1);
-    r = check_obj(L, r && r->resp ? P_RES : P_REQ, "respond");
-    if (r->resp && l->cur_phase & P_REQ)
-        return luaL_error(L, "respond: API disabled in phase %s", gd__lua_phase_name(l->cur_phase));
+    struct lreq *r = check_obj(L, P_REQ, P_RES, "respond");
     int status = (int)luaL_checkinteger(L, 2);
     if (status < 200 || status > 599)
         return luaL_error(L, "respond: status must be 200-599, not %d", status);
@@ -289,7 +288,7 @@ static int o_respond(lua_State *L)
 
 static int o_decided(lua_State *L)
 {
-    gd_txn *t = check_obj(L, P_ALL, "decided")->t;
+    gd_txn *t = check_obj(L, P_ALL, P_ALL, "decided")->t;
     int status;
     const char *rule, *reason;
     enum gd_decision d = gd_txn_decision(t, &status, &rule, &reason);
@@ -319,6 +318,7 @@ static const luaL_Reg obj_methods[] = {{"method", o_method},
                                        {"set_target", o_set_target},
                                        {"is_websocket", o_is_websocket},
                                        {"status", o_status},
+                                       {"addr", o_addr},
                                        {"want_body", o_want_body},
                                        {"body", o_body},
                                        {"set_body", o_set_body},

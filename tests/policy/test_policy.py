@@ -82,6 +82,15 @@ class Proxy:
         return err
 
 
+def request_once(up, policy_path, path, host):
+    """Starts gd-proxyd with the policy, sends one GET, stops it: (status, head, body)."""
+    px = Proxy(up, policy_path)
+    try:
+        return px.req("GET", path, host)
+    finally:
+        px.close()
+
+
 def write(d, name, text):
     path = os.path.join(d, name)
     with open(path + ".tmp", "w") as f:
@@ -200,6 +209,113 @@ return {
         expect(st == 403 and b"secret field" in body, f"{st} {body}")
     finally:
         px.close()
+
+
+@test
+def on_connect(up, d, **_):
+    """on_connect sees host, port and the address about to be dialled; it denies one address and allows another (403 + audit)"""
+    H = up.http_port
+    p = policy(up, d, '''
+return {
+  allow = { "good.test:" .. H, "blocked.test:" .. H },
+  allow_internal = { "blocked.test" },
+  resolve = { ["blocked.test"] = "127.0.0.2" },
+  on_request = function(req, ctx)
+    ctx.early = select(2, pcall(req.addr, req))
+  end,
+  on_connect = function(req, ctx)
+    ctx.dial = req:scheme() .. " " .. req:host() .. ":" .. req:port() .. " @" .. req:addr()
+    if req:addr() == "127.0.0.2" then
+      return req:deny(403, "no dial to " .. req:addr())
+    end
+    ctx.late = select(2, pcall(req.path, req))
+  end,
+  on_response = function(res, req, ctx)
+    res:set_header("X-Dial", ctx.dial)
+    res:set_header("X-Addr", res:addr() .. " " .. req:addr())
+    res:set_header("X-Phases", tostring(ctx.early) .. " | " .. tostring(ctx.late))
+  end,
+}''')
+    audit = os.path.join(d, "connect-audit.jsonl")
+    px = Proxy(up, p, extra=["--audit", audit])
+    try:
+        st, head, body = px.req("GET", "/echo", f"good.test:{H}")
+        expect(st == 200, f"allowed address: {st} {body[:200]}")
+        expect(header(head, "X-Dial") == f"http good.test:{H} @127.0.0.1", head)
+        expect(header(head, "X-Addr") == "127.0.0.1 127.0.0.1", head)
+        expect(header(head, "X-Phases") == "addr: API disabled in phase request | "
+               "path: API disabled in phase connect", head)
+        st, head, body = px.req("GET", "/echo", f"blocked.test:{H}")
+        expect(st == 403 and b"no dial to 127.0.0.2" in body, f"denied address: {st} {body[:200]}")
+        expect(header(head, "X-Gondolin-Rule") == "p.lua:11", head)  # the hook (a tail call)
+    finally:
+        px.close()
+    recs = [json.loads(l) for l in open(audit)]
+    denied = [r for r in recs if r.get("host") == "blocked.test"]
+    expect(len(denied) == 1 and denied[0]["rule"] == "p.lua:11"
+           and "no dial to 127.0.0.2" in denied[0].get("reason", ""), recs)
+    ok = [r for r in recs if r.get("host") == "good.test"]
+    expect(len(ok) == 1 and ok[0].get("status") == 200, ok)
+
+
+PHASE_METHODS = ["method", "scheme", "host", "port", "addr", "path", "query", "target", "url",
+                 "header", "headers", "is_websocket", "status", "decided", "set_header",
+                 "del_header", "set_target", "want_body", "body", "set_body", "deny", "respond"]
+READ = {"method", "path", "query", "target", "url", "header", "headers", "is_websocket"}
+ALLOWED = {  # docs/lua-api.md, per phase and object
+    "connect req": {"scheme", "host", "port", "addr", "decided", "deny"},
+    "request req": {"scheme", "host", "port", "decided"} | READ
+                   | {"set_header", "del_header", "set_target", "want_body", "deny", "respond"},
+    "response req": {"scheme", "host", "port", "decided", "status", "addr"} | READ,
+    "response res": {"scheme", "host", "port", "decided", "status", "addr"} | READ
+                    | {"set_header", "del_header", "want_body", "deny", "respond"},
+}
+
+
+@test
+def phases(up, d, **_):
+    """every req/res method checks its phase: allowed where docs/lua-api.md says, 'API disabled in phase' elsewhere"""
+    H = up.http_port
+    names = ", ".join(f'"{m}"' for m in PHASE_METHODS)
+    p = policy(up, d, f'''
+local names = {{ {names} }}
+-- bad arguments where a method would change something: allowed calls fail on them
+local args = {{ deny = 1, respond = 1, header = "x" }}
+local function probe(obj, tag, ctx)
+  local out = {{}}
+  for _, n in ipairs(names) do
+    local ok, err = pcall(obj[n], obj, args[n])
+    local verdict = "ok"
+    if not ok and err:find("API disabled in phase", 1, true) then verdict = "off"
+    elseif not ok and err:find(": a request method", 1, true) then verdict = "kind" end
+    out[#out + 1] = n .. "=" .. verdict
+  end
+  ctx[#ctx + 1] = tag .. ":" .. table.concat(out, ",")
+end
+return {{
+  allow = base,
+  on_connect = function(req, ctx) probe(req, "connect req", ctx) end,
+  on_request = function(req, ctx) probe(req, "request req", ctx) end,
+  on_response = function(res, req, ctx)
+    probe(req, "response req", ctx)
+    probe(res, "response res", ctx)
+    return res:respond(200, nil, table.concat(ctx, "\\n"))
+  end,
+}}''')
+    st, _, body = request_once(up, p, "/echo", f"good.test:{H}")
+    expect(st == 200, f"{st} {body[:300]}")
+    got = {}
+    for line in body.decode().split("\n"):
+        tag, rest = line.split(":", 1)
+        got[tag] = dict(kv.split("=") for kv in rest.split(","))
+    expect(sorted(got) == sorted(ALLOWED), sorted(got))
+    bad = []
+    for tag, allowed in ALLOWED.items():
+        for m in PHASE_METHODS:
+            want = "ok" if m in allowed else "kind" if (tag, m) == ("response res", "set_target") else "off"
+            if got[tag][m] != want:
+                bad.append(f"{tag}:{m} {got[tag][m]} (want {want})")
+    expect(not bad, "; ".join(bad))
 
 
 # ---- the sandbox ----
@@ -526,11 +642,7 @@ return {
 }''')
     want = stock_lua(f"local run = loadstring({lua_str(src.encode())})()\n"
                      f"return run({lua_cases(cases)})").split(b"\n")
-    px = Proxy(up, p)
-    try:
-        st, _, body = px.req("GET", "/", f"good.test:{H}")
-    finally:
-        px.close()
+    st, _, body = request_once(up, p, "/", f"good.test:{H}")
     expect(st == 200, f"status {st}: {body[:300]}")
     got = body.split(b"\n")
     expect(len(got) == len(want) == len(cases) + 1, f"{len(got)} results, {len(want)} stock, {len(cases)} cases")
