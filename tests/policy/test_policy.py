@@ -218,7 +218,7 @@ def on_connect(up, d, **_):
     p = policy(up, d, '''
 return {
   allow = { "good.test:" .. H, "blocked.test:" .. H },
-  allow_internal = { "blocked.test" },
+  allow_internal = { "good.test", "blocked.test" },
   resolve = { ["blocked.test"] = "127.0.0.2" },
   on_request = function(req, ctx)
     ctx.early = select(2, pcall(req.addr, req))
@@ -256,6 +256,14 @@ return {
            and "no dial to 127.0.0.2" in denied[0].get("reason", ""), recs)
     ok = [r for r in recs if r.get("host") == "good.test"]
     expect(len(ok) == 1 and ok[0].get("status") == 200, ok)
+    # the authoring tool runs on_connect for a case with "addr"
+    cases = write(d, "connect.json", json.dumps({"cases": [
+        {"name": "allowed", "request": f"GET http://good.test:{H}/", "addr": "127.0.0.1",
+         "expect": {"decision": "allow"}},
+        {"name": "denied", "request": f"GET http://blocked.test:{H}/", "addr": "127.0.0.2",
+         "expect": {"decision": "deny", "rule": "p.lua:11", "reason_contains": "no dial to 127.0.0.2"}}]}))
+    r = subprocess.run([GONDOLIN, "policy", "test", p, cases], capture_output=True, text=True)
+    expect(r.returncode == 0 and "2 passed, 0 failed" in r.stdout, r.stdout + r.stderr)
 
 
 PHASE_METHODS = ["method", "scheme", "host", "port", "addr", "path", "query", "target", "url",
