@@ -95,7 +95,8 @@ int gd_lua_load(const char *path, const struct gd_lua_opts *o, gd_lua **out, str
     }
     /* No JIT: the count hook must see every loop (see gd__lua_count_hook). */
     luaJIT_setmode(l->L, 0, LUAJIT_MODE_ENGINE | LUAJIT_MODE_OFF);
-    lua_sethook(l->L, gd__lua_count_hook, LUA_MASKCOUNT, 1000);
+    l->interval = 1000; /* the allocator shortens it while large blocks are held */
+    lua_sethook(l->L, gd__lua_count_hook, LUA_MASKCOUNT, l->interval);
 
     struct load_args a = {l, path};
     l->loading = 1;
@@ -124,8 +125,11 @@ void gd_lua_free(gd_lua *l)
 {
     if (!l)
         return;
-    if (l->L)
-        lua_close(l->L);
+    if (l->L) {
+        lua_State *L = l->L;
+        l->L = NULL; /* the allocator adjusts no hook while the state closes */
+        lua_close(L);
+    }
     EVP_MD_CTX_free(l->md);
     free(l->dir);
     free(l->display);

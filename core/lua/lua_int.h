@@ -29,7 +29,9 @@ struct gd_lua {
     size_t used, limit;
     uint64_t deadline; /* ns; 0 = no call running */
     unsigned budget_ms;
-    size_t work; /* units charged by C code since the clock was last read */
+    size_t work;  /* units charged by C code since the clock was last read */
+    size_t big;   /* bytes in blocks of 1 MiB or more (long strings, large tables) */
+    int interval; /* instructions between two runs of the count hook */
     int killed;
     int loading;
     struct gd_lua_opts o;

@@ -27,6 +27,24 @@ static uint64_t now_ns(void)
 
 static void budget_kill(lua_State *L, gd_lua *l);
 
+#define BIG_BLOCK ((size_t)1 << 20)
+
+/* How often the count hook reads the clock. One instruction can compare (a < b) or
+ * copy (a .. b) strings as long as the state holds, which no library function charges;
+ * so the more memory sits in large blocks, the fewer instructions may pass unchecked
+ * (about 100 ms of such work between two checks at memory bandwidth). */
+static void set_interval(gd_lua *l)
+{
+    int want = l->big >= (64u << 20)   ? 1
+               : l->big >= (16u << 20) ? 10
+               : l->big >= (4u << 20)  ? 100
+                                       : 1000;
+    if (want != l->interval && l->L && !l->killed) {
+        l->interval = want;
+        lua_sethook(l->L, gd__lua_count_hook, LUA_MASKCOUNT, want);
+    }
+}
+
 /* Allocations are charged to the CPU budget as well: every C function that copies or
  * builds a string (rep, upper, the .. operator, format, concat, gsub ...) allocates the
  * result first, so bytes allocated bound the copying a single instruction can do. Once
@@ -38,6 +56,10 @@ void *gd__lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     size_t old = ptr ? osize : 0;
     if (nsize == 0) {
         l->used -= old;
+        if (old >= BIG_BLOCK) {
+            l->big -= old;
+            set_interval(l);
+        }
         free(ptr);
         return NULL;
     }
@@ -57,18 +79,11 @@ void *gd__lua_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     if (!p)
         return NULL;
     l->used = l->used - old + nsize;
+    if (old >= BIG_BLOCK || nsize >= BIG_BLOCK) {
+        l->big = l->big - (old >= BIG_BLOCK ? old : 0) + (nsize >= BIG_BLOCK ? nsize : 0);
+        set_interval(l);
+    }
     return p;
-}
-
-static char key_self;
-
-static gd_lua *self_reg(lua_State *L)
-{
-    lua_pushlightuserdata(L, &key_self);
-    lua_rawget(L, LUA_REGISTRYINDEX);
-    gd_lua *l = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return l;
 }
 
 /* Marks the running call as out of budget: from now on the count hook fires on every
@@ -90,7 +105,9 @@ static void budget_kill(lua_State *L, gd_lua *l)
 void gd__lua_count_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
-    gd_lua *l = self_reg(L);
+    void *ud;
+    lua_getallocf(L, &ud); /* the state's gd_lua (gd__lua_alloc's ud) */
+    gd_lua *l = ud;
     if (!l || !l->deadline)
         return;
     if (!l->killed && now_ns() < l->deadline)
@@ -125,7 +142,7 @@ void gd__lua_budget_stop(gd_lua *l)
     l->deadline = 0;
     if (l->killed) {
         l->killed = 0;
-        lua_sethook(l->L, gd__lua_count_hook, LUA_MASKCOUNT, 1000);
+        lua_sethook(l->L, gd__lua_count_hook, LUA_MASKCOUNT, l->interval);
     }
 }
 /* ---- reading files into the state ---- */
@@ -368,9 +385,6 @@ int gd__lua_open_sandbox(lua_State *L)
         lua_pushstring(L, libs[i].name);
         lua_call(L, 1, 0);
     }
-    lua_pushlightuserdata(L, &key_self);
-    lua_pushlightuserdata(L, l);
-    lua_rawset(L, LUA_REGISTRYINDEX);
 
     static const char *const drop[] = {
         "dofile", "loadfile", "getfenv",  "setfenv", "collectgarbage",

@@ -680,6 +680,9 @@ BUDGET_CASES = {
     "sort": 'local t, p = {}, ("x"):rep(2^20) for i = 1, 2^12 do t[i] = p end '
             'table.sort(t) error("sorted")',
     "tonumber": 'local s = ("1"):rep(2^27) while true do tonumber(s) end',
+    # operators: one instruction compares or copies a whole string
+    "compare": 'local a = ("x"):rep(2^28) while not (a < a) do end',
+    "concat_op": 'local s = ("x"):rep(2^27) while true do local t = s .. s end',
 }
 
 
