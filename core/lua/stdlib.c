@@ -2,8 +2,9 @@
  * stdlib.c - the standard library under the CPU budget.
  *
  * The budget's instruction-count hook sees Lua instructions, not time spent inside one
- * C function, and checks only every 1000 instructions. A library function whose cost
- * grows with its input (a copy, a scan, a sort) can therefore run far past the budget:
+ * C function, and (with no large strings about) checks every 1000 instructions. A
+ * library function whose cost grows with its input (a copy, a scan, a sort) can
+ * therefore run far past the budget:
  * once in a single call (string patterns: strmatch.c), or a thousand times between two
  * checks (s:upper() of a 16 MiB body in a loop: the result is interned already, so
  * nothing is even allocated). Each such function here charges its work to the budget
