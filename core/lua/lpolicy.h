@@ -14,6 +14,7 @@
  *     on_request = function(req, ctx) ... end,
  *     on_response = function(res, req, ctx) ... end,
  *     on_request_body = ..., on_response_body = ...,
+ *     on_connect = function(req, ctx) ... end, -- per address about to be dialled
  *   }
  *
  * Loading compiles and runs the file (and what it requires) once, validates every key,
@@ -88,9 +89,9 @@ size_t gd_lua_mem(const gd_lua *l);
 /* Warnings found while loading (lint), NULL-terminated, borrowed. */
 const char *const *gd_lua_warnings(const gd_lua *l);
 
-/* The hook: calls on_request / on_request_body / on_response / on_response_body for the
- * phase. *ctx_ref is the transaction's ctx table (0 = none yet); call gd_lua_txn_end
- * with it when the transaction ends. */
+/* The hook: calls on_connect / on_request / on_request_body / on_response /
+ * on_response_body for the phase. *ctx_ref is the transaction's ctx table (0 = none yet); call
+ * gd_lua_txn_end with it when the transaction ends. */
 enum gd_decision gd_lua_hook(gd_lua *l, gd_txn *t, enum gd_phase ph, int *ctx_ref);
 void gd_lua_txn_end(gd_lua *l, int ctx_ref);
 

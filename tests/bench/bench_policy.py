@@ -10,11 +10,17 @@ Needs `bash scripts/setup.sh --bench` (wrk, nginx) and, for the peer rows,
 libnginx-mod-http-lua. That package depends on OpenResty's luajit2, which Debian makes
 conflict with libluajit-5.1-dev (our build dependency): install it after building,
 run this, and reinstall libluajit-5.1-dev (scripts/setup.sh) before the next build.
-Usage: bench_policy.py BUILD_DIR [SECONDS]"""
+Usage: bench_policy.py BUILD_DIR [SECONDS]
+       bench_policy.py BUILD_DIR --hook-only [N]
+--hook-only runs just the in-process hook benchmark (gd-bench-hook, no network, no wrk):
+ns per request for no policy, a header-reading hook, and hooks that use the string
+library (find/match/gsub/format, which run under the CPU budget's step counter)."""
 import os, re, shutil, signal, subprocess, sys, tempfile, time
 
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
-SECS = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+HOOK_ONLY = len(sys.argv) > 2 and sys.argv[2] == "--hook-only"
+SECS = int(sys.argv[2]) if len(sys.argv) > 2 and not HOOK_ONLY else 8
+BENCH_HOOK = os.environ.get("GD_BENCH_HOOK") or os.path.join(BUILD, "tests", "gd-bench-hook")
 PROXYD = os.path.join(BUILD, "tests", "gd-proxyd")
 HDR_SO = os.path.join(BUILD, "tests", "plugins", "hdr.so")
 D = tempfile.mkdtemp(prefix="gd-bench-policy-")
@@ -57,7 +63,49 @@ def proxyd(extra):
             return p, int(line[1])
 
 
+HOOKS = {
+    "headers": 'local ua, acc = req:header("User-Agent"), req:header("Accept")\n'
+               'req:set_header("X-Seen", ua and acc and "seen" or "partial")',
+    "string.find plain": 'if not req:header("User-Agent"):find("bench", 1, true) then return req:deny() end',
+    "string.match": 'local a, b = ("/v1/repos/owner/name/issues"):match("^/v(%d+)/repos/([^/]+)/")\n'
+                    'if not a then return req:deny() end',
+    "string.gsub": 'local s, n = ("GET /a/b/c?x=1&y=2"):gsub("[&?](%w+)=", "%1:")\n'
+                   'if n ~= 2 then return req:deny() end',
+    "string.gmatch": 'local n = 0\nfor k in ("a=1&b=2&c=3"):gmatch("(%w+)=") do n = n + 1 end\n'
+                     'if n ~= 3 then return req:deny() end',
+    "string.format/rep": 'local s = ("%s-%5d-%x"):format("x", 42, 255) .. ("ab"):rep(4)\n'
+                         'if #s < 10 then return req:deny() end',
+    "20 x match (captures)": 'local p = "/v1/repos/owner-name/some.repo/issues/12345?state=open"\n'
+                             'for i = 1, 20 do local a, b, c = p:match("^/v%d+/repos/([^/]+)/([^/]+)/(%a+)") '
+                             'if not c then return req:deny() end end',
+    "gsub over 4 KB": 'local s = ("key=value&"):rep(400)\n'
+                      'local r, n = s:gsub("(%w+)=(%w+)", "%2=%1") if n ~= 400 then return req:deny() end',
+}
+
+
+def hook_only():
+    """ns per request of the engine's decision, in process (best of 7 runs: the machine's
+    noise only ever adds)."""
+    n = int(sys.argv[3]) if len(sys.argv) > 3 else 200000
+    def run(extra):
+        xs = sorted(float(subprocess.run([BENCH_HOOK, str(n)] + extra, capture_output=True,
+                                         text=True, check=True).stdout) for _ in range(7))
+        return xs[0]
+    print(f"\ngd-bench-hook, {n} detached requests per run, best of 7 runs\n")
+    print("| hook | ns/request |\n|---|---:|")
+    print(f"| no policy (flags only) | {run([]):.0f} |")
+    for name, body in HOOKS.items():
+        path = os.path.join(D, "bench.lua")
+        with open(path, "w") as f:
+            f.write('return { allow = { "bench.test" }, on_request = function(req)\n' + body +
+                    "\nend }\n")
+        print(f"| {name} | {run(['--policy', path]):.0f} |")
+    shutil.rmtree(D, ignore_errors=True)
+
+
 def main():
+    if HOOK_ONLY:
+        return hook_only()
     up = nginx("server { listen 127.0.0.1:18080; location / { return 200 'ok'; } }", "up")
     lua = os.path.join(D, "hook.lua")
     with open(lua, "w") as f:

@@ -82,6 +82,15 @@ class Proxy:
         return err
 
 
+def request_once(up, policy_path, path, host):
+    """Starts gd-proxyd with the policy, sends one GET, stops it: (status, head, body)."""
+    px = Proxy(up, policy_path)
+    try:
+        return px.req("GET", path, host)
+    finally:
+        px.close()
+
+
 def write(d, name, text):
     path = os.path.join(d, name)
     with open(path + ".tmp", "w") as f:
@@ -202,6 +211,121 @@ return {
         px.close()
 
 
+@test
+def on_connect(up, d, **_):
+    """on_connect sees host, port and the address about to be dialled; it denies one address and allows another (403 + audit)"""
+    H = up.http_port
+    p = policy(up, d, '''
+return {
+  allow = { "good.test:" .. H, "blocked.test:" .. H },
+  allow_internal = { "good.test", "blocked.test" },
+  resolve = { ["blocked.test"] = "127.0.0.2" },
+  on_request = function(req, ctx)
+    ctx.early = select(2, pcall(req.addr, req))
+  end,
+  on_connect = function(req, ctx)
+    ctx.dial = req:scheme() .. " " .. req:host() .. ":" .. req:port() .. " @" .. req:addr()
+    if req:addr() == "127.0.0.2" then
+      return req:deny(403, "no dial to " .. req:addr())
+    end
+    ctx.late = select(2, pcall(req.path, req))
+  end,
+  on_response = function(res, req, ctx)
+    res:set_header("X-Dial", ctx.dial)
+    res:set_header("X-Addr", res:addr() .. " " .. req:addr())
+    res:set_header("X-Phases", tostring(ctx.early) .. " | " .. tostring(ctx.late))
+  end,
+}''')
+    audit = os.path.join(d, "connect-audit.jsonl")
+    px = Proxy(up, p, extra=["--audit", audit])
+    try:
+        st, head, body = px.req("GET", "/echo", f"good.test:{H}")
+        expect(st == 200, f"allowed address: {st} {body[:200]}")
+        expect(header(head, "X-Dial") == f"http good.test:{H} @127.0.0.1", head)
+        expect(header(head, "X-Addr") == "127.0.0.1 127.0.0.1", head)
+        expect(header(head, "X-Phases") == "addr: API disabled in phase request | "
+               "path: API disabled in phase connect", head)
+        st, head, body = px.req("GET", "/echo", f"blocked.test:{H}")
+        expect(st == 403 and b"no dial to 127.0.0.2" in body, f"denied address: {st} {body[:200]}")
+        expect(header(head, "X-Gondolin-Rule") == "p.lua:11", head)  # the hook (a tail call)
+    finally:
+        px.close()
+    recs = [json.loads(l) for l in open(audit)]
+    denied = [r for r in recs if r.get("host") == "blocked.test"]
+    expect(len(denied) == 1 and denied[0]["rule"] == "p.lua:11"
+           and "no dial to 127.0.0.2" in denied[0].get("reason", ""), recs)
+    ok = [r for r in recs if r.get("host") == "good.test"]
+    expect(len(ok) == 1 and ok[0].get("status") == 200, ok)
+    # the authoring tool runs on_connect for a case with "addr"
+    cases = write(d, "connect.json", json.dumps({"cases": [
+        {"name": "allowed", "request": f"GET http://good.test:{H}/", "addr": "127.0.0.1",
+         "expect": {"decision": "allow"}},
+        {"name": "denied", "request": f"GET http://blocked.test:{H}/", "addr": "127.0.0.2",
+         "expect": {"decision": "deny", "rule": "p.lua:11", "reason_contains": "no dial to 127.0.0.2"}}]}))
+    r = subprocess.run([GONDOLIN, "policy", "test", p, cases], capture_output=True, text=True)
+    expect(r.returncode == 0 and "2 passed, 0 failed" in r.stdout, r.stdout + r.stderr)
+
+
+PHASE_METHODS = ["method", "scheme", "host", "port", "addr", "path", "query", "target", "url",
+                 "header", "headers", "is_websocket", "status", "decided", "set_header",
+                 "del_header", "set_target", "want_body", "body", "set_body", "deny", "respond"]
+READ = {"method", "path", "query", "target", "url", "header", "headers", "is_websocket"}
+ALLOWED = {  # docs/lua-api.md, per phase and object
+    "connect req": {"scheme", "host", "port", "addr", "decided", "deny"},
+    "request req": {"scheme", "host", "port", "decided"} | READ
+                   | {"set_header", "del_header", "set_target", "want_body", "deny", "respond"},
+    "response req": {"scheme", "host", "port", "decided", "status", "addr"} | READ,
+    "response res": {"scheme", "host", "port", "decided", "status", "addr"} | READ
+                    | {"set_header", "del_header", "want_body", "deny", "respond"},
+}
+
+
+@test
+def phases(up, d, **_):
+    """every req/res method checks its phase: allowed where docs/lua-api.md says, 'API disabled in phase' elsewhere"""
+    H = up.http_port
+    names = ", ".join(f'"{m}"' for m in PHASE_METHODS)
+    p = policy(up, d, f'''
+local names = {{ {names} }}
+-- bad arguments where a method would change something: allowed calls fail on them
+local args = {{ deny = 1, respond = 1, header = "x" }}
+local function probe(obj, tag, ctx)
+  local out = {{}}
+  for _, n in ipairs(names) do
+    local ok, err = pcall(obj[n], obj, args[n])
+    local verdict = "ok"
+    if not ok and err:find("API disabled in phase", 1, true) then verdict = "off"
+    elseif not ok and err:find(": a request method", 1, true) then verdict = "kind" end
+    out[#out + 1] = n .. "=" .. verdict
+  end
+  ctx[#ctx + 1] = tag .. ":" .. table.concat(out, ",")
+end
+return {{
+  allow = base,
+  on_connect = function(req, ctx) probe(req, "connect req", ctx) end,
+  on_request = function(req, ctx) probe(req, "request req", ctx) end,
+  on_response = function(res, req, ctx)
+    probe(req, "response req", ctx)
+    probe(res, "response res", ctx)
+    return res:respond(200, nil, table.concat(ctx, "\\n"))
+  end,
+}}''')
+    st, _, body = request_once(up, p, "/echo", f"good.test:{H}")
+    expect(st == 200, f"{st} {body[:300]}")
+    got = {}
+    for line in body.decode().split("\n"):
+        tag, rest = line.split(":", 1)
+        got[tag] = dict(kv.split("=") for kv in rest.split(","))
+    expect(sorted(got) == sorted(ALLOWED), sorted(got))
+    bad = []
+    for tag, allowed in ALLOWED.items():
+        for m in PHASE_METHODS:
+            want = "ok" if m in allowed else "kind" if (tag, m) == ("response res", "set_target") else "off"
+            if got[tag][m] != want:
+                bad.append(f"{tag}:{m} {got[tag][m]} (want {want})")
+    expect(not bad, "; ".join(bad))
+
+
 # ---- the sandbox ----
 
 ESCAPES = {
@@ -226,6 +350,17 @@ ESCAPES = {
     "loadfile": 'return loadfile("/etc/passwd")',
     "dofile": 'return dofile("/etc/passwd")',
     "collectgarbage": 'return collectgarbage("stop")',
+    "string_mt": 'getmetatable("").__index = { upper = function() return "x" end }',
+    "string_mt_rawset": 'rawset(getmetatable(""), "__index", {})',
+    "string_mt_setmt": 'setmetatable(getmetatable(""), nil)',
+    "string_mt_lib": 'getmetatable("").__index.upper = function() return "x" end',
+    "string_field": 'string.upper = function() return "x" end',
+    "string_rawset": 'rawset(string, "upper", 1)',
+    "string_setmt": 'setmetatable(string, nil)',
+    "table_field": 'table.concat = nil',
+    "math_rawset": 'rawset(math, "pi", 3)',
+    "bit_field": 'bit.band = nil',
+    "coroutine_field": 'coroutine.wrap = nil',
 }
 
 EXPECTED = {
@@ -238,12 +373,17 @@ EXPECTED = {
     "require_path": "not a module name", "require_new": "only while the policy loads",
     "loadfile": "global 'loadfile'", "dofile": "global 'dofile'",
     "collectgarbage": "global 'collectgarbage'",
+    "string_mt": "read-only", "string_mt_rawset": "read-only",
+    "string_mt_setmt": "protected metatable", "string_mt_lib": "read-only",
+    "string_field": "read-only", "string_rawset": "read-only",
+    "string_setmt": "protected metatable", "table_field": "read-only", "math_rawset": "read-only",
+    "bit_field": "read-only", "coroutine_field": "read-only",
 }
 
 
 @test
 def sandbox(up, d, **_):
-    """escape attempts (io, os, ffi, bytecode, string.dump, debug, setfenv, metatables, rawset, require) fail cleanly"""
+    """escape attempts (io, os, ffi, bytecode, string.dump, debug, setfenv, metatables, rawset, require, library tables, the string metatable) fail cleanly"""
     H = up.http_port
     attempts = ",\n".join(f'  ["{k}"] = function(req) {v} end' for k, v in ESCAPES.items())
     write(d, "helper2.lua", "return {}\n")
@@ -257,6 +397,10 @@ return {{
   on_request = function(req)
     local name = req:path():sub(2)
     if name == "keep" then kept = req; return req:respond(200, nil, "kept") end
+    if name == "intact" then
+      return req:respond(200, nil, ("a"):upper() .. tostring(string.upper == ("").upper)
+        .. tostring(type(table.concat) == "function" and math.pi > 3.14))
+    end
     if name == "use_kept" then
       local ok, err = pcall(function() return kept:host() end)
       return req:respond(200, nil, (ok and "ESCAPED " or "blocked: ") .. tostring(err))
@@ -276,6 +420,9 @@ return {{
             text = body.decode()
             if st != 200 or not text.startswith("blocked: ") or EXPECTED[name] not in text:
                 bad.append(f"{name}: {st} {text[:160]}")
+        st, _, body = px.req("GET", "/intact", f"good.test:{H}")
+        if body != b"Atruetrue":
+            bad.append(f"libraries changed by the attempts: {body[:160]}")
         px.req("GET", "/keep", f"good.test:{H}")
         st, _, body = px.req("GET", "/use_kept", f"good.test:{H}")
         if b"request already finished" not in body:
@@ -287,11 +434,14 @@ return {{
 
 @test
 def sandbox_at_load(up, d, **_):
-    """a policy that touches io at load time is refused by policy check with file:line"""
+    """a policy that touches io or the string metatable at load time is refused by policy check with file:line"""
     p = write(d, "evil.lua", 'local x = 1\nlocal f = io.open("/etc/passwd")\nreturn {}\n')
     r = subprocess.run([GONDOLIN, "policy", "check", p], capture_output=True, text=True)
     expect(r.returncode != 0, "check passed")
     expect("evil.lua:2:" in r.stderr and "global 'io'" in r.stderr, r.stderr)
+    mt = write(d, "mt.lua", 'local x = 1\ngetmetatable("").__index.x = 1\nreturn {}\n')
+    r = subprocess.run([GONDOLIN, "policy", "check", mt], capture_output=True, text=True)
+    expect(r.returncode != 0 and "mt.lua:2:" in r.stderr and "read-only" in r.stderr, r.stderr)
 
 
 @test
@@ -384,6 +534,207 @@ return {
         expect(st == 403 and b"API disabled in phase response" in body, f"{st} {body}")
     finally:
         px.close()
+
+
+# ---- the string library under the CPU budget ----
+
+def lua_str(b):
+    """bytes as a Lua string literal (decimal escapes: any byte, NUL included)"""
+    return '"' + "".join("\\%03d" % c if c < 32 or c > 126 or c in (34, 92) else chr(c)
+                         for c in b) + '"'
+
+
+def stock_lua(code):
+    """Runs code in a plain LuaJIT state (stock libraries) and returns its string result."""
+    import ctypes
+    lj = ctypes.CDLL("libluajit-5.1.so.2")
+    lj.luaL_newstate.restype = ctypes.c_void_p
+    lj.luaL_openlibs.argtypes = [ctypes.c_void_p]
+    lj.luaL_loadstring.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lj.lua_pcall.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lj.lua_tolstring.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_size_t)]
+    lj.lua_tolstring.restype = ctypes.c_void_p
+    lj.lua_close.argtypes = [ctypes.c_void_p]
+    L = lj.luaL_newstate()
+    lj.luaL_openlibs(L)
+    rc = lj.luaL_loadstring(L, code.encode()) or lj.lua_pcall(L, 0, 1, 0)
+    n = ctypes.c_size_t()
+    p = lj.lua_tolstring(L, -1, ctypes.byref(n))
+    out = ctypes.string_at(p, n.value) if p else b""
+    lj.lua_close(L)
+    expect(rc == 0, f"stock LuaJIT failed: {out[:300]}")
+    return out
+
+
+# patterns worth checking one by one: every construct, the error paths, the corner cases
+FIXED_PATTERNS = [
+    "", "a", "^a", "a$", "^$", "$a", "a$b", ".", "..", ".-", ".*", ".+", ".?", "a*", "a+", "a-",
+    "a?", "^a*$", "%a+", "%A+", "%d+", "%D", "%l%u", "%s*", "%S+", "%w+", "%W", "%p", "%P+",
+    "%c", "%x+", "%X", "%z", "%Z+", "%g+", "%G", "%%", "%.", "%]", "[abc]", "[^abc]+", "[a-c]+",
+    "[%a_]+", "[%d-]+", "[-a]", "[a-]", "[]]", "[^]]+", "[]a]+", "[a%-z]+", "[%]]", "[z-a]",
+    "[%w%s]+", "[^%s]+", "()", "()a()", "(a)", "(a*)", "(a)(b)", "((a)(b))", "(a)%1", "(%a)%1",
+    "((.)%2)", "(.-)b", "(.*)b", "(.+)(.+)", "(()a)", "%b()", "%b[]+", "%bab", "x%b()y",
+    "%f[%w]%w+", "%f[%W]", "%f[%a]%a+%f[%A]", "%f[a]", "%f[^%z]", "%f[%z]", "^(.-)%s*$",
+    "^%s*(.-)%s*$", "(%w+)=(%w+)", "([^&=]+)=([^&]*)", "^/(.-)/(.-)$", "a.-b", "a.*b",
+    "(a?)(a?)(a?)", "[%a%d]-", "%d%d?%d?", "^(%d+)%.(%d+)%.?(%d*)$",
+    # errors
+    "%", "[a", "[^", "[", "(", ")", "a)", "(()", "%1", "(a)%2", "%b", "%ba", "%f", "%fa",
+    "(a%1)", "[%", "%0", "((((((((((((((((((((((((((((((((((a))))))))))))))))))))))))))))))))))",
+    "a\0b", "[\0]", "%z+", "\xff+", "[\x80-\xff]+",
+]
+SUBJECTS = [b"", b"a", b"aaa", b"abc", b"aabb", b"hello world", b"  trim me  ", b"x=1&y=22&z=",
+            b"/v1/repos/o/r", b"f(a(b)c)d", b"[x[y]z]", b"THE (quick) fox", b"1.2.3",
+            b"a\0b\0c", b"\xff\xfe\x80x", b"%d%a", b"ab]c-d", b"aaaaaaab", b"a,b,,c",
+            b"abab=cdcd", b"12 abc 34"]
+TOKENS = ["a", "b", "c", ".", "%a", "%d", "%s", "%w", "%A", "[ab]", "[^a]", "[a-c]", "[%d_]",
+          "(", ")", "()", "*", "+", "-", "?", "^", "$", "%b()", "%f[%w]", "%1", "%2", "x", "%%",
+          "1", " ", "=", "[]]"]
+ALPHA = b"abc1 _()xX=%\0\xff"
+
+
+def matcher_cases():
+    import random
+    rnd = random.Random(20261202)
+    cases = []
+    for p in FIXED_PATTERNS:
+        for s in SUBJECTS:
+            cases.append(("find", s, p, None, None))
+            cases.append(("match", s, p, None, None))
+        for s in SUBJECTS[::3]:
+            cases.append(("gmatch", s, p, None, None))
+            cases.append(("gsub", s, p, '"<%0>"', None))
+    for s in SUBJECTS[:8]:  # init, plain, max and the replacement kinds
+        for init in (-100, -3, -1, 0, 1, 2, 4, 100):
+            cases.append(("find", s, "a", init, None))
+            cases.append(("find", s, "", init, None))
+            cases.append(("find", s, "%a+", init, None))
+            cases.append(("match", s, "(%a)", init, None))
+        cases.append(("find", s, "a.", 1, "true"))
+        cases.append(("find", s, "(", 1, "1"))
+        for repl in ('"%1-%1"', '"x%"', '"%%"', '"%9"', '"%a%0"', "7", "t1", "f1", "f2"):
+            for p in ("%a", "(%a)", "(a)(b)?", "", "()"):
+                for mx in (None, "0", "1", "2", "-1"):
+                    cases.append(("gsub", s, p, repl, mx))
+    for _ in range(3000):
+        p = "".join(rnd.choice(TOKENS) for _ in range(rnd.randint(1, 7)))
+        s = bytes(rnd.choice(ALPHA) for _ in range(rnd.randint(0, 14)))
+        fn = rnd.choice(("find", "match", "gmatch", "gsub"))
+        cases.append((fn, s, p, '"[%0]"' if fn == "gsub" else None, None))
+    return cases
+
+
+def lua_cases(cases):
+    def arg(v):
+        return "nil" if v is None else v
+    rows = []
+    for fn, s, p, a, b in cases:
+        pb = p.encode("latin-1") if isinstance(p, str) else p
+        rows.append(f'{{"{fn}", {lua_str(s)}, {lua_str(pb)}, {arg(a)}, {arg(b)}}}')
+    return "{\n" + ",\n".join(rows) + "\n}"
+
+
+@test
+def string_matcher_differential(up, d, **_):
+    """our find/match/gmatch/gsub (and the wrapped rep/format/sub/concat/sort ...) give the stock LuaJIT results on 11000+ cases"""
+    H = up.http_port
+    cases = matcher_cases()
+    src = open(os.path.join(HERE, "strdiff.lua")).read()
+    write(d, "strdiff.lua", src)
+    write(d, "cases.lua", "return " + lua_cases(cases) + "\n")
+    p = policy(up, d, '''
+local run, cases = require "strdiff", require "cases"
+return {
+  allow = base,
+  limits = { hook_ms = 10000 },
+  on_request = function(req) return req:respond(200, nil, run(cases)) end,
+}''')
+    want = stock_lua(f"local run = loadstring({lua_str(src.encode())})()\n"
+                     f"return run({lua_cases(cases)})").split(b"\n")
+    st, _, body = request_once(up, p, "/", f"good.test:{H}")
+    expect(st == 200, f"status {st}: {body[:300]}")
+    got = body.split(b"\n")
+    expect(len(got) == len(want) == len(cases) + 1, f"{len(got)} results, {len(want)} stock, {len(cases)} cases")
+    expect(got[-1] == want[-1], f"sort/rep/format/...: ours {bytes.fromhex(got[-1].decode())!r} "
+           f"stock {bytes.fromhex(want[-1].decode())!r}")
+    bad = [f"{c[0]}({c[1]!r}, {c[2]!r}, {c[3]}, {c[4]}): ours {bytes.fromhex(g.decode())!r} "
+           f"stock {bytes.fromhex(w.decode())!r}" for c, g, w in zip(cases, got, want) if g != w]
+    expect(not bad, f"{len(bad)} differ: " + "; ".join(bad[:5]))
+
+
+# Each runs far past the budget without its charge (a backtracking match never returns;
+# a loop of large copies does up to a thousand of them between two checks of the count
+# hook); each must be stopped by the budget and denied, and the proxy must go on.
+BUDGET_CASES = {
+    "match": 'req:path():match("^/(.-)/(.-)/(.-)/(.-)x$")',
+    "find": 'string.find(("a"):rep(26), ("a*"):rep(26) .. "b")',
+    "gsub": '(("a"):rep(3000)):gsub(".-.-.-b", "")',
+    "gmatch": 'for _ in (("a"):rep(3000)):gmatch(".-.-.-b") do end',
+    "find_plain": 'local s = ("a"):rep(2^27) while true do s:find("ab", 1, true) end',
+    "rep": 'local s = ("x"):rep(2^26) while true do s:rep(2) end',
+    "upper": 'local s = ("X"):rep(2^27) while true do s:upper() end',
+    "sub": 'local s = ("x"):rep(2^28) while true do s:sub(1, -2) end',
+    "format": 'local s = ("x"):rep(2^28) while true do ("%s"):format(s) end',
+    "concat": 'local t, p = {}, ("x"):rep(2^20) for i = 1, 2^8 do t[i] = p end '
+              'while true do table.concat(t) end',
+    # every comparison reads 1 MiB: 4096 equal strings (one object) take minutes to sort
+    "sort": 'local t, p = {}, ("x"):rep(2^20) for i = 1, 2^12 do t[i] = p end '
+            'table.sort(t) error("sorted")',
+    "tonumber": 'local s = ("1"):rep(2^27) while true do tonumber(s) end',
+    # operators: one instruction compares or copies a whole string
+    "compare": 'local a = ("x"):rep(2^28) while not (a < a) do end',
+    "concat_op": 'local s = ("x"):rep(2^27) while true do local t = s .. s end',
+}
+
+
+@test
+def string_library_budget(up, d, **_):
+    """the CPU budget covers the string and table libraries: each runaway call is denied in bounded time"""
+    H = up.http_port
+    cases = ",\n".join(f'  ["{k}"] = function(req) {v} end' for k, v in BUDGET_CASES.items())
+    p = policy(up, d, f'''
+local cases = {{
+{cases}
+}}
+return {{
+  allow = base,
+  limits = {{ hook_ms = 200, memory_mb = 1024 }},
+  on_request = function(req)
+    local f = cases[req:header("X-Case") or ""]
+    if f then f(req) end
+  end,
+}}''')
+    audit = os.path.join(d, "budget-audit.jsonl")
+    px = Proxy(up, p, extra=["--audit", audit])
+    bad, timings = [], []
+    path = "/" + "a/" * 3000  # the guest chooses the path: 6 KB
+    try:
+        for name in BUDGET_CASES:
+            t0 = time.monotonic()
+            try:
+                st, head, body = px.req("GET", path, f"good.test:{H}", [("X-Case", name)])
+            except OSError as e:
+                bad.append(f"{name}: {e!r} after {time.monotonic() - t0:.1f}s")
+                break  # the proxy is stuck: the rest cannot run
+            dt = time.monotonic() - t0
+            if st != 403 or b"CPU budget" not in body or header(head, "X-Gondolin-Rule") != "lua-error":
+                bad.append(f"{name}: {st} {body[:200]}")
+            timings.append(f"{name} {dt:.2f}")
+            if dt > 2.5:  # the budget, the setup and one call; without the charges: 4.4 s to hangs
+                bad.append(f"{name}: took {dt:.1f}s")
+        if not bad:
+            st, _, _ = px.req("GET", "/echo", f"good.test:{H}")
+            expect(st == 200, f"after the runaways: {st}")
+    finally:
+        try:
+            px.close()
+        except AssertionError as e:
+            bad.append(str(e))
+    expect(not bad, "; ".join(bad) + " (times: " + ", ".join(timings) + ")")
+    if os.environ.get("GD_TEST_VERBOSE"):
+        print("   ", ", ".join(timings))
+    recs = [json.loads(l) for l in open(audit)]
+    budget = [r for r in recs if r["rule"] == "lua-error" and "CPU budget" in r.get("reason", "")]
+    expect(len(budget) == len(BUDGET_CASES), f"{len(budget)} budget denials audited")
 
 
 # ---- policy-declared secrets, require, stdlib ----
