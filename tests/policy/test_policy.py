@@ -211,6 +211,31 @@ return {
         px.close()
 
 
+
+@test
+def on_connect_on_pooled(up, d, **_):
+    """a pooled upstream connection is a dial too: on_connect decides on every request"""
+    H = up.http_port
+    p = policy(up, d, '''
+local dials = 0
+return {
+  allow = { "good.test:" .. H },
+  allow_internal = { "good.test" },
+  on_connect = function(req, ctx)
+    dials = dials + 1
+    if dials > 1 then return req:deny(403, "one dial only (" .. dials .. ")") end
+  end,
+}''')
+    px = Proxy(up, p)
+    try:
+        st, _, body = px.req("GET", "/echo", f"good.test:{H}")
+        expect(st == 200, f"first request: {st} {body[:200]}")
+        time.sleep(0.2)  # its upstream connection is idle in the pool now
+        st, _, body = px.req("GET", "/echo", f"good.test:{H}")
+        expect(st == 403 and b"one dial only" in body, f"pooled reuse skipped on_connect: {st} {body[:200]}")
+    finally:
+        px.close()
+
 @test
 def on_connect(up, d, **_):
     """on_connect sees host, port and the address about to be dialled; it denies one address and allows another (403 + audit)"""
@@ -754,9 +779,10 @@ return {
   allow = base,
   plugins = { ["secret-exec"] = true },
   secrets = {
-    ENV_TOKEN = { hosts = { "good.test" }, from = "env:GD_TEST_ENV_TOKEN" },
-    FILE_TOKEN = { hosts = { "good.test" }, from = "file:token.txt" },
-    CMD_TOKEN = { hosts = { "good.test" }, from = "exec:echo cmd-secret-7" },
+    ENV_TOKEN = { hosts = { "http://good.test" }, from = "env:GD_TEST_ENV_TOKEN" },
+    FILE_TOKEN = { hosts = { "http://good.test" }, from = "file:token.txt" },
+    CMD_TOKEN = { hosts = { "http://good.test" }, from = "exec:echo cmd-secret-7" },
+    TLS_ONLY = { hosts = { "good.test" }, value = "tls-only-value" },
   },
   on_request = function(req)
     local q = url.parse_query(req:query() or "")
@@ -777,6 +803,8 @@ return {
         expect(h["x-tag"] == "[a b]" and h["x-b64"] == "aGk=" and h["x-json"] == '{"a":2}', h)
         st, _, body = px.req("GET", "/echo", f"other.test:{H}", hdrs[:1])
         expect(st == 403 and b"secret-scope" in body, f"out of scope: {st}")
+        st, _, body = px.req("GET", "/echo", f"good.test:{H}", [("X-D", px.secrets["TLS_ONLY"])])
+        expect(st == 403 and b"secret-cleartext" in body, f"a policy secret over cleartext: {st} {body!r}")
     finally:
         px.close()
     r = subprocess.run([PROXYD, "--policy", write(d, "bad-exec.lua", 'return { plugins = { ["secret-exec"] = true }, secrets = { X = { hosts = {"a.test"}, from = "exec:exit 3" } } }\n'),
