@@ -192,23 +192,54 @@ def sigterm_hangs_up_an_interactive_shell():
     os.close(fd)
 
 
+def start_time(pid):
+    """/proc/PID/stat field 22 (clock ticks after boot)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def net_dirs(d):
+    return sorted(n for n in os.listdir(d) if n.startswith("gondolin-net-"))
+
+
 @test
 def sigkill_leaves_no_qemu_behind():
+    """SIGKILL on gondolin: QEMU dies with it and its socket directory goes too; stale
+    directories of owners that are gone (dead pid, or a pid reused by another process)
+    are removed at the next start, a live owner's directory is left alone."""
     before = qemu_pids()
     tmp = tempfile.mkdtemp()
-    p = subprocess.Popen([G, "exec", "--", "sh", "-c", "echo started; exec sleep 1000"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, TMPDIR=tmp))
-    expect(p.stdout.readline() == b"started\n", "process did not start")
-    mine = qemu_pids() - before
-    eq(len(mine), 1, "one QEMU while running")
-    p.kill()
-    p.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline and (qemu_pids() & mine):
-        time.sleep(0.1)
-    eq(qemu_pids() & mine, set(), "QEMU orphaned after SIGKILL")
-    eq(os.listdir(tmp), [], "temporary files left")
-    shutil.rmtree(tmp)
+    try:
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        me = os.getpid()
+        live = f"gondolin-net-{me}-{start_time(me)}-Live00"
+        stale = [f"gondolin-net-{dead.pid}-{start_time(me)}-Dead00",  # owner exited
+                 f"gondolin-net-{me}-{start_time(me) + 1}-Reuse0"]    # pid now someone else's
+        for n in [live] + stale:
+            os.mkdir(os.path.join(tmp, n))
+            with open(os.path.join(tmp, n, "0"), "w"):
+                pass
+        env = dict(os.environ, TMPDIR=tmp, XDG_RUNTIME_DIR=tmp)
+        p = subprocess.Popen([G, "exec", "--", "sh", "-c", "echo started; exec sleep 1000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        expect(p.stdout.readline() == b"started\n", "process did not start")
+        mine = qemu_pids() - before
+        eq(len(mine), 1, "one QEMU while running")
+        running = net_dirs(tmp)
+        eq(len(running), 2, f"the live owner's directory and the new one: {running}")
+        expect(live in running, f"a live owner's directory was removed: {running}")
+        ours = [n for n in running if n != live][0]
+        expect(ours.startswith(f"gondolin-net-{p.pid}-{start_time(p.pid)}-"), ours)
+        p.kill()
+        p.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and (qemu_pids() & mine or net_dirs(tmp) != [live]):
+            time.sleep(0.1)
+        eq(qemu_pids() & mine, set(), "QEMU orphaned after SIGKILL")
+        eq(sorted(os.listdir(tmp)), [live], "files left after SIGKILL")
+    finally:
+        shutil.rmtree(tmp)
 
 
 @test
