@@ -17,23 +17,17 @@ echo "== unit tests under ASan+UBSan"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   ./build-asan/tests/test-unit
 
-if [[ -x build-fuzz/tests/fuzz-proto ]]; then
+if command -v clang >/dev/null; then # build.sh builds build-fuzz/ with clang
+  echo "== fuzz step: a failing fuzzer fails it (stubs, and a target that crashes and leaks)"
+  python3 tests/fuzz/test_fuzz_step.py build-fuzz
   echo "== fuzz: control channel (${GD_FUZZ_SECONDS:-30}s)"
-  mkdir -p build-fuzz/corpus
-  ./build-fuzz/tests/fuzz-proto -max_total_time="${GD_FUZZ_SECONDS:-30}" -max_len=4096 \
-    -print_final_stats=1 build-fuzz/corpus tests/fuzz/seeds 2>&1 | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY' || true
-  [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "fuzzer found a crash"; exit 1; }
-fi
-
-for t in http dns sni apk; do
-  if [[ -x build-fuzz/tests/fuzz-$t ]]; then
+  bash scripts/fuzz.sh build-fuzz/tests/fuzz-proto "${GD_FUZZ_SECONDS:-30}" build-fuzz/corpus tests/fuzz/seeds
+  for t in http dns sni apk; do
     echo "== fuzz: $t (${GD_FUZZ_SECONDS_NET:-20}s)"
-    mkdir -p build-fuzz/corpus-$t
-    ./build-fuzz/tests/fuzz-$t -max_total_time="${GD_FUZZ_SECONDS_NET:-20}" -max_len=4096 \
-      -print_final_stats=1 build-fuzz/corpus-$t tests/fuzz/seeds-$t 2>&1 | grep -E 'stat::number_of_executed_units|ERROR|SUMMARY' || true
-    [[ ${PIPESTATUS[0]} -eq 0 ]] || { echo "fuzzer found a crash"; exit 1; }
-  fi
-done
+    bash scripts/fuzz.sh "build-fuzz/tests/fuzz-$t" "${GD_FUZZ_SECONDS_NET:-20}" "build-fuzz/corpus-$t" \
+      "tests/fuzz/seeds-$t"
+  done
+fi
 
 echo "== proxy engine (no VM), real upstreams on loopback"
 python3 tests/proxy/test_proxy.py build

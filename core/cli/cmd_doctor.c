@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
+#include "base/fs.h"
 #include "image/image.h"
 
 #include <stdio.h>
@@ -48,26 +49,34 @@ int cmd_doctor(int argc, char **argv)
         return 0;
     }
     printf("gondolin doctor\n");
-    char line[512];
-    if (run_line("qemu-system-x86_64 --version 2>/dev/null", line, sizeof(line)) == 0 && line[0])
+    char line[1024], cmd[1200];
+    const char *qemu = gd_qemu_binary(gd_host_arch());
+    snprintf(cmd, sizeof(cmd), "'%s' --version 2>/dev/null", qemu);
+    if (!strchr(qemu, '\'') && run_line(cmd, line, sizeof(line)) == 0 && line[0]) {
         ok("qemu", line);
-    else
-        bad("qemu", "qemu-system-x86_64 not found",
-            "apt-get install --no-install-recommends qemu-system-x86");
+    } else {
+        snprintf(line, sizeof(line), "%s not found", qemu);
+        bad("qemu", line, "apt-get install --no-install-recommends qemu-system-x86");
+    }
 
-    char why[256];
+    /* what the next `gondolin exec` will do, and why */
+    char why[600], path[1024];
     if (gd_kvm_api_probe(why, sizeof(why)) != 0) {
         note("kvm", why);
         note("accel", "TCG (software emulation: slower boots, works everywhere)");
     } else {
-        int v = gd_kvm_cached_verdict("qemu-system-x86_64");
-        if (v == 1)
+        int v = gd_kvm_cached_verdict(qemu, why, sizeof(why));
+        gd_kvm_verdict_path(path, sizeof(path));
+        if (v == 1) {
             ok("kvm", "KVM boots guests here");
-        else if (v == 0)
-            note("kvm", "KVM API present but a guest hung under it here: TCG is used "
-                        "(rm ~/.cache/gondolin/kvm-verdict to retest)");
-        else
+        } else if (v == 0) {
+            snprintf(line, sizeof(line), "KVM API present but unusable here: %s", why);
+            note("kvm", line);
+            snprintf(line, sizeof(line), "TCG (rm %s to retest KVM)", path);
+            note("accel", line);
+        } else {
             note("kvm", "KVM API usable; the first boot will confirm it under a watchdog");
+        }
     }
 
     if (run_line("command -v apt-get", line, sizeof(line)) == 0 && line[0])

@@ -6,6 +6,7 @@
 
 #include "dns/addr.h"
 #include "dns/dns.h"
+#include "net/sockdir.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -95,7 +96,7 @@ struct gd_net {
     uv_timer_t tick;
     int prep_open, tick_open;
     struct stimer *timers;
-    char dir[108];
+    struct gd_sockdir sd; /* the sockets slirp connects to */
     char guest_arg[96];
     /* synthetic names: index i <-> 198.19.(1 + i / 254).(1 + i % 254) */
     char **names;
@@ -390,7 +391,7 @@ static struct fwd *fwd_add(gd_net *n, uint32_t ip, uint16_t port, int kind, cons
     w->raw_host = raw_host ? strdup(raw_host) : NULL;
     w->raw_port = raw_port;
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/%zu", n->dir, n->nfwds);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/%zu", n->sd.path, n->nfwds);
     w->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (w->fd < 0 || bind(w->fd, (struct sockaddr *)&sa, sizeof(sa)) || listen(w->fd, 128)) {
         if (w->fd >= 0)
@@ -1015,6 +1016,7 @@ int gd_net_new(uv_loop_t *loop, const struct gd_net_opts *o, gd_net **out, int *
     n->loop = loop;
     n->o = *o;
     n->qfd = n->epfd = -1;
+    n->sd.janitor_fd = -1;
     n->rx = malloc(RXBUF);
     n->names = calloc(MAX_NAMES, sizeof(char *));
     n->name_hash = calloc(MAX_NAMES * 2, sizeof(uint32_t));
@@ -1033,16 +1035,11 @@ int gd_net_new(uv_loop_t *loop, const struct gd_net_opts *o, gd_net **out, int *
     }
     for (size_t i = 0; i < nr; i++)
         n->resolve[i] = strdup(o->resolve[i]);
-    const char *rt = getenv("XDG_RUNTIME_DIR");
-    struct stat st;
-    if (!rt || stat(rt, &st) || !S_ISDIR(st.st_mode) || strlen(rt) > 60)
-        rt = "/tmp";
-    snprintf(n->dir, sizeof(n->dir), "%s/gondolin-net-XXXXXX", rt);
-    if (!mkdtemp(n->dir)) {
-        int e = errno;
-        n->dir[0] = 0;
+    int rc = gd_sockdir_create(&n->sd);
+    if (rc) {
         gd_net_free(n);
-        return gd_err_set(err, -e, "cannot create a private socket directory: %s", strerror(e));
+        return gd_err_set(err, rc, "cannot create a private socket directory in %s: %s",
+                          gd_sockdir_base(), strerror(-rc));
     }
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp)) {
@@ -1187,14 +1184,7 @@ void gd_net_free(gd_net *n)
         free(w->raw_host);
         free(w);
     }
-    if (n->dir[0]) {
-        char p[200];
-        for (size_t i = 0; i < n->nfwds; i++) {
-            snprintf(p, sizeof(p), "%s/%zu", n->dir, i);
-            unlink(p);
-        }
-        rmdir(n->dir);
-    }
+    gd_sockdir_remove(&n->sd);
     for (size_t i = 0; n->names && i < n->nnames; i++)
         free(n->names[i]);
     for (size_t i = 0; n->alias_name && i < n->naliases; i++)

@@ -8,8 +8,9 @@
  *   UDP/67      DHCP, to slirp; any other UDP is dropped
  *   TCP SYN     classified by the policy callback: refused (RST), proxied (HTTP/TLS),
  *               or mapped raw TCP. Accepted flows are registered with slirp_add_unix
- *               on a per-destination unix socket in a private directory, so every guest
- *               connection arrives as one accepted socket handed to on_flow.
+ *               on a per-destination unix socket in a private directory (removed even
+ *               when this process is SIGKILLed: sockdir.h), so every guest connection
+ *               arrives as one accepted socket handed to on_flow.
  *   ICMP        echo to the gateway only (slirp answers it); everything else dropped
  *   IPv6, other dropped
  * Flows to addresses that are not synthetic (IP literals, trusted-mode answers) are

@@ -51,7 +51,9 @@ struct gd_vm {
     char *append;
     char qemu[256];
     char accel[8];
-    int accel_auto; /* KVM being tried under the watchdog */
+    int accel_auto;    /* KVM being tried under the watchdog */
+    char kvm_why[512]; /* KVM was tried and failed: what happened (notice and verdict wait
+                          for the TCG boot) */
     enum vm_state state;
     pid_t pid;
     int pidfd;
@@ -127,6 +129,39 @@ static void tail_get(const struct tail *t, char *dst, size_t cap, int lines)
         b--;
     }
     gd_sanitize(dst, cap, lin + b, end - b);
+}
+
+/* The line of the ring that explains most, sanitized: the first naming an error, else the
+ * first naming KVM, else the last non-empty one. */
+static void tail_relevant(const struct tail *t, char *dst, size_t cap)
+{
+    char lin[TAIL_CAP + 1];
+    size_t n = tail_linear(t, lin);
+    lin[n] = 0;
+    const char *best = NULL;
+    size_t best_len = 0;
+    int best_score = 0;
+    for (char *l = lin; l < lin + n;) {
+        char *e = memchr(l, '\n', (size_t)(lin + n - l));
+        size_t len = e ? (size_t)(e - l) : (size_t)(lin + n - l);
+        char save = l[len];
+        l[len] = 0;
+        int score = strcasestr(l, "error") || strstr(l, "Assertion") ? 3
+                    : strcasestr(l, "kvm")                           ? 2
+                    : strspn(l, " \t\r") < len                       ? 1
+                                                                     : 0;
+        l[len] = save;
+        if (score > best_score || (score == 1 && best_score == 1)) {
+            best = l;
+            best_len = len;
+            best_score = score;
+        }
+        l += len + 1;
+    }
+    if (best)
+        gd_sanitize(dst, cap, best, best_len);
+    else if (cap)
+        dst[0] = 0;
 }
 
 static int tail_contains(const struct tail *t, const char *needle)
@@ -226,22 +261,16 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
         if (!vm->o.start_timeout_ms)
             vm->o.start_timeout_ms = 60000;
     }
-    const char *qemu = o->qemu ? o->qemu : getenv("GONDOLIN_QEMU");
     snprintf(vm->qemu, sizeof(vm->qemu), "%s",
-             qemu && *qemu ? qemu
-                           : (!strcmp(vm->img.arch, "aarch64") ? "qemu-system-aarch64"
-                                                               : "qemu-system-x86_64"));
+             o->qemu && *o->qemu ? o->qemu : gd_qemu_binary(vm->img.arch));
     const char *append = o->append ? o->append : getenv("GONDOLIN_APPEND");
     vm->append = append ? strdup(append) : NULL;
     vm->o.append = vm->append;
     const char *accel = o->accel && *o->accel ? o->accel : getenv("GONDOLIN_ACCEL");
     if (!accel || !*accel || !strcmp(accel, "auto")) {
         char why[256];
-        int verdict = gd_kvm_cached_verdict(vm->qemu);
-        /* GONDOLIN_ASSUME_KVM_API=1 (tests): skip the API probe, as on hosts where
-         * /dev/kvm opens fine and then hangs the guest */
-        int api_ok =
-            getenv("GONDOLIN_ASSUME_KVM_API") ? 1 : gd_kvm_api_probe(why, sizeof(why)) == 0;
+        int verdict = gd_kvm_cached_verdict(vm->qemu, NULL, 0);
+        int api_ok = gd_kvm_api_probe(why, sizeof(why)) == 0;
         if (!api_ok || verdict == 0) {
             strcpy(vm->accel, "tcg");
         } else {
@@ -304,11 +333,39 @@ static void fail_execs(gd_vm *vm, const char *why)
     }
 }
 
+/* The boot is over (ok or not): remember what KVM did. A KVM attempt that failed is
+ * reported (one line) and remembered only once TCG has booted the same VM: if TCG fails
+ * too, QEMU's trouble was not KVM's, so the error alone is reported and nothing is
+ * remembered. */
+static void kvm_settle(gd_vm *vm, int ok)
+{
+    if (ok && vm->accel_auto)
+        gd_kvm_record_verdict(vm->qemu, 1, "a guest booted under KVM");
+    vm->accel_auto = 0;
+    if (ok && vm->kvm_why[0]) {
+        fprintf(stderr,
+                "gondolin: KVM is present but unusable: %s; using TCG (remembered; --accel kvm "
+                "to force)\n",
+                vm->kvm_why);
+        gd_kvm_record_verdict(vm->qemu, 0, vm->kvm_why);
+    }
+    vm->kvm_why[0] = 0;
+}
+
+/* The KVM attempt failed: boot again under TCG once this QEMU is gone. */
+static void kvm_fall_back(gd_vm *vm)
+{
+    vm->accel_auto = 0;
+    strcpy(vm->accel, "tcg");
+    vm->relaunch = 1;
+}
+
 static void fire_ready(gd_vm *vm, int status)
 {
     if (vm->ready_fired)
         return;
     vm->ready_fired = 1;
+    kvm_settle(vm, status == 0);
     if (vm->ready_cb)
         vm->ready_cb(vm, status, vm->ud);
 }
@@ -442,17 +499,19 @@ static void on_pid_exit(uv_poll_t *p, int status, int events)
     close_handle(vm, (uv_handle_t *)&vm->pid_poll, &vm->pid_poll_open);
     close_handle(vm, (uv_handle_t *)&vm->kill_timer, &vm->kill_timer_open);
     if (vm->state == VM_STARTING && vm->accel_auto) {
-        /* QEMU died while trying KVM (e.g. "KVM internal error"): same verdict as a hang */
-        char tail[512];
-        tail_get(&vm->err_tail, tail, sizeof(tail), 2);
-        fprintf(stderr,
-                "gondolin: KVM is present but QEMU failed under it (%s); using TCG "
-                "(remembered; --accel kvm to force)\n",
-                tail[0] ? tail : "no message");
-        gd_kvm_record_verdict(vm->qemu, 0);
-        vm->accel_auto = 0;
-        strcpy(vm->accel, "tcg");
-        vm->relaunch = 1;
+        /* QEMU died while trying KVM ("failed to set MSR ... Assertion failed", "KVM
+         * internal error"): say how, with the line of its stderr that explains it */
+        char line[320];
+        drain_into(vm->errp_open ? &vm->errp : NULL, &vm->err_tail);
+        tail_relevant(&vm->err_tail, line, sizeof(line));
+        const char *sig = WIFSIGNALED(st) ? sigabbrev_np(WTERMSIG(st)) : NULL;
+        if (WIFSIGNALED(st))
+            snprintf(vm->kvm_why, sizeof(vm->kvm_why), "QEMU crashed under KVM (SIG%s)%s%s",
+                     sig ? sig : "?", line[0] ? ": " : "", line);
+        else
+            snprintf(vm->kvm_why, sizeof(vm->kvm_why), "QEMU exited with status %d under KVM%s%s",
+                     WEXITSTATUS(st), line[0] ? ": " : "", line);
+        kvm_fall_back(vm);
         close_handle(vm, (uv_handle_t *)&vm->errp, &vm->errp_open);
         close_handle(vm, (uv_handle_t *)&vm->conp, &vm->conp_open);
         vm_stop(vm, SIGKILL);
@@ -616,10 +675,6 @@ static int handle_frame(gd_vm *vm, const struct gd_hdr *h, const uint8_t *body)
         gd_sanitize(vm->agent, sizeof(vm->agent), m.agent.p, m.agent.len > 100 ? 100 : m.agent.len);
         vm->state = VM_READY;
         close_handle(vm, (uv_handle_t *)&vm->timer, &vm->timer_open);
-        if (vm->accel_auto) {
-            gd_kvm_record_verdict(vm->qemu, 1);
-            vm->accel_auto = 0;
-        }
         uint8_t buf[128];
         struct gd_enc e;
         gd_enc_init(&e, buf, sizeof(buf), GD_MSG_HELLO, 0, 0);
@@ -805,14 +860,9 @@ static void on_start_timeout(uv_timer_t *t)
         return;
     if (vm->accel_auto) {
         /* KVM opened fine but the guest never spoke: nested or broken KVM. */
-        fprintf(stderr,
-                "gondolin: KVM is present but did not boot the guest within %u ms; using TCG "
-                "(remembered; --accel kvm to force)\n",
-                kvm_watchdog_ms());
-        gd_kvm_record_verdict(vm->qemu, 0);
-        vm->accel_auto = 0;
-        strcpy(vm->accel, "tcg");
-        vm->relaunch = 1;
+        snprintf(vm->kvm_why, sizeof(vm->kvm_why),
+                 "the guest hung under KVM (QEMU ran, no boot within %u ms)", kvm_watchdog_ms());
+        kvm_fall_back(vm);
         vm_stop(vm, SIGKILL);
         return;
     }

@@ -116,12 +116,23 @@ uint32_t gd_exec_id(const gd_exec *x);
 
 /* ---- accelerator ---- */
 
+/* The device the probe opens: GONDOLIN_KVM_DEVICE if set (tests: a missing path plays a
+ * host without KVM), else /dev/kvm. */
+const char *gd_kvm_device(void);
 /* Quick check of the KVM API (open, create a VM and a vCPU). 0 if it looks usable,
- * else negative errno and why. Does not prove a guest will run: see docs. */
+ * else negative errno and why. Does not prove a guest will run: see docs.
+ * GONDOLIN_ASSUME_KVM_API=1 (tests) answers 0 without opening anything. */
 int gd_kvm_api_probe(char *why, size_t cap);
-/* Cached verdict of a real boot under KVM: 1 works, 0 hangs, -1 unknown. */
-int gd_kvm_cached_verdict(const char *qemu);
-void gd_kvm_record_verdict(const char *qemu, int works);
+/* Cached verdict of a real boot under KVM with this QEMU on this host kernel: 1 works,
+ * 0 does not (why, if not NULL: what happened, e.g. "QEMU crashed under KVM (SIGABRT):
+ * ..." or "the guest hung under KVM ..."), -1 unknown. */
+int gd_kvm_cached_verdict(const char *qemu, char *why, size_t cap);
+void gd_kvm_record_verdict(const char *qemu, int works, const char *why);
+/* Where verdicts are kept (~/.cache/gondolin/kvm-verdict). */
+void gd_kvm_verdict_path(char *buf, size_t cap);
+/* The QEMU binary a VM of this architecture runs: GONDOLIN_QEMU, else
+ * qemu-system-<arch>. */
+const char *gd_qemu_binary(const char *arch);
 
 /* Internal, for tests: a VM whose channel is `fd` (the peer plays the guest), with no
  * QEMU behind it. */

@@ -192,23 +192,54 @@ def sigterm_hangs_up_an_interactive_shell():
     os.close(fd)
 
 
+def start_time(pid):
+    """/proc/PID/stat field 22 (clock ticks after boot)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])
+
+
+def net_dirs(d):
+    return sorted(n for n in os.listdir(d) if n.startswith("gondolin-net-"))
+
+
 @test
 def sigkill_leaves_no_qemu_behind():
+    """SIGKILL on gondolin: QEMU dies with it and its socket directory goes too; stale
+    directories of owners that are gone (dead pid, or a pid reused by another process)
+    are removed at the next start, a live owner's directory is left alone."""
     before = qemu_pids()
     tmp = tempfile.mkdtemp()
-    p = subprocess.Popen([G, "exec", "--", "sh", "-c", "echo started; exec sleep 1000"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, TMPDIR=tmp))
-    expect(p.stdout.readline() == b"started\n", "process did not start")
-    mine = qemu_pids() - before
-    eq(len(mine), 1, "one QEMU while running")
-    p.kill()
-    p.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline and (qemu_pids() & mine):
-        time.sleep(0.1)
-    eq(qemu_pids() & mine, set(), "QEMU orphaned after SIGKILL")
-    eq(os.listdir(tmp), [], "temporary files left")
-    shutil.rmtree(tmp)
+    try:
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        me = os.getpid()
+        live = f"gondolin-net-{me}-{start_time(me)}-Live00"
+        stale = [f"gondolin-net-{dead.pid}-{start_time(me)}-Dead00",  # owner exited
+                 f"gondolin-net-{me}-{start_time(me) + 1}-Reuse0"]    # pid now someone else's
+        for n in [live] + stale:
+            os.mkdir(os.path.join(tmp, n))
+            with open(os.path.join(tmp, n, "0"), "w"):
+                pass
+        env = dict(os.environ, TMPDIR=tmp, XDG_RUNTIME_DIR=tmp)
+        p = subprocess.Popen([G, "exec", "--", "sh", "-c", "echo started; exec sleep 1000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        expect(p.stdout.readline() == b"started\n", "process did not start")
+        mine = qemu_pids() - before
+        eq(len(mine), 1, "one QEMU while running")
+        running = net_dirs(tmp)
+        eq(len(running), 2, f"the live owner's directory and the new one: {running}")
+        expect(live in running, f"a live owner's directory was removed: {running}")
+        ours = [n for n in running if n != live][0]
+        expect(ours.startswith(f"gondolin-net-{p.pid}-{start_time(p.pid)}-"), ours)
+        p.kill()
+        p.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline and (qemu_pids() & mine or net_dirs(tmp) != [live]):
+            time.sleep(0.1)
+        eq(qemu_pids() & mine, set(), "QEMU orphaned after SIGKILL")
+        eq(sorted(os.listdir(tmp)), [live], "files left after SIGKILL")
+    finally:
+        shutil.rmtree(tmp)
 
 
 @test
@@ -375,65 +406,167 @@ def start_timeout_has_clear_error():
     expect("did not start within 200 ms" in one_line(r.stderr), r.stderr)
 
 
-def fake_kvm_qemu(tmp, kvm_branch):
-    """A QEMU wrapper that does `kvm_branch` (shell) when asked for KVM and runs the real
-    QEMU otherwise, plus the env that makes auto mode try KVM with it."""
+def fake_qemu(tmp, kvm_branch="", all_branch=""):
+    """A QEMU wrapper that logs the accelerator of every launch (tmp/launches), does
+    `kvm_branch` (shell) when asked for KVM and `all_branch` always, and otherwise runs
+    the real QEMU. Returns (image, env, launches()); env makes the product use it and keeps
+    verdicts in tmp. By itself the env plays a host whose /dev/kvm opens and passes the API
+    probe, whatever this machine has (GONDOLIN_ASSUME_KVM_API)."""
     fake = os.path.join(tmp, "qemu-fake")
+    log = os.path.join(tmp, "launches")
     real = shutil.which("qemu-system-x86_64")
     with open(fake, "w") as f:
-        f.write(f'#!/bin/sh\ncase "$*" in *accel=kvm*) {kvm_branch};; esac\nexec {real} "$@"\n')
+        f.write(f"""#!/bin/sh
+case "$*" in *accel=kvm*) echo kvm >> {log};; *accel=tcg*) echo tcg >> {log};; esac
+{all_branch}
+case "$*" in *accel=kvm*) {kvm_branch};; esac
+exec {real} "$@"
+""")
     os.chmod(fake, 0o755)
     img = os.path.expanduser("~/.cache/gondolin/images/default-x86_64")
     env = {"GONDOLIN_QEMU": fake, "GONDOLIN_ASSUME_KVM_API": "1", "XDG_CACHE_HOME": tmp}
-    return img, env
+
+    def launches():
+        if not os.path.exists(log):
+            return []
+        with open(log) as f:
+            out = f.read().split()
+        os.unlink(log)
+        return out
+    return img, env, launches
+
+
+def no_kvm(env, tmp):
+    """The same env on a host without /dev/kvm."""
+    e = dict(env)
+    del e["GONDOLIN_ASSUME_KVM_API"]
+    e["GONDOLIN_KVM_DEVICE"] = os.path.join(tmp, "no-such-kvm")
+    return e
+
+
+def verdict_file(tmp):
+    p = os.path.join(tmp, "gondolin", "kvm-verdict")
+    return open(p).read() if os.path.exists(p) else ""
+
+
+def doctor_kvm_lines(env):
+    r = run(["doctor"], env=env)
+    return "\n".join(l for l in r.stdout.decode().splitlines() if " kvm " in l or " accel " in l)
+
+
+# What QEMU 7.2 prints on hosts whose /dev/kvm opens but cannot run a guest (then aborts).
+MSR_CRASH = ('echo "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69" >&2; '
+             'echo "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:2857: kvm_buf_set_msrs: '
+             'Assertion \\`ret == cpu->kvm_msr_buf->nmsrs\' failed." >&2; kill -ABRT $$')
 
 
 @test
 def kvm_hang_falls_back_to_tcg_once():
     """A host where KVM opens but the guest hangs: the watchdog kills that boot, says so
-    in one line, boots under TCG, and remembers the verdict."""
+    in one line, boots under TCG, and remembers the verdict; doctor says it hung."""
     tmp = tempfile.mkdtemp()
     try:
-        img, env = fake_kvm_qemu(tmp, "exec sleep 600")
+        img, env, launches = fake_qemu(tmp, "exec sleep 600")
         env["GONDOLIN_KVM_WATCHDOG_MS"] = "1500"
         r = run(["exec", "--image", img, "--", "echo", "ran"], env=env)
         eq(r.stdout, b"ran\n", r.stderr)
-        expect(b"did not boot the guest within 1500 ms; using TCG" in r.stderr, r.stderr)
-        expect(open(os.path.join(tmp, "gondolin", "kvm-verdict")).read().startswith("0 "), "verdict")
+        eq(r.returncode, 0)
+        line = one_line(r.stderr)
+        expect("the guest hung under KVM (QEMU ran, no boot within 1500 ms); using TCG" in line, line)
+        eq(launches(), ["kvm", "tcg"], "launches")
+        expect(verdict_file(tmp).startswith("0\t"), "verdict")
         r = run(["exec", "--image", img, "--", "echo", "again"], env=env)
         eq(r.stdout, b"again\n")
         eq(r.stderr, b"", "second run must not retry KVM")
+        eq(launches(), ["tcg"], "launches of the second run")
+        d = doctor_kvm_lines(env)
+        expect("unusable here: the guest hung under KVM" in d and "TCG" in d, d)
     finally:
         shutil.rmtree(tmp)
 
 
 @test
 def kvm_crash_falls_back_to_tcg():
+    """QEMU aborts under KVM (the MSR assertion of hosts with a software /dev/kvm): one
+    line saying it crashed, with the signal and QEMU's error line; doctor says the same."""
+    tmp = tempfile.mkdtemp()
+    try:
+        img, env, launches = fake_qemu(tmp, MSR_CRASH)
+        r = run(["exec", "--image", img, "--", "echo", "ran"], env=env)
+        eq(r.stdout, b"ran\n", r.stderr)
+        eq(r.returncode, 0)
+        line = one_line(r.stderr)
+        want = ("KVM is present but unusable: QEMU crashed under KVM (SIGABRT): qemu-system-x86_64: "
+                "error: failed to set MSR 0x10a to 0x69; using TCG")
+        expect(want in line, line)
+        eq(launches(), ["kvm", "tcg"], "launches")
+        d = doctor_kvm_lines(env)
+        expect("QEMU crashed under KVM (SIGABRT): qemu-system-x86_64: error: failed to set MSR" in d, d)
+        expect("hung" not in d, d)
+        r = run(["exec", "--image", img, "--", "true"], env=env)
+        eq((r.returncode, r.stderr, launches()), (0, b"", ["tcg"]), "second run")
+    finally:
+        shutil.rmtree(tmp)
+
+
+@test
+def kvm_exit_falls_back_to_tcg():
     """QEMU exits under KVM (emulation failure) instead of hanging: same fallback."""
     tmp = tempfile.mkdtemp()
     try:
-        img, env = fake_kvm_qemu(tmp, 'echo "KVM internal error. Suberror: 1" >&2; exit 1')
+        img, env, launches = fake_qemu(tmp, 'echo "KVM internal error. Suberror: 1" >&2; exit 1')
         r = run(["exec", "--image", img, "--", "echo", "ran"], env=env)
         eq(r.stdout, b"ran\n", r.stderr)
-        expect(b"QEMU failed under it (KVM internal error. Suberror: 1); using TCG" in r.stderr, r.stderr)
         eq(r.returncode, 0)
+        line = one_line(r.stderr)
+        expect("QEMU exited with status 1 under KVM: KVM internal error. Suberror: 1; using TCG" in line,
+               line)
+        eq(launches(), ["kvm", "tcg"], "launches")
+        d = doctor_kvm_lines(env)
+        expect("QEMU exited with status 1 under KVM: KVM internal error" in d, d)
+    finally:
+        shutil.rmtree(tmp)
+
+
+@test
+def no_kvm_device_runs_tcg_silently():
+    """A host without /dev/kvm: TCG from the start, nothing on stderr, nothing remembered;
+    doctor names the missing device."""
+    tmp = tempfile.mkdtemp()
+    try:
+        img, env, launches = fake_qemu(tmp, MSR_CRASH)
+        env = no_kvm(env, tmp)
+        r = run(["exec", "--image", img, "--", "echo", "ran"], env=env)
+        eq((r.returncode, r.stdout, r.stderr), (0, b"ran\n", b""), "exec")
+        eq(launches(), ["tcg"], "launches")
+        eq(verdict_file(tmp), "", "verdict")
+        d = doctor_kvm_lines(env)
+        expect("no-such-kvm: No such file or directory" in d and "TCG" in d, d)
     finally:
         shutil.rmtree(tmp)
 
 
 @test
 def qemu_failure_shows_its_stderr():
-    env = {}
-    if os.path.exists("/dev/kvm"):
-        env = {"GONDOLIN_QEMU": "/bin/false"}
-        r = run(["exec", "--", "true"], env=env)
-        eq(r.returncode, 125)
-        expect("QEMU exit" in one_line(r.stderr), r.stderr)
-        return
-    r = run(["exec", "--accel", "kvm", "--", "true"])
-    eq(r.returncode, 125)
-    line = one_line(r.stderr)
-    expect("qemu:" in line and "KVM" in line, line)
+    """QEMU fails for a reason of its own: the one-line error carries its stderr, on a host
+    with KVM (tried, fails the same way under TCG: not KVM's fault, nothing remembered, no
+    KVM notice), without KVM, and with --accel forced."""
+    tmp = tempfile.mkdtemp()
+    try:
+        msg = "qemu-system-x86_64: -drive file=rootfs.ext4: Could not open: Permission denied"
+        img, env, launches = fake_qemu(tmp, all_branch=f'echo "{msg}" >&2; exit 1')
+        for name, e, args, want in [("kvm host", env, [], ["kvm", "tcg"]),
+                                    ("no kvm", no_kvm(env, tmp), [], ["tcg"]),
+                                    ("--accel tcg", env, ["--accel", "tcg"], ["tcg"]),
+                                    ("--accel kvm", env, ["--accel", "kvm"], ["kvm"])]:
+            r = run(["exec", "--image", img] + args + ["--", "true"], env=e)
+            eq(r.returncode, 125, name)
+            line = one_line(r.stderr)
+            expect("QEMU exited during boot (QEMU exit status 1); qemu: " + msg in line, f"{name}: {line}")
+            eq(launches(), want, f"{name}: launches")
+            eq(verdict_file(tmp), "", f"{name}: verdict")
+    finally:
+        shutil.rmtree(tmp)
 
 
 @test
