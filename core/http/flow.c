@@ -200,7 +200,9 @@ void gd__txn_finish(struct flow *f)
     gd_txn *t = f->t;
     if (!t)
         return;
-    int keep = t->keepalive && !t->resp_close && t->req_done && f->st != F_TUNNEL;
+    /* an upgrade that was refused or answered without 101 leaves the request stream at
+     * an upgrade boundary: what follows is not HTTP we can trust, so the flow ends */
+    int keep = t->keepalive && !t->resp_close && t->req_done && !t->websocket && f->st != F_TUNNEL;
     gd__emit_event(f, t);
     gd__txn_free(t);
     f->t = NULL;
@@ -556,6 +558,10 @@ static int step_parse(struct flow *f)
     if (f->st == F_CLOSING)
         return 0;
     if (e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) {
+        if (!f->t) { /* paused with no request: nothing the state machine expects */
+            gd__flow_close(f);
+            return 0;
+        }
         if (f->st == F_HEAD)
             on_request_head(f);
         else if (f->st == F_BODY && f->t && f->t->req_done)

@@ -616,5 +616,21 @@ def upstream_reset_mid_body_aborts_guest(px, H, S, **_):
     s.close()
 
 
+@test
+def upgrade_answered_without_101(px, H, **_):
+    """an upgrade answered without 101, with guest bytes after it: the flow ends, the proxy lives"""
+    s = px.connect()
+    s.sendall((f"GET /status?code=202 HTTP/1.1\r\nHost: good.test:{H}\r\nUpgrade: websocket\r\n"
+               "Connection: Upgrade\r\n\r\nxx").encode())
+    st, head, _ = read_response(s)
+    expect(st == 202, f"{st} {head[:200]}")
+    expect(closed_within(s, 5), "connection kept after a refused upgrade")
+    s.close()
+    s = px.connect()
+    s.sendall(f"GET /bytes?n=2 HTTP/1.1\r\nHost: good.test:{H}\r\n\r\n".encode())
+    st, _, body = read_response(s)
+    expect(st == 200 and body == b"xx", f"proxy after it: {st}")
+
+
 if __name__ == "__main__":
     main()
