@@ -355,16 +355,29 @@ static int on_req_complete(llhttp_t *p)
 /* ---- the request head: validate, route, decide ---- */
 
 /* The authority as the Host header carries it: [v6] bracketed, port only if not the
- * scheme's default. */
-void gd__authority(const gd_txn *t, char *out, size_t cap)
+ * scheme's default. Computed once per request (t->auth). */
+static void set_authority(gd_txn *t)
 {
-    int dflt = (!strcmp(t->scheme, "https") && t->port == 443) ||
-               (!strcmp(t->scheme, "http") && t->port == 80);
+    int dflt = (t->port == 443 && !strcmp(t->scheme, "https")) ||
+               (t->port == 80 && !strcmp(t->scheme, "http"));
     int v6 = strchr(t->host, ':') != NULL;
-    if (dflt)
-        snprintf(out, cap, v6 ? "[%s]" : "%s", t->host);
-    else
-        snprintf(out, cap, v6 ? "[%s]:%u" : "%s:%u", t->host, t->port);
+    size_t hl = strlen(t->host), n = 0; /* host <= 253 bytes: fits auth[] */
+    if (v6)
+        t->auth[n++] = '[';
+    memcpy(t->auth + n, t->host, hl);
+    n += hl;
+    if (v6)
+        t->auth[n++] = ']';
+    if (!dflt) {
+        char digits[8];
+        int k = 0;
+        for (unsigned p = t->port; p; p /= 10)
+            digits[k++] = (char)('0' + p % 10);
+        t->auth[n++] = ':';
+        while (k)
+            t->auth[n++] = digits[--k];
+    }
+    t->auth[n] = 0;
 }
 
 /* Every header name a token, one Host at most (RFC 9112 §3.2, §5.1). */
@@ -389,6 +402,7 @@ static const char *route(struct flow *f, gd_txn *t)
     const char *url = t->url.p ? t->url.p : "";
     const char *hosthdr = gd__hdrs_get(&t->req, "host");
     char *path = NULL;
+    const char *origin = NULL;
     if (!strncasecmp(url, "http://", 7) || !strncasecmp(url, "https://", 8) ||
         !strncasecmp(url, "ws://", 5) || !strncasecmp(url, "wss://", 6)) {
         /* absolute form: the URL's authority decides, whatever Host says (RFC 9112
@@ -405,22 +419,27 @@ static const char *route(struct flow *f, gd_txn *t)
             return "no Host header";
         if (gd__split_hostport(hosthdr, strlen(hosthdr), &t->host, &t->port, dflt))
             return "bad Host header";
-        if (!(path = strdup(url)))
-            return "out of memory";
+        origin = url;
     } else {
         return "unsupported request target";
     }
-    int rc = gd_http_normalize_target(path, &t->target);
+    int rc = gd_http_normalize_target(origin ? origin : path, &t->target);
     free(path);
     if (rc)
         return rc == -ENOMEM ? "out of memory" : "bad request target";
-    char auth[300];
-    gd__authority(t, auth, sizeof(auth));
-    for (size_t i = t->req.n; i-- > 0;)
-        if (!strcasecmp(t->req.v[i].name, "host"))
-            gd__hdrs_del(&t->req, i);
-    char *hn = strdup("Host"), *hv = strdup(auth);
-    if (!hn || !hv || gd__hdrs_push(&t->req, hn, hv)) {
+    set_authority(t);
+    /* hooks see the Host that will be sent: the one Host header gets the decided value */
+    char *hv = strdup(t->auth);
+    if (!hv)
+        return "out of memory";
+    for (size_t i = 0; i < t->req.n; i++)
+        if (!strcasecmp(t->req.v[i].name, "host")) {
+            free(t->req.v[i].value);
+            t->req.v[i].value = hv;
+            return NULL;
+        }
+    char *hn = strdup("Host");
+    if (!hn || gd__hdrs_push(&t->req, hn, hv)) {
         free(hn);
         free(hv);
         return "out of memory";

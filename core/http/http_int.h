@@ -98,6 +98,7 @@ struct gd_txn {
     unsigned port;
     struct buf url; /* as the guest sent it, then the origin-form target */
     char *target;
+    char auth[264]; /* the decided authority, as the Host header sent upstream */
     char addr[64];
     struct hdrs req, resp;
     int status;
@@ -190,7 +191,6 @@ void gd__resp_settings_init(void); /* upstream.c */
 /* flow.c */
 void gd__fail_txn(struct flow *f, int status, const char *rule, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-void gd__authority(const gd_txn *t, char *out, size_t cap);
 void gd__flow_close(struct flow *f);
 void gd__flow_close_after_flush(struct flow *f);
 void gd__flow_process(struct flow *f);

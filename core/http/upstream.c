@@ -611,10 +611,8 @@ void gd__send_req_head(struct flow *f, gd_txn *t)
 {
     struct buf b = {0};
     const char *conn = gd__hdrs_get(&t->req, "connection");
-    char auth[300];
-    gd__authority(t, auth, sizeof(auth));
     /* origin form, and the Host policy decided on: never one the guest or a hook wrote */
-    gd__buf_printf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", t->method, t->target, auth);
+    gd__buf_printf(&b, "%s %s HTTP/1.1\r\nHost: %s\r\n", t->method, t->target, t->auth);
     for (size_t i = 0; i < t->req.n; i++) {
         const char *n = t->req.v[i].name;
         if (is_hop_header(n, conn) || !strcasecmp(n, "expect") ||
