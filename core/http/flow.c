@@ -323,9 +323,10 @@ static int on_req_body(llhttp_t *p, const char *at, size_t n)
     if (t->want_req_body) {
         int rc = gd__txn_buffer(t, &t->reqbody, at, n);
         if (rc) {
-            f->err_status = rc == -ENOBUFS ? 503 : 413;
-            f->err_why = rc == -ENOBUFS ? "the proxy's buffering budget is spent"
-                                        : "request body over the buffering limit";
+            f->err_status = rc == -E2BIG ? 413 : rc == -ENOBUFS ? 503 : 500;
+            f->err_why = rc == -E2BIG     ? "request body over the buffering limit"
+                         : rc == -ENOBUFS ? "the proxy's buffering budget is spent"
+                                          : "out of memory";
             return -1;
         }
         return 0;
@@ -552,6 +553,7 @@ static void on_parse_error(struct flow *f, llhttp_errno_t e)
                  st == 431   ? "header-limit"
                  : st == 413 ? "body-limit"
                  : st == 503 ? "buffer-budget"
+                 : st == 500 ? "internal"
                              : "bad-request",
                  "%s", why);
 }
@@ -583,7 +585,7 @@ static int step_parse(struct flow *f)
         }
         if (f->st == F_HEAD)
             on_request_head(f);
-        else if (f->st == F_BODY && f->t && f->t->req_done)
+        else if (f->st == F_BODY && f->t->req_done)
             on_request_done(f);
         return 1;
     }
@@ -628,7 +630,8 @@ static void on_guest_eof(struct flow *f)
     }
 }
 
-/* More plaintext: from the TLS buffers, else start reading the socket. 1 = got some. */
+/* More plaintext from the TLS buffers (1 = got some); 0 = the socket must be read, or
+ * the guest's EOF was handled. */
 static int pull(struct flow *f)
 {
     f->pend.n = f->pend_off = 0;
@@ -652,10 +655,8 @@ static int pull(struct flow *f)
             return 0;
         }
     }
-    if (f->g.eof) {
+    if (f->g.eof)
         on_guest_eof(f);
-        return 0;
-    }
     return 0;
 }
 

@@ -188,12 +188,7 @@ const char *gd_txn_header(const gd_txn *t, int resp, const char *name)
 /* A header a hook may write: a token name, a value without CR, LF or NUL. */
 static int header_ok(const char *name, const char *value)
 {
-    if (!*name)
-        return 0;
-    for (const char *c = name; *c; c++)
-        if (*c <= ' ' || *c >= 127 || strchr("()<>@,;:\\\"/[]?={}", *c))
-            return 0;
-    return !value || !strpbrk(value, "\r\n");
+    return gd__token(name) && (!value || !strpbrk(value, "\r\n"));
 }
 
 int gd_txn_set_header(gd_txn *t, int resp, const char *name, const char *value)

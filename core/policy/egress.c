@@ -313,7 +313,8 @@ void gd_egress_free(struct gd_egress *e)
 
 /* ---- hooks ---- */
 
-static int rule_matches(const struct gd_allow_rule *r, gd_txn *t)
+/* ambiguous: the target's path is one servers disagree on (no path rule matches it) */
+static int rule_matches(const struct gd_allow_rule *r, gd_txn *t, int ambiguous)
 {
     const char *scheme = gd_txn_scheme(t);
     unsigned port = gd_txn_port(t);
@@ -329,8 +330,7 @@ static int rule_matches(const struct gd_allow_rule *r, gd_txn *t)
     }
     if (r->method && strcmp(r->method, gd_txn_method(t)))
         return 0;
-    if (r->path &&
-        (gd_http_path_ambiguous(gd_txn_target(t)) || !gd_path_match(r->path, gd_txn_target(t))))
+    if (r->path && (ambiguous || !gd_path_match(r->path, gd_txn_target(t))))
         return 0; /* an encoded '/' or '\\' means different paths to different servers */
     return 1;
 }
@@ -341,8 +341,9 @@ enum gd_decision gd_egress_hook_allow(gd_txn *t, enum gd_phase ph, void *ud)
     struct gd_egress *e = ud;
     if (!strcmp(gd_txn_scheme(t), "tcp"))
         return GD_CONTINUE; /* mapped raw TCP: the --tcp-map rule is the allowance */
+    int ambiguous = gd_http_path_ambiguous(gd_txn_target(t));
     for (size_t i = 0; i < e->nallow; i++)
-        if (rule_matches(&e->allow[i], t)) {
+        if (rule_matches(&e->allow[i], t, ambiguous)) {
             char rule[400];
             snprintf(rule, sizeof(rule), "allow-host %s", e->allow[i].text);
             gd_txn_set_rule(t, rule);
@@ -351,12 +352,10 @@ enum gd_decision gd_egress_hook_allow(gd_txn *t, enum gd_phase ph, void *ud)
     if (!e->nallow)
         return gd_txn_deny(t, 403, "default-deny",
                            "no --allow-host rule: this sandbox has no network egress");
-    return gd_txn_deny(t, 403, "allow-host", "no --allow-host rule matches %s %s://%s:%u%s%s",
-                       gd_txn_method(t), gd_txn_scheme(t), gd_txn_host(t), gd_txn_port(t),
-                       gd_txn_target(t),
-                       gd_http_path_ambiguous(gd_txn_target(t))
-                           ? " (an encoded '/', '\\' or NUL in a path never matches a path rule)"
-                           : "");
+    return gd_txn_deny(
+        t, 403, "allow-host", "no --allow-host rule matches %s %s://%s:%u%s%s", gd_txn_method(t),
+        gd_txn_scheme(t), gd_txn_host(t), gd_txn_port(t), gd_txn_target(t),
+        ambiguous ? " (an encoded '/', '\\' or NUL in a path never matches a path rule)" : "");
 }
 
 enum gd_decision gd_egress_hook_internal(gd_txn *t, enum gd_phase ph, void *ud)
