@@ -1,0 +1,81 @@
+/*
+ * sandbox.h - one sandbox: a VM, its egress stack (policy engine, MITM CA, HTTP proxy,
+ * guest network) and its policy revision, built from one typed options struct. Every
+ * front end goes through it: `gondolin exec/bash`, the session supervisor behind
+ * `gondolin start` and its control socket, and C programs.
+ *
+ * Runs on a caller-provided libuv loop; core/vm/ stays the QEMU/agent layer below it.
+ * Functions return 0 or a negative errno (err, where given, says why in one line).
+ */
+#ifndef GD_SANDBOX_H
+#define GD_SANDBOX_H
+
+#include "base/err.h"
+#include "engine/engine.h"
+#include "policy/egress.h"
+#include "vm/vm.h"
+
+#include <uv.h>
+
+typedef struct gd_sandbox gd_sandbox;
+
+struct gd_sandbox_opts {
+    /* The image: a directory or a store reference. NULL: the policy's vm.image, else
+     * the default image. resolve_image (optional) turns the reference (NULL = default)
+     * into a directory, e.g. building the default image on first use; without it a
+     * reference goes through the image store and the default image must exist. */
+    const char *image;
+    int (*resolve_image)(void *ud, const char *ref, char *out, size_t cap, struct gd_err *err);
+    const char *accel;         /* "kvm", "tcg", NULL/"auto" */
+    unsigned memory_mb, cpus;  /* 0 = the policy's vm settings, else 1024 / 2 */
+    const char *rootfs_mode;   /* NULL = the image's default */
+    unsigned start_timeout_ms; /* 0 = the VM layer's default */
+    int verbose;               /* print the QEMU command line */
+    const char *append;        /* extra kernel arguments, or NULL */
+
+    /* Egress. no_network: no guest NIC at all (no policy may be given then). */
+    int no_network;
+    const char *policy;                      /* Lua policy file, or NULL */
+    const struct gd_egress *egress;          /* typed rules (copied), or NULL = none */
+    const char *const *plugin_dirs;          /* NULL-ended, scanned in order */
+    const char *const *plugins;              /* NULL-ended .so paths */
+    int quiet;                               /* no denial lines through log */
+    void (*log)(void *ud, const char *line); /* policy, plugin and denial lines */
+    /* after every reload attempt (watch, SIGHUP, gd_sandbox_reload) */
+    void (*on_reload)(void *ud, int ok, const char *revision, const char *msg);
+    void *ud; /* for the three callbacks above */
+
+    const char *const *env; /* "K=V" for every exec (after placeholders and vm.env) */
+};
+
+typedef void (*gd_sandbox_ready_cb)(gd_sandbox *sb, int status, void *ud);
+typedef void (*gd_sandbox_exit_cb)(gd_sandbox *sb, const char *reason, void *ud);
+
+/* Builds the policy engine (first revision), resolves the image, prepares the VM.
+ * Nothing runs yet. */
+int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox **out,
+                   struct gd_err *err);
+/* Starts the egress stack and boots the VM; ready(status) fires once (0: the agent is
+ * up), exit_cb once when the VM is gone (reason NULL after gd_sandbox_close). */
+int gd_sandbox_start(gd_sandbox *sb, gd_sandbox_ready_cb ready, gd_sandbox_exit_cb exit_cb,
+                     void *ud);
+/* Runs a process: like gd_exec_start, with the environment merged (placeholders, the
+ * policy's vm.env, opts.env, then o->env; later wins). */
+int gd_sandbox_exec(gd_sandbox *sb, const struct gd_exec_opts *o, const struct gd_exec_cbs *cbs,
+                    void *ud, gd_exec **out);
+/* Rebuilds the policy; on failure the old revision stays and err says why. */
+int gd_sandbox_reload(gd_sandbox *sb, struct gd_err *err);
+/* Stops the VM and the egress stack; exit_cb fires (reason NULL). */
+void gd_sandbox_close(gd_sandbox *sb);
+/* After exit_cb (or if never started); run the loop once more so handles finish. */
+void gd_sandbox_free(gd_sandbox *sb);
+
+gd_vm *gd_sandbox_vm(gd_sandbox *sb);
+gd_engine *gd_sandbox_engine(gd_sandbox *sb); /* NULL with no_network */
+const char *gd_sandbox_image_dir(const gd_sandbox *sb);
+const char *gd_sandbox_build_id(const gd_sandbox *sb);
+const char *gd_sandbox_revision(const gd_sandbox *sb); /* "" with no_network */
+unsigned gd_sandbox_generation(const gd_sandbox *sb);
+const char *gd_sandbox_policy(const gd_sandbox *sb); /* the policy path, or NULL */
+
+#endif
