@@ -27,19 +27,16 @@ int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap);
 int cli_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Policy flags of exec/bash/run and the policy commands (egress_rt.c): egress flags
- * (kept as argv pieces, replayed by the engine into every revision), --policy,
- * --plugin, --plugin-dir. */
+ * (parsed into typed rules, the engine's base), --policy, --plugin, --plugin-dir. */
 struct cli_policy {
-    const char **flags;
-    int nflags;
     const char *policy;
     const char **plugin_dirs;   /* NULL-ended */
     const char **plugins;       /* NULL-ended */
     int no_default_dirs;        /* skip /etc/gondolin/plugins.d and ~/.config/... */
     const char **secret_values; /* authoring tools: NAME=VALUE overrides */
     int stub_secrets;
-    char status_path[512];  /* exec/run: where reload results go (policy reload) */
-    struct gd_egress check; /* the flags parsed once, for early errors */
+    char status_path[512];   /* exec/run: where reload results go (policy reload) */
+    struct gd_egress egress; /* the egress flags, parsed; the engine copies them */
 };
 /* 1 consumed (advancing *i), 0 not a policy flag, -1 bad value (message printed). */
 int cli_policy_flag(struct cli_policy *p, int argc, char **argv, int *i);

@@ -415,7 +415,7 @@ int cmd_exec(int argc, char **argv, int pty)
         env[nenv++] = termkv;
     }
     env[nenv] = NULL;
-    if (no_network && (pol.check.nallow || pol.check.nsecrets || pol.check.nmaps || pol.policy))
+    if (no_network && (pol.egress.nallow || pol.egress.nsecrets || pol.egress.nmaps || pol.policy))
         return cli_die(2, "--no-network cannot be combined with --policy, --allow-host, "
                           "--host-secret or --tcp-map");
     gd_engine *eng = NULL;

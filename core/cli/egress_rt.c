@@ -59,20 +59,13 @@ int cli_policy_flag(struct cli_policy *p, int argc, char **argv, int *i)
         }
         return 1;
     }
-    int start = *i;
     struct gd_err err = {{0}};
-    int rc = gd_egress_flag(&p->check, argc, argv, i, &err);
+    int rc = gd_egress_flag(&p->egress, argc, argv, i, &err);
     if (rc < 0) {
         cli_die(2, "%s", err.msg);
         return -1;
     }
-    if (rc == 0)
-        return 0;
-    size_t n = (size_t)p->nflags;
-    for (int k = start; k <= *i; k++)
-        push(&p->flags, &n, argv[k]);
-    p->nflags = (int)n;
-    return 1;
+    return rc;
 }
 
 static void engine_log(void *ud, const char *msg)
@@ -135,8 +128,7 @@ int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
     for (const char **d = p->plugin_dirs; d && *d; d++)
         push(&dirs, &nd, *d);
     struct gd_engine_opts o = {.policy = p->policy,
-                               .flags = p->flags,
-                               .nflags = p->nflags,
+                               .base = &p->egress,
                                .plugin_dirs = dirs,
                                .plugins = p->plugins,
                                .quiet = quiet,
@@ -156,10 +148,9 @@ int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
 
 void cli_policy_free(struct cli_policy *p)
 {
-    free(p->flags);
     free(p->plugin_dirs);
     free(p->plugins);
-    gd_egress_free(&p->check);
+    gd_egress_free(&p->egress);
     memset(p, 0, sizeof(*p));
 }
 
@@ -176,13 +167,7 @@ static int pol_host(void *ud, const char *name)
 
 static int pol_addr(void *ud, const char *name, const char *addr)
 {
-    struct gd_egress *e = gd_engine_egress(((struct cli_egress *)ud)->eng);
-    if (!gd_addr_internal_str(addr))
-        return 1;
-    for (size_t i = 0; i < e->ninternal; i++)
-        if (gd_host_match(e->internal[i], name))
-            return 1;
-    return 0;
+    return gd_egress_addr_allowed(gd_engine_egress(((struct cli_egress *)ud)->eng), name, addr);
 }
 
 static void on_flow(void *ud, int fd, const struct gd_flow_info *info)
