@@ -2,6 +2,7 @@
 #ifndef GD_CLI_H
 #define GD_CLI_H
 
+#include "control/control.h"
 #include "engine/engine.h"
 #include "http/http.h"
 #include "policy/egress.h"
@@ -40,6 +41,9 @@ struct cli_policy {
 };
 /* 1 consumed (advancing *i), 0 not a policy flag, -1 bad value (message printed). */
 int cli_policy_flag(struct cli_policy *p, int argc, char **argv, int *i);
+/* The plugin directories in engine order: the drop-in directories (unless
+ * no_default_dirs), then --plugin-dir; NULL-ended, malloc'd (the strings are not). */
+const char **cli_plugin_dirs(const struct cli_policy *p);
 /* Builds the engine; prints a one-line error and returns its exit code on failure. */
 int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out);
 void cli_policy_free(struct cli_policy *p);
@@ -63,6 +67,20 @@ void cli_egress_stop(struct cli_egress *x);
 void cli_egress_free(struct cli_egress *x);
 
 int cmd_exec(int argc, char **argv, int pty);
+/* Sessions (docs/sessions.md): start (cmd_start.c); ls, stop, logs (cmd_session.c);
+ * exec --session and attach (cmd_sexec.c); cp (cmd_cp.c). */
+int cmd_start(int argc, char **argv);
+int cmd_ls(int argc, char **argv);
+int cmd_stop(int argc, char **argv);
+int cmd_logs(int argc, char **argv);
+int cmd_sexec(int argc, char **argv);
+int cmd_attach(int argc, char **argv);
+int cmd_cp(int argc, char **argv);
+/* Finds a live session by id, id prefix or name and (c not NULL) connects to it. 0, or
+ * an exit code after a one-line error. */
+int cli_session_open(const char *key, struct gd_session *s, gd_control_client **c);
+/* `gondolin policy reload ID|NAME`: through the session's socket. */
+int cli_session_reload(const char *key);
 int cmd_policy(int argc, char **argv);
 int cmd_doctor(int argc, char **argv);
 int cmd_build(int argc, char **argv);

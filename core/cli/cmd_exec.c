@@ -341,6 +341,9 @@ static void exec_usage(int pty)
 
 int cmd_exec(int argc, char **argv, int pty)
 {
+    for (int k = 1; !pty && k < argc && strcmp(argv[k], "--"); k++)
+        if (!strcmp(argv[k], "--session") || !strncmp(argv[k], "--session=", 10))
+            return cmd_sexec(argc, argv); /* a running session (cmd_sexec.c) */
     struct cli_vm_flags vf = {0};
     const char **env = calloc((size_t)argc + 2, sizeof(char *));
     size_t nenv = 0;

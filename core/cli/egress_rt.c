@@ -108,7 +108,7 @@ int cli_sandbox_dir(char *out, size_t cap)
     return gd_mkdir_p(out, 0700);
 }
 
-int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
+const char **cli_plugin_dirs(const struct cli_policy *p)
 {
     /* drop-in directories first, then --plugin-dir, then --plugin (engine order) */
     const char **dirs = NULL;
@@ -127,6 +127,12 @@ int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
     }
     for (const char **d = p->plugin_dirs; d && *d; d++)
         push(&dirs, &nd, *d);
+    return dirs;
+}
+
+int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
+{
+    const char **dirs = cli_plugin_dirs(p);
     struct gd_engine_opts o = {.policy = p->policy,
                                .base = &p->egress,
                                .plugin_dirs = dirs,

@@ -159,6 +159,14 @@ static void usage(FILE *f)
                "  exec [flags] -- CMD [ARGS...]   run a command in a fresh VM\n"
                "  exec [flags] -c 'SHELL STRING'  run a string with /bin/sh -lc\n"
                "  bash [flags] [-- CMD...]        interactive shell on a PTY\n"
+               "  start [flags] [--name N] [--json]  boot a sandbox that stays up (a session)\n"
+               "  exec --session ID [-t] -- CMD   run a command in a session (or -c STRING)\n"
+               "  attach ID [-- CMD]              interactive shell in a session; Ctrl-] detaches\n"
+               "  cp SRC ID:DST | cp ID:SRC DST   copy files and trees into or out of a session\n"
+               "  ls [--json]                     the running sessions\n"
+               "  logs ID [-f]                    a session's log (policy, denials, reloads)\n"
+               "  stop ID [--force]               stop a session\n"
+               "  policy reload ID                reload a session's policy\n"
                "  build --config FILE [--output DIR | --tag REF]  build a guest image\n"
                "  build --init-config | --validate FILE | --verify DIR | --default\n"
                "  image ls|inspect|import|tag|rm|gc  the local image store\n"
@@ -194,5 +202,17 @@ int main(int argc, char **argv)
         return cmd_build(argc - 1, argv + 1);
     if (!strcmp(c, "image"))
         return cmd_image(argc - 1, argv + 1);
+    if (!strcmp(c, "start"))
+        return cmd_start(argc - 1, argv + 1);
+    if (!strcmp(c, "attach"))
+        return cmd_attach(argc - 1, argv + 1);
+    if (!strcmp(c, "cp"))
+        return cmd_cp(argc - 1, argv + 1);
+    if (!strcmp(c, "ls"))
+        return cmd_ls(argc - 1, argv + 1);
+    if (!strcmp(c, "logs"))
+        return cmd_logs(argc - 1, argv + 1);
+    if (!strcmp(c, "stop"))
+        return cmd_stop(argc - 1, argv + 1);
     return cli_die(2, "unknown command '%s' (see gondolin --help)", c);
 }

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -120,7 +121,7 @@ int gd_control_client_fill(gd_control_client *c)
         return 0; /* consume first */
     ssize_t n = read(c->fd, c->buf + c->len, sizeof(c->buf) - c->len);
     if (n < 0)
-        return errno == EINTR ? -EAGAIN : -errno;
+        return -errno;
     if (n == 0)
         return -EPIPE;
     c->len += (size_t)n;
@@ -134,10 +135,12 @@ int gd_control_client_recv(gd_control_client *c, struct gd_control_hdr *h, const
         if (rc)
             return rc;
         rc = gd_control_client_fill(c);
-        if (rc == -EAGAIN)
+        if (rc == -EINTR)
             continue;
         if (rc == -EPIPE || rc == -ECONNRESET)
             return 0;
+        if (rc == -EAGAIN)
+            return -ETIMEDOUT;
         if (rc)
             return rc;
     }
@@ -153,8 +156,7 @@ static void error_text(const uint8_t *body, size_t n, char *out, size_t cap)
         snprintf(out, cap, "%s%s%s%s", msg, msg[0] ? " (" : "", code, msg[0] ? ")" : "");
 }
 
-int gd_control_client_connect(const char *socket_path, gd_control_client **out,
-                              struct gd_err *err)
+int gd_control_client_connect(const char *socket_path, gd_control_client **out, struct gd_err *err)
 {
     gd_control_client *c = calloc(1, sizeof(*c));
     if (!c)
@@ -178,6 +180,9 @@ int gd_control_client_connect(const char *socket_path, gd_control_client **out,
         close(dfd);
         dfd = -1;
     }
+    /* a supervisor that does not answer HELLO is not waited for forever */
+    struct timeval tv = {10, 0}, none = {0, 0};
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     char *hello = gd_control_encode_hello("gondolin-cli " GD_VERSION);
     rc = hello ? gd_control_client_send(c, GD_CONTROL_HELLO, 0, 0, hello, strlen(hello)) : -ENOMEM;
     free(hello);
@@ -191,7 +196,9 @@ int gd_control_client_connect(const char *socket_path, gd_control_client **out,
     char why[600];
     if (rc <= 0) {
         rc = rc ? rc : -ECONNRESET;
-        gd_err_set(err, rc, "the supervisor closed the connection (another user's session?)");
+        gd_err_set(err, rc, "%s",
+                   rc == -ETIMEDOUT ? "the supervisor does not answer"
+                                    : "the supervisor closed the connection");
         goto fail;
     }
     if (h.type == GD_CONTROL_ERROR) {
@@ -204,6 +211,7 @@ int gd_control_client_connect(const char *socket_path, gd_control_client **out,
         rc = gd_err_set(err, -EPROTO, "the supervisor did not answer HELLO");
         goto fail;
     }
+    setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof(none));
     *out = c;
     return 0;
 fail:
@@ -220,8 +228,8 @@ int gd_control_client_request(gd_control_client *c, const char *op, cJSON *param
     cJSON_AddStringToObject(o, "op", op);
     char *text = gd_control_encode_json(o);
     uint32_t id = c->next_id++;
-    int rc = text ? gd_control_client_send(c, GD_CONTROL_REQUEST, 0, id, text, strlen(text))
-                  : -ENOMEM;
+    int rc =
+        text ? gd_control_client_send(c, GD_CONTROL_REQUEST, 0, id, text, strlen(text)) : -ENOMEM;
     free(text);
     if (rc)
         return gd_err_set(err, rc, "cannot talk to the supervisor: %s", strerror(-rc));

@@ -58,8 +58,7 @@ void gd_control_put_u32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)(v >> 24);
 }
 
-void gd_control_hdr_write(uint8_t out[12], unsigned type, unsigned flags, uint32_t id,
-                          uint32_t len)
+void gd_control_hdr_write(uint8_t out[12], unsigned type, unsigned flags, uint32_t id, uint32_t len)
 {
     gd_control_put_u32(out, len);
     out[4] = (uint8_t)type;
@@ -78,8 +77,7 @@ int gd_control_type_json(unsigned type)
     return type && type <= GD_CONTROL_TYPE_MAX && types[type].body == B_JSON;
 }
 
-int gd_control_hdr_parse(const uint8_t in[12], int dir, struct gd_control_hdr *h,
-                         const char **why)
+int gd_control_hdr_parse(const uint8_t in[12], int dir, struct gd_control_hdr *h, const char **why)
 {
     h->len = gd_control_get_u32(in);
     h->type = in[4];
@@ -93,12 +91,12 @@ int gd_control_hdr_parse(const uint8_t in[12], int dir, struct gd_control_hdr *h
         w = "unknown message type";
     else if (h->reserved)
         w = "nonzero reserved field";
-    else if (h->flags & ~t->flags || (h->type == GD_CONTROL_OUTPUT && h->flags != 1 && h->flags != 2))
+    else if (h->flags & ~t->flags ||
+             (h->type == GD_CONTROL_OUTPUT && h->flags != 1 && h->flags != 2))
         w = "bad flags";
     else if (t->need_id && !h->id)
         w = "request id 0";
-    else if (h->len > GD_CONTROL_MAX_BODY ||
-             (t->body == B_JSON && h->len > GD_CONTROL_MAX_JSON) ||
+    else if (h->len > GD_CONTROL_MAX_BODY || (t->body == B_JSON && h->len > GD_CONTROL_MAX_JSON) ||
              (t->body == B_BYTES && h->len > t->max)) {
         w = "frame too large";
         rc = -EMSGSIZE;
@@ -125,8 +123,7 @@ void gd_control_reader_free(struct gd_control_reader *r)
     r->cap = 0;
 }
 
-int gd_control_reader_feed(struct gd_control_reader *r, const uint8_t *p, size_t n,
-                           size_t *used)
+int gd_control_reader_feed(struct gd_control_reader *r, const uint8_t *p, size_t n, size_t *used)
 {
     size_t off = 0;
     *used = 0;
@@ -308,8 +305,7 @@ void gd_control_exec_free(struct gd_control_exec *o)
     memset(o, 0, sizeof(*o));
 }
 
-int gd_control_parse_exec(const void *b, size_t n, struct gd_control_exec *o, char *why,
-                          size_t cap)
+int gd_control_parse_exec(const void *b, size_t n, struct gd_control_exec *o, char *why, size_t cap)
 {
     memset(o, 0, sizeof(*o));
     cJSON *d = parse_obj(b, n, why, cap);
@@ -457,14 +453,12 @@ out:
     return rc;
 }
 
-int gd_control_parse_put(const void *b, size_t n, struct gd_control_xfer *o, char *why,
-                         size_t cap)
+int gd_control_parse_put(const void *b, size_t n, struct gd_control_xfer *o, char *why, size_t cap)
 {
     return parse_xfer(b, n, o, 0, why, cap);
 }
 
-int gd_control_parse_get(const void *b, size_t n, struct gd_control_xfer *o, char *why,
-                         size_t cap)
+int gd_control_parse_get(const void *b, size_t n, struct gd_control_xfer *o, char *why, size_t cap)
 {
     return parse_xfer(b, n, o, 1, why, cap);
 }
@@ -527,8 +521,7 @@ int gd_control_parse_started(const void *b, size_t n, long *pid, char *why, size
     return rc;
 }
 
-int gd_control_parse_exit(const void *b, size_t n, struct gd_control_exit *o, char *why,
-                          size_t cap)
+int gd_control_parse_exit(const void *b, size_t n, struct gd_control_exit *o, char *why, size_t cap)
 {
     memset(o, 0, sizeof(*o));
     cJSON *d = parse_obj(b, n, why, cap);
@@ -549,8 +542,7 @@ int gd_control_parse_exit(const void *b, size_t n, struct gd_control_exit *o, ch
     return rc;
 }
 
-int gd_control_parse_error(const void *b, size_t n, char *code, size_t ccap, char *msg,
-                           size_t mcap)
+int gd_control_parse_error(const void *b, size_t n, char *code, size_t ccap, char *msg, size_t mcap)
 {
     cJSON *d = parse_obj(b, n, NULL, 0);
     if (!d)

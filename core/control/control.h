@@ -22,9 +22,9 @@ typedef struct uv_loop_s uv_loop_t;
 
 #define GD_CONTROL_VERSION 1
 #define GD_CONTROL_HDR_LEN 12u
-#define GD_CONTROL_MAX_BODY (1u << 20)   /* any frame */
-#define GD_CONTROL_MAX_JSON (256u << 10) /* a JSON body */
-#define GD_CONTROL_MAX_CHUNK (64u << 10) /* one OUTPUT frame */
+#define GD_CONTROL_MAX_BODY (1u << 20)         /* any frame */
+#define GD_CONTROL_MAX_JSON (256u << 10)       /* a JSON body */
+#define GD_CONTROL_MAX_CHUNK (64u << 10)       /* one OUTPUT frame */
 #define GD_CONTROL_DEFAULT_WINDOW (256u << 10) /* output credit per stream */
 #define GD_CONTROL_MAX_CREDIT (16u << 20)
 #define GD_CONTROL_MAX_REQUESTS 64 /* live requests per connection */
@@ -71,8 +71,7 @@ void gd_control_hdr_write(uint8_t out[12], unsigned type, unsigned flags, uint32
 /* Checks a header arriving in direction dir: a type sent that way, valid flags, reserved
  * 0, a length within the type's bound (JSON 256 KiB, OUTPUT 64 KiB, binary bodies their
  * exact size). 0, or -EPROTO / -EMSGSIZE and why (static text). */
-int gd_control_hdr_parse(const uint8_t in[12], int dir, struct gd_control_hdr *h,
-                         const char **why);
+int gd_control_hdr_parse(const uint8_t in[12], int dir, struct gd_control_hdr *h, const char **why);
 const char *gd_control_type_name(unsigned type);
 /* Whether a type's body is JSON. */
 int gd_control_type_json(unsigned type);
@@ -92,8 +91,7 @@ void gd_control_reader_init(struct gd_control_reader *r, int dir);
 /* Consumes bytes of p (*used says how many) until one frame is complete. 1: a frame is
  * in r->h / r->body (valid until the next feed), 0: more bytes needed, negative: a bad
  * header (r->why), after which the reader is unusable. */
-int gd_control_reader_feed(struct gd_control_reader *r, const uint8_t *p, size_t n,
-                           size_t *used);
+int gd_control_reader_feed(struct gd_control_reader *r, const uint8_t *p, size_t n, size_t *used);
 void gd_control_reader_free(struct gd_control_reader *r);
 
 uint32_t gd_control_get_u32(const uint8_t *p);
@@ -137,10 +135,8 @@ struct gd_control_xfer {
     long long mtime;
     uint32_t window; /* GET */
 };
-int gd_control_parse_put(const void *b, size_t n, struct gd_control_xfer *o, char *why,
-                         size_t cap);
-int gd_control_parse_get(const void *b, size_t n, struct gd_control_xfer *o, char *why,
-                         size_t cap);
+int gd_control_parse_put(const void *b, size_t n, struct gd_control_xfer *o, char *why, size_t cap);
+int gd_control_parse_get(const void *b, size_t n, struct gd_control_xfer *o, char *why, size_t cap);
 void gd_control_xfer_free(struct gd_control_xfer *o);
 
 struct gd_control_request {
@@ -214,15 +210,14 @@ void gd_session_remove(const char *dir, const char *id);
 int gd_session_list(const char *dir, int prune, struct gd_session **out, size_t *n);
 /* A live session by full id, else by name, else by unique id prefix. -ENOENT or
  * -EEXIST (an ambiguous prefix), with a one-line message. */
-int gd_session_find(const char *dir, const char *key, struct gd_session *out,
-                    struct gd_err *err);
+int gd_session_find(const char *dir, const char *key, struct gd_session *out, struct gd_err *err);
 
 /* ---- client (client.c): blocking, for the CLI ---- */
 
 typedef struct gd_control_client gd_control_client;
-/* Connects (the uid check is the server's), sends HELLO and reads the server's. */
-int gd_control_client_connect(const char *socket_path, gd_control_client **out,
-                              struct gd_err *err);
+/* Connects (the uid check is the server's), sends HELLO and reads the server's
+ * (waiting at most 10 s for it). */
+int gd_control_client_connect(const char *socket_path, gd_control_client **out, struct gd_err *err);
 int gd_control_client_fd(const gd_control_client *c);
 /* The session INFO from the server's HELLO (owned by the client). */
 const cJSON *gd_control_client_info(const gd_control_client *c);
@@ -231,7 +226,7 @@ int gd_control_client_send(gd_control_client *c, unsigned type, unsigned flags, 
 /* Reads one frame, blocking. 1 and the frame (body valid until the next call), 0 on
  * end of stream, negative on error (a malformed frame: -EPROTO). */
 int gd_control_client_recv(gd_control_client *c, struct gd_control_hdr *h, const uint8_t **body);
-/* For poll loops: one read() of what is available (0, -EAGAIN, or end: -EPIPE), then
+/* For poll loops: one read() of what is available (0; -EINTR; the end: -EPIPE), then
  * gd_control_client_next until it returns 0. */
 int gd_control_client_fill(gd_control_client *c);
 int gd_control_client_next(gd_control_client *c, struct gd_control_hdr *h, const uint8_t **body);

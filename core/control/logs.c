@@ -12,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define TAIL_MAX (4u << 20)   /* how far back the last lines are looked for */
+#define TAIL_MAX (4u << 20)    /* how far back the last lines are looked for */
 #define READ_STEP (256u << 10) /* one read while following */
 #define BEHIND (1u << 20)      /* a follower whose queue holds this much waits */
 

@@ -346,8 +346,8 @@ static void on_hello(struct conn *c, const uint8_t *body, size_t n)
     if (gd_control_parse_hello(body, n, &h, why, sizeof(why)))
         return gd__control_fail(c, "HELLO: %s", why);
     if (h.version != GD_CONTROL_VERSION) {
-        snprintf(why, sizeof(why), "this supervisor speaks version %d, not %d",
-                 GD_CONTROL_VERSION, h.version);
+        snprintf(why, sizeof(why), "this supervisor speaks version %d, not %d", GD_CONTROL_VERSION,
+                 h.version);
         send_error(c, 0, "version", why);
         conn_end(c, 1);
         return;
@@ -391,10 +391,11 @@ static void on_stdin(struct conn *c, const struct gd_control_hdr *h, const uint8
     if (!r || r->hung)
         return; /* it ended (or is being hung up) while the client was sending */
     if ((r->kind != REQ_EXEC && r->kind != REQ_PUT) || !r->stdin_open)
-        return gd__control_fail(c, "STDIN for request %u, which takes none (or after its EOF)", h->id);
+        return gd__control_fail(c, "STDIN for request %u, which takes none (or after its EOF)",
+                                h->id);
     if (h->len > r->in_credit)
         return gd__control_fail(c, "STDIN beyond the granted credit (%u bytes, %u granted)", h->len,
-                         r->in_credit);
+                                r->in_credit);
     r->in_credit -= h->len;
     int eof = h->flags & GD_CONTROL_STDIN_EOF;
     size_t off = 0;
@@ -648,8 +649,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *b)
     size_t off = 0;
     while (off < (size_t)nread && !c->ended) {
         size_t used;
-        int rc = gd_control_reader_feed(&c->rd, (const uint8_t *)b->base + off,
-                                        (size_t)nread - off, &used);
+        int rc = gd_control_reader_feed(&c->rd, (const uint8_t *)b->base + off, (size_t)nread - off,
+                                        &used);
         off += used;
         if (rc < 0)
             gd__control_fail(c, "%s", c->rd.why ? c->rd.why : "bad frame");

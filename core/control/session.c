@@ -285,8 +285,7 @@ int gd_session_list(const char *dir, int prune, struct gd_session **out, size_t 
     return 0;
 }
 
-int gd_session_find(const char *dir, const char *key, struct gd_session *out,
-                    struct gd_err *err)
+int gd_session_find(const char *dir, const char *key, struct gd_session *out, struct gd_err *err)
 {
     struct gd_session *v;
     size_t n;

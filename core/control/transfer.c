@@ -14,9 +14,8 @@ static const char put_file[] =
     "if [ -n \"$3\" ]; then touch -m -d \"@$3\" \"$1\"; fi";
 /* $1 the directory to unpack into; ownership is the guest user's, modes and mtimes kept */
 static const char put_tar[] = "mkdir -p -- \"$1\" && cd -- \"$1\" && exec tar -x -o -p -f -";
-static const char missing[] =
-    "if [ ! -e \"$1\" ] && [ ! -L \"$1\" ]; then "
-    "printf '%s: No such file or directory\\n' \"$1\" >&2; exit 1; fi; ";
+static const char missing[] = "if [ ! -e \"$1\" ] && [ ! -L \"$1\" ]; then "
+                              "printf '%s: No such file or directory\\n' \"$1\" >&2; exit 1; fi; ";
 /* $1 the file */
 static const char get_file[] = "exec cat -- \"$1\"";
 /* $1 the file or tree; members start with its basename */
@@ -60,8 +59,8 @@ void gd__control_put(struct conn *c, uint32_t id, const uint8_t *body, size_t n)
         snprintf(mode, sizeof(mode), "%o", x.mode);
     if (x.has_mtime)
         snprintf(mtime, sizeof(mtime), "%lld", x.mtime);
-    const char *argv[] = {"/bin/sh", "-c",  x.tar ? put_tar : put_file, "gondolin-put", x.path,
-                          mode,      mtime, NULL};
+    const char *argv[] = {"/bin/sh", "-c", x.tar ? put_tar : put_file, "gondolin-put", x.path, mode,
+                          mtime,     NULL};
     start(c, id, REQ_PUT, argv, GD_CONTROL_DEFAULT_WINDOW);
     gd_control_xfer_free(&x);
 }
