@@ -196,7 +196,7 @@ int gd_session_uuid(char out[37]);
 int gd_session_name_ok(const char *s);
 /* /proc/PID/stat field 22. */
 int gd_session_pid_start(long pid, unsigned long long *out);
-/* Whether the supervisor of s still runs (same pid and start time). */
+/* Whether the supervisor of s still runs (same pid and start time, not a zombie). */
 int gd_session_alive(const struct gd_session *s);
 /* DIR/ID.json, replaced atomically. */
 int gd_session_write(const char *dir, const struct gd_session *s);

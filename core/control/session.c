@@ -94,7 +94,8 @@ int gd_session_name_ok(const char *s)
     return 1;
 }
 
-int gd_session_pid_start(long pid, unsigned long long *out)
+/* The state (field 3) and start time (field 22) of /proc/PID/stat. */
+static int proc_stat(long pid, char *state, unsigned long long *start)
 {
     char p[64], buf[1024];
     snprintf(p, sizeof(p), "/proc/%ld/stat", pid);
@@ -105,24 +106,33 @@ int gd_session_pid_start(long pid, unsigned long long *out)
     fclose(f);
     buf[n] = 0;
     char *s = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
-    if (!s)
+    if (!s || s[1] != ' ' || !s[2])
         return -EINVAL;
+    *state = s[2];
     s++;
-    /* fields after the name start at 3 (state); the start time is field 22 */
     for (int field = 3; field < 22; field++) {
         s = strchr(s + 1, ' ');
         if (!s)
             return -EINVAL;
     }
     char *end;
-    *out = strtoull(s + 1, &end, 10);
+    *start = strtoull(s + 1, &end, 10);
     return end == s + 1 ? -EINVAL : 0;
+}
+
+int gd_session_pid_start(long pid, unsigned long long *out)
+{
+    char state;
+    return proc_stat(pid, &state, out);
 }
 
 int gd_session_alive(const struct gd_session *s)
 {
     unsigned long long st;
-    return s->pid > 0 && gd_session_pid_start(s->pid, &st) == 0 && st == s->pid_start;
+    char state;
+    /* a zombie (not yet reaped by whoever inherited it) is gone too */
+    return s->pid > 0 && proc_stat(s->pid, &state, &st) == 0 && st == s->pid_start &&
+           state != 'Z' && state != 'X';
 }
 
 cJSON *gd_session_json(const struct gd_session *s)
