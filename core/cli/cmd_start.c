@@ -4,8 +4,6 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
-#include "image/image.h"
-#include "image/store.h"
 #include "sandbox/sandbox.h"
 
 #include <errno.h>
@@ -28,20 +26,6 @@ static void start_usage(void)
            "  -e, --env K=V       set an environment variable for every exec (repeatable)\n"
            "  --no-network        no network device at all\n"
            "The VM, policy and egress flags of `gondolin exec` apply (gondolin exec --help).\n");
-}
-
-/* The default image, checked (and built) before the supervisor was forked. */
-static char default_dir[1024];
-
-/* (its ud is the supervisor's: the sandbox's callbacks share one) */
-static int resolve_image(void *ud, const char *ref, char *out, size_t cap, struct gd_err *err)
-{
-    (void)ud;
-    if (!ref || !strcmp(ref, "default") || !strcmp(ref, "default:latest")) {
-        snprintf(out, cap, "%s", default_dir);
-        return 0;
-    }
-    return gd_store_resolve(ref, gd_host_arch(), out, cap, err);
 }
 
 static volatile sig_atomic_t interrupted;
@@ -184,18 +168,20 @@ int cmd_start(int argc, char **argv)
         if (gd_session_find(dir, name, &s, NULL) == 0 && !strcmp(s.name, name))
             return cli_die(1, "a session named '%s' exists already (%s)", name, s.id);
     }
-    /* the image: an explicit one is resolved now; the default one is checked (and built
-     * on first use) now, for the supervisor to find when the policy names no other */
-    static char image[1024];
-    struct cli_vm_flags dflt = {.verbose = vf.verbose};
-    if (cli_image_dir(vf.image ? &vf : &dflt, vf.image ? image : default_dir, sizeof(image)))
-        return 125;
+    /* the image is resolved now, and the default one built on first use, in the
+     * foreground; the supervisor resolves it again (cheaply) unless it was given, so a
+     * policy's vm.image still counts */
+    static int verbose;
+    verbose = vf.verbose;
+    char image[1024];
+    struct gd_err ierr = {{0}};
+    if (cli_resolve_image(&verbose, vf.image, image, sizeof(image), &ierr))
+        return cli_die(125, "%s", ierr.msg);
     if (gd_session_uuid(id))
         return cli_die(1, "cannot generate a session id");
-
-    const char **dirs = cli_plugin_dirs(&pol);
     struct gd_sandbox_opts so = {.image = vf.image ? image : NULL,
-                                 .resolve_image = resolve_image,
+                                 .resolve_image = cli_resolve_image,
+                                 .image_ud = &verbose,
                                  .accel = vf.accel,
                                  .memory_mb = vf.memory_mb,
                                  .cpus = vf.cpus,
@@ -203,11 +189,9 @@ int cmd_start(int argc, char **argv)
                                  .verbose = vf.verbose,
                                  .append = getenv("GONDOLIN_APPEND"),
                                  .no_network = no_network,
-                                 .policy = pol.policy,
-                                 .egress = no_network ? NULL : &pol.egress,
-                                 .plugin_dirs = dirs,
-                                 .plugins = pol.plugins,
                                  .env = env};
+    if (!no_network)
+        cli_policy_sandbox(&pol, &so); /* its log/on_reload are the supervisor's */
 
     char log[1200];
     snprintf(log, sizeof(log), "%s/%s.log", dir, id);
@@ -230,7 +214,6 @@ int cmd_start(int argc, char **argv)
     close(logfd);
     rc = wait_ready(pfd[0], pid, log);
     close(pfd[0]);
-    free(dirs);
     free(env);
     if (rc)
         return rc;

@@ -108,23 +108,20 @@ int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f)
     return 1;
 }
 
-int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap)
+int cli_resolve_image(void *ud, const char *ref, char *out, size_t cap, struct gd_err *err)
 {
+    int verbose = ud ? *(const int *)ud : 0;
     const char *env = getenv("GONDOLIN_GUEST_DIR");
     const char *def = getenv("GONDOLIN_DEFAULT_IMAGE");
-    struct gd_err err = {{0}};
-    if (f->image || (env && *env) ||
+    if (ref || (env && *env) ||
         (def && *def && strcmp(def, "default:latest") && strcmp(def, "default"))) {
-        const char *sel = f->image ? f->image : env && *env ? env : def;
-        if (gd_store_resolve(sel, gd_host_arch(), out, cap, &err)) {
-            cli_die(1, "%s", err.msg);
-            return -1;
-        }
-        return 0;
+        const char *sel = ref ? ref : env && *env ? env : def;
+        return gd_store_resolve(sel, gd_host_arch(), out, cap, err);
     }
     gd_image_default_dir(out, cap);
     struct gd_image img;
-    int need = gd_image_load(out, 0, &img, &err) != 0;
+    struct gd_err sub = {{0}};
+    int need = gd_image_load(out, 0, &img, &sub) != 0;
     if (!need && strcmp(img.builder_id, gd_builder_id())) {
         /* built by another version of the builder or guest: rebuild, so the default
          * image is always what this binary would build */
@@ -146,9 +143,7 @@ int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap)
         fprintf(stderr, "gondolin: no default image yet; building it from Debian packages "
                         "(first use only)\n");
     }
-    if (need && cli_build_default(out, f->verbose))
-        return -1;
-    return 0;
+    return need ? cli_build_default(out, verbose, err) : 0;
 }
 
 static void usage(FILE *f)

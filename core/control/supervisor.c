@@ -241,6 +241,7 @@ int gd_control_supervise(const struct gd_control_supervise_opts *o)
     if (rc) {
         slog("%s", err.msg);
         report(p, err.msg);
+        uv_run(&p->loop, UV_RUN_DEFAULT); /* what the egress stack had opened */
         uv_loop_close(&p->loop);
         free(p);
         return 1;
