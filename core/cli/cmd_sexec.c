@@ -280,7 +280,8 @@ static int go(const char *key, struct gd_control_exec *e, int detach)
 
 int cmd_sexec(int argc, char **argv)
 {
-    const char **env = calloc((size_t)argc + 2, sizeof(char *));
+    static const char **env; /* (static: reachable until exit on every path) */
+    env = calloc((size_t)argc + 2, sizeof(char *));
     size_t nenv = 0;
     const char *key = NULL, *cwd = NULL, *shell = NULL;
     int tty = 0, no_stdin = 0;
@@ -340,7 +341,8 @@ int cmd_sexec(int argc, char **argv)
 
 int cmd_attach(int argc, char **argv)
 {
-    const char **env = calloc((size_t)argc + 2, sizeof(char *));
+    static const char **env; /* (static: reachable until exit on every path) */
+    env = calloc((size_t)argc + 2, sizeof(char *));
     size_t nenv = 0;
     const char *key = NULL, *cwd = NULL;
     char **cmd = NULL;

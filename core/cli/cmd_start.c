@@ -115,7 +115,8 @@ int cmd_start(int argc, char **argv)
 {
     struct cli_vm_flags vf = {0};
     static struct cli_policy pol;
-    const char **env = calloc((size_t)argc + 1, sizeof(char *));
+    static const char **env; /* (static: reachable until exit on every path) */
+    env = calloc((size_t)argc + 1, sizeof(char *));
     size_t nenv = 0;
     const char *name = NULL;
     int json = 0, no_network = 0;

@@ -4,7 +4,6 @@
 #include "control.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,8 +223,9 @@ static int get_int(const cJSON *o, const char *k, double min, double max, long l
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
     if (!v || cJSON_IsNull(v))
         return 0;
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
-        v->valuedouble != floor(v->valuedouble) || v->valuedouble < min || v->valuedouble > max)
+    /* in range first: then the cast is defined, and integral means it round-trips */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= min && v->valuedouble <= max) ||
+        (double)(long long)v->valuedouble != v->valuedouble)
         return -1;
     *out = (long long)v->valuedouble;
     return 1;

@@ -605,6 +605,8 @@ static void conn_end(struct conn *c, int drain)
     if (!c->ended) {
         c->ended = 1;
         c->t0 = uv_now(s->loop);
+        if (c->counted)
+            s->nconns--;
         uv_read_stop((uv_stream_t *)&c->pipe);
         while (c->reqs) {
             struct req *r = c->reqs;
@@ -697,6 +699,7 @@ static void on_connection(uv_stream_t *l, int status)
         return;
     }
     s->nconns++;
+    c->counted = 1;
     uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
     gd__control_tick_update(s);
 }
