@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,9 +167,13 @@ int gd_session_write(const char *dir, const struct gd_session *s)
     snprintf(tmp, sizeof(tmp), "%s/.%s.json.tmp", dir, s->id);
     snprintf(path, sizeof(path), "%s/%s.json", dir, s->id);
     int rc = 0;
-    FILE *f = fopen(tmp, "we");
-    if (!f)
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) {
         rc = -errno;
+        if (fd >= 0)
+            close(fd);
+    }
     else {
         fprintf(f, "%s\n", text);
         if (fflush(f) || fsync(fileno(f)))

@@ -687,8 +687,10 @@ def sigkill_of_the_supervisor_leaves_nothing():
     eq(s["id"], sid)
     kids = qemu_children(s["pid"])
     eq(len(kids), 1, "one QEMU under the supervisor")
+    t0 = time.time()
     os.kill(s["pid"], signal.SIGKILL)
     expect(wait_gone(kids[0]), "QEMU orphaned after SIGKILL of the supervisor")
+    print(f"    QEMU gone {time.time() - t0:.1f}s after the supervisor")
     expect(os.path.exists(os.path.join(SESS, sid + ".json")), "the entry is stale now")
     eq(info("t-kill"), None, "ls does not list it")
     for ext in ("json", "sock", "log"):
@@ -701,6 +703,7 @@ def sigkill_of_the_supervisor_leaves_nothing():
 def stop_ends_execs_and_the_session():
     s = info(MAIN)
     kids = qemu_children(s["pid"])
+    log = open(s["log"])  # stays readable after the supervisor removes it
     p = subprocess.Popen([G, "exec", "--session", MAIN, "--", "sh", "-c",
                           "echo started; exec sleep 1000"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=ENV)
@@ -713,6 +716,9 @@ def stop_ends_execs_and_the_session():
     for ext in ("json", "sock", "log"):
         expect(not os.path.exists(os.path.join(SESS, f"{s['id']}.{ext}")), f".{ext} removed")
     eq(run(["ls", "--json"], check=0).stdout.strip(), b"[]")
+    text = log.read()
+    expect("Sanitizer" not in text, text[-3000:])  # an ASan build's supervisor
+    expect(f"supervisor {s['pid']} exits (status 0)" in text, text[-1000:])
 
 
 def main():
