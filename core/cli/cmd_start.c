@@ -34,7 +34,8 @@ static void on_interrupt(int sig)
     interrupted = sig;
 }
 
-/* The supervisor's one line: 0 ok, else the exit code (message printed). */
+/* The supervisor's one line: 0 ok, else the exit code (message printed); 3 when it
+ * died without a word. */
 static int wait_ready(int rfd, pid_t pid, const char *log)
 {
     char buf[1300];
@@ -67,7 +68,7 @@ static int wait_ready(int rfd, pid_t pid, const char *log)
     }
     int st = 0;
     waitpid(pid, &st, 0);
-    return cli_die(1, "the supervisor exited during startup (%s %d); see %s",
+    return cli_die(3, "the supervisor exited during startup (%s %d); see %s",
                    WIFSIGNALED(st) ? "signal" : "status",
                    WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), log);
 }
@@ -216,8 +217,11 @@ int cmd_start(int argc, char **argv)
     rc = wait_ready(pfd[0], pid, log);
     close(pfd[0]);
     free(env);
-    if (rc)
-        return rc;
+    if (rc) {
+        if (rc != 3) /* (3: it crashed; its log says why) */
+            gd_session_remove(dir, id);
+        return rc == 3 ? 1 : rc;
+    }
     struct gd_session s;
     struct gd_err err = {{0}};
     char meta[1200];
