@@ -173,25 +173,16 @@ int cmd_start(int argc, char **argv)
     /* the image is resolved now, and the default one built on first use, in the
      * foreground; the supervisor resolves it again (cheaply) unless it was given, so a
      * policy's vm.image still counts */
-    static int verbose;
-    verbose = vf.verbose;
     char image[1024];
     struct gd_err ierr = {{0}};
-    if (cli_resolve_image(&verbose, vf.image, image, sizeof(image), &ierr))
+    if (cli_resolve_image(&vf.verbose, vf.image, image, sizeof(image), &ierr))
         return cli_die(125, "%s", ierr.msg);
     if (gd_session_uuid(id))
         return cli_die(1, "cannot generate a session id");
-    struct gd_sandbox_opts so = {.image = vf.image ? image : NULL,
-                                 .resolve_image = cli_resolve_image,
-                                 .image_ud = &verbose,
-                                 .accel = vf.accel,
-                                 .memory_mb = vf.memory_mb,
-                                 .cpus = vf.cpus,
-                                 .rootfs_mode = vf.rootfs_mode,
-                                 .verbose = vf.verbose,
-                                 .append = getenv("GONDOLIN_APPEND"),
-                                 .no_network = no_network,
-                                 .env = env};
+    struct gd_sandbox_opts so = {.no_network = no_network, .env = env};
+    cli_vm_sandbox(&vf, &so);
+    if (vf.image)
+        so.image = image;
     if (!no_network)
         cli_policy_sandbox(&pol, &so); /* its log/on_reload are the supervisor's */
 

@@ -140,19 +140,13 @@ cJSON *gd_session_json(const struct gd_session *s)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", s->id);
-    if (s->name[0])
-        cJSON_AddStringToObject(o, "name", s->name);
-    else
-        cJSON_AddNullToObject(o, "name");
+    gd_control_json_str(o, "name", s->name);
     cJSON_AddNumberToObject(o, "pid", (double)s->pid);
     cJSON_AddNumberToObject(o, "pid_start", (double)s->pid_start);
     cJSON_AddNumberToObject(o, "created", (double)s->created);
     cJSON_AddStringToObject(o, "image", s->image);
     cJSON_AddStringToObject(o, "build_id", s->build_id);
-    if (s->policy[0])
-        cJSON_AddStringToObject(o, "policy", s->policy);
-    else
-        cJSON_AddNullToObject(o, "policy");
+    gd_control_json_str(o, "policy", s->policy);
     cJSON_AddStringToObject(o, "socket", s->socket);
     cJSON_AddStringToObject(o, "log", s->log);
     return o;
@@ -173,8 +167,7 @@ int gd_session_write(const char *dir, const struct gd_session *s)
         rc = -errno;
         if (fd >= 0)
             close(fd);
-    }
-    else {
+    } else {
         fprintf(f, "%s\n", text);
         if (fflush(f) || fsync(fileno(f)))
             rc = -errno;
