@@ -2,7 +2,8 @@
  * control.h - long-lived sessions (docs/control.md): the control protocol's codec
  * (codec.c: frames and JSON messages, pure functions), the sessions directory
  * (session.c), a blocking client for the CLI (client.c), the server a supervisor runs
- * around one sandbox (server.c, transfer.c) and the supervisor itself (supervisor.c).
+ * around one sandbox (server.c; requests.c, transfer.c, logs.c) and the supervisor
+ * itself (supervisor.c).
  *
  * Functions return 0 or a negative errno unless they say otherwise.
  */

@@ -1,5 +1,5 @@
 /* control_int.h - shared inside core/control/: the server's objects (server.c, with
- * transfers and log tails in transfer.c and logs.c). */
+ * the one-shot requests, transfers and log tails in requests.c, transfer.c, logs.c). */
 #ifndef GD_CONTROL_INT_H
 #define GD_CONTROL_INT_H
 
@@ -79,6 +79,12 @@ struct gd_control_server {
 int gd__control_send(struct conn *c, unsigned type, unsigned flags, uint32_t id, const void *body,
                      size_t n);
 int gd__control_send_json(struct conn *c, unsigned type, uint32_t id, char *text);
+void gd__control_log(gd_control_server *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void gd__control_error(struct conn *c, uint32_t id, const char *code, const char *msg);
+/* REPLY with o (deleted); stop: 1 call on_stop once written, 2 with force. */
+void gd__control_reply(struct conn *c, uint32_t id, cJSON *o, int stop);
+struct req *gd__control_find(struct conn *c, uint32_t id);
 /* A protocol error: ERROR with id 0, then the connection is closed. */
 void gd__control_fail(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* 0: id may start a request on c (else the ERROR was sent: id in use, or busy). */
@@ -90,6 +96,10 @@ struct req *gd__control_req_new(struct conn *c, uint32_t id, enum req_kind kind)
 void gd__control_start(struct req *r, const struct gd_exec_opts *xo);
 void gd__control_req_done(struct req *r);
 void gd__control_tick_update(gd_control_server *s);
+
+/* requests.c */
+cJSON *gd__control_info(gd_control_server *s);
+void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_t n);
 
 /* transfer.c: PUT and GET as guest processes */
 void gd__control_put(struct conn *c, uint32_t id, const uint8_t *body, size_t n);

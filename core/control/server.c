@@ -1,10 +1,8 @@
 /* server.c - the control server a supervisor runs around one sandbox (docs/control.md):
- * the socket, connections and their frames, execs with credit passed through, and the
- * one-shot requests. Transfers are in transfer.c, log tails in logs.c. */
+ * the socket, connections and their frames, execs with credit passed through. The
+ * one-shot requests are in requests.c, transfers in transfer.c, log tails in logs.c. */
 #define _GNU_SOURCE
 #include "control_int.h"
-
-#include "engine/engine.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -20,8 +18,7 @@
 #define KILL_AFTER_MS 2000
 #define DRAIN_MS 5000 /* an ended connection gets this long to take what is queued */
 
-static void slog(gd_control_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void slog(gd_control_server *s, const char *fmt, ...)
+void gd__control_log(gd_control_server *s, const char *fmt, ...)
 {
     if (!s->o.log)
         return;
@@ -82,8 +79,9 @@ static int send_frame(struct conn *c, unsigned type, unsigned flags, uint32_t id
     }
     c->outq += q->n;
     if (c->outq > GD_CONTROL_MAX_QUEUED) {
-        slog(c->s, "control: a client stopped reading (%zu bytes queued); disconnecting it",
-             c->outq);
+        gd__control_log(c->s,
+                        "control: a client stopped reading (%zu bytes queued); disconnecting it",
+                        c->outq);
         conn_end(c, 0);
         return -ENOBUFS;
     }
@@ -96,6 +94,14 @@ int gd__control_send(struct conn *c, unsigned type, unsigned flags, uint32_t id,
     return send_frame(c, type, flags, id, body, n, 0);
 }
 
+void gd__control_reply(struct conn *c, uint32_t id, cJSON *o, int stop)
+{
+    char *t = gd_control_encode_json(o);
+    if (t)
+        send_frame(c, GD_CONTROL_REPLY, 0, id, t, strlen(t), stop);
+    free(t);
+}
+
 int gd__control_send_json(struct conn *c, unsigned type, uint32_t id, char *text)
 {
     int rc = text ? send_frame(c, type, 0, id, text, strlen(text), 0) : -ENOMEM;
@@ -103,7 +109,7 @@ int gd__control_send_json(struct conn *c, unsigned type, uint32_t id, char *text
     return rc;
 }
 
-static void send_error(struct conn *c, uint32_t id, const char *code, const char *msg)
+void gd__control_error(struct conn *c, uint32_t id, const char *code, const char *msg)
 {
     gd__control_send_json(c, GD_CONTROL_ERROR, id, gd_control_encode_error(code, msg));
 }
@@ -115,14 +121,15 @@ void gd__control_fail(struct conn *c, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    slog(c->s, "control: protocol error from a client: %s; closing that connection", msg);
-    send_error(c, 0, "protocol", msg);
+    gd__control_log(c->s, "control: protocol error from a client: %s; closing that connection",
+                    msg);
+    gd__control_error(c, 0, "protocol", msg);
     conn_end(c, 1);
 }
 
 /* ---- requests ---- */
 
-static struct req *find_req(struct conn *c, uint32_t id)
+struct req *gd__control_find(struct conn *c, uint32_t id)
 {
     for (struct req *r = c->reqs; r; r = r->next)
         if (r->id == id)
@@ -154,13 +161,13 @@ void gd__control_req_done(struct req *r)
 int gd__control_admit(struct conn *c, uint32_t id)
 {
     char msg[80];
-    if (find_req(c, id)) {
+    if (gd__control_find(c, id)) {
         snprintf(msg, sizeof(msg), "request id %u is still live", id);
-        send_error(c, id, "id_in_use", msg);
+        gd__control_error(c, id, "id_in_use", msg);
         return -1;
     }
     if (c->nreqs >= GD_CONTROL_MAX_REQUESTS) {
-        send_error(c, id, "busy", "64 requests are live on this connection");
+        gd__control_error(c, id, "busy", "64 requests are live on this connection");
         return -1;
     }
     return 0;
@@ -170,7 +177,7 @@ struct req *gd__control_req_new(struct conn *c, uint32_t id, enum req_kind kind)
 {
     struct req *r = calloc(1, sizeof(*r));
     if (!r) {
-        send_error(c, id, "internal", "out of memory");
+        gd__control_error(c, id, "internal", "out of memory");
         return NULL;
     }
     r->s = c->s;
@@ -300,36 +307,6 @@ void gd__control_start(struct req *r, const struct gd_exec_opts *xo)
 
 /* ---- frames from a client ---- */
 
-static cJSON *info(gd_control_server *s)
-{
-    cJSON *o = cJSON_CreateObject();
-    const struct gd_session *m = &s->meta;
-    cJSON_AddBoolToObject(o, "ok", 1);
-    cJSON_AddStringToObject(o, "id", m->id);
-    gd_control_json_str(o, "name", m->name);
-    cJSON_AddNumberToObject(o, "pid", (double)getpid());
-    cJSON_AddNumberToObject(o, "created", (double)m->created);
-    cJSON_AddStringToObject(o, "image", gd_sandbox_image_dir(s->sb));
-    cJSON_AddStringToObject(o, "build_id", gd_sandbox_build_id(s->sb));
-    cJSON_AddStringToObject(o, "accel", gd_vm_accel(gd_sandbox_vm(s->sb)));
-    gd_control_json_str(o, "policy", gd_sandbox_policy(s->sb));
-    cJSON_AddStringToObject(o, "revision", gd_sandbox_revision(s->sb));
-    cJSON_AddNumberToObject(o, "generation", gd_sandbox_generation(s->sb));
-    cJSON_AddStringToObject(o, "state", s->stopping ? "stopping" : "running");
-    int execs = 0, clients = 0;
-    for (struct conn *c = s->conns; c; c = c->next) {
-        clients += !c->ended;
-        for (struct req *r = c->reqs; r; r = r->next)
-            execs += r->kind == REQ_EXEC;
-    }
-    for (struct req *r = s->orphans; r; r = r->next)
-        execs += r->kind == REQ_EXEC;
-    cJSON_AddNumberToObject(o, "execs", execs);
-    cJSON_AddNumberToObject(o, "clients", clients);
-    cJSON_AddArrayToObject(o, "forwards");
-    return o;
-}
-
 static void on_hello(struct conn *c, const uint8_t *body, size_t n)
 {
     struct gd_control_hello h;
@@ -341,14 +318,14 @@ static void on_hello(struct conn *c, const uint8_t *body, size_t n)
     if (h.version != GD_CONTROL_VERSION) {
         snprintf(why, sizeof(why), "this supervisor speaks version %d, not %d", GD_CONTROL_VERSION,
                  h.version);
-        send_error(c, 0, "version", why);
+        gd__control_error(c, 0, "version", why);
         conn_end(c, 1);
         return;
     }
     c->hello = 1;
     cJSON *o = cJSON_CreateObject();
     cJSON_AddNumberToObject(o, "version", GD_CONTROL_VERSION);
-    cJSON_AddItemToObject(o, "session", info(c->s));
+    cJSON_AddItemToObject(o, "session", gd__control_info(c->s));
     gd__control_send_json(c, GD_CONTROL_HELLO, 0, gd_control_encode_json(o));
     gd__control_tick_update(c->s);
 }
@@ -380,7 +357,7 @@ static void on_exec(struct conn *c, uint32_t id, const uint8_t *body, size_t n)
 
 static void on_stdin(struct conn *c, const struct gd_control_hdr *h, const uint8_t *body)
 {
-    struct req *r = find_req(c, h->id);
+    struct req *r = gd__control_find(c, h->id);
     if (!r || r->hung)
         return; /* it ended (or is being hung up) while the client was sending */
     if ((r->kind != REQ_EXEC && r->kind != REQ_PUT) || !r->stdin_open)
@@ -404,7 +381,7 @@ static void on_stdin(struct conn *c, const struct gd_control_hdr *h, const uint8
 
 static void on_window(struct conn *c, const struct gd_control_hdr *h, const uint8_t *body)
 {
-    struct req *r = find_req(c, h->id);
+    struct req *r = gd__control_find(c, h->id);
     if (!r || !r->x || r->kind == REQ_PUT)
         return;
     for (int i = 1; i <= 2; i++) {
@@ -417,67 +394,6 @@ static void on_window(struct conn *c, const struct gd_control_hdr *h, const uint
         if (g)
             gd_exec_ack(r->x, i, (size_t)g);
     }
-}
-
-static void reply(struct conn *c, uint32_t id, cJSON *o, int stop)
-{
-    char *t = gd_control_encode_json(o);
-    if (t)
-        send_frame(c, GD_CONTROL_REPLY, 0, id, t, strlen(t), stop);
-    free(t);
-}
-
-static cJSON *fail_reply(const char *msg)
-{
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddBoolToObject(o, "ok", 0);
-    cJSON_AddStringToObject(o, "error", msg);
-    return o;
-}
-
-static void on_request(struct conn *c, uint32_t id, const uint8_t *body, size_t n)
-{
-    gd_control_server *s = c->s;
-    struct gd_control_request q;
-    char why[300];
-    if (gd_control_parse_request(body, n, &q, why, sizeof(why)))
-        return gd__control_fail(c, "REQUEST: %s", why);
-    if (!strcmp(q.op, "logs")) {
-        if (gd__control_admit(c, id) == 0)
-            gd__control_logs(c, id, &q);
-        return;
-    }
-    if (find_req(c, id)) {
-        snprintf(why, sizeof(why), "request id %u is still live", id);
-        return send_error(c, id, "id_in_use", why);
-    }
-    cJSON *o;
-    if (!strcmp(q.op, "info")) {
-        o = info(s);
-    } else if (!strcmp(q.op, "policy.reload") || !strcmp(q.op, "policy.status")) {
-        struct gd_err err = {{0}};
-        if (q.op[7] == 'r' && gd_sandbox_reload(s->sb, &err))
-            return reply(c, id, fail_reply(err.msg[0] ? err.msg : "the reload failed"), 0);
-        o = cJSON_CreateObject();
-        cJSON_AddBoolToObject(o, "ok", 1);
-        if (q.op[7] == 's')
-            gd_control_json_str(o, "policy", gd_sandbox_policy(s->sb));
-        cJSON_AddStringToObject(o, "revision", gd_sandbox_revision(s->sb));
-        cJSON_AddNumberToObject(o, "generation", gd_sandbox_generation(s->sb));
-        if (q.op[7] == 's')
-            gd_control_json_str(o, "last_error", s->has_error ? s->last_error : NULL);
-    } else if (!strcmp(q.op, "expose")) {
-        o = fail_reply("not yet supported");
-    } else if (!strcmp(q.op, "stop")) {
-        o = cJSON_CreateObject();
-        cJSON_AddBoolToObject(o, "ok", 1);
-        slog(s, "control: stop%s requested", q.force ? " --force" : "");
-        return reply(c, id, o, q.force ? 2 : 1);
-    } else {
-        snprintf(why, sizeof(why), "unknown op '%s'", q.op);
-        o = fail_reply(why);
-    }
-    reply(c, id, o, 0);
 }
 
 static void dispatch(struct conn *c, const struct gd_control_hdr *h, const uint8_t *body)
@@ -499,7 +415,7 @@ static void dispatch(struct conn *c, const struct gd_control_hdr *h, const uint8
         unsigned rows, cols;
         if (gd_control_parse_resize(body, h->len, &rows, &cols, why, sizeof(why)))
             return gd__control_fail(c, "%s", why);
-        if ((r = find_req(c, h->id)) && r->x && r->kind == REQ_EXEC)
+        if ((r = gd__control_find(c, h->id)) && r->x && r->kind == REQ_EXEC)
             gd_exec_resize(r->x, rows, cols);
         return;
     }
@@ -507,7 +423,7 @@ static void dispatch(struct conn *c, const struct gd_control_hdr *h, const uint8
         long long sig;
         if (gd_control_parse_int(body, h->len, "signal", 1, 64, &sig, why, sizeof(why)))
             return gd__control_fail(c, "SIGNAL: %s", why);
-        if ((r = find_req(c, h->id)) && r->x && r->kind == REQ_EXEC)
+        if ((r = gd__control_find(c, h->id)) && r->x && r->kind == REQ_EXEC)
             gd_exec_signal(r->x, (int)sig);
         return;
     }
@@ -516,15 +432,15 @@ static void dispatch(struct conn *c, const struct gd_control_hdr *h, const uint8
     case GD_CONTROL_GET:
         return gd__control_get(c, h->id, body, h->len);
     case GD_CONTROL_REQUEST:
-        return on_request(c, h->id, body, h->len);
+        return gd__control_request(c, h->id, body, h->len);
     case GD_CONTROL_CANCEL:
-        if (!(r = find_req(c, h->id)))
+        if (!(r = gd__control_find(c, h->id)))
             return;
         if (r->kind != REQ_LOGS)
             return hangup(r);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddBoolToObject(o, "ok", 1);
-        reply(c, r->id, o, 0);
+        gd__control_reply(c, r->id, o, 0);
         gd__control_req_done(r);
         gd__control_tick_update(c->s);
         return;
@@ -670,15 +586,15 @@ static void on_connection(uv_stream_t *l, int status)
     socklen_t cl = sizeof(cr);
     if (uv_fileno((uv_handle_t *)&c->pipe, &fd) ||
         getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) || cr.uid != geteuid()) {
-        slog(s, "control: refused a connection from uid %d (pid %d)", cl ? (int)cr.uid : -1,
-             cl ? (int)cr.pid : -1);
+        gd__control_log(s, "control: refused a connection from uid %d (pid %d)",
+                        cl ? (int)cr.uid : -1, cl ? (int)cr.pid : -1);
         c->ended = 1;
         conn_close(c);
         return;
     }
     c->t0 = uv_now(s->loop);
     if (s->nconns >= GD_CONTROL_MAX_CLIENTS || s->closing) {
-        send_error(c, 0, "busy", "too many clients on this session");
+        gd__control_error(c, 0, "busy", "too many clients on this session");
         conn_end(c, 1);
         return;
     }
@@ -709,7 +625,7 @@ static void on_tick(uv_timer_t *t)
     uint64_t now = uv_now(s->loop);
     for (struct conn *c = s->conns; c; c = c->next) {
         if (!c->hello && !c->ended && now - c->t0 >= GD_CONTROL_HELLO_MS) {
-            send_error(c, 0, "timeout", "no HELLO within 10 s");
+            gd__control_error(c, 0, "timeout", "no HELLO within 10 s");
             conn_end(c, 1);
         } else if (c->ended && !c->closing && now - c->t0 >= DRAIN_MS) {
             conn_close(c);

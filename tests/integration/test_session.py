@@ -700,6 +700,25 @@ def sigkill_of_the_supervisor_leaves_nothing():
 
 
 @test
+def force_stop_and_a_guest_that_powers_off():
+    """stop --force kills the VM at once; a VM that ends by itself ends its session."""
+    for name, how in (("t-force", "force"), ("t-off", "poweroff")):
+        run(["start", "--name", name], timeout=300, check=0)
+        s = info(name)
+        kids = qemu_children(s["pid"])
+        if how == "force":
+            run(["stop", name, "--force"], check=0, timeout=60)
+        else:
+            r = run(["exec", "--session", name, "--", "sh", "-c", "sync; poweroff -f; sleep 100"])
+            eq(r.returncode, 125, "the exec of a VM that went away")
+        expect(wait_gone(s["pid"]), f"{name}: the supervisor exits")
+        expect(all(wait_gone(k) for k in kids), f"{name}: QEMU is gone")
+        for ext in ("json", "sock", "log"):
+            expect(not os.path.exists(os.path.join(SESS, f"{s['id']}.{ext}")), f"{name}: .{ext}")
+        eq(info(name), None, f"{name} is not listed")
+
+
+@test
 def stop_ends_execs_and_the_session():
     s = info(MAIN)
     kids = qemu_children(s["pid"])
