@@ -233,7 +233,7 @@ int cmd_logs(int argc, char **argv)
         if (poll(&pf, 1, -1) < 0 && errno != EINTR)
             break;
         if (pf.revents && (k = gd_control_client_fill(c)) < 0 && k != -EINTR)
-            code = cli_die(1, "logs: the session went away");
+            code = follow ? 0 : cli_die(1, "logs: the session went away"); /* it ended */
     }
     gd_control_client_close(c);
     if (code < 0)
