@@ -88,6 +88,14 @@ static void fw_log(gd_forward *fw, const char *fmt, ...)
     fw->o.log(fw->o.ud, line);
 }
 
+/* Why a tunnel could not be opened, for the log. */
+static const char *start_error(int rc)
+{
+    return rc == -ENOTCONN  ? "the VM is not running"
+           : rc == -ENOTSUP ? "the guest agent predates tunnels (protocol 1.1): rebuild the image"
+                            : strerror(-rc);
+}
+
 static void maybe_done(gd_forward *fw)
 {
     if (!fw->closing || fw->done || fw->conns || fw->poll_open || fw->backoff_open || fw->px_open)
@@ -425,8 +433,7 @@ static int fw_dial(void *ud, const char *host, unsigned port)
     int rc = conn_new(fw, sp[0], 1, "tunnel of the HTTP proxy");
     if (rc) {
         close(sp[1]);
-        fw_log(fw, "cannot open a tunnel: %s",
-               rc == -ENOTCONN ? "the VM is not running" : strerror(-rc));
+        fw_log(fw, "cannot open a tunnel: %s", start_error(rc));
         return rc;
     }
     return sp[1];
@@ -508,7 +515,7 @@ static void on_listen(uv_poll_t *p, int status, int events)
             rc = conn_new(fw, fd, 0, peer);
         }
         if (rc)
-            fw_log(fw, "%s: %s", peer, rc == -ENOTCONN ? "the VM is not running" : strerror(-rc));
+            fw_log(fw, "%s: %s", peer, start_error(rc));
     }
 }
 
@@ -519,21 +526,18 @@ static void on_failed_closed(uv_handle_t *h)
     free(fw);
 }
 
-static int resolve_listen(const char *host, struct sockaddr_storage *ss, socklen_t *sl)
+/* The listen address: an IP literal or localhost (127.0.0.1, also for NULL). */
+static int listen_addr(const char *host, unsigned port, struct sockaddr_storage *ss, socklen_t *sl)
 {
     memset(ss, 0, sizeof(*ss));
-    struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
     if (!host || !*host || !strcmp(host, "localhost"))
         host = "127.0.0.1";
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        *sl = sizeof(*a4);
+    if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0) {
+        *sl = sizeof(struct sockaddr_in);
         return 0;
     }
-    if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        *sl = sizeof(*a6);
+    if (!strchr(host, '%') && uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) == 0) {
+        *sl = sizeof(struct sockaddr_in6);
         return 0;
     }
     return -EINVAL;
@@ -548,7 +552,7 @@ int gd_forward_new(uv_loop_t *loop, gd_vm *vm, const struct gd_forward_opts *o, 
         return gd_err_set(err, -EINVAL, "port %u: must be 0-65535", o->listen_port);
     struct sockaddr_storage ss;
     socklen_t sl;
-    if (resolve_listen(o->listen_host, &ss, &sl))
+    if (listen_addr(o->listen_host, o->listen_port, &ss, &sl))
         return gd_err_set(err, -EINVAL, "listen address '%s': must be an IP address or localhost",
                           o->listen_host);
     gd_forward *fw = calloc(1, sizeof(*fw));
@@ -568,10 +572,6 @@ int gd_forward_new(uv_loop_t *loop, gd_vm *vm, const struct gd_forward_opts *o, 
     snprintf(fw->dial_addr, sizeof(fw->dial_addr), "guest:%u", o->guest_port);
     int rc;
     char bound[80];
-    if (ss.ss_family == AF_INET)
-        ((struct sockaddr_in *)&ss)->sin_port = htons((uint16_t)o->listen_port);
-    else
-        ((struct sockaddr_in6 *)&ss)->sin6_port = htons((uint16_t)o->listen_port);
     addr_text(&ss, bound, sizeof(bound));
     fw->lfd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fw->lfd < 0) {

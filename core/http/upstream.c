@@ -697,6 +697,25 @@ static struct up *up_new(gd_proxy *px, const char *key, const char *host, int tl
     return u;
 }
 
+/* A new upstream for the flow's current request, keyed by its origin and t->addr (pipe:
+ * for a dialled socket); NULL after failing the request. */
+static struct up *up_attach(struct flow *f, int tls, int pipe)
+{
+    gd_txn *t = f->t;
+    char key[320];
+    snprintf(key, sizeof(key), "%s://%s:%u@%s", t->scheme, t->host, t->port, t->addr);
+    struct up *u = up_new(f->px, key, t->host, tls, pipe);
+    if (!u) {
+        gd__fail_txn(f, 502, "upstream", "out of memory");
+        return NULL;
+    }
+    if (t->websocket || f->kind == GD_FLOW_RAW)
+        u->no_reuse = 1;
+    u->f = f;
+    f->up = u;
+    return u;
+}
+
 /* The CONNECT phase refused every address: the guest gets the denial. */
 static void connect_refused(struct flow *f)
 {
@@ -731,18 +750,11 @@ static void dial_upstream(struct flow *f)
         gd__fail_txn(f, 502, "upstream", "cannot reach %s: %s", t->host, strerror(-fd));
         return;
     }
-    char key[320];
-    snprintf(key, sizeof(key), "%s://%s:%u@%s", t->scheme, t->host, t->port, t->addr);
-    struct up *u = up_new(px, key, t->host, 0, 1);
+    struct up *u = up_attach(f, 0, 1);
     if (!u) {
         close(fd);
-        gd__fail_txn(f, 502, "upstream", "out of memory");
         return;
     }
-    if (t->websocket || f->kind == GD_FLOW_RAW)
-        u->no_reuse = 1;
-    u->f = f;
-    f->up = u;
     int rc = uv_pipe_open(&u->s.u.pipe, fd);
     if (rc) {
         close(fd);
@@ -783,17 +795,9 @@ static void connect_candidates(struct flow *f, struct sockaddr **cand, size_t n)
         ((struct sockaddr_in *)&chosen)->sin_port = htons((uint16_t)t->port);
     else
         ((struct sockaddr_in6 *)&chosen)->sin6_port = htons((uint16_t)t->port);
-    char key[320];
-    snprintf(key, sizeof(key), "%s://%s:%u@%s", t->scheme, t->host, t->port, t->addr);
-    struct up *u = up_new(px, key, t->host, !strcmp(t->scheme, "https"), 0);
-    if (!u) {
-        gd__fail_txn(f, 502, "upstream", "out of memory");
+    struct up *u = up_attach(f, !strcmp(t->scheme, "https"), 0);
+    if (!u)
         return;
-    }
-    if (t->websocket || f->kind == GD_FLOW_RAW)
-        u->no_reuse = 1;
-    u->f = f;
-    f->up = u;
     u->creq.data = u;
     uv_timer_start(&u->timer, on_connect_timeout, px->o.connect_ms, 0);
     int rc = uv_tcp_connect(&u->creq, &u->s.u.tcp, (struct sockaddr *)&chosen, on_up_connect);

@@ -4,7 +4,7 @@
  *
  *   gd-fwd-driver [--image DIR] [--guest-cmd SHELL] FORWARD...
  *
- * FORWARD is MODE[,max=N][,idle=MS]:[HOST:]PORT=GUESTPORT with MODE raw or http. For
+ * FORWARD is MODE[,max=N][,idle=MS][,connect=MS]:[HOST:]PORT=GUESTPORT, MODE raw or http. For
  * each, one line "forward N port P" on stdout (N counts from 0), then "ready". HTTP
  * forwards carry a test hook: a request that is not marked ingress is refused with 500,
  * /forbidden... with 403, and every response gets "X-Gondolin-Ingress: 1". Guest command
@@ -185,6 +185,8 @@ static int parse_fwd(const char *arg, struct fwd *w)
             w->o.max_conns = (unsigned)atoi(tok + 4);
         else if (!strncmp(tok, "idle=", 5))
             w->o.idle_ms = (unsigned)atoi(tok + 5);
+        else if (!strncmp(tok, "connect=", 8))
+            w->o.connect_ms = (unsigned)atoi(tok + 8);
         else
             goto bad;
     }
@@ -197,7 +199,8 @@ static int parse_fwd(const char *arg, struct fwd *w)
     w->o.guest_port = w->spec.guest_port;
     return 0;
 bad:
-    fprintf(stderr, "bad forward '%s': MODE[,max=N][,idle=MS]:[HOST:]PORT=GUESTPORT\n", arg);
+    fprintf(stderr, "bad forward '%s': MODE[,max=N][,idle=MS][,connect=MS]:[HOST:]PORT=GUESTPORT\n",
+            arg);
     return -1;
 }
 

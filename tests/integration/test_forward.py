@@ -7,6 +7,7 @@ import hashlib
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -21,9 +22,10 @@ TESTS = []
 BIG = 100 << 20
 
 # the guest's services: http.server on 8000 (127.0.0.1) and 8003 (::1 only), a WebSocket
-# echo on 8001, and on 8002 a service that reads to EOF and answers "LENGTH SHA256"
+# echo on 8001, on 8002 a service that reads to EOF and answers "LENGTH SHA256", on 8004
+# one that resets every connection, on 8005 a listener with a full accept queue
 SERVICES = r'''
-import base64, hashlib, socket, threading
+import base64, hashlib, socket, struct, threading, time
 def ws(c):
     data = b""
     while b"\r\n\r\n" not in data:
@@ -61,7 +63,15 @@ def serve(port, fn):
     while True:
         c, _ = s.accept()
         threading.Thread(target=fn, args=(c,), daemon=True).start()
+def reset(c):
+    c.recv(100)
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+full = socket.socket()
+full.bind(("127.0.0.1", 8005))
+full.listen(0)  # never accepted: one connection fills the queue, the next SYNs are dropped
 threading.Thread(target=serve, args=(8001, ws), daemon=True).start()
+threading.Thread(target=serve, args=(8004, reset), daemon=True).start()
 serve(8002, sha)
 '''
 
@@ -90,6 +100,9 @@ FORWARDS = {
     "idle": "raw,idle=1500:0=8002",
     "v6": "raw:0=8003",
     "http_cap": "http,max=3:0=8000",
+    "reset": "raw:0=8004",
+    "full": "raw:0=8005",
+    "full_3s": "raw,connect=3000:0=8005",
 }
 PORT = {}
 DRV = None
@@ -128,6 +141,17 @@ def fetch(name, path):
 
 def connect(name):
     return socket.create_connection(("127.0.0.1", PORT[name]), timeout=10)
+
+
+def read_all(s, timeout=60):
+    """Everything until the peer's EOF."""
+    s.settimeout(timeout)
+    data = []
+    while True:
+        d = s.recv(1 << 20)
+        if not d:
+            return b"".join(data)
+        data.append(d)
 
 
 def closed_within(s, seconds):
@@ -243,14 +267,8 @@ def slow_reader(name):
     time.sleep(3)
     grew = rss_kib(DRV.pid) - before
     expect(grew < 32 << 10, f"the driver grew by {grew} KiB while the client did not read")
-    data = [first]
-    while True:
-        d = s.recv(1 << 20)
-        if not d:
-            break
-        data.append(d)
+    body = (first + read_all(s)).split(b"\r\n\r\n", 1)[1]
     s.close()
-    body = b"".join(data).split(b"\r\n\r\n", 1)[1]
     eq(hashlib.sha256(body).hexdigest(), SHA["big"], "sha256")
 
 
@@ -292,13 +310,7 @@ def upload_and_half_close():
     s = connect("sha")
     s.sendall(data)
     s.shutdown(socket.SHUT_WR)
-    s.settimeout(60)
-    got = b""
-    while True:
-        d = s.recv(4096)
-        if not d:
-            break
-        got += d
+    got = read_all(s)
     s.close()
     eq(got.decode(), f"{len(data)} {hashlib.sha256(data).hexdigest()}\n", "guest saw")
 
@@ -359,13 +371,7 @@ def connection_cap_http():
     expect(closed_within(extra, 5), "a 4th connection was not closed")
     extra.close()
     held[0].sendall(b"GET /small.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    held[0].settimeout(30)
-    resp = b""
-    while True:
-        d = held[0].recv(4096)
-        if not d:
-            break
-        resp += d
+    resp = read_all(held[0], 30)
     expect(resp.startswith(b"HTTP/1.1 200") and resp.endswith(b"hello\n"), resp)
     for s in held:
         s.close()
@@ -381,6 +387,49 @@ def idle_timeout_closes():
     expect(1.0 < took < 5, f"closed after {took:.1f}s, idle timeout is 1.5s")
     s.close()
     expect(log_has("idle for 1500 ms", mark), "no log line")
+
+
+@test
+def guest_reset_resets_the_client():
+    mark = len(LOG)
+    s = connect("reset")
+    s.sendall(b"hi")
+    s.settimeout(10)
+    try:
+        while s.recv(100):
+            pass
+        expect(False, "a guest reset reached the client as a clean close")
+    except ConnectionResetError:
+        pass
+    s.close()
+    expect(log_has("reset by the guest side", mark), "no log line")
+
+
+@test
+def connect_never_blocks_the_agent():
+    """A guest listener whose accept queue is full: the agent's connects wait without
+    holding up other sessions, until the agent's deadline (10 s: an error) or the
+    forward's (3 s here: it resets the tunnel, which cancels the connect)."""
+    mark = len(LOG)
+    first = connect("full")  # fills the queue
+    time.sleep(0.5)
+    pending = connect("full")
+    gives_up = connect("full_3s")
+    start = time.time()
+    eq(fetch("raw", "/small.txt"), b"hello\n", "a request while connects are pending")
+    expect(time.time() - start < 2, "the agent was blocked")
+    expect(closed_within(gives_up, 10), "the forward's connect deadline did not end it")
+    took = time.time() - start
+    expect(2 < took < 6, f"the forward gave up after {took:.1f}s, its deadline is 3s")
+    expect(log_has("did not accept within 3000 ms", mark), "no log line for the forward's deadline")
+    eq(fetch("raw", "/small.txt"), b"hello\n", "the agent after a cancelled connect")
+    expect(closed_within(pending, 20), "the pending connection never ended")
+    took = time.time() - start
+    expect(8 < took < 14, f"the agent gave up after {took:.1f}s, its deadline is 10s")
+    expect(log_has("port 8005: Operation timed out", mark)  # musl's strerror
+           or log_has("port 8005: Connection timed out", mark, 0), "no log line")
+    for s in (first, pending, gives_up):
+        s.close()
 
 
 @test
