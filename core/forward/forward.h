@@ -12,8 +12,10 @@
  * written to the host side, so a connection buffers at most its window (256 KiB) each
  * way. A half-close travels both ways (host EOF -> the guest socket's FIN; the guest
  * side's EOF -> FIN to the host client once its bytes are written); a reset or failure
- * on either side resets the other. Connections beyond max_conns are accepted and closed
- * at once. Everything runs on the VM's libuv loop; objects are freed only after their
+ * on either side resets the other (a client's reset is seen once its tunnel is up, or at
+ * the connect deadline: it is not read before). Connections beyond max_conns are accepted
+ * and closed at once; each open one holds one of the guest agent's 256 sessions, which
+ * processes share. Everything runs on the VM's libuv loop; objects are freed only after their
  * close callback.
  *
  * Errors: functions return 0 or a negative errno; when they do, no callback fires.
