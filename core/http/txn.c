@@ -147,6 +147,10 @@ int gd_txn_is_websocket(const gd_txn *t)
 {
     return t->websocket;
 }
+int gd_txn_ingress(const gd_txn *t)
+{
+    return t->f && t->f->px->o.ingress;
+}
 
 /* The phase a hook call runs in. A detached transaction (policy test) is in its request
  * phases until gd_txn_set_response. */
