@@ -56,6 +56,8 @@ echo "== egress from real guests"
 python3 tests/integration/test_egress.py build
 echo "== port forwards into real guests (agent tunnels; raw and HTTP-aware)"
 python3 tests/integration/test_forward.py build
+echo "== ingress and host->guest SSH from the command line (policy hooks, audit, sshd image)"
+python3 tests/integration/test_ingress.py build
 echo "== image builder and store: examples, Alpine repo and OCI registry on loopback"
 python3 tests/builder/test_build.py build
 echo "== image builder under ASan+UBSan (Alpine index/signatures/resolver, OCI registry client, tree)"

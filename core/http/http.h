@@ -46,6 +46,7 @@ struct gd_proxy_event {
     uint64_t bytes_up, bytes_down;
     double ms;
     const char *tag; /* gd_txn_set_tag (the policy revision), or NULL */
+    int ingress;     /* a host client toward a guest service (gd_txn_ingress) */
 };
 
 struct gd_proxy_opts {

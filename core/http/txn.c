@@ -107,6 +107,7 @@ void gd__emit_event(struct flow *f, gd_txn *t)
         .bytes_down = t->down_bytes,
         .ms = (double)(gd__now_ns() - t->t0) / 1e6,
         .tag = t->tag,
+        .ingress = gd_txn_ingress(t),
     };
     px->o.on_event(&e, px->o.event_ud);
 }
