@@ -4,6 +4,7 @@
  * Serves the control channel (docs/protocol.md) on the virtio-serial port named
  * "gondolin.ctl": runs processes by argv or through /bin/sh -lc, with env, cwd,
  * stdin streaming, credit-based stdout/stderr streaming, PTYs with resize, signals,
+ * TCP tunnels to the guest's loopback (a session whose stdin and stdout are a socket),
  * and many concurrent sessions. One thread, one poll loop: every buffer has a fixed
  * ceiling, and child output is only read while the host has granted credit for it and
  * the port's outbound queue has room.
@@ -15,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
@@ -39,6 +41,7 @@
 #define OUTQ_CAP (4u * 1024u * 1024u)
 #define OUTQ_HIGH (512u * 1024u)
 #define DRAIN_GRACE_MS 100
+#define CONNECT_TIMEOUT_MS 10000
 
 extern char **environ;
 
@@ -57,6 +60,13 @@ struct sess {
     int slave;                  /* pty: our slave fd, to see when its input is consumed */
     int veof_pending;           /* pty: host stdin ended; send VEOF once input is read */
     long long veof_quiet_since; /* when the slave's input queue was first seen empty */
+    /* tunnels (GD_EXEC_CONNECT): fd[0] == fd[1] is the socket once connected */
+    int sock;              /* the socket while its connect is in progress, else -1 */
+    int family;            /* the address being tried: AF_INET, then AF_INET6 */
+    int v4_err;            /* why 127.0.0.1 failed */
+    uint16_t port;         /* guest loopback port */
+    long long conn_expiry; /* the connect's deadline */
+    int reset;             /* the connection was reset: EXIT code 1 */
 };
 
 static int port = -1;
@@ -185,13 +195,21 @@ static struct sess *sess_find(uint32_t id)
     return NULL;
 }
 
+/* A pty master or a tunnel's socket is stdin and stdout at once. */
+static int shared_fd(const struct sess *s)
+{
+    return (s->flags & (GD_EXEC_PTY | GD_EXEC_CONNECT)) != 0;
+}
+
 static void sess_close_fd(struct sess *s, int i)
 {
     if (s->fd[i] < 0)
         return;
-    if ((s->flags & GD_EXEC_PTY) && i <= 1) {
-        /* pty master: stdin and stdout are one fd, owned by stdout; the end of stdin
-         * only stops input, the end of stdout closes it */
+    if (shared_fd(s) && i <= 1) {
+        /* one fd, owned by stdout: the end of stdin only stops input (a tunnel sends
+         * its FIN), the end of stdout closes it */
+        if (i == 0 && (s->flags & GD_EXEC_CONNECT))
+            shutdown(s->fd[0], SHUT_WR);
         if (i == 1)
             close(s->fd[1]);
         s->fd[i] = -1;
@@ -210,7 +228,9 @@ static void sess_free(struct sess *s)
             sessions[i] = NULL;
     if (s->slave >= 0)
         close(s->slave);
-    if (s->flags & GD_EXEC_PTY) {
+    if (s->sock >= 0)
+        close(s->sock);
+    if (shared_fd(s)) {
         if (s->fd[1] >= 0)
             close(s->fd[1]);
     } else {
@@ -324,6 +344,115 @@ static int resolve_cmd(const char *cmd, char **envp, char *out, size_t cap)
     return err;
 }
 
+/* ---- tunnels: a session whose stdin and stdout are a TCP connection ---- */
+
+static void tunnel_dial(struct sess *s, int family);
+static void stdin_flush(struct sess *s);
+
+/* Connected: the socket becomes stdin and stdout, and the session starts. */
+static void tunnel_up(struct sess *s, int fd)
+{
+    s->fd[0] = s->fd[1] = fd;
+    send_u32(GD_MSG_STARTED, 0, s->id, 0);
+    send_u32(GD_MSG_STDIN_WINDOW, 0, s->id, STDIN_WINDOW);
+    stdin_flush(s); /* an EOF the host sent while we were connecting */
+}
+
+static void tunnel_fail(struct sess *s, int err)
+{
+    if (s->family == AF_INET && err != ETIMEDOUT) {
+        s->v4_err = err; /* a service may listen on ::1 only */
+        tunnel_dial(s, AF_INET6);
+        return;
+    }
+    /* the fallback's own failure says more only if ::1 had something to say */
+    if (s->family == AF_INET6 &&
+        (err == ECONNREFUSED || err == EADDRNOTAVAIL || err == EAFNOSUPPORT || err == ENETUNREACH))
+        err = s->v4_err;
+    send_error(s->id, GD_ERR_EXEC_FAILED, "connect to guest port %u: %s", s->port, strerror(err));
+    sess_free(s);
+}
+
+/* A non-blocking connect: done at once on loopback, or finished by tunnel_connected. */
+static void tunnel_dial(struct sess *s, int family)
+{
+    s->family = family;
+    int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        tunnel_fail(s, errno);
+        return;
+    }
+    struct sockaddr_in a4 = {.sin_family = AF_INET,
+                             .sin_port = htons(s->port),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    struct sockaddr_in6 a6 = {
+        .sin6_family = AF_INET6, .sin6_port = htons(s->port), .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int rc = family == AF_INET ? connect(fd, (struct sockaddr *)&a4, sizeof(a4))
+                               : connect(fd, (struct sockaddr *)&a6, sizeof(a6));
+    if (rc == 0) {
+        tunnel_up(s, fd);
+    } else if (errno == EINPROGRESS) {
+        s->sock = fd;
+    } else {
+        int err = errno;
+        close(fd);
+        tunnel_fail(s, err);
+    }
+}
+
+/* The socket of a connect in progress became writable, or its deadline passed. */
+static void tunnel_connected(struct sess *s, int timed_out)
+{
+    int fd = s->sock, err = ETIMEDOUT;
+    socklen_t el = sizeof(err);
+    s->sock = -1;
+    if (!timed_out && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el))
+        err = errno;
+    if (!timed_out && err == 0) {
+        tunnel_up(s, fd);
+        return;
+    }
+    close(fd);
+    tunnel_fail(s, err);
+}
+
+static void tunnel_start(uint32_t id, int slot, const struct gd_msg_exec *m)
+{
+    struct sess *s = calloc(1, sizeof(*s));
+    if (!s || !(s->in = malloc(STDIN_WINDOW))) {
+        free(s);
+        send_error(id, GD_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    s->id = id;
+    s->flags = m->flags | GD_EXEC_STDIN;
+    s->fd[0] = s->fd[1] = s->fd[2] = -1;
+    s->slave = s->sock = -1;
+    s->credit[1] = m->stdout_window;
+    gd_dec_port(&m->argv[0], &s->port); /* checked by gd_dec_exec */
+    s->conn_expiry = now_ms() + CONNECT_TIMEOUT_MS;
+    sessions[slot] = s;
+    tunnel_dial(s, AF_INET);
+}
+
+/* SIGNAL on a tunnel: a connect in progress is cancelled (ERROR); a connection is reset
+ * and the session ends as if killed by that signal. */
+static void tunnel_abort(struct sess *s, int sig)
+{
+    if (s->sock >= 0) {
+        send_error(s->id, GD_ERR_EXEC_FAILED, "connect to guest port %u: cancelled", s->port);
+        sess_free(s);
+        return;
+    }
+    if (s->fd[1] >= 0) {
+        struct linger lg = {.l_onoff = 1, .l_linger = 0};
+        setsockopt(s->fd[1], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+        sess_close_fd(s, 1);
+    }
+    s->exited = 1;
+    s->status = sig; /* WIFSIGNALED */
+}
+
 static void handle_exec(uint32_t id, const uint8_t *body, uint32_t len)
 {
     struct gd_msg_exec m = {.argv = scratch_argv, .env = scratch_env};
@@ -346,6 +475,10 @@ static void handle_exec(uint32_t id, const uint8_t *body, uint32_t len)
         send_error(id, GD_ERR_BUSY, "too many concurrent sessions (max %d)", MAX_SESS);
         return;
     }
+    if (m.flags & GD_EXEC_CONNECT) {
+        tunnel_start(id, slot, &m);
+        return;
+    }
 
     char **argv = NULL, **envp = NULL, *cwd = NULL;
     int pin[2] = {-1, -1}, pout[2] = {-1, -1}, perr[2] = {-1, -1}, pex[2] = {-1, -1};
@@ -356,7 +489,7 @@ static void handle_exec(uint32_t id, const uint8_t *body, uint32_t len)
     s->id = id;
     s->flags = m.flags;
     s->fd[0] = s->fd[1] = s->fd[2] = -1;
-    s->slave = -1;
+    s->slave = s->sock = -1;
     s->credit[1] = m.stdout_window;
     s->credit[2] = m.stderr_window;
 
@@ -524,9 +657,14 @@ static void stdin_flush(struct sess *s)
                 continue;
             if (errno == EAGAIN)
                 break;
-            /* reader gone (EPIPE): discard what is queued, keep granting */
+            /* reader gone (EPIPE): discard what is queued, keep granting; a tunnel's
+             * connection is broken both ways */
             s->in_consumed += s->in_len;
             s->in_len = 0;
+            if (s->flags & GD_EXEC_CONNECT) {
+                s->reset = 1;
+                sess_close_fd(s, 1);
+            }
             sess_close_fd(s, 0);
             break;
         }
@@ -640,7 +778,9 @@ static void handle_frame(const struct gd_hdr *h, const uint8_t *body)
         if (gd_dec_u32(body, h->len, &a) || a == 0 || a >= (uint32_t)NSIG)
             goto bad;
         if ((s = sess_find(h->id)) && !s->exited) {
-            if (kill(-s->pid, (int)a) != 0)
+            if (s->flags & GD_EXEC_CONNECT)
+                tunnel_abort(s, (int)a);
+            else if (kill(-s->pid, (int)a) != 0)
                 kill(s->pid, (int)a);
         }
         break;
@@ -655,7 +795,7 @@ static void handle_frame(const struct gd_hdr *h, const uint8_t *body)
     case GD_MSG_SHUTDOWN:
         outq_flush();
         for (int i = 0; i < MAX_SESS; i++)
-            if (sessions[i])
+            if (sessions[i] && sessions[i]->pid > 0)
                 kill(-sessions[i]->pid, SIGKILL);
         power_off();
         break;
@@ -680,6 +820,8 @@ static int pump_output(struct sess *s, int i)
     if (n < 0 && errno == EAGAIN)
         return -1;
     if (n <= 0) { /* EOF, or EIO on a pty whose slave side is gone */
+        if (n < 0 && (s->flags & GD_EXEC_CONNECT))
+            s->reset = 1;
         sess_close_fd(s, i);
         return 0;
     }
@@ -863,6 +1005,25 @@ int main(void)
             struct sess *s = sessions[k];
             if (!s)
                 continue;
+            if (s->sock >= 0) { /* a tunnel connecting */
+                long long left = s->conn_expiry - now;
+                if (left <= 0) {
+                    tunnel_connected(s, 1);
+                    timeout = 0;
+                    continue;
+                }
+                pfd[np] = (struct pollfd){s->sock, POLLOUT, 0};
+                owner[np] = s;
+                which[np++] = 3;
+                if (timeout < 0 || left < timeout)
+                    timeout = (int)left;
+                continue;
+            }
+            if ((s->flags & GD_EXEC_CONNECT) && s->fd[1] < 0 && !s->exited) {
+                /* the peer closed (or reset) and its bytes are queued: the end */
+                s->exited = 1;
+                s->status = s->reset ? 1 << 8 : 0;
+            }
             int open_out = 0;
             for (int i = 1; i <= 2; i++) {
                 if (s->fd[i] < 0)
@@ -935,6 +1096,9 @@ int main(void)
                 continue;
             if (which[k] == 0) {
                 stdin_flush(s);
+            } else if (which[k] == 3) {
+                if (s->sock >= 0)
+                    tunnel_connected(s, 0);
             } else if (s->fd[which[k]] >= 0 && s->credit[which[k]]) {
                 pump_output(s, which[k]);
             }

@@ -7,7 +7,7 @@ cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs" >/dev/null
 if [[ "${1:-}" == "--asan" ]]; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGD_SANITIZE=ON >/dev/null
-  cmake --build build-asan -j"$jobs" --target test-unit gd-testclient gd-proxyd gondolin-cli guest ratelimit secret-exec \
+  cmake --build build-asan -j"$jobs" --target test-unit gd-testclient gd-fwd-driver gd-proxyd gondolin-cli guest ratelimit secret-exec \
     testplugin-hdr testplugin-bad_abi testplugin-no_entry testplugin-init_fail testplugin-small_desc >/dev/null
 fi
 if [[ "${1:-}" == "--asan" ]] && command -v clang >/dev/null; then

@@ -59,6 +59,10 @@ ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   python3 tests/integration/test_session.py build-asan malformed
 echo "== egress from real guests"
 python3 tests/integration/test_egress.py build
+echo "== port forwards into real guests (agent tunnels; raw and HTTP-aware)"
+python3 tests/integration/test_forward.py build
+echo "== ingress and host->guest SSH from the command line (policy hooks, audit, sshd image)"
+python3 tests/integration/test_ingress.py build
 echo "== image builder and store: examples, Alpine repo and OCI registry on loopback"
 python3 tests/builder/test_build.py build
 echo "== image builder under ASan+UBSan (Alpine index/signatures/resolver, OCI registry client, tree)"
@@ -70,4 +74,7 @@ echo "== API client under ASan+UBSan against a real VM"
 for m in concurrent stdin close inject; do
   ASAN_OPTIONS=detect_leaks=1 ./build-asan/tests/gd-testclient "$m"
 done
+echo "== port forwards under ASan+UBSan against a real VM"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  python3 tests/integration/test_forward.py build-asan
 echo "== all tests passed in $((SECONDS - start))s"

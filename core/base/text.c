@@ -38,3 +38,16 @@ const char *gd_closest(const char *word, const char *const *cands, size_t max_di
     }
     return best;
 }
+
+const char *gd_flag_value(int argc, char **argv, int *i, const char *name)
+{
+    const char *a = argv[*i];
+    size_t l = strlen(name);
+    if (strncmp(a, name, l))
+        return NULL;
+    if (a[l] == '=')
+        return a + l + 1;
+    if (a[l] == 0 && *i + 1 < argc)
+        return argv[++*i];
+    return NULL;
+}

@@ -8,4 +8,8 @@
  * is below max_distance; for "did you mean" hints. NULL when none is close. */
 const char *gd_closest(const char *word, const char *const *cands, size_t max_distance);
 
+/* A command-line flag's value: argv[*i] is "NAME=VALUE" or "NAME" followed by VALUE
+ * (then *i advances past it). NULL when argv[*i] is not NAME or its value is missing. */
+const char *gd_flag_value(int argc, char **argv, int *i, const char *name);
+
 #endif

@@ -56,6 +56,24 @@ void cli_policy_status(struct cli_policy *p, int ok, const char *rev, const char
 /* $XDG_RUNTIME_DIR/gondolin/sandboxes (or /tmp/gondolin-UID/...), created 0700. */
 int cli_sandbox_dir(char *out, size_t cap);
 
+/* Ingress and SSH flags of exec/bash/start (sandbox_flags.c). */
+struct cli_sandbox_flags {
+    struct gd_sandbox_listen *listen;
+    size_t nlisten;
+    int ssh;
+    const char *ssh_user;
+    char ssh_host[64];
+    unsigned ssh_port;
+};
+/* 1 consumed (advancing *i), 0 not one of these flags, -1 bad value (message printed). */
+int cli_sandbox_flag(struct cli_sandbox_flags *f, int argc, char **argv, int *i);
+void cli_sandbox_opts(struct cli_sandbox_flags *f, struct gd_sandbox_opts *o);
+/* One stderr line per ingress listener of sb. */
+void cli_print_forwards(gd_sandbox *sb);
+void cli_sandbox_flags_free(struct cli_sandbox_flags *f);
+/* A new private (0700) directory under cli_sandbox_dir, named WHAT-XXXXXX. */
+int cli_private_dir(const char *what, char *out, size_t cap);
+
 int cmd_exec(int argc, char **argv, int pty);
 /* Sessions (docs/sessions.md): start (cmd_start.c); ls, stop, logs (cmd_session.c);
  * exec --session and attach (cmd_sexec.c); cp (cmd_cp.c). */

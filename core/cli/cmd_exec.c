@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "cli.h"
 
+#include "base/fs.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -39,6 +41,8 @@ struct run {
     int signals;
     int reported; /* a VM error was already printed */
     uint64_t t0;  /* process start, for GONDOLIN_TIMING */
+    struct cli_sandbox_flags *sf;
+    char ssh_dir[512]; /* --ssh: the client key and known_hosts, removed at the end */
 };
 
 static void restore_tty(struct run *r)
@@ -240,14 +244,8 @@ static void on_signal(uv_signal_t *h, int sig)
     gd_sandbox_close(r->sb);
 }
 
-static void on_ready(gd_sandbox *sb, int status, void *ud)
+static void start_command(gd_sandbox *sb, struct run *r)
 {
-    struct run *r = ud;
-    if (status)
-        return; /* on_sb_exit reports */
-    if (getenv("GONDOLIN_TIMING"))
-        fprintf(stderr, "gondolin: timing: agent ready after %.0f ms (accel %s)\n",
-                (double)(uv_hrtime() - r->t0) / 1e6, gd_vm_accel(gd_sandbox_vm(sb)));
     struct gd_exec_cbs cbs = {
         .on_output = on_output, .on_stdin_credit = on_stdin_credit, .on_exit = on_exit_cb};
     int rc = gd_sandbox_exec(sb, &r->xo, &cbs, r, &r->x);
@@ -267,6 +265,42 @@ static void on_ready(gd_sandbox *sb, int status, void *ud)
             r->tty_raw = 1;
         }
     }
+}
+
+static void on_ssh(gd_sandbox *sb, const struct gd_ssh_access *a, const char *error, void *ud)
+{
+    struct run *r = ud;
+    if (!a) {
+        fprintf(stderr, "gondolin: --ssh: %s\n", error);
+        r->code = 1;
+        r->reported = 1;
+        close_aux(r);
+        gd_sandbox_close(sb);
+        return;
+    }
+    fprintf(stderr, "gondolin: ssh: %s\n", a->command);
+    start_command(sb, r);
+}
+
+static void on_ready(gd_sandbox *sb, int status, void *ud)
+{
+    struct run *r = ud;
+    if (status)
+        return; /* on_sb_exit reports */
+    if (getenv("GONDOLIN_TIMING"))
+        fprintf(stderr, "gondolin: timing: agent ready after %.0f ms (accel %s)\n",
+                (double)(uv_hrtime() - r->t0) / 1e6, gd_vm_accel(gd_sandbox_vm(sb)));
+    if (!r->sf->ssh) {
+        start_command(sb, r);
+        return;
+    }
+    struct gd_ssh_opts so = {.user = r->sf->ssh_user,
+                             .listen_host = r->sf->ssh_host[0] ? r->sf->ssh_host : NULL,
+                             .listen_port = r->sf->ssh_port,
+                             .key_dir = r->ssh_dir};
+    int rc = gd_sandbox_ssh(sb, &so, on_ssh, r);
+    if (rc)
+        on_ssh(sb, NULL, rc == -EINVAL ? "bad --ssh-user" : strerror(-rc), r);
 }
 
 static void on_sb_exit(gd_sandbox *sb, const char *reason, void *ud)
@@ -349,6 +383,7 @@ int cmd_exec(int argc, char **argv, int pty)
     char **cmd = NULL;
     int i;
     static struct cli_policy pol;
+    static struct cli_sandbox_flags sf;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         int k = cli_vm_flag(argc, argv, &i, &vf);
@@ -361,6 +396,11 @@ int cmd_exec(int argc, char **argv, int pty)
             break;
         }
         k = cli_policy_flag(&pol, argc, argv, &i);
+        if (k < 0)
+            return 2;
+        if (k)
+            continue;
+        k = cli_sandbox_flag(&sf, argc, argv, &i);
         if (k < 0)
             return 2;
         if (k)
@@ -451,6 +491,10 @@ int cmd_exec(int argc, char **argv, int pty)
     struct gd_sandbox_opts so = {.no_network = no_network};
     cli_vm_sandbox(&vf, &so);
     cli_policy_sandbox(&pol, &so);
+    cli_sandbox_opts(&sf, &so);
+    r->sf = &sf;
+    if (sf.ssh && cli_private_dir("ssh", r->ssh_dir, sizeof(r->ssh_dir)))
+        return cli_die(125, "--ssh: cannot create a private directory for the keys");
     struct gd_err err = {{0}};
     int rc = gd_sandbox_new(r->loop, &so, &r->sb, &err);
     if (rc) {
@@ -462,6 +506,7 @@ int cmd_exec(int argc, char **argv, int pty)
         return cli_die(rc == -EINVAL ? 2 : rc == -ENOENT ? 1 : 125, "%s", err.msg);
     }
     cli_policy_status(&pol, 1, gd_sandbox_revision(r->sb), NULL);
+    cli_print_forwards(r->sb);
 
     if (r->xo.stdin_stream) {
         if (uv_poll_init(r->loop, &r->in_poll, 0) == 0) {
@@ -504,6 +549,9 @@ int cmd_exec(int argc, char **argv, int pty)
         unlink(pol.status_path);
     }
     cli_policy_free(&pol);
+    cli_sandbox_flags_free(&sf);
+    if (r->ssh_dir[0])
+        gd_rm_rf(r->ssh_dir);
     free(env);
     free(r);
     return code;

@@ -212,11 +212,33 @@ int gd_dec_exec(const uint8_t *body, uint32_t len, struct gd_msg_exec *out, uint
     }
     if (cur_str(&c, &out->cwd) || !str_ok(&out->cwd))
         return -EBADMSG;
-    if (out->flags & ~(GD_EXEC_PTY | GD_EXEC_STDIN | GD_EXEC_SHELL))
+    if (out->flags & ~(GD_EXEC_PTY | GD_EXEC_STDIN | GD_EXEC_SHELL | GD_EXEC_CONNECT))
         return -EBADMSG;
     if ((out->flags & GD_EXEC_SHELL) && out->argc != 1)
         return -EBADMSG;
+    if (out->flags & GD_EXEC_CONNECT) {
+        uint16_t port;
+        if ((out->flags & (GD_EXEC_PTY | GD_EXEC_SHELL)) || out->argc != 1 ||
+            gd_dec_port(&out->argv[0], &port))
+            return -EBADMSG;
+    }
     return cur_end(&c);
+}
+
+int gd_dec_port(const struct gd_str *s, uint16_t *port)
+{
+    uint32_t v = 0;
+    if (s->len == 0 || s->len > 5)
+        return -EBADMSG;
+    for (uint32_t i = 0; i < s->len; i++) {
+        if (s->p[i] < '0' || s->p[i] > '9')
+            return -EBADMSG;
+        v = v * 10 + (uint32_t)(s->p[i] - '0');
+    }
+    if (v == 0 || v > 65535)
+        return -EBADMSG;
+    *port = (uint16_t)v;
+    return 0;
 }
 
 int gd_dec_u32(const uint8_t *body, uint32_t len, uint32_t *out)

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #define GD_PROTO_MAJOR 1
-#define GD_PROTO_MINOR 0
+#define GD_PROTO_MINOR 1
 
 #define GD_PROTO_HDR_LEN 12u
 /* Largest body a peer may send; a bigger length field is a protocol error. */
@@ -47,6 +47,9 @@ enum gd_msg_type {
 #define GD_EXEC_PTY 0x1u   /* run on a pseudo-terminal (stdout carries both streams) */
 #define GD_EXEC_STDIN 0x2u /* host will stream stdin; else stdin is /dev/null */
 #define GD_EXEC_SHELL 0x4u /* argv[0] is a string for /bin/sh -lc */
+/* No process: a TCP connection to the guest's loopback, port argv[0] (decimal), is the
+ * session's stdin and stdout (protocol 1.1). Implies STDIN; not with PTY or SHELL. */
+#define GD_EXEC_CONNECT 0x8u
 
 /* STDIN flags */
 #define GD_STDIN_EOF 0x1u
@@ -134,6 +137,8 @@ int gd_dec_u32x2(const uint8_t *body, uint32_t len, uint32_t *a, uint32_t *b);
 int gd_dec_resize(const uint8_t *body, uint32_t len, uint16_t *rows, uint16_t *cols);
 int gd_dec_exit(const uint8_t *body, uint32_t len, struct gd_msg_exit *out);
 int gd_dec_error(const uint8_t *body, uint32_t len, struct gd_msg_error *out);
+/* A CONNECT session's port: decimal digits only, 1..65535. 0 or -EBADMSG. */
+int gd_dec_port(const struct gd_str *s, uint16_t *port);
 
 /* Incremental frame reader over a fixed buffer (no allocation after init).
  * Feed bytes in; take complete frames out. A bad header poisons the reader:

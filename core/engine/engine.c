@@ -18,6 +18,7 @@
 struct chain {
     const char *name;
     unsigned phases;
+    int ingress;   /* runs for ingress transactions only, else for egress only */
     gd_hook_fn fn; /* NULL: the Lua policy's hooks */
     void *ud;
 };
@@ -266,7 +267,7 @@ static int add_chain(struct rev *r, const char *name, unsigned phases, gd_hook_f
     if (!q)
         return -ENOMEM;
     r->chain = q;
-    q[r->nchain++] = (struct chain){name, phases, fn, ud};
+    q[r->nchain++] = (struct chain){name, phases, 0, fn, ud};
     return 0;
 }
 
@@ -433,8 +434,16 @@ static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
         for (int i = 0; i < 5; i++)
             if (c->hook_phases & (1u << i))
                 m |= bit[i];
-        if ((rc = add_chain(r, "lua", m, NULL, NULL)))
+        if (m && (rc = add_chain(r, "lua", m, NULL, NULL)))
             goto oom;
+        /* the ingress hooks: host clients of a --listen port (nothing else runs there) */
+        m = (c->hook_phases & (1u << 5) ? GD_PHASE_REQUEST_HEAD : 0) |
+            (c->hook_phases & (1u << 6) ? GD_PHASE_RESPONSE_HEAD : 0);
+        if (m) {
+            if ((rc = add_chain(r, "lua-ingress", m, NULL, NULL)))
+                goto oom;
+            r->chain[r->nchain - 1].ingress = 1;
+        }
     }
     if ((rc = add_chain(r, "secrets", GD_PHASE_REQUEST_HEAD, gd_egress_hook_secrets, &r->eg)))
         goto oom;
@@ -630,9 +639,10 @@ static enum gd_decision dispatch(gd_txn *t, enum gd_phase ph, void *ud)
         gd_txn_set_tag(t, x->rev->hash);
     }
     struct rev *r = x->rev;
+    int ing = gd_txn_ingress(t) != 0;
     for (size_t i = 0; i < r->nchain; i++) {
         const struct chain *c = &r->chain[i];
-        if (!(c->phases & ph))
+        if (!(c->phases & ph) || c->ingress != ing)
             continue;
         gd_txn_set_hook_name(t, c->name);
         enum gd_decision d = c->fn ? c->fn(t, ph, c->ud) : gd_lua_hook(r->lua, t, ph, &x->ctx);

@@ -46,6 +46,7 @@ struct gd_proxy_event {
     uint64_t bytes_up, bytes_down;
     double ms;
     const char *tag; /* gd_txn_set_tag (the policy revision), or NULL */
+    int ingress;     /* a host client toward a guest service (gd_txn_ingress) */
 };
 
 struct gd_proxy_opts {
@@ -73,6 +74,18 @@ struct gd_proxy_opts {
     const char *const *resolve;
     void (*on_event)(const struct gd_proxy_event *e, void *ud);
     void *event_ud;
+    /* Ingress: this proxy sits in front of a guest service (core/forward), not on the
+     * guest's egress; its transactions answer gd_txn_ingress() with 1. */
+    int ingress;
+    /* Where upstream connections come from instead of resolve + TCP connect (ingress:
+     * one end of a socketpair the forward bridges to a guest tunnel). Called after the
+     * CONNECT phase allowed the request's host/port; returns a connected stream socket
+     * (owned by the proxy from then on) or a negative errno (-> 502). The connection is
+     * pooled like any other. dial_addr (borrowed, must outlive the proxy) is what
+     * gd_txn_addr() shows in the CONNECT phase and the audit. */
+    int (*dial)(void *ud, const char *host, unsigned port);
+    void *dial_ud;
+    const char *dial_addr;
 };
 
 int gd_proxy_new(uv_loop_t *loop, const struct gd_proxy_opts *o, gd_proxy **out);
@@ -117,6 +130,7 @@ const char *gd_txn_addr(const gd_txn *t);      /* CONNECT: the address about to 
 const char *gd_txn_flow_name(const gd_txn *t); /* the guest's DNS name for the flow */
 int gd_txn_status(const gd_txn *t);            /* response phases */
 int gd_txn_is_websocket(const gd_txn *t);
+int gd_txn_ingress(const gd_txn *t); /* 1: a host client toward the guest (ingress proxy) */
 
 /* Headers: resp 0 = request, 1 = response. Names compare case-insensitively. */
 size_t gd_txn_header_count(const gd_txn *t, int resp);

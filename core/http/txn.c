@@ -107,6 +107,7 @@ void gd__emit_event(struct flow *f, gd_txn *t)
         .bytes_down = t->down_bytes,
         .ms = (double)(gd__now_ns() - t->t0) / 1e6,
         .tag = t->tag,
+        .ingress = gd_txn_ingress(t),
     };
     px->o.on_event(&e, px->o.event_ud);
 }
@@ -146,6 +147,10 @@ int gd_txn_status(const gd_txn *t)
 int gd_txn_is_websocket(const gd_txn *t)
 {
     return t->websocket;
+}
+int gd_txn_ingress(const gd_txn *t)
+{
+    return t->f && t->f->px->o.ingress;
 }
 
 /* The phase a hook call runs in. A detached transaction (policy test) is in its request

@@ -671,7 +671,8 @@ static void up_ready(struct up *u)
     gd__flow_process(f);
 }
 
-static struct up *up_new(gd_proxy *px, const char *key, const char *host, int tls)
+/* A new upstream: a TCP handle to connect, or (pipe) one for a dialled socket. */
+static struct up *up_new(gd_proxy *px, const char *key, const char *host, int tls, int pipe)
 {
     struct up *u = calloc(1, sizeof(*u));
     if (!u)
@@ -681,7 +682,10 @@ static struct up *up_new(gd_proxy *px, const char *key, const char *host, int tl
     snprintf(u->key, sizeof(u->key), "%s", key);
     snprintf(u->host, sizeof(u->host), "%s", host);
     u->tls = tls;
-    uv_tcp_init(px->loop, &u->s.u.tcp);
+    if (pipe)
+        uv_pipe_init(px->loop, &u->s.u.pipe, 0);
+    else
+        uv_tcp_init(px->loop, &u->s.u.tcp);
     u->s.u.h.data = u;
     u->s.open = 1;
     uv_timer_init(px->loop, &u->timer);
@@ -691,6 +695,78 @@ static struct up *up_new(gd_proxy *px, const char *key, const char *host, int tl
     u->p.data = u;
     up_link(px, u);
     return u;
+}
+
+/* A new upstream for the flow's current request, keyed by its origin and t->addr (pipe:
+ * for a dialled socket); NULL after failing the request. */
+static struct up *up_attach(struct flow *f, int tls, int pipe)
+{
+    gd_txn *t = f->t;
+    char key[320];
+    snprintf(key, sizeof(key), "%s://%s:%u@%s", t->scheme, t->host, t->port, t->addr);
+    struct up *u = up_new(f->px, key, t->host, tls, pipe);
+    if (!u) {
+        gd__fail_txn(f, 502, "upstream", "out of memory");
+        return NULL;
+    }
+    if (t->websocket || f->kind == GD_FLOW_RAW)
+        u->no_reuse = 1;
+    u->f = f;
+    f->up = u;
+    return u;
+}
+
+/* The CONNECT phase refused every address: the guest gets the denial. */
+static void connect_refused(struct flow *f)
+{
+    gd_txn *t = f->t;
+    if (!t->denied)
+        gd_txn_deny(t, 502, "resolve", "%s has no usable address", t->host);
+    if (f->kind == GD_FLOW_RAW) {
+        gd__emit_event(f, t);
+        gd__txn_free(t);
+        f->t = NULL;
+        gd__flow_close(f);
+        return;
+    }
+    gd__send_synthetic(f, t, !t->req_done);
+    gd__txn_finish(f);
+}
+
+/* An upstream from the proxy's dial callback instead of resolve + connect; the CONNECT
+ * phase decides first, as for an address. */
+static void dial_upstream(struct flow *f)
+{
+    gd_txn *t = f->t;
+    gd_proxy *px = f->px;
+    snprintf(t->addr, sizeof(t->addr), "%s", px->o.dial_addr ? px->o.dial_addr : "");
+    gd__txn_undeny(t);
+    if (gd__run_hooks(px, t, GD_PHASE_CONNECT) != GD_CONTINUE) {
+        connect_refused(f);
+        return;
+    }
+    int fd = px->o.dial(px->o.dial_ud, t->host, t->port);
+    if (fd < 0) {
+        gd__fail_txn(f, 502, "upstream", "cannot reach %s: %s", t->host, strerror(-fd));
+        return;
+    }
+    struct up *u = up_attach(f, 0, 1);
+    if (!u) {
+        close(fd);
+        return;
+    }
+    int rc = uv_pipe_open(&u->s.u.pipe, fd);
+    if (rc) {
+        close(fd);
+        char why[300];
+        snprintf(why, sizeof(why), "cannot reach %s: %s", t->host, uv_strerror(rc));
+        up_failed(u, why);
+        return;
+    }
+    u->connected = 1;
+    uv_read_start(&u->s.u.s, gd__alloc_cb, on_up_read);
+    u->s.reading = 1;
+    up_ready(u);
 }
 
 /* Address candidates chosen: run CONNECT hooks on each, dial the first that passes. The
@@ -712,34 +788,16 @@ static void connect_candidates(struct flow *f, struct sockaddr **cand, size_t n)
         }
     }
     if (!found) {
-        if (!t->denied)
-            gd_txn_deny(t, 502, "resolve", "%s has no usable address", t->host);
-        if (f->kind == GD_FLOW_RAW) {
-            gd__emit_event(f, t);
-            gd__txn_free(t);
-            f->t = NULL;
-            gd__flow_close(f);
-            return;
-        }
-        gd__send_synthetic(f, t, !t->req_done);
-        gd__txn_finish(f);
+        connect_refused(f);
         return;
     }
     if (chosen.ss_family == AF_INET)
         ((struct sockaddr_in *)&chosen)->sin_port = htons((uint16_t)t->port);
     else
         ((struct sockaddr_in6 *)&chosen)->sin6_port = htons((uint16_t)t->port);
-    char key[320];
-    snprintf(key, sizeof(key), "%s://%s:%u@%s", t->scheme, t->host, t->port, t->addr);
-    struct up *u = up_new(px, key, t->host, !strcmp(t->scheme, "https"));
-    if (!u) {
-        gd__fail_txn(f, 502, "upstream", "out of memory");
+    struct up *u = up_attach(f, !strcmp(t->scheme, "https"), 0);
+    if (!u)
         return;
-    }
-    if (t->websocket || f->kind == GD_FLOW_RAW)
-        u->no_reuse = 1;
-    u->f = f;
-    f->up = u;
     u->creq.data = u;
     uv_timer_start(&u->timer, on_connect_timeout, px->o.connect_ms, 0);
     int rc = uv_tcp_connect(&u->creq, &u->s.u.tcp, (struct sockaddr *)&chosen, on_up_connect);
@@ -821,6 +879,10 @@ void gd__start_request(struct flow *f)
         }
     }
     f->up_retry = 0;
+    if (px->o.dial) {
+        dial_upstream(f);
+        return;
+    }
     const char *name = t->dial ? t->dial : t->host;
     for (size_t i = 0; i < px->nov; i++)
         if (!strcasecmp(px->ov[i].name, name))

@@ -17,8 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const gd__lua_phase_fn[NPHASE] = {"on_connect", "on_request", "on_request_body",
-                                              "on_response", "on_response_body"};
+const char *const gd__lua_phase_fn[NPHASE] = {
+    "on_connect",       "on_request",         "on_request_body",    "on_response",
+    "on_response_body", "on_ingress_request", "on_ingress_response"};
 
 /* ---- small helpers ---- */
 
@@ -556,6 +557,8 @@ static const struct key {
     {"on_request_body", read_hook},
     {"on_response", read_hook},
     {"on_response_body", read_hook},
+    {"on_ingress_request", read_hook},
+    {"on_ingress_response", read_hook},
 };
 #define NKEYS (sizeof(policy_keys) / sizeof(policy_keys[0]))
 

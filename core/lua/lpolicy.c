@@ -215,7 +215,7 @@ static int call_entry(lua_State *L)
     struct call_args *a = lua_touserdata(L, 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->l->fn[a->idx]);
     int nargs;
-    if (a->idx >= 3) { /* on_response(res, req, ctx) */
+    if (a->idx == 3 || a->idx == 4 || a->idx == SLOT_INGRESS_RESPONSE) { /* (res, req, ctx) */
         a->objs[1] = gd__lua_push_obj(L, a->t, 1);
         a->objs[0] = gd__lua_push_obj(L, a->t, 0);
         nargs = 3;
@@ -236,11 +236,16 @@ static int call_entry(lua_State *L)
 enum gd_decision gd_lua_hook(gd_lua *l, gd_txn *t, enum gd_phase ph, int *ctx_ref)
 {
     int idx = gd__lua_phase_index(ph);
-    if (l->fn[idx] == LUA_NOREF)
+    if (gd_txn_ingress(t))
+        idx = ph == GD_PHASE_REQUEST_HEAD    ? SLOT_INGRESS_REQUEST
+              : ph == GD_PHASE_RESPONSE_HEAD ? SLOT_INGRESS_RESPONSE
+                                             : -1;
+    if (idx < 0 || l->fn[idx] == LUA_NOREF)
         return GD_CONTINUE;
     struct call_args a = {l, t, idx, ctx_ref, {NULL, NULL}};
     l->cur = t;
     l->cur_phase = ph;
+    l->cur_slot = idx;
     gd__lua_budget_start(l, l->o.hook_ms);
     int rc = lua_cpcall(l->L, call_entry, &a);
     int killed = l->killed;

@@ -15,6 +15,8 @@
  *     on_response = function(res, req, ctx) ... end,
  *     on_request_body = ..., on_response_body = ...,
  *     on_connect = function(req, ctx) ... end, -- per address about to be dialled
+ *     on_ingress_request = function(req, ctx) ... end,       -- host clients of a
+ *     on_ingress_response = function(res, req, ctx) ... end, -- `--listen` port
  *   }
  *
  * Loading compiles and runs the file (and what it requires) once, validates every key,
@@ -84,7 +86,9 @@ struct gd_lua_conf {
     char *image;
     unsigned memory_mb, cpus;
     char **env;           /* "K=V", NULL-terminated */
-    unsigned hook_phases; /* gd_phase mask the policy has hooks for */
+    unsigned hook_phases; /* bit i: the policy defines hook slot i (on_connect,
+                             on_request, on_request_body, on_response, on_response_body,
+                             on_ingress_request, on_ingress_response) */
 };
 
 /* Compiles, runs and validates the policy at path. On error err says file:line and

@@ -21,7 +21,10 @@
 #include <openssl/evp.h>
 #include <stdint.h>
 
-#define NPHASE 5
+/* hook slots: the five egress phases (gd__lua_phase_index), then the ingress hooks */
+#define NPHASE 7
+#define SLOT_INGRESS_REQUEST 5
+#define SLOT_INGRESS_RESPONSE 6
 #define MAX_SOURCE (4u << 20) /* one policy or module file */
 
 struct gd_lua {
@@ -44,6 +47,7 @@ struct gd_lua {
     char hash[65];
     struct gd_lua_conf conf;
     int fn[NPHASE]; /* registry refs, LUA_NOREF when absent */
+    int cur_slot;   /* the hook slot running (fn/site index) */
     char *site[NPHASE];
     char **warn;
     size_t nwarn;

@@ -196,6 +196,8 @@ static int o_want_body(lua_State *L)
 {
     gd_lua *l = gd__lua_self(L);
     struct lreq *r = check_obj(L, GD_PHASE_REQUEST_HEAD, GD_PHASE_RESPONSE_HEAD, "want_body");
+    if (gd_txn_ingress(r->t))
+        return luaL_error(L, "want_body: ingress hooks see heads only");
     int body_fn =
         l->fn[gd__lua_phase_index(r->resp ? GD_PHASE_RESPONSE_BODY : GD_PHASE_REQUEST_BODY)];
     if (body_fn == LUA_NOREF)
@@ -235,7 +237,7 @@ static void caller_site(lua_State *L, char *buf, size_t cap)
     if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0)
         snprintf(buf, cap, "%s:%d", ar.short_src, ar.currentline);
     else
-        snprintf(buf, cap, "%s", l->site[gd__lua_phase_index(l->cur_phase)]);
+        snprintf(buf, cap, "%s", l->site[l->cur_slot]);
 }
 
 static int o_deny(lua_State *L)

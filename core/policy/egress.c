@@ -3,6 +3,7 @@
 #include "policy/egress.h"
 
 #include "base/pattern.h"
+#include "base/text.h"
 #include "dns/addr.h"
 
 #include <cjson/cJSON.h>
@@ -399,21 +400,6 @@ void gd_egress_digest(const struct gd_egress *e, void (*update)(void *ctx, const
 
 /* ---- the command line ---- */
 
-static const char *flag_value(int argc, char **argv, int *i, const char *name)
-{
-    const char *a = argv[*i];
-    size_t l = strlen(name);
-    if (strncmp(a, name, l))
-        return NULL;
-    if (a[l] == '=')
-        return a + l + 1;
-    if (a[l] == 0 && *i + 1 < argc) {
-        (*i)++;
-        return argv[*i];
-    }
-    return NULL;
-}
-
 /* --host-secret NAME@HOST[,HOST...][=VALUE] */
 static int flag_host_secret(struct gd_egress *e, const char *v, struct gd_err *err)
 {
@@ -469,7 +455,7 @@ int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd
         if (f->takes_value && !strcmp(argv[*i], f->name) && *i + 1 >= argc)
             return gd_err_set(err, -EINVAL, "%s needs a value", f->name);
         if (!f->takes_value ? strcmp(argv[*i], f->name) != 0
-                            : !(v = flag_value(argc, argv, i, f->name)))
+                            : !(v = gd_flag_value(argc, argv, i, f->name)))
             continue;
         int rc = f->set(e, v, err);
         return rc < 0 ? rc : 1;
@@ -700,10 +686,10 @@ void gd_egress_on_event(const struct gd_proxy_event *ev, void *ud)
     char *path = gd_secrets_redact(e->secrets, e->nsecrets, ev->path ? ev->path : "");
     char *reason = ev->reason ? gd_secrets_redact(e->secrets, e->nsecrets, ev->reason) : NULL;
     if (!e->quiet && (!strcmp(ev->decision, "deny") || !strcmp(ev->decision, "error")))
-        fprintf(stderr, "gondolin: %s %s %s://%s:%u%s -> %d (%s%s%s)\n",
-                !strcmp(ev->decision, "deny") ? "denied" : "failed", ev->method, ev->scheme,
-                ev->host, ev->port, path ? path : "", ev->status, ev->rule ? ev->rule : "-",
-                reason ? ": " : "", reason ? reason : "");
+        fprintf(stderr, "gondolin: %s%s %s %s://%s:%u%s -> %d (%s%s%s)\n",
+                !strcmp(ev->decision, "deny") ? "denied" : "failed", ev->ingress ? " ingress" : "",
+                ev->method, ev->scheme, ev->host, ev->port, path ? path : "", ev->status,
+                ev->rule ? ev->rule : "-", reason ? ": " : "", reason ? reason : "");
     if (e->audit) {
         struct timeval tv;
         gettimeofday(&tv, NULL);
@@ -719,6 +705,8 @@ void gd_egress_on_event(const struct gd_proxy_event *ev, void *ud)
             cJSON_AddStringToObject(o, "vm", e->vm_id);
             if (ev->tag)
                 cJSON_AddStringToObject(o, "policy", ev->tag);
+            if (ev->ingress)
+                cJSON_AddStringToObject(o, "direction", "ingress");
             cJSON_AddStringToObject(o, "method", ev->method);
             cJSON_AddStringToObject(o, "scheme", ev->scheme);
             cJSON_AddStringToObject(o, "host", ev->host);

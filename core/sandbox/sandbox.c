@@ -7,29 +7,10 @@
 #include "image/store.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct gd_sandbox {
-    uv_loop_t *loop;
-    gd_engine *eng;
-    struct gd_netstack ns;
-    int have_ns;
-    gd_vm *vm;
-    char image_dir[1024];
-    char build_id[65];
-    char *policy;
-    char **env; /* placeholders, the policy's vm.env, opts.env: "K=V", NULL-ended */
-    char *append;
-    void (*log)(void *ud, const char *line);
-    void (*on_reload)(void *ud, int ok, const char *revision, const char *msg);
-    void *log_ud;
-    gd_sandbox_ready_cb ready;
-    gd_sandbox_exit_cb exit_cb;
-    void *ud;
-    int closing;
-};
 
 static void engine_log(void *ud, const char *msg)
 {
@@ -38,6 +19,16 @@ static void engine_log(void *ud, const char *msg)
         sb->log(sb->log_ud, msg);
     else
         fprintf(stderr, "gondolin: %s\n", msg);
+}
+
+void gd__sandbox_log(gd_sandbox *sb, const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    engine_log(sb, line);
 }
 
 static void engine_reload(void *ud, int ok, const char *rev, const char *msg)
@@ -156,6 +147,12 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
         rc = -EIO;
         goto fail;
     }
+    for (size_t i = 0; i < o->nlisten; i++)
+        if (gd_sandbox_expose(sb, &o->listen[i].spec, o->listen[i].raw, NULL, err)) {
+            gd__sandbox_close_forwards(sb);
+            rc = -EIO;
+            goto fail;
+        }
     *out = sb;
     return 0;
 oom:
@@ -177,6 +174,7 @@ static void on_vm_exit(gd_vm *vm, const char *reason, void *ud)
 {
     (void)vm;
     gd_sandbox *sb = ud;
+    gd__sandbox_close_forwards(sb);
     if (sb->eng)
         gd_engine_close(sb->eng);
     if (sb->have_ns)
@@ -236,6 +234,7 @@ void gd_sandbox_close(gd_sandbox *sb)
     if (sb->closing)
         return;
     sb->closing = 1;
+    gd__sandbox_close_forwards(sb);
     gd_vm_close(sb->vm);
 }
 
@@ -243,6 +242,7 @@ void gd_sandbox_free(gd_sandbox *sb)
 {
     if (!sb)
         return;
+    gd__ssh_free(sb->ssh);
     gd_vm_free(sb->vm);
     if (sb->have_ns)
         gd__netstack_free(&sb->ns);

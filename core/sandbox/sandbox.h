@@ -12,6 +12,7 @@
 
 #include "base/err.h"
 #include "engine/engine.h"
+#include "forward/forward.h"
 #include "policy/egress.h"
 #include "vm/vm.h"
 
@@ -47,6 +48,16 @@ struct gd_sandbox_opts {
     void *ud; /* for the three callbacks above */
 
     const char *const *env; /* "K=V" for every exec (after placeholders and vm.env) */
+
+    /* Ingress listeners opened with the sandbox (see gd_sandbox_expose); a port that
+     * cannot be bound fails gd_sandbox_new. */
+    const struct gd_sandbox_listen *listen;
+    size_t nlisten;
+};
+
+struct gd_sandbox_listen {
+    struct gd_forward_spec spec;
+    int raw;
 };
 
 typedef void (*gd_sandbox_ready_cb)(gd_sandbox *sb, int status, void *ud);
@@ -82,5 +93,47 @@ const char *gd_sandbox_build_id(const gd_sandbox *sb);
 const char *gd_sandbox_revision(const gd_sandbox *sb); /* "" with no_network */
 unsigned gd_sandbox_generation(const gd_sandbox *sb);
 const char *gd_sandbox_policy(const gd_sandbox *sb); /* the policy path, or NULL */
+
+/* ---- ingress (expose.c) ---- */
+
+/* A host listener forwarding to a port on the guest's loopback through the agent (no
+ * guest NIC): HTTP-aware (the ingress proxy: the policy's ingress hooks and the audit
+ * see every request; WebSocket upgrades are tunneled; a guest port with no listener is
+ * 502), or raw bytes. Lives until the sandbox closes. *port (optional) gets the bound
+ * port. */
+int gd_sandbox_expose(gd_sandbox *sb, const struct gd_forward_spec *spec, int raw, unsigned *port,
+                      struct gd_err *err);
+/* The open forwards (bound ports), newest first: fills up to cap, returns how many. */
+struct gd_sandbox_forward {
+    char host[64];
+    unsigned port, guest_port;
+    int raw;
+};
+size_t gd_sandbox_forwards(const gd_sandbox *sb, struct gd_sandbox_forward *out, size_t cap);
+
+/* ---- host -> guest SSH (ssh.c) ---- */
+
+struct gd_ssh_opts {
+    const char *user;        /* NULL = root */
+    const char *listen_host; /* NULL = 127.0.0.1 */
+    unsigned listen_port;    /* 0 = ephemeral */
+    const char *key_dir;     /* required: an existing private (0700) directory where the
+                                client key and known_hosts file are written */
+};
+struct gd_ssh_access {
+    const char *host, *user, *identity, *known_hosts;
+    unsigned port;
+    const char *command; /* "ssh -i ... -p PORT USER@HOST" (no host-key prompt: the
+                            host key is pinned in known_hosts) */
+};
+/* a is NULL on failure, with error one line. Borrowed for the call. */
+typedef void (*gd_ssh_cb)(gd_sandbox *sb, const struct gd_ssh_access *a, const char *error,
+                          void *ud);
+/* Starts sshd in the guest on 127.0.0.1:22 with an ephemeral host key and client key
+ * pair (made with the host's ssh-keygen), hardened options (keys only, the one user, no
+ * forwarding of agents, TCP, X11 or tunnels), and a raw forward from a host loopback
+ * port to it. A second call answers with the same access. Fails (through cb) with a
+ * clear message when the image has no sshd. */
+int gd_sandbox_ssh(gd_sandbox *sb, const struct gd_ssh_opts *o, gd_ssh_cb cb, void *ud);
 
 #endif

@@ -24,4 +24,45 @@ int gd__netstack_start(struct gd_netstack *n, uv_loop_t *loop, gd_engine *eng, s
 void gd__netstack_stop(struct gd_netstack *n);
 void gd__netstack_free(struct gd_netstack *n);
 
+/* A guest command run to completion (run.c): stdin from a buffer (copied), stdout and
+ * stderr collected (first 4 KiB each). code: exit status, 128+N for a signal, -1 when it
+ * could not start (err then says why). */
+typedef void (*gd__run_cb)(gd_sandbox *sb, int code, const char *out, const char *err, void *ud);
+int gd__sandbox_run(gd_sandbox *sb, const char *const *argv, const void *in, size_t in_len,
+                    gd__run_cb cb, void *ud);
+
+/* The sandbox's ingress listeners (expose.c). */
+struct gd__fwd {
+    gd_forward *fw;
+    struct gd_sandbox_forward info;
+    struct gd__fwd *next;
+};
+void gd__sandbox_close_forwards(gd_sandbox *sb);
+/* The SSH state (ssh.c), freed with the sandbox. */
+struct gd__ssh;
+void gd__ssh_free(struct gd__ssh *s);
+void gd__sandbox_log(gd_sandbox *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+struct gd_sandbox {
+    uv_loop_t *loop;
+    gd_engine *eng;
+    struct gd_netstack ns;
+    int have_ns;
+    gd_vm *vm;
+    char image_dir[1024];
+    char build_id[65];
+    char *policy;
+    char **env; /* placeholders, the policy's vm.env, opts.env: "K=V", NULL-ended */
+    char *append;
+    void (*log)(void *ud, const char *line);
+    void (*on_reload)(void *ud, int ok, const char *revision, const char *msg);
+    void *log_ud;
+    gd_sandbox_ready_cb ready;
+    gd_sandbox_exit_cb exit_cb;
+    void *ud;
+    int closing;
+    struct gd__fwd *fwds;
+    struct gd__ssh *ssh;
+};
+
 #endif

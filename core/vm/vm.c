@@ -70,6 +70,7 @@ struct gd_vm {
     struct tail err_tail, con_tail;
     char errmsg[1024];
     char agent[128];
+    unsigned agent_minor; /* the agent's protocol minor version */
     char console_clean[2048];
     struct gd_exec *execs;
     uint32_t next_id;
@@ -673,6 +674,7 @@ static int handle_frame(gd_vm *vm, const struct gd_hdr *h, const uint8_t *body)
             return -1;
         }
         gd_sanitize(vm->agent, sizeof(vm->agent), m.agent.p, m.agent.len > 100 ? 100 : m.agent.len);
+        vm->agent_minor = m.minor;
         vm->state = VM_READY;
         close_handle(vm, (uv_handle_t *)&vm->timer, &vm->timer_open);
         uint8_t buf[128];
@@ -1144,6 +1146,22 @@ int gd_exec_start(gd_vm *vm, const struct gd_exec_opts *o, const struct gd_exec_
 {
     if (vm->state != VM_READY)
         return -ENOTCONN;
+    char port[8];
+    const char *tunnel_argv[] = {port, NULL};
+    struct gd_exec_opts tunnel;
+    if (o->connect_port) {
+        if (o->connect_port > 65535)
+            return -EINVAL;
+        if (vm->agent_minor < 1)
+            return -ENOTSUP; /* tunnels came with protocol 1.1 */
+        snprintf(port, sizeof(port), "%u", o->connect_port);
+        tunnel = (struct gd_exec_opts){.argv = tunnel_argv,
+                                       .window = o->window,
+                                       .manual_ack = o->manual_ack,
+                                       .stdin_stream = 1,
+                                       .connect_port = o->connect_port};
+        o = &tunnel;
+    }
     if (!o->argv && !o->shell)
         return -EINVAL;
     if (o->argv && !o->argv[0])
@@ -1179,7 +1197,7 @@ int gd_exec_start(gd_vm *vm, const struct gd_exec_opts *o, const struct gd_exec_
         return -ENOMEM;
     }
     uint32_t flags = (o->pty ? GD_EXEC_PTY : 0) | (o->stdin_stream ? GD_EXEC_STDIN : 0) |
-                     (o->shell ? GD_EXEC_SHELL : 0);
+                     (o->shell ? GD_EXEC_SHELL : 0) | (o->connect_port ? GD_EXEC_CONNECT : 0);
     struct gd_enc e;
     gd_enc_init(&e, buf, cap, GD_MSG_EXEC, 0, x->id);
     gd_enc_u32(&e, flags);

@@ -91,6 +91,13 @@ struct gd_exec_opts {
     int stdin_stream;        /* caller feeds stdin with gd_exec_write; else /dev/null */
     uint32_t window;         /* stdout/stderr credit per stream; 0 = 256 KiB */
     int manual_ack;          /* caller returns credit with gd_exec_ack; else automatic */
+    /* > 0: a TCP tunnel to this guest loopback port (127.0.0.1, else ::1) instead of a
+     * process; argv, shell, env, cwd, pty and stdin_stream are ignored. The connection is
+     * stdin (gd_exec_write; eof = a half-close) and stdout; on_exit: 0 once the guest side
+     * closed and its bytes were delivered, 1 if it reset, 128+N after gd_exec_signal(N)
+     * (which resets it); GD_EXEC_START_FAILED with a message such as "connect to guest
+     * port 8000: Connection refused". -ENOTSUP from an agent older than protocol 1.1. */
+    unsigned connect_port;
 };
 
 struct gd_exec_cbs {

@@ -68,7 +68,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct gd_enc e;
         gd_enc_init(&e, hello, sizeof(hello), GD_MSG_HELLO, 0, 0);
         gd_enc_u16(&e, GD_PROTO_MAJOR);
-        gd_enc_u16(&e, 0);
+        gd_enc_u16(&e, GD_PROTO_MINOR);
         gd_enc_u32(&e, 0);
         gd_enc_str(&e, "f", 1);
         gd_vm_inject(vm, hello, (size_t)gd_enc_finish(&e));
@@ -76,6 +76,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         struct gd_exec_opts o = {.argv = argv, .window = 64};
         struct gd_exec_cbs cbs = {0};
         gd_exec_start(vm, &o, &cbs, NULL, NULL);
+        /* and a tunnel (session 2): its frames take the same paths */
+        struct gd_exec_opts t = {.connect_port = 8000, .window = 64};
+        gd_exec_start(vm, &t, &cbs, NULL, NULL);
         gd_vm_inject(vm, data, size);
         gd_vm_close(vm);
         uv_run(&loop, UV_RUN_DEFAULT);

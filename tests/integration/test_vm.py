@@ -596,7 +596,8 @@ def twenty_consecutive_boots():
 @test
 def default_image_build_is_reproducible():
     """Two builds, same buildId; and an interrupted build leaves nothing behind."""
-    cur = os.path.expanduser("~/.cache/gondolin/images/default-x86_64/manifest.json")
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    cur = os.path.join(cache, "gondolin/images/default-x86_64/manifest.json")
     import json
     want = json.load(open(cur))["buildId"]
     tmp = tempfile.mkdtemp()

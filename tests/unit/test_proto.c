@@ -137,6 +137,39 @@ TEST(exec_rejects_bad_fields)
     CHECK_EQ(gd_dec_exec(buf + GD_PROTO_HDR_LEN, (uint32_t)(n - GD_PROTO_HDR_LEN), &m, 3), -E2BIG);
 }
 
+TEST(exec_connect_needs_one_port)
+{
+    uint8_t buf[4096];
+    struct gd_str av[8], ev[8];
+    struct gd_msg_exec m = {.argv = av, .env = ev};
+    const uint32_t cf = GD_EXEC_CONNECT | GD_EXEC_STDIN;
+    const char *ok[] = {"8000"};
+    size_t n = enc_exec(buf, sizeof(buf), ok, 1, NULL, 0, "", cf);
+    CHECK_EQ(gd_dec_exec(buf + GD_PROTO_HDR_LEN, (uint32_t)(n - GD_PROTO_HDR_LEN), &m, 8), 0);
+    CHECK_EQ(m.flags, cf);
+    uint16_t port = 0;
+    CHECK_EQ(gd_dec_port(&av[0], &port), 0);
+    CHECK_EQ(port, 8000);
+    static const char *const bad_ports[] = {"0",   "65536", "99999", "123456", "",
+                                            "80a", "-1",    " 80",   "+80",    "0x50"};
+    for (size_t i = 0; i < sizeof(bad_ports) / sizeof(bad_ports[0]); i++) {
+        const char *a[] = {bad_ports[i]};
+        n = enc_exec(buf, sizeof(buf), a, 1, NULL, 0, "", cf);
+        if (gd_dec_exec(buf + GD_PROTO_HDR_LEN, (uint32_t)(n - GD_PROTO_HDR_LEN), &m, 8) == 0)
+            FAIL_AT("CONNECT to port \"%s\" accepted", bad_ports[i]);
+    }
+    const char *edge[] = {"65535"};
+    n = enc_exec(buf, sizeof(buf), edge, 1, NULL, 0, "", cf);
+    CHECK_EQ(gd_dec_exec(buf + GD_PROTO_HDR_LEN, (uint32_t)(n - GD_PROTO_HDR_LEN), &m, 8), 0);
+    const char *two[] = {"80", "81"};
+    n = enc_exec(buf, sizeof(buf), two, 2, NULL, 0, "", cf);
+    CHECK(gd_dec_exec(buf + GD_PROTO_HDR_LEN, (uint32_t)(n - GD_PROTO_HDR_LEN), &m, 8) != 0);
+    n = enc_exec(buf, sizeof(buf), ok, 1, NULL, 0, "", cf | GD_EXEC_PTY);
+    CHECK(gd_dec_exec(buf + GD_PROTO_HDR_LEN, (uint32_t)(n - GD_PROTO_HDR_LEN), &m, 8) != 0);
+    n = enc_exec(buf, sizeof(buf), ok, 1, NULL, 0, "", cf | GD_EXEC_SHELL);
+    CHECK(gd_dec_exec(buf + GD_PROTO_HDR_LEN, (uint32_t)(n - GD_PROTO_HDR_LEN), &m, 8) != 0);
+}
+
 TEST(string_length_beyond_body)
 {
     uint8_t buf[64];

@@ -83,16 +83,21 @@ static void gsend_frame(struct fx *f, uint8_t type, uint8_t flags, uint32_t id, 
     gsend(f, buf, GD_PROTO_HDR_LEN + n);
 }
 
-static void hello(struct fx *f, uint16_t major)
+static void hello_minor(struct fx *f, uint16_t major, uint16_t minor)
 {
     uint8_t buf[64];
     struct gd_enc e;
     gd_enc_init(&e, buf, sizeof(buf), GD_MSG_HELLO, 0, 0);
     gd_enc_u16(&e, major);
-    gd_enc_u16(&e, 0);
+    gd_enc_u16(&e, minor);
     gd_enc_u32(&e, 0);
     gd_enc_str(&e, "fake", 4);
     gsend(f, buf, (size_t)gd_enc_finish(&e));
+}
+
+static void hello(struct fx *f, uint16_t major)
+{
+    hello_minor(f, major, 0);
 }
 
 /* Reads one frame the host sent (blocking, with a deadline). */
@@ -146,29 +151,38 @@ static void teardown(struct fx *f)
     CHECK_EQ(uv_loop_close(&f->loop), 0); /* every handle closed */
 }
 
-static gd_exec *start_exec(struct fx *f, uint32_t window, uint32_t *id)
+/* HELLO (protocol 1.minor) both ways, then gd_exec_start(o): the EXEC the guest got is
+ * decoded into m (strings borrowed from a static buffer). */
+static gd_exec *start_exec_opts(struct fx *f, uint16_t minor, const struct gd_exec_opts *o,
+                                struct gd_msg_exec *m, uint32_t *id)
 {
-    hello(f, GD_PROTO_MAJOR);
+    hello_minor(f, GD_PROTO_MAJOR, minor);
     spin(f, &f->ready);
     CHECK_EQ(f->ready, 1);
-    static const char *argv[] = {"echo", "hi", NULL};
-    struct gd_exec_opts o = {.argv = argv, .window = window};
     struct gd_exec_cbs cbs = {.on_output = on_out, .on_exit = on_exec_exit};
     gd_exec *x;
-    CHECK_EQ(gd_exec_start(f->vm, &o, &cbs, f, &x), 0);
+    CHECK_EQ(gd_exec_start(f->vm, o, &cbs, f, &x), 0);
     struct gd_hdr h;
     static uint8_t body[65536];
     CHECK_EQ(grecv(f, &h, body, sizeof(body)), 0);
     CHECK_EQ(h.type, GD_MSG_HELLO); /* host answers our HELLO */
     CHECK_EQ(grecv(f, &h, body, sizeof(body)), 0);
     CHECK_EQ(h.type, GD_MSG_EXEC);
+    CHECK_EQ(gd_dec_exec(body, h.len, m, 4), 0);
+    *id = h.id;
+    return x;
+}
+
+static gd_exec *start_exec(struct fx *f, uint32_t window, uint32_t *id)
+{
+    static const char *argv[] = {"echo", "hi", NULL};
+    struct gd_exec_opts o = {.argv = argv, .window = window};
     struct gd_str av[4], ev[4];
     struct gd_msg_exec m = {.argv = av, .env = ev};
-    CHECK_EQ(gd_dec_exec(body, h.len, &m, 4), 0);
+    gd_exec *x = start_exec_opts(f, 0, &o, &m, id);
     CHECK_EQ(m.argc, 2);
     CHECK(!memcmp(av[1].p, "hi", 2));
     CHECK_EQ(m.stdout_window, window);
-    *id = h.id;
     return x;
 }
 
@@ -366,5 +380,56 @@ TEST(host_partial_frame_then_hangup)
     shutdown(f.guest, SHUT_RDWR);
     spin(&f, &f.exited);
     CHECK_EQ(f.exec_error, GD_EXEC_VM_GONE);
+    teardown(&f);
+}
+
+TEST(host_tunnel_session)
+{
+    struct fx f;
+    setup(&f);
+    struct gd_exec_opts o = {.connect_port = 8000, .window = 4096, .pty = 1};
+    struct gd_str av[4], ev[4];
+    struct gd_msg_exec m = {.argv = av, .env = ev};
+    uint32_t id;
+    gd_exec *x = start_exec_opts(&f, 1, &o, &m, &id);
+    CHECK_EQ(m.flags, GD_EXEC_CONNECT | GD_EXEC_STDIN); /* pty ignored */
+    CHECK_EQ(m.argc, 1);
+    CHECK(av[0].len == 4 && !memcmp(av[0].p, "8000", 4));
+    CHECK_EQ(m.stdout_window, 4096);
+    /* an EOF before the connection is up needs no credit */
+    CHECK_EQ(gd_exec_write(x, NULL, 0, 1), 0);
+    struct gd_hdr h;
+    uint8_t body[64];
+    CHECK_EQ(grecv(&f, &h, body, sizeof(body)), 0);
+    CHECK_EQ(h.type, GD_MSG_STDIN);
+    CHECK_EQ(h.flags, GD_STDIN_EOF);
+    CHECK_EQ(h.len, 0);
+    CHECK_EQ(h.id, id);
+    uint8_t pid0[4] = {0};
+    gsend_frame(&f, GD_MSG_STARTED, 0, id, pid0, 4);
+    gsend_frame(&f, GD_MSG_OUTPUT, GD_STREAM_STDOUT, id, "pong", 4);
+    uint8_t ex[8] = {0};
+    gsend_frame(&f, GD_MSG_EXIT, 0, id, ex, 8);
+    spin(&f, &f.exec_done);
+    CHECK_EQ(f.exec_error, 0);
+    CHECK_EQ(f.exec_code, 0);
+    CHECK(f.outn == 4 && !memcmp(f.out, "pong", 4));
+    /* bad ports are refused before anything is sent */
+    o.connect_port = 65536;
+    struct gd_exec_cbs cbs = {.on_exit = on_exec_exit};
+    CHECK_EQ(gd_exec_start(f.vm, &o, &cbs, &f, &x), -EINVAL);
+    teardown(&f);
+}
+
+TEST(host_tunnel_needs_agent_1_1)
+{
+    struct fx f;
+    setup(&f);
+    hello_minor(&f, GD_PROTO_MAJOR, 0);
+    spin(&f, &f.ready);
+    struct gd_exec_opts o = {.connect_port = 8000};
+    struct gd_exec_cbs cbs = {.on_exit = on_exec_exit};
+    gd_exec *x;
+    CHECK_EQ(gd_exec_start(f.vm, &o, &cbs, &f, &x), -ENOTSUP);
     teardown(&f);
 }
