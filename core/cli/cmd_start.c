@@ -25,6 +25,8 @@ static void start_usage(void)
            "  --json              print the session's info as JSON\n"
            "  -e, --env K=V       set an environment variable for every exec (repeatable)\n"
            "  --no-network        no network device at all\n"
+           "  --listen [HOST:]PORT=GUESTPORT  ingress to a guest port (HTTP-aware;\n"
+           "                      --listen-raw: plain TCP); more with `expose` (SDK)\n"
            "The VM, policy and egress flags of `gondolin exec` apply (gondolin exec --help).\n");
 }
 
@@ -116,6 +118,7 @@ int cmd_start(int argc, char **argv)
 {
     struct cli_vm_flags vf = {0};
     static struct cli_policy pol;
+    static struct cli_sandbox_flags sf;
     static const char **env; /* (static: reachable until exit on every path) */
     env = calloc((size_t)argc + 1, sizeof(char *));
     size_t nenv = 0;
@@ -126,6 +129,8 @@ int cmd_start(int argc, char **argv)
         int k = cli_vm_flag(argc, argv, &i, &vf);
         if (!k)
             k = cli_policy_flag(&pol, argc, argv, &i);
+        if (!k)
+            k = cli_sandbox_flag(&sf, argc, argv, &i);
         if (k < 0)
             return 2;
         if (k)
@@ -152,6 +157,9 @@ int cmd_start(int argc, char **argv)
         if (nenv && (!strchr(env[nenv - 1], '=') || env[nenv - 1][0] == '='))
             return cli_die(2, "--env wants KEY=VALUE, not '%s'", env[nenv - 1]);
     }
+    if (sf.ssh)
+        return cli_die(2, "start: --ssh is not available for sessions yet (use it with exec or "
+                          "bash)");
     if (name && !gd_session_name_ok(name))
         return cli_die(2,
                        "--name: '%s' is not a name (1 to 63 of A-Z a-z 0-9 _ . -, starting "
@@ -183,6 +191,7 @@ int cmd_start(int argc, char **argv)
     cli_vm_sandbox(&vf, &so);
     if (vf.image)
         so.image = image;
+    cli_sandbox_opts(&sf, &so); /* --listen: opened with the sandbox */
     if (!no_network)
         cli_policy_sandbox(&pol, &so); /* its log/on_reload are the supervisor's */
 

@@ -1,11 +1,26 @@
 /* requests.c - the one-shot REQUEST operations (docs/control.md): info, policy.reload,
- * policy.status, logs (logs.c), expose, stop. */
+ * policy.status, logs (logs.c), expose (gd_sandbox_expose), stop. */
 #define _GNU_SOURCE
 #include "control_int.h"
 
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
+
+static cJSON *fail_reply(const char *msg)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddBoolToObject(o, "ok", 0);
+    cJSON_AddStringToObject(o, "error", msg);
+    return o;
+}
+
+/* "HOST:PORT" ("[HOST]:PORT" for IPv6). */
+static void addr(char *out, size_t cap, const char *host, unsigned port)
+{
+    int v6 = strchr(host, ':') != NULL;
+    snprintf(out, cap, "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "", port);
+}
 
 cJSON *gd__control_info(gd_control_server *s)
 {
@@ -33,15 +48,40 @@ cJSON *gd__control_info(gd_control_server *s)
         execs += r->kind == REQ_EXEC;
     cJSON_AddNumberToObject(o, "execs", execs);
     cJSON_AddNumberToObject(o, "clients", clients);
-    cJSON_AddArrayToObject(o, "forwards");
+    cJSON *fa = cJSON_AddArrayToObject(o, "forwards");
+    struct gd_sandbox_forward fw[64];
+    size_t n = gd_sandbox_forwards(s->sb, fw, 64);
+    while (n--) { /* oldest first */
+        char a[100];
+        cJSON *f = cJSON_CreateObject();
+        addr(a, sizeof(a), fw[n].host, fw[n].port);
+        cJSON_AddStringToObject(f, "listen", a);
+        cJSON_AddNumberToObject(f, "guest_port", fw[n].guest_port);
+        cJSON_AddBoolToObject(f, "raw", fw[n].raw);
+        cJSON_AddItemToArray(fa, f);
+    }
     return o;
 }
 
-static cJSON *fail_reply(const char *msg)
+/* {"listen": "[HOST:]PORT", "guest_port": N, "raw": B}: a listener on the host that
+ * forwards to the guest's loopback (gd_sandbox_expose). */
+static cJSON *expose(gd_control_server *s, const struct gd_control_request *q)
 {
+    char spec[200], a[100];
+    struct gd_forward_spec fs;
+    struct gd_err err = {{0}};
+    unsigned port;
+    if (!q->listen[0] || !q->guest_port)
+        return fail_reply("expose needs \"listen\" ([HOST:]PORT) and \"guest_port\"");
+    snprintf(spec, sizeof(spec), "%s=%u", q->listen, q->guest_port);
+    if (gd_forward_parse(spec, &fs, &err) || gd_sandbox_expose(s->sb, &fs, q->raw, &port, &err))
+        return fail_reply(err.msg);
+    addr(a, sizeof(a), fs.host[0] ? fs.host : "127.0.0.1", port);
+    gd__control_log(s, "control: ingress %s://%s -> guest port %u", q->raw ? "tcp" : "http", a,
+                    q->guest_port);
     cJSON *o = cJSON_CreateObject();
-    cJSON_AddBoolToObject(o, "ok", 0);
-    cJSON_AddStringToObject(o, "error", msg);
+    cJSON_AddBoolToObject(o, "ok", 1);
+    cJSON_AddStringToObject(o, "listen", a);
     return o;
 }
 
@@ -78,7 +118,7 @@ void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_
         if (q.op[7] == 's')
             gd_control_json_str(o, "last_error", s->has_error ? s->last_error : NULL);
     } else if (!strcmp(q.op, "expose")) {
-        o = fail_reply("not yet supported");
+        o = expose(s, &q);
     } else if (!strcmp(q.op, "stop")) {
         o = cJSON_CreateObject();
         cJSON_AddBoolToObject(o, "ok", 1);

@@ -19,6 +19,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.request
 import fcntl
 import termios
 
@@ -182,7 +183,7 @@ def write_policy(name):
 def start_ls_and_duplicate_name():
     write_policy("first")
     r = run(["start", "--name", MAIN, "--policy", POLICY, "-e", "SESSION_VAR=from-start",
-             "--json"], timeout=300)
+             "--listen", "127.0.0.1:0=8000", "--json"], timeout=300)
     eq(r.returncode, 0, r.stderr.decode())
     j = json.loads(r.stdout)
     for k in ("id", "name", "pid", "socket", "log", "revision", "build_id", "accel", "image"):
@@ -651,10 +652,32 @@ def policy_reload_through_the_socket():
     expect(st["ok"] and "hots" in (st["last_error"] or ""), st)
     c.send(14, {"op": "nope"}, id=10)
     eq(json.loads(c.recv()[3]), {"ok": False, "error": "unknown op 'nope'"})
-    c.send(14, {"op": "expose", "listen": "127.0.0.1:1", "guest_port": 80}, id=11)
-    eq(json.loads(c.recv()[3])["ok"], False)
     c.close()
     write_policy("second")
+
+
+@test
+def ingress_from_start_and_expose():
+    r = sx("mkdir -p /tmp/www && echo hello-ingress > /tmp/www/i.txt && cd /tmp/www && "
+           "(nohup python3 -m http.server 8000 --bind 127.0.0.1 >/dev/null 2>&1 &); "
+           "for i in $(seq 100); do python3 -c 'import urllib.request as u; "
+           "u.urlopen(\"http://127.0.0.1:8000/i.txt\")' 2>/dev/null && exit 0; sleep 0.3; done; "
+           "exit 1", timeout=120)
+    eq(r.returncode, 0, "the guest's web server is up")
+    c = Ctl(info(MAIN)["socket"])
+    c.send(14, {"op": "expose", "listen": "127.0.0.1:0", "guest_port": 8000, "raw": True}, id=3)
+    rep = json.loads(c.recv()[3])
+    expect(rep["ok"] and rep["listen"].startswith("127.0.0.1:"), rep)
+    c.send(14, {"op": "expose", "listen": "nonsense", "guest_port": 8000}, id=4)
+    rep2 = json.loads(c.recv()[3])
+    expect(not rep2["ok"] and rep2["error"], rep2)
+    c.close()
+    fw = info(MAIN)["forwards"]
+    eq([(f["guest_port"], f["raw"]) for f in fw], [(8000, False), (8000, True)], "--listen, expose")
+    eq(fw[1]["listen"], rep["listen"])
+    for f in fw:
+        body = urllib.request.urlopen(f"http://{f['listen']}/i.txt", timeout=30).read()
+        eq(body, b"hello-ingress\n", f"through {f}")
 
 
 @test
