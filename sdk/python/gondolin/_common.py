@@ -74,9 +74,12 @@ def chunk(stream: int, data: bytes) -> OutputChunk:
 
 
 def sessions_dir() -> Path:
-    rt = os.environ.get("XDG_RUNTIME_DIR")
-    if rt:
-        return Path(rt) / "gondolin" / "sessions"
+    """$XDG_RUNTIME_DIR/gondolin/sessions, else $XDG_CACHE_HOME/gondolin/sessions, else
+    ~/.cache/gondolin/sessions (as core/control/session.c)."""
+    for var in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME"):
+        v = os.environ.get(var)
+        if v:
+            return Path(v) / "gondolin" / "sessions"
     return Path.home() / ".cache" / "gondolin" / "sessions"
 
 
