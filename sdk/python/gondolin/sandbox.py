@@ -21,6 +21,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import IO, Any, Literal, cast, overload
@@ -783,6 +784,9 @@ class Sandbox:
         self._proc = proc
         self._closed = False
         self._stopped = False
+        # a created session is not leaked by a script that forgets close(): stopped at
+        # exit (or when this object is collected) unless detach() was called
+        self._finalizer = weakref.finalize(self, _abandon, conn, owned)
 
     # -- construction
     @classmethod
@@ -1163,9 +1167,17 @@ class Sandbox:
         if self._proc is not None:
             _reap(self._proc, timeout)
 
+    def detach(self) -> None:
+        """Disconnects and leaves the session running, even one this object started
+        (``Sandbox.attach(id)`` reaches it later; ``gondolin stop`` ends it)."""
+        self._owned = False
+        self._finalizer.detach()
+        self.close()
+
     def close(self) -> None:
         """Stops a session this object started (or attached with stop_on_close), else
         just disconnects."""
+        self._finalizer.detach()
         if self._closed:
             return
         try:
@@ -1261,6 +1273,21 @@ def _reap(proc: subprocess.Popen[bytes], timeout: float | None) -> int | None:
         return proc.wait(timeout)
     except subprocess.TimeoutExpired:
         return None
+
+
+def _abandon(conn: _Conn, stop: bool) -> None:
+    """The finalizer of a Sandbox that was not closed: asks for a stop without waiting."""
+    if stop and not conn.closed:
+        body = {"op": "stop", "force": False}
+        try:
+            conn.start(P.Kind.REQUEST, lambda i: P.encode_json(P.T.REQUEST, i, body))
+            conn.wait_closed(2.0)  # the supervisor answers, then closes the socket
+        except GondolinError:
+            pass
+    try:
+        conn.close()
+    except OSError:
+        pass
 
 
 def _stop_by_socket(info: Mapping[str, Any]) -> None:

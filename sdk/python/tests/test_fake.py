@@ -335,6 +335,20 @@ def test_create_runs_gondolin_start(sockdir: str, server: FakeServer) -> None:
     assert open(args).read().split() == ["start", "--json", "--policy", "p.lua", "-e", "A=1", "--memory", "2G"]
 
 
+def test_forgotten_created_session_is_stopped(sockdir: str, server: FakeServer) -> None:
+    b = fake_bin(sockdir, f'printf \'{{"id": "fake-session", "socket": "{server.path}"}}\\n\'\n')
+    sb = Sandbox.create(binary=b)
+    sb.detach()  # kept running
+    assert not server.stopped.is_set()
+    sb = Sandbox.create(binary=b)
+    assert sb.exec(["exit", "0"]).ok
+    del sb  # never closed: the finalizer stops it
+    import gc
+
+    gc.collect()
+    assert server.stopped.wait(5)
+
+
 def test_create_failure_is_one_line(sockdir: str, monkeypatch: pytest.MonkeyPatch) -> None:
     b = fake_bin(sockdir, 'echo "gondolin: loading"  >&2\necho "gondolin: agent.lua:3: bad" >&2\nexit 2\n')
     monkeypatch.setenv("GONDOLIN_BIN", b)
