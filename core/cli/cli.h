@@ -2,10 +2,10 @@
 #ifndef GD_CLI_H
 #define GD_CLI_H
 
+#include "control/control.h"
 #include "engine/engine.h"
-#include "http/http.h"
 #include "policy/egress.h"
-#include "tls/tls.h"
+#include "sandbox/sandbox.h"
 #include "vm/vm.h"
 
 #include <stddef.h>
@@ -22,55 +22,57 @@ struct cli_vm_flags {
 /* Parses a VM flag at argv[*i] (advancing *i past its value). 1 if consumed, 0 if not
  * a VM flag, -1 on a bad value (message printed). */
 int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f);
-/* Finds (and on first use builds) the image to boot; prints a one-line error. */
-int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap);
+/* gd_sandbox_opts.resolve_image (ud: int *verbose): a directory or store reference, or
+ * NULL for $GONDOLIN_GUEST_DIR / $GONDOLIN_DEFAULT_IMAGE / the default image, which is
+ * built on first use and rebuilt when this build's guest agent changed. */
+int cli_resolve_image(void *ud, const char *ref, char *out, size_t cap, struct gd_err *err);
 int cli_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Policy flags of exec/bash/run and the policy commands (egress_rt.c): egress flags
- * (kept as argv pieces, replayed by the engine into every revision), --policy,
- * --plugin, --plugin-dir. */
+ * (parsed into typed rules, the engine's base), --policy, --plugin, --plugin-dir. */
 struct cli_policy {
-    const char **flags;
-    int nflags;
     const char *policy;
     const char **plugin_dirs;   /* NULL-ended */
     const char **plugins;       /* NULL-ended */
     int no_default_dirs;        /* skip /etc/gondolin/plugins.d and ~/.config/... */
     const char **secret_values; /* authoring tools: NAME=VALUE overrides */
     int stub_secrets;
-    char status_path[512];  /* exec/run: where reload results go (policy reload) */
-    struct gd_egress check; /* the flags parsed once, for early errors */
+    char status_path[512];   /* exec/run: where reload results go (policy reload) */
+    struct gd_egress egress; /* the egress flags, typed */
+    const char **dirs;       /* every plugin directory, in engine order (built once) */
 };
 /* 1 consumed (advancing *i), 0 not a policy flag, -1 bad value (message printed). */
 int cli_policy_flag(struct cli_policy *p, int argc, char **argv, int *i);
 /* Builds the engine; prints a one-line error and returns its exit code on failure. */
 int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out);
 void cli_policy_free(struct cli_policy *p);
+/* Fills the policy part of a sandbox's options (borrowing from p). */
+void cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o);
+/* Writes a reload result where `gondolin policy reload` looks for it. */
+void cli_policy_status(struct cli_policy *p, int ok, const char *rev, const char *msg);
 /* $XDG_RUNTIME_DIR/gondolin/sandboxes (or /tmp/gondolin-UID/...), created 0700. */
 int cli_sandbox_dir(char *out, size_t cap);
 
-/* The egress stack of one VM (egress_rt.c). */
-struct cli_egress {
-    gd_engine *eng; /* borrowed */
-    gd_tls *tls;
-    gd_proxy *px;
-    struct gd_net *net;
-    int qemu_fd;
-    char **env; /* secret placeholders for the guest, NULL-terminated */
-};
-/* Starts CA, proxy and network; appends the guest's kernel arguments to append. Prints
- * a one-line error and returns its exit code on failure. */
-int cli_egress_start(struct cli_egress *x, uv_loop_t *loop, char *append, size_t cap);
-/* Closes proxy and network (their handles finish closing on the loop). */
-void cli_egress_stop(struct cli_egress *x);
-void cli_egress_free(struct cli_egress *x);
-
 int cmd_exec(int argc, char **argv, int pty);
+/* Sessions (docs/sessions.md): start (cmd_start.c); ls, stop, logs (cmd_session.c);
+ * exec --session and attach (cmd_sexec.c); cp (cmd_cp.c). */
+int cmd_start(int argc, char **argv);
+int cmd_ls(int argc, char **argv);
+int cmd_stop(int argc, char **argv);
+int cmd_logs(int argc, char **argv);
+int cmd_sexec(int argc, char **argv);
+int cmd_attach(int argc, char **argv);
+int cmd_cp(int argc, char **argv);
+/* Finds a live session by id, id prefix or name and (c not NULL) connects to it. 0, or
+ * an exit code after a one-line error. */
+int cli_session_open(const char *key, struct gd_session *s, gd_control_client **c);
+/* `gondolin policy reload ID|NAME`: through the session's socket. */
+int cli_session_reload(const char *key);
 int cmd_policy(int argc, char **argv);
 int cmd_doctor(int argc, char **argv);
 int cmd_build(int argc, char **argv);
 int cmd_image(int argc, char **argv);
-/* Builds the default image into out (cmd_build.c). 0 or an exit code. */
-int cli_build_default(const char *out, int verbose);
+/* Builds the default image into out (cmd_build.c). */
+int cli_build_default(const char *out, int verbose, struct gd_err *err);
 
 #endif

@@ -296,21 +296,22 @@ static int validate(const char *file, const char *arch, int json)
 
 /* ---- build ---- */
 
-int cli_build_default(const char *out, int verbose)
+int cli_build_default(const char *out, int verbose, struct gd_err *err)
 {
     char cache[1024], guest[1024];
     cache_root(cache, sizeof(cache));
     if (gd_guest_bin_dir(guest, sizeof(guest)))
-        return cli_die(1, "guest binaries (sandboxd, init) not found next to this gondolin "
+        return gd_err_set(err, -ENOENT,
+                          "guest binaries (sandboxd, init) not found next to this gondolin "
                           "binary; build the project (cmake --build build)");
     struct gd_build_opts o = {
         .output = out, .cache_dir = cache, .guest_dir = guest, .verbose = verbose};
     o.run_commands = run_commands;
     o.ctx = &o;
-    struct gd_err err = {{0}};
-    int rc = gd_build_default(&o, &err);
+    struct gd_err sub = {{0}};
+    int rc = gd_build_default(&o, &sub);
     if (rc)
-        return cli_die(1, "image build failed: %s", err.msg);
+        return gd_err_set(err, rc, "image build failed: %s", sub.msg);
     return 0;
 }
 

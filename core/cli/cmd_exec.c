@@ -16,7 +16,7 @@
 
 struct run {
     uv_loop_t *loop;
-    gd_vm *vm;
+    gd_sandbox *sb;
     gd_exec *x;
     struct gd_exec_opts xo;
     int code;
@@ -37,9 +37,8 @@ struct run {
     size_t in_len, in_off;
     int out_closed[3];
     int signals;
-    int reported;          /* a VM error was already printed */
-    uint64_t t0;           /* process start, for GONDOLIN_TIMING */
-    struct cli_egress *eg; /* NULL with --no-network */
+    int reported; /* a VM error was already printed */
+    uint64_t t0;  /* process start, for GONDOLIN_TIMING */
 };
 
 static void restore_tty(struct run *r)
@@ -196,7 +195,7 @@ static void on_exit_cb(gd_exec *x, const struct gd_exec_result *res, void *ud)
     }
     in_pause(r);
     close_aux(r);
-    gd_vm_close(r->vm);
+    gd_sandbox_close(r->sb);
 }
 
 static void get_winsize(unsigned *rows, unsigned *cols)
@@ -225,7 +224,7 @@ static void on_signal(uv_signal_t *h, int sig)
         r->x = NULL;
         in_pause(r);
         close_aux(r);
-        gd_vm_close(r->vm);
+        gd_sandbox_close(r->sb);
         return;
     }
     if (r->x) {
@@ -238,25 +237,25 @@ static void on_signal(uv_signal_t *h, int sig)
     /* no process yet (still booting): stop */
     r->code = 128 + sig;
     close_aux(r);
-    gd_vm_close(r->vm);
+    gd_sandbox_close(r->sb);
 }
 
-static void on_ready(gd_vm *vm, int status, void *ud)
+static void on_ready(gd_sandbox *sb, int status, void *ud)
 {
     struct run *r = ud;
     if (status)
-        return; /* on_vm_exit reports */
+        return; /* on_sb_exit reports */
     if (getenv("GONDOLIN_TIMING"))
         fprintf(stderr, "gondolin: timing: agent ready after %.0f ms (accel %s)\n",
-                (double)(uv_hrtime() - r->t0) / 1e6, gd_vm_accel(vm));
+                (double)(uv_hrtime() - r->t0) / 1e6, gd_vm_accel(gd_sandbox_vm(sb)));
     struct gd_exec_cbs cbs = {
         .on_output = on_output, .on_stdin_credit = on_stdin_credit, .on_exit = on_exit_cb};
-    int rc = gd_exec_start(vm, &r->xo, &cbs, r, &r->x);
+    int rc = gd_sandbox_exec(sb, &r->xo, &cbs, r, &r->x);
     if (rc) {
         fprintf(stderr, "gondolin: cannot start the command: %s\n", strerror(-rc));
         r->code = 125;
         close_aux(r);
-        gd_vm_close(vm);
+        gd_sandbox_close(sb);
         return;
     }
     if (r->pty && isatty(0)) {
@@ -270,17 +269,15 @@ static void on_ready(gd_vm *vm, int status, void *ud)
     }
 }
 
-static void on_vm_exit(gd_vm *vm, const char *reason, void *ud)
+static void on_sb_exit(gd_sandbox *sb, const char *reason, void *ud)
 {
     struct run *r = ud;
     restore_tty(r);
     close_aux(r);
-    if (r->eg)
-        cli_egress_stop(r->eg);
     if (reason) {
         if (!r->reported) /* the exec already said it */
             fprintf(stderr, "gondolin: %s\n", reason);
-        const char *con = gd_vm_console_tail(vm);
+        const char *con = gd_vm_console_tail(gd_sandbox_vm(sb));
         if (con[0] && getenv("GONDOLIN_CONSOLE_ON_ERROR"))
             fprintf(stderr, "gondolin: guest console: %s\n", con);
         if (r->code < 0 || r->code == 0)
@@ -341,6 +338,9 @@ static void exec_usage(int pty)
 
 int cmd_exec(int argc, char **argv, int pty)
 {
+    for (int k = 1; !pty && k < argc && strcmp(argv[k], "--"); k++)
+        if (!strcmp(argv[k], "--session") || !strncmp(argv[k], "--session=", 10))
+            return cmd_sexec(argc, argv); /* a running session (cmd_sexec.c) */
     struct cli_vm_flags vf = {0};
     const char **env = calloc((size_t)argc + 2, sizeof(char *));
     size_t nenv = 0;
@@ -348,7 +348,6 @@ int cmd_exec(int argc, char **argv, int pty)
     int no_stdin = 0, tty = pty, no_network = 0;
     char **cmd = NULL;
     int i;
-    struct cli_egress *egr = calloc(1, sizeof(*egr));
     static struct cli_policy pol;
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -415,11 +414,9 @@ int cmd_exec(int argc, char **argv, int pty)
         env[nenv++] = termkv;
     }
     env[nenv] = NULL;
-    if (no_network && (pol.check.nallow || pol.check.nsecrets || pol.check.nmaps || pol.policy))
+    if (no_network && (pol.egress.nallow || pol.egress.nsecrets || pol.egress.nmaps || pol.policy))
         return cli_die(2, "--no-network cannot be combined with --policy, --allow-host, "
                           "--host-secret or --tcp-map");
-    gd_engine *eng = NULL;
-    const char **penv = NULL;
     char reg_path[512] = "";
     if (!no_network && pol.policy) { /* found by `gondolin policy reload` */
         char dir[450];
@@ -433,41 +430,6 @@ int cmd_exec(int argc, char **argv, int pty)
             }
         }
     }
-    if (!no_network) {
-        int prc = cli_policy_engine(&pol, 0, &eng);
-        if (prc) {
-            if (reg_path[0]) {
-                unlink(reg_path);
-                unlink(pol.status_path);
-            }
-            return prc;
-        }
-        egr->eng = eng;
-        const struct gd_lua_conf *pc = gd_engine_policy_conf(eng);
-        if (pc) { /* the policy's VM settings; the command line wins */
-            if (!vf.image)
-                vf.image = pc->image;
-            if (!vf.memory_mb)
-                vf.memory_mb = pc->memory_mb;
-            if (!vf.cpus)
-                vf.cpus = pc->cpus;
-            size_t np = 0;
-            while (pc->env && pc->env[np])
-                np++;
-            penv = calloc(np + nenv + 1, sizeof(char *));
-            for (size_t k = 0; k < np; k++)
-                penv[k] = pc->env[k];
-            for (size_t k = 0; k <= nenv; k++)
-                penv[np + k] = env[k];
-            free(env);
-            env = penv;
-            nenv += np;
-        }
-    }
-
-    char image[1024];
-    if (cli_image_dir(&vf, image, sizeof(image)))
-        return 125;
 
     signal(SIGPIPE, SIG_IGN);
     struct run *r = calloc(1, sizeof(*r));
@@ -486,38 +448,28 @@ int cmd_exec(int argc, char **argv, int pty)
     int in_tty = isatty(0);
     r->xo.stdin_stream = !no_stdin && (tty || !in_tty);
 
-    struct gd_vm_opts vo = {.image_dir = image,
-                            .accel = vf.accel,
-                            .memory_mb = vf.memory_mb,
-                            .cpus = vf.cpus,
-                            .rootfs_mode = vf.rootfs_mode,
-                            .verbose = vf.verbose};
-    static char append[4096];
-    const char *extra = getenv("GONDOLIN_APPEND");
-    snprintf(append, sizeof(append), "%s", extra ? extra : "");
-    const char **allenv = env;
-    if (!no_network) {
-        int erc = cli_egress_start(egr, r->loop, append, sizeof(append));
-        if (erc)
-            return erc;
-        r->eg = egr;
-        vo.net_fd = egr->qemu_fd;
-        vo.append = append;
-        /* placeholders first: an explicit --env wins */
-        size_t ns = 0;
-        while (egr->env && egr->env[ns])
-            ns++;
-        allenv = calloc(ns + nenv + 1, sizeof(char *));
-        for (size_t k = 0; k < ns; k++)
-            allenv[k] = egr->env[k];
-        for (size_t k = 0; k < nenv; k++)
-            allenv[ns + k] = env[k];
-        r->xo.env = allenv;
-    }
+    struct gd_sandbox_opts so = {.image = vf.image,
+                                 .resolve_image = cli_resolve_image,
+                                 .image_ud = &vf.verbose,
+                                 .accel = vf.accel,
+                                 .memory_mb = vf.memory_mb,
+                                 .cpus = vf.cpus,
+                                 .rootfs_mode = vf.rootfs_mode,
+                                 .verbose = vf.verbose,
+                                 .append = getenv("GONDOLIN_APPEND"),
+                                 .no_network = no_network};
+    cli_policy_sandbox(&pol, &so);
     struct gd_err err = {{0}};
-    int rc = gd_vm_new(r->loop, &vo, &r->vm, &err);
-    if (rc)
-        return cli_die(125, "%s", err.msg);
+    int rc = gd_sandbox_new(r->loop, &so, &r->sb, &err);
+    if (rc) {
+        if (reg_path[0]) {
+            unlink(reg_path);
+            unlink(pol.status_path);
+        }
+        /* a bad policy is a usage error, a missing image 1, anything else the VM's */
+        return cli_die(rc == -EINVAL ? 2 : rc == -ENOENT ? 1 : 125, "%s", err.msg);
+    }
+    cli_policy_status(&pol, 1, gd_sandbox_revision(r->sb), NULL);
 
     if (r->xo.stdin_stream) {
         if (uv_poll_init(r->loop, &r->in_poll, 0) == 0) {
@@ -543,7 +495,7 @@ int cmd_exec(int argc, char **argv, int pty)
     r->sigs_open = 1;
 
     r->t0 = uv_hrtime();
-    rc = gd_vm_start(r->vm, on_ready, on_vm_exit, r);
+    rc = gd_sandbox_start(r->sb, on_ready, on_sb_exit, r);
     if (rc) {
         close_aux(r);
         uv_run(r->loop, UV_RUN_DEFAULT);
@@ -552,21 +504,14 @@ int cmd_exec(int argc, char **argv, int pty)
     uv_run(r->loop, UV_RUN_DEFAULT);
     restore_tty(r);
     int code = r->code < 0 ? 125 : r->code;
-    gd_vm_free(r->vm);
-    if (r->eg)
-        cli_egress_stop(r->eg);
     uv_run(r->loop, UV_RUN_DEFAULT); /* let the network and proxy finish closing */
+    gd_sandbox_free(r->sb);
     uv_loop_close(r->loop);
-    cli_egress_free(egr);
-    free(egr);
-    gd_engine_free(eng);
     if (reg_path[0]) {
         unlink(reg_path);
         unlink(pol.status_path);
     }
     cli_policy_free(&pol);
-    if (allenv != env)
-        free(allenv);
     free(env);
     free(r);
     return code;

@@ -21,13 +21,14 @@ static void usage(void)
     printf("usage: gondolin policy check FILE.lua [--plugin PATH] [--plugin-dir DIR]\n"
            "       gondolin policy test FILE.lua [CASES.json]\n"
            "       gondolin policy explain FILE.lua METHOD URL [-H 'Name: value']...\n"
-           "       gondolin policy reload [PID]\n\n"
+           "       gondolin policy reload ID|NAME | [PID]\n\n"
            "check    compile and validate the policy (and the plugins it names); print what\n"
            "         it declares; exit 1 with file:line on the first problem\n"
            "test     run request cases (default FILE.test.json) against the policy, no VM;\n"
            "         print a pass/fail table; exit 1 if any case fails\n"
            "explain  which rule or hook decides one request, and why\n"
-           "reload   make running sandboxes (all of yours, or PID) reload their policy now\n\n"
+           "reload   make a session (gondolin start) reload its policy now; without a\n"
+           "         session: one-shot `exec --policy` runs (all of yours, or PID)\n\n"
            "Secret sources are not read by check/test/explain: every secret gets the value\n"
            "stub-NAME unless a test file's \"secrets\" gives one.\n");
 }
@@ -484,8 +485,11 @@ int cmd_policy(int argc, char **argv)
         return argc < 2 ? 2 : 0;
     }
     const char *sub = argv[1];
-    if (!strcmp(sub, "reload"))
+    if (!strcmp(sub, "reload")) {
+        if (argc > 2 && argv[2][strspn(argv[2], "0123456789")]) /* not a pid: a session */
+            return cli_session_reload(argv[2]);
         return cmd_reload(argc - 1, argv + 1);
+    }
     if (argc < 3)
         return cli_die(2, "policy %s: which policy file?", sub);
     if (!strcmp(sub, "check"))

@@ -1,14 +1,10 @@
-/* egress_rt.c - the CLI's egress stack for one VM: policy engine, MITM CA, proxy and
- * the guest network; and the policy flags shared by exec/bash/run and `policy`. */
+/* egress_rt.c - the policy flags shared by exec/bash/run/start and `policy`, and how
+ * they become a policy engine or a sandbox's policy options. */
 #define _GNU_SOURCE
 #include "cli.h"
 
 #include "base/fs.h"
-#include "base/pattern.h"
-#include "dns/addr.h"
-#include "net/net.h"
 
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,20 +55,13 @@ int cli_policy_flag(struct cli_policy *p, int argc, char **argv, int *i)
         }
         return 1;
     }
-    int start = *i;
     struct gd_err err = {{0}};
-    int rc = gd_egress_flag(&p->check, argc, argv, i, &err);
+    int rc = gd_egress_flag(&p->egress, argc, argv, i, &err);
     if (rc < 0) {
         cli_die(2, "%s", err.msg);
         return -1;
     }
-    if (rc == 0)
-        return 0;
-    size_t n = (size_t)p->nflags;
-    for (int k = start; k <= *i; k++)
-        push(&p->flags, &n, argv[k]);
-    p->nflags = (int)n;
-    return 1;
+    return rc;
 }
 
 static void engine_log(void *ud, const char *msg)
@@ -98,6 +87,11 @@ static void write_status(struct cli_policy *p, int ok, const char *rev, const ch
     rename(tmp, p->status_path);
 }
 
+void cli_policy_status(struct cli_policy *p, int ok, const char *rev, const char *msg)
+{
+    write_status(p, ok, rev, msg);
+}
+
 static void on_reload(void *ud, int ok, const char *rev, const char *msg)
 {
     write_status(ud, ok, rev, msg);
@@ -115,29 +109,36 @@ int cli_sandbox_dir(char *out, size_t cap)
     return gd_mkdir_p(out, 0700);
 }
 
-int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
+/* drop-in directories first, then --plugin-dir, then --plugin (engine order) */
+static const char **policy_dirs(struct cli_policy *p)
 {
-    /* drop-in directories first, then --plugin-dir, then --plugin (engine order) */
-    const char **dirs = NULL;
+    if (p->dirs)
+        return p->dirs;
     size_t nd = 0;
     static char user_dir[4096];
     if (!p->no_default_dirs) {
         const char *sys = getenv("GONDOLIN_SYSTEM_PLUGIN_DIR");
-        push(&dirs, &nd, sys ? sys : "/etc/gondolin/plugins.d");
+        push(&p->dirs, &nd, sys ? sys : "/etc/gondolin/plugins.d");
         const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
         if (xdg && *xdg)
             snprintf(user_dir, sizeof(user_dir), "%s/gondolin/plugins.d", xdg);
         else if (home)
             snprintf(user_dir, sizeof(user_dir), "%s/.config/gondolin/plugins.d", home);
         if (user_dir[0])
-            push(&dirs, &nd, user_dir);
+            push(&p->dirs, &nd, user_dir);
     }
     for (const char **d = p->plugin_dirs; d && *d; d++)
-        push(&dirs, &nd, *d);
+        push(&p->dirs, &nd, *d);
+    if (!p->dirs)
+        push(&p->dirs, &nd, NULL);
+    return p->dirs;
+}
+
+int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
+{
     struct gd_engine_opts o = {.policy = p->policy,
-                               .flags = p->flags,
-                               .nflags = p->nflags,
-                               .plugin_dirs = dirs,
+                               .base = &p->egress,
+                               .plugin_dirs = policy_dirs(p),
                                .plugins = p->plugins,
                                .quiet = quiet,
                                .log = engine_log,
@@ -146,125 +147,28 @@ int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
                                .secret_values = p->secret_values,
                                .stub_secrets = p->stub_secrets};
     struct gd_err err = {{0}};
-    int rc = gd_engine_new(&o, out, &err);
-    free(dirs);
-    if (rc)
+    if (gd_engine_new(&o, out, &err))
         return cli_die(2, "%s", err.msg);
     write_status(p, 1, gd_engine_revision(*out), NULL);
     return 0;
 }
 
+void cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o)
+{
+    o->policy = p->policy;
+    o->egress = &p->egress;
+    o->plugin_dirs = policy_dirs(p);
+    o->plugins = p->plugins;
+    o->log = engine_log;
+    o->on_reload = on_reload;
+    o->ud = p;
+}
+
 void cli_policy_free(struct cli_policy *p)
 {
-    free(p->flags);
     free(p->plugin_dirs);
     free(p->plugins);
-    gd_egress_free(&p->check);
+    free(p->dirs);
+    gd_egress_free(&p->egress);
     memset(p, 0, sizeof(*p));
-}
-
-static int pol_port(void *ud, const char *name, unsigned port, const char **uh, unsigned *up)
-{
-    return gd_egress_port_policy(gd_engine_egress(((struct cli_egress *)ud)->eng), name, port, uh,
-                                 up);
-}
-
-static int pol_host(void *ud, const char *name)
-{
-    return gd_egress_host_allowed(gd_engine_egress(((struct cli_egress *)ud)->eng), name);
-}
-
-static int pol_addr(void *ud, const char *name, const char *addr)
-{
-    struct gd_egress *e = gd_engine_egress(((struct cli_egress *)ud)->eng);
-    if (!gd_addr_internal_str(addr))
-        return 1;
-    for (size_t i = 0; i < e->ninternal; i++)
-        if (gd_host_match(e->internal[i], name))
-            return 1;
-    return 0;
-}
-
-static void on_flow(void *ud, int fd, const struct gd_flow_info *info)
-{
-    struct cli_egress *x = ud;
-    gd_proxy_serve(x->px, fd, info);
-}
-
-int cli_egress_start(struct cli_egress *x, uv_loop_t *loop, char *append, size_t cap)
-{
-    struct gd_err err = {{0}};
-    struct gd_egress *eg = gd_engine_egress(x->eng);
-    struct gd_tls_opts to = {.upstream_ca = eg->upstream_ca};
-    if (gd_tls_new(&to, &x->tls, &err))
-        return cli_die(125, "%s", err.msg);
-    struct gd_proxy_opts po = {.tls = x->tls,
-                               .resolve = (const char *const *)eg->resolve,
-                               .on_event = gd_engine_on_event,
-                               .event_ud = x->eng};
-    gd_egress_proxy_limits(eg, &po);
-    if (gd_proxy_new(loop, &po, &x->px) || gd_engine_install(x->eng, x->px))
-        return cli_die(125, "cannot start the egress proxy");
-    struct gd_net_opts no = {.dns_mode = (int)eg->dns,
-                             .resolve = (const char *const *)eg->resolve,
-                             .port_policy = pol_port,
-                             .host_allowed = pol_host,
-                             .addr_allowed = pol_addr,
-                             .on_flow = on_flow,
-                             .ud = x};
-    if (gd_net_new(loop, &no, &x->net, &x->qemu_fd, &err))
-        return cli_die(125, "%s", err.msg);
-    size_t dl;
-    const unsigned char *der = gd_tls_ca_der(x->tls, &dl);
-    char *b64 = malloc(4 * ((dl + 2) / 3) + 1);
-    if (!b64)
-        return cli_die(125, "out of memory");
-    EVP_EncodeBlock((unsigned char *)b64, der, (int)dl);
-    size_t k = strlen(append);
-    snprintf(append + k, cap - k, "%s%s gondolin.ca=%s", k ? " " : "", gd_net_guest_arg(x->net),
-             b64);
-    free(b64);
-    x->env = gd_egress_guest_env(eg);
-    gd_engine_watch(x->eng, loop);
-    return 0;
-}
-
-static void on_net_closed(gd_net *n, void *ud)
-{
-    (void)ud;
-    gd_net_free(n);
-}
-
-static void on_px_closed(gd_proxy *p, void *ud)
-{
-    (void)ud;
-    gd_proxy_free(p);
-}
-
-void cli_egress_stop(struct cli_egress *x)
-{
-    if (x->eng)
-        gd_engine_close(x->eng);
-    if (x->net) {
-        gd_net_close(x->net, on_net_closed, NULL);
-        x->net = NULL;
-    }
-    if (x->px) {
-        gd_proxy_close(x->px, on_px_closed, NULL);
-        x->px = NULL;
-    }
-    if (x->qemu_fd > 0) {
-        close(x->qemu_fd);
-        x->qemu_fd = -1;
-    }
-}
-
-void cli_egress_free(struct cli_egress *x)
-{
-    gd_tls_free(x->tls);
-    x->tls = NULL;
-    for (char **e = x->env; e && *e; e++)
-        free(*e);
-    free(x->env);
-    x->env = NULL;
 }

@@ -108,23 +108,20 @@ int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f)
     return 1;
 }
 
-int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap)
+int cli_resolve_image(void *ud, const char *ref, char *out, size_t cap, struct gd_err *err)
 {
+    int verbose = ud ? *(const int *)ud : 0;
     const char *env = getenv("GONDOLIN_GUEST_DIR");
     const char *def = getenv("GONDOLIN_DEFAULT_IMAGE");
-    struct gd_err err = {{0}};
-    if (f->image || (env && *env) ||
+    if (ref || (env && *env) ||
         (def && *def && strcmp(def, "default:latest") && strcmp(def, "default"))) {
-        const char *sel = f->image ? f->image : env && *env ? env : def;
-        if (gd_store_resolve(sel, gd_host_arch(), out, cap, &err)) {
-            cli_die(1, "%s", err.msg);
-            return -1;
-        }
-        return 0;
+        const char *sel = ref ? ref : env && *env ? env : def;
+        return gd_store_resolve(sel, gd_host_arch(), out, cap, err);
     }
     gd_image_default_dir(out, cap);
     struct gd_image img;
-    int need = gd_image_load(out, 0, &img, &err) != 0;
+    struct gd_err sub = {{0}};
+    int need = gd_image_load(out, 0, &img, &sub) != 0;
     if (!need && strcmp(img.builder_id, gd_builder_id())) {
         /* built by another version of the builder or guest: rebuild, so the default
          * image is always what this binary would build */
@@ -146,9 +143,7 @@ int cli_image_dir(const struct cli_vm_flags *f, char *out, size_t cap)
         fprintf(stderr, "gondolin: no default image yet; building it from Debian packages "
                         "(first use only)\n");
     }
-    if (need && cli_build_default(out, f->verbose))
-        return -1;
-    return 0;
+    return need ? cli_build_default(out, verbose, err) : 0;
 }
 
 static void usage(FILE *f)
@@ -159,6 +154,14 @@ static void usage(FILE *f)
                "  exec [flags] -- CMD [ARGS...]   run a command in a fresh VM\n"
                "  exec [flags] -c 'SHELL STRING'  run a string with /bin/sh -lc\n"
                "  bash [flags] [-- CMD...]        interactive shell on a PTY\n"
+               "  start [flags] [--name N] [--json]  boot a sandbox that stays up (a session)\n"
+               "  exec --session ID [-t] -- CMD   run a command in a session (or -c STRING)\n"
+               "  attach ID [-- CMD]              interactive shell in a session; Ctrl-] detaches\n"
+               "  cp SRC ID:DST | cp ID:SRC DST   copy files and trees into or out of a session\n"
+               "  ls [--json]                     the running sessions\n"
+               "  logs ID [-f]                    a session's log (policy, denials, reloads)\n"
+               "  stop ID [--force]               stop a session\n"
+               "  policy reload ID                reload a session's policy\n"
                "  build --config FILE [--output DIR | --tag REF]  build a guest image\n"
                "  build --init-config | --validate FILE | --verify DIR | --default\n"
                "  image ls|inspect|import|tag|rm|gc  the local image store\n"
@@ -194,5 +197,17 @@ int main(int argc, char **argv)
         return cmd_build(argc - 1, argv + 1);
     if (!strcmp(c, "image"))
         return cmd_image(argc - 1, argv + 1);
+    if (!strcmp(c, "start"))
+        return cmd_start(argc - 1, argv + 1);
+    if (!strcmp(c, "attach"))
+        return cmd_attach(argc - 1, argv + 1);
+    if (!strcmp(c, "cp"))
+        return cmd_cp(argc - 1, argv + 1);
+    if (!strcmp(c, "ls"))
+        return cmd_ls(argc - 1, argv + 1);
+    if (!strcmp(c, "logs"))
+        return cmd_logs(argc - 1, argv + 1);
+    if (!strcmp(c, "stop"))
+        return cmd_stop(argc - 1, argv + 1);
     return cli_die(2, "unknown command '%s' (see gondolin --help)", c);
 }

@@ -43,8 +43,7 @@ struct watch {
 
 struct gd_engine {
     char *policy;
-    char **flags;
-    int nflags;
+    struct gd_egress base; /* the command line's or the C API's rules */
     char **plugin_dirs;
     char **plugin_files;
     char *lua_dir;
@@ -69,13 +68,14 @@ struct gd_engine {
     int watching;
 };
 
-static char **dup_list(const char *const *v, int n)
+/* Copy of a NULL-ended list (NULL: an empty one). */
+static char **dup_list(const char *const *v)
 {
-    if (n < 0)
-        for (n = 0; v && v[n]; n++)
-            ;
-    char **d = calloc((size_t)n + 1, sizeof(*d));
-    for (int i = 0; d && i < n; i++)
+    size_t n = 0;
+    while (v && v[n])
+        n++;
+    char **d = calloc(n + 1, sizeof(*d));
+    for (size_t i = 0; d && i < n; i++)
         if (!(d[i] = strdup(v[i])))
             return d; /* a short list; the caller's next step reports the gap */
     return d;
@@ -169,15 +169,24 @@ static void lua_log(void *ud, const char *msg)
     elog(ud, "policy: %s", msg);
 }
 
-/* Applies one egress flag (argv-style) to eg. */
-static int apply_flag(struct gd_egress *eg, const char *flag, const char *value, struct gd_err *err)
+/* Applies one Lua declaration to eg through its typed setter. */
+static int apply_rule(struct gd_egress *eg, const struct gd_lua_rule *d, struct gd_err *err)
 {
-    char *argv[3] = {(char *)flag, (char *)value, NULL};
-    int i = 0;
-    int rc = gd_egress_flag(eg, value ? 2 : 1, argv, &i, err);
-    if (rc == 0)
-        return gd_err_set(err, -EINVAL, "unknown option %s", flag);
-    return rc < 0 ? rc : 0;
+    static int (*const set[])(struct gd_egress *, const char *, struct gd_err *) = {
+        [GD_LUA_ALLOW] = gd_egress_allow,     [GD_LUA_ALLOW_INTERNAL] = gd_egress_allow_internal,
+        [GD_LUA_TCP_MAP] = gd_egress_tcp_map, [GD_LUA_DNS] = gd_egress_dns,
+        [GD_LUA_RESOLVE] = gd_egress_resolve, [GD_LUA_UPSTREAM_CA] = gd_egress_upstream_ca,
+    };
+    int rc = 0;
+    if (d->kind == GD_LUA_SECRETS_IN_QUERY)
+        gd_egress_secrets_in_query(eg, 1);
+    else if ((size_t)d->kind < sizeof(set) / sizeof(set[0]) && set[d->kind] && d->value)
+        rc = set[d->kind](eg, d->value, err);
+    else
+        rc = gd_err_set(err, -EINVAL, "unknown declaration");
+    if (rc)
+        gd_err_prefix(err, "%s: ", d->where);
+    return rc;
 }
 
 static int read_secret_file(const char *path, char *out, size_t cap, struct gd_err *err)
@@ -328,6 +337,11 @@ static int load_plugins(gd_engine *e, struct gd_err *err)
     return rc;
 }
 
+static void digest_update(void *md, const void *p, size_t n)
+{
+    EVP_DigestUpdate(md, p, n);
+}
+
 static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
 {
     *out = NULL;
@@ -338,31 +352,18 @@ static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
     r->refs = 1;
     r->next = e->live;
     e->live = r;
-    struct gd_err sub = {{0}};
     int rc;
-    for (int i = 0; i < e->nflags; i++) {
-        int j = i;
-        rc = gd_egress_flag(&r->eg, e->nflags, e->flags, &j, err);
-        if (rc < 0)
-            goto fail;
-        if (rc == 0) {
-            rc = gd_err_set(err, -EINVAL, "unknown option %s", e->flags[i]);
-            goto fail;
-        }
-        i = j;
-    }
+    if ((rc = gd_egress_copy(&r->eg, &e->base, err)))
+        goto fail;
     const struct gd_lua_conf *c = NULL;
     if (e->policy) {
         struct gd_lua_opts lo = {.lua_dir = e->lua_dir, .log = lua_log, .log_ud = e};
         if ((rc = gd_lua_load(e->policy, &lo, &r->lua, err)))
             goto fail;
         c = gd_lua_conf(r->lua);
-        for (size_t i = 0; i < c->nflags; i++)
-            if ((rc = apply_flag(&r->eg, c->flags[i].flag,
-                                 c->flags[i].value[0] ? c->flags[i].value : NULL, &sub))) {
-                rc = gd_err_set(err, rc, "%s: %s", c->flags[i].where, sub.msg);
+        for (size_t i = 0; i < c->nrules; i++)
+            if ((rc = apply_rule(&r->eg, &c->rules[i], err)))
                 goto fail;
-            }
     }
     /* plugins: every loaded one, configured from the policy's plugins table */
     if ((rc = load_plugins(e, err)))
@@ -395,26 +396,23 @@ static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
     }
     /* secrets the policy declares, from their sources */
     for (size_t i = 0; c && i < c->nsecrets; i++) {
-        char value[65536], spec[66000];
+        char value[65536];
         if ((rc = resolve_secret(r, &c->secrets[i], value, sizeof(value), err)))
             goto fail;
-        snprintf(spec, sizeof(spec), "%s@%s=%s", c->secrets[i].name, c->secrets[i].hosts, value);
-        rc = apply_flag(&r->eg, "--host-secret", spec, &sub);
+        rc = gd_egress_secret(&r->eg, c->secrets[i].name, c->secrets[i].hosts, value, err);
         memset(value, 0, sizeof(value));
-        memset(spec, 0, sizeof(spec));
         if (rc) {
-            rc = gd_err_set(err, rc, "%s: %s", c->secrets[i].where, sub.msg);
+            gd_err_prefix(err, "%s: ", c->secrets[i].where);
             goto fail;
         }
     }
-    /* start-only settings come from the engine, never from a reload */
-    free(r->eg.audit_path);
-    r->eg.audit_path = NULL;
+    /* start-only settings come from the engine, never from a reload (a Lua policy
+     * declares no audit file; the base's was opened once by gd_engine_new) */
     snprintf(r->eg.vm_id, sizeof(r->eg.vm_id), "%s", e->vm_id);
     r->eg.quiet = e->quiet;
+    r->eg.audit = e->audit;
     if ((rc = gd_egress_finish(&r->eg, err)))
         goto fail;
-    r->eg.audit = e->audit;
 
     /* the chain */
     if ((rc = add_chain(r, "allow-host", GD_PHASE_REQUEST_HEAD, gd_egress_hook_allow, &r->eg)) ||
@@ -441,15 +439,14 @@ static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
     if ((rc = add_chain(r, "secrets", GD_PHASE_REQUEST_HEAD, gd_egress_hook_secrets, &r->eg)))
         goto oom;
 
-    /* the revision's identity: policy files, flags, plugins */
+    /* the revision's identity: policy files, the base rules, plugins */
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     if (!md)
         goto oom;
     EVP_DigestInit_ex(md, EVP_sha256(), NULL);
     if (r->lua)
         EVP_DigestUpdate(md, gd_lua_hash(r->lua), 64);
-    for (int i = 0; i < e->nflags; i++)
-        EVP_DigestUpdate(md, e->flags[i], strlen(e->flags[i]) + 1);
+    gd_egress_digest(&e->base, digest_update, md);
     for (size_t k = 0; k < e->nplugins; k++) {
         EVP_DigestUpdate(md, gd_plugin_path(e->plugins[k]),
                          strlen(gd_plugin_path(e->plugins[k])) + 1);
@@ -504,46 +501,40 @@ int gd_engine_new(const struct gd_engine_opts *o, gd_engine **out, struct gd_err
     if (!e)
         return gd_err_set(err, -ENOMEM, "out of memory");
     e->policy = o->policy ? strdup(o->policy) : NULL;
-    e->flags = dup_list(o->flags, o->nflags);
-    e->nflags = o->nflags;
-    e->plugin_dirs = dup_list(o->plugin_dirs, -1);
-    e->plugin_files = dup_list(o->plugins, -1);
+    e->plugin_dirs = dup_list(o->plugin_dirs);
+    e->plugin_files = dup_list(o->plugins);
     const char *ld = o->lua_dir ? o->lua_dir : gd_engine_default_lua_dir();
     e->lua_dir = ld ? strdup(ld) : NULL;
     e->quiet = o->quiet;
     e->log = o->log;
     e->log_ud = o->log_ud;
     e->on_reload = o->on_reload;
-    e->secret_values = dup_list(o->secret_values, -1);
+    e->secret_values = dup_list(o->secret_values);
     e->stub_secrets = o->stub_secrets;
-    if ((o->policy && !e->policy) || !e->flags || !e->plugin_dirs || !e->plugin_files) {
+    if ((o->policy && !e->policy) || !e->plugin_dirs || !e->plugin_files) {
         gd_engine_free(e);
         return gd_err_set(err, -ENOMEM, "out of memory");
+    }
+    int rc;
+    if (o->base && (rc = gd_egress_copy(&e->base, o->base, err))) {
+        gd_engine_free(e);
+        return rc;
     }
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     snprintf(e->vm_id, sizeof(e->vm_id), "%lx-%x", (long)ts.tv_sec, (unsigned)getpid());
-    /* the audit file is opened once, from the command line flags */
-    struct gd_egress probe = {0};
-    for (int i = 0; i < e->nflags; i++) {
-        int j = i;
-        if (gd_egress_flag(&probe, e->nflags, e->flags, &j, NULL) > 0)
-            i = j;
-    }
-    if (probe.audit_path) {
-        e->audit = fopen(probe.audit_path, "ae");
+    /* the audit file is opened once, from the base rules */
+    if (e->base.audit_path) {
+        e->audit = fopen(e->base.audit_path, "ae");
         if (!e->audit) {
-            int rc = gd_err_set(err, -errno, "cannot open audit file %s: %s", probe.audit_path,
-                                strerror(errno));
-            gd_egress_free(&probe);
+            rc = gd_err_set(err, -errno, "cannot open audit file %s: %s", e->base.audit_path,
+                            strerror(errno));
             gd_engine_free(e);
             return rc;
         }
         setvbuf(e->audit, NULL, _IOLBF, 0);
     }
-    gd_egress_free(&probe);
-    int rc = rev_build(e, &e->cur, err);
-    if (rc) {
+    if ((rc = rev_build(e, &e->cur, err))) {
         gd_engine_free(e);
         return rc;
     }
@@ -567,7 +558,7 @@ void gd_engine_free(gd_engine *e)
     if (e->audit)
         fclose(e->audit);
     free(e->policy);
-    free_list(e->flags);
+    gd_egress_free(&e->base);
     free_list(e->plugin_dirs);
     free_list(e->plugin_files);
     free_list(e->secret_values);

@@ -1,8 +1,10 @@
 /*
- * engine.h - the policy engine: one object per sandbox that turns the command line's
- * egress flags, a Lua policy file and the loaded .so plugins into a *revision* (egress
- * rules, plugin instances, Lua state, one ordered hook chain), installs a single
- * dispatcher hook into the proxy, and swaps revisions on reload.
+ * engine.h - the policy engine: one object per sandbox that turns the base egress rules
+ * (typed, from the command line or the C API), a Lua policy file and the loaded .so
+ * plugins into a *revision* (egress rules, plugin instances, Lua state, one ordered hook
+ * chain), installs a single dispatcher hook into the proxy, and swaps revisions on
+ * reload. A revision's rules are a copy of the base plus the policy's declarations,
+ * applied through the typed setters of policy/egress.h.
  *
  * Chain of a revision, in order:
  *   allow-host (REQUEST)  internal-ranges (CONNECT)  plugin hooks (load order)
@@ -31,9 +33,11 @@
 typedef struct gd_engine gd_engine;
 
 struct gd_engine_opts {
-    const char *policy;       /* Lua policy file, or NULL (flags only) */
-    const char *const *flags; /* egress flags as argv, replayed into every revision */
-    int nflags;
+    const char *policy; /* Lua policy file, or NULL (base rules only) */
+    /* typed rules from the command line or the C API (copied; every revision starts
+     * from them, the Lua policy's declarations added); NULL = none. Its audit_path is
+     * opened once here, its audit FILE* is not used. */
+    const struct gd_egress *base;
     const char *const *plugin_dirs;         /* NULL-ended; scanned in order, files sorted */
     const char *const *plugins;             /* NULL-ended explicit .so paths, after the dirs */
     const char *lua_dir;                    /* trusted modules; NULL = found next to the binary */

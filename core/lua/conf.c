@@ -1,6 +1,6 @@
 /*
  * conf.c - reading the policy table: every key validated (unknown keys with a
- * did-you-mean, types, ranges), declarations turned into egress flags and lists, hooks
+ * did-you-mean, types, ranges), declarations turned into typed rules and lists, hooks
  * into registry refs. Errors carry file:line.
  */
 #define _GNU_SOURCE
@@ -111,34 +111,31 @@ static char *xstrdup(lua_State *L, const char *s)
     return d;
 }
 
-static void add_flag(lua_State *L, gd_lua *l, const char *flag, const char *value, const char *key,
-                     const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-static void add_flag(lua_State *L, gd_lua *l, const char *flag, const char *value, const char *key,
-                     const char *fmt, ...)
+static void add_rule(lua_State *L, gd_lua *l, enum gd_lua_rule_kind kind, const char *value,
+                     const char *key, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static void add_rule(lua_State *L, gd_lua *l, enum gd_lua_rule_kind kind, const char *value,
+                     const char *key, const char *fmt, ...)
 {
     struct gd_lua_conf *c = &l->conf;
-    struct gd_lua_flag *q = realloc(c->flags, (c->nflags + 1) * sizeof(*q));
+    struct gd_lua_rule *q = realloc(c->rules, (c->nrules + 1) * sizeof(*q));
     if (!q)
         luaL_error(L, "out of memory");
-    c->flags = q;
+    c->rules = q;
     char w[300], what[200];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(what, sizeof(what), fmt, ap);
     va_end(ap);
     lwhere(l, key, w, sizeof(w));
-    struct gd_lua_flag f = {.flag = flag};
-    char *v = strdup(value), *where = NULL;
+    char *v = value ? strdup(value) : NULL, *where = NULL;
     if (asprintf(&where, "%s: %s", w, what) < 0)
         where = NULL;
-    if (!v || !where) {
+    if ((value && !v) || !where) {
         free(v);
         free(where);
         luaL_error(L, "out of memory");
     }
-    f.value = v;
-    f.where = where;
-    q[c->nflags++] = f;
+    q[c->nrules++] = (struct gd_lua_rule){.kind = kind, .value = v, .where = where};
 }
 
 /* ---- reading the policy table ---- */
@@ -162,32 +159,24 @@ static void want_table(lua_State *L, gd_lua *l, int idx, const char *key, const 
     }
 }
 
-/* Calls fn for each string of a string-or-list value at idx. */
-static void each_string(lua_State *L, gd_lua *l, int idx, const char *key, const char *what,
-                        void (*fn)(lua_State *, gd_lua *, const char *, const char *, int),
-                        const char *flag)
+/* Adds a rule of kind for each string of a string-or-list value at idx. */
+static void each_string(lua_State *L, gd_lua *l, int idx, const char *key,
+                        enum gd_lua_rule_kind kind)
 {
     if (lua_type(L, idx) == LUA_TSTRING) {
-        fn(L, l, flag, lua_tostring(L, idx), 1);
+        add_rule(L, l, kind, lua_tostring(L, idx), key, "%s[1] '%s'", key, lua_tostring(L, idx));
         return;
     }
-    want_table(L, l, idx, key, what);
+    want_table(L, l, idx, key, key);
     size_t n = lua_objlen(L, idx);
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, idx, (int)i);
         char w[120];
-        snprintf(w, sizeof(w), "%s[%zu]", what, i);
-        fn(L, l, flag, want_string(L, l, -1, key, w), (int)i);
+        snprintf(w, sizeof(w), "%s[%zu]", key, i);
+        const char *v = want_string(L, l, -1, key, w);
+        add_rule(L, l, kind, v, key, "%s '%s'", w, v);
         lua_pop(L, 1);
     }
-}
-
-static void flag_cb(lua_State *L, gd_lua *l, const char *flag, const char *v, int i)
-{
-    const char *key = !strcmp(flag, "--allow-internal") ? "allow_internal"
-                      : !strcmp(flag, "--tcp-map")      ? "tcp_map"
-                                                        : "allow";
-    add_flag(L, l, flag, v, key, "%s[%d] '%s'", key, i, v);
 }
 
 static void read_allow_table(lua_State *L, gd_lua *l, int idx, int i)
@@ -218,7 +207,7 @@ static void read_allow_table(lua_State *L, gd_lua *l, int idx, int i)
     lua_getfield(L, idx, "method");
     int m = lua_isnil(L, -2) ? lua_gettop(L) : lua_gettop(L) - 1;
     if (lua_isnil(L, m)) {
-        add_flag(L, l, "--allow-host", hostport, "allow", "%s '%s'", what, hostport);
+        add_rule(L, l, GD_LUA_ALLOW, hostport, "allow", "%s '%s'", what, hostport);
     } else {
         int single = lua_type(L, m) == LUA_TSTRING;
         if (!single)
@@ -232,7 +221,7 @@ static void read_allow_table(lua_State *L, gd_lua *l, int idx, int i)
             const char *meth = want_string(L, l, -1, "methods", "allow[].methods[]");
             char rule[450];
             snprintf(rule, sizeof(rule), "%s %s", meth, hostport);
-            add_flag(L, l, "--allow-host", rule, "allow", "%s '%s'", what, rule);
+            add_rule(L, l, GD_LUA_ALLOW, rule, "allow", "%s '%s'", what, rule);
             lua_pop(L, 1);
         }
     }
@@ -242,7 +231,7 @@ static void read_allow_table(lua_State *L, gd_lua *l, int idx, int i)
 static void read_allow(lua_State *L, gd_lua *l, int idx)
 {
     if (lua_type(L, idx) == LUA_TSTRING) {
-        add_flag(L, l, "--allow-host", lua_tostring(L, idx), "allow", "allow '%s'",
+        add_rule(L, l, GD_LUA_ALLOW, lua_tostring(L, idx), "allow", "allow '%s'",
                  lua_tostring(L, idx));
         return;
     }
@@ -251,7 +240,7 @@ static void read_allow(lua_State *L, gd_lua *l, int idx)
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, idx, (int)i);
         if (lua_type(L, -1) == LUA_TSTRING)
-            add_flag(L, l, "--allow-host", lua_tostring(L, -1), "allow", "allow[%zu] '%s'", i,
+            add_rule(L, l, GD_LUA_ALLOW, lua_tostring(L, -1), "allow", "allow[%zu] '%s'", i,
                      lua_tostring(L, -1));
         else if (lua_istable(L, -1))
             read_allow_table(L, l, lua_gettop(L), (int)i);
@@ -357,13 +346,14 @@ static void read_secrets(lua_State *L, gd_lua *l, int idx)
     }
 }
 
-static void read_map(lua_State *L, gd_lua *l, int idx, const char *key, const char *flag, char sep)
+static void read_map(lua_State *L, gd_lua *l, int idx, const char *key, enum gd_lua_rule_kind kind,
+                     char sep)
 {
     want_table(L, l, idx, key, key);
     size_t n = lua_objlen(L, idx);
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, idx, (int)i);
-        add_flag(L, l, flag, want_string(L, l, -1, key, key), key, "%s[%zu]", key, i);
+        add_rule(L, l, kind, want_string(L, l, -1, key, key), key, "%s[%zu]", key, i);
         lua_pop(L, 1);
     }
     lua_pushnil(L);
@@ -372,7 +362,7 @@ static void read_map(lua_State *L, gd_lua *l, int idx, const char *key, const ch
             char v[700];
             snprintf(v, sizeof(v), "%s%c%s", lua_tostring(L, -2), sep,
                      want_string(L, l, -1, key, key));
-            add_flag(L, l, flag, v, key, "%s['%s']", key, lua_tostring(L, -2));
+            add_rule(L, l, kind, v, key, "%s['%s']", key, lua_tostring(L, -2));
         } else if (lua_type(L, -2) != LUA_TNUMBER)
             luaL_error(L, "%s: %s: bad key", l->display, key);
         lua_pop(L, 1);
@@ -487,28 +477,28 @@ static void read_description(lua_State *L, gd_lua *l, int idx)
 
 static void read_allow_internal(lua_State *L, gd_lua *l, int idx)
 {
-    each_string(L, l, idx, "allow_internal", "allow_internal", flag_cb, "--allow-internal");
+    each_string(L, l, idx, "allow_internal", GD_LUA_ALLOW_INTERNAL);
 }
 
 static void read_secrets_in_query(lua_State *L, gd_lua *l, int idx)
 {
     if (lua_toboolean(L, idx))
-        add_flag(L, l, "--secrets-in-query", "", "secrets_in_query", "secrets_in_query");
+        add_rule(L, l, GD_LUA_SECRETS_IN_QUERY, NULL, "secrets_in_query", "secrets_in_query");
 }
 
 static void read_dns(lua_State *L, gd_lua *l, int idx)
 {
-    add_flag(L, l, "--dns", want_string(L, l, idx, "dns", "dns"), "dns", "dns");
+    add_rule(L, l, GD_LUA_DNS, want_string(L, l, idx, "dns", "dns"), "dns", "dns");
 }
 
 static void read_tcp_map(lua_State *L, gd_lua *l, int idx)
 {
-    read_map(L, l, idx, "tcp_map", "--tcp-map", '=');
+    read_map(L, l, idx, "tcp_map", GD_LUA_TCP_MAP, '=');
 }
 
 static void read_resolve(lua_State *L, gd_lua *l, int idx)
 {
-    read_map(L, l, idx, "resolve", "--resolve", ':');
+    read_map(L, l, idx, "resolve", GD_LUA_RESOLVE, ':');
 }
 
 static void read_upstream_ca(lua_State *L, gd_lua *l, int idx)
@@ -516,7 +506,7 @@ static void read_upstream_ca(lua_State *L, gd_lua *l, int idx)
     const char *ca = want_string(L, l, idx, "upstream_ca", "upstream_ca");
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s%s%s", *ca == '/' ? "" : l->dir, *ca == '/' ? "" : "/", ca);
-    add_flag(L, l, "--upstream-ca", path, "upstream_ca", "upstream_ca");
+    add_rule(L, l, GD_LUA_UPSTREAM_CA, path, "upstream_ca", "upstream_ca");
 }
 
 static void read_limits(lua_State *L, gd_lua *l, int li)

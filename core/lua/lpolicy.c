@@ -144,11 +144,11 @@ void gd_lua_free(gd_lua *l)
         free(l->site[i]);
     struct gd_lua_conf *c = &l->conf;
     free(c->name);
-    for (size_t i = 0; i < c->nflags; i++) {
-        free((char *)c->flags[i].value);
-        free(c->flags[i].where);
+    for (size_t i = 0; i < c->nrules; i++) {
+        free(c->rules[i].value);
+        free(c->rules[i].where);
     }
-    free(c->flags);
+    free(c->rules);
     for (size_t i = 0; i < c->nsecrets; i++) {
         free(c->secrets[i].name);
         free(c->secrets[i].hosts);

@@ -19,7 +19,7 @@
  *
  * Loading compiles and runs the file (and what it requires) once, validates every key,
  * and then locks the globals. Nothing is resolved or applied here: the declarations come
- * out as egress flags and lists for the engine above to apply, so this module needs no
+ * out as typed rules and lists for the engine above to apply, so this module needs no
  * knowledge of the egress, plugin or network layers.
  *
  * Hooks fail closed: an error, a CPU budget overrun or an allocation beyond the cap in
@@ -45,10 +45,22 @@ struct gd_lua_opts {
     void *log_ud;
 };
 
-/* A declaration that the engine applies as an egress flag ("--allow-host", value). */
-struct gd_lua_flag {
-    const char *flag, *value;
-    char *where; /* "agent.lua:12: allow[2]" for error messages */
+/* A declaration of an egress rule, which the engine hands to the typed setter of its
+ * kind (policy/egress.h) with value. */
+enum gd_lua_rule_kind {
+    GD_LUA_ALLOW,            /* allow: "[METHOD ]HOST[:PORT][/PATH]" */
+    GD_LUA_ALLOW_INTERNAL,   /* allow_internal: a host pattern */
+    GD_LUA_TCP_MAP,          /* tcp_map: "HOST:PORT[=UPHOST:UPPORT]" */
+    GD_LUA_DNS,              /* dns: "synthetic", "trusted" or "open" */
+    GD_LUA_RESOLVE,          /* resolve: "NAME:ADDR" */
+    GD_LUA_UPSTREAM_CA,      /* upstream_ca: a path (made absolute against the policy's dir) */
+    GD_LUA_SECRETS_IN_QUERY, /* secrets_in_query = true (value NULL) */
+};
+
+struct gd_lua_rule {
+    enum gd_lua_rule_kind kind;
+    char *value;
+    char *where; /* "agent.lua:12: allow[2] 'rule'" for error messages */
 };
 
 struct gd_lua_secret {
@@ -63,8 +75,8 @@ struct gd_lua_plugin_conf {
 
 struct gd_lua_conf {
     char *name;
-    struct gd_lua_flag *flags;
-    size_t nflags;
+    struct gd_lua_rule *rules; /* in declaration order */
+    size_t nrules;
     struct gd_lua_secret *secrets;
     size_t nsecrets;
     struct gd_lua_plugin_conf *plugins;

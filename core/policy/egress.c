@@ -8,6 +8,7 @@
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -54,23 +55,25 @@ static int parse_rule(const char *text, struct gd_allow_rule *r, struct gd_err *
     if (sp) {
         for (const char *c = p; c < sp; c++)
             if (!isupper((unsigned char)*c))
-                return gd_err_set(err, -EINVAL, "--allow-host '%s': method must be uppercase",
-                                  text);
-        r->method = strndup(p, (size_t)(sp - p));
+                return gd_err_set(err, -EINVAL, "allow rule '%s': method must be uppercase", text);
+        if (sp == p)
+            return gd_err_set(err, -EINVAL, "allow rule '%s': no method before the space", text);
+        if (!(r->method = strndup(p, (size_t)(sp - p))))
+            return gd_err_set(err, -ENOMEM, "out of memory");
         p = sp + 1;
     }
     const char *slash = strchr(p, '/');
     char hostport[300];
     size_t hl = slash ? (size_t)(slash - p) : strlen(p);
     if (hl >= sizeof(hostport) || !hl)
-        return gd_err_set(err, -EINVAL, "--allow-host '%s': no host", text);
+        return gd_err_set(err, -EINVAL, "allow rule '%s': no host", text);
     memcpy(hostport, p, hl);
     hostport[hl] = 0;
     char *colon = strrchr(hostport, ':');
     if (hostport[0] == '[') { /* [v6]:port */
         char *rb = strchr(hostport, ']');
         if (!rb || (rb[1] && rb[1] != ':'))
-            return gd_err_set(err, -EINVAL, "--allow-host '%s': bad [address]", text);
+            return gd_err_set(err, -EINVAL, "allow rule '%s': bad [address]", text);
         colon = rb[1] == ':' ? rb + 1 : NULL;
         memmove(hostport, hostport + 1, strlen(hostport));
         rb--;
@@ -81,14 +84,14 @@ static int parse_rule(const char *text, struct gd_allow_rule *r, struct gd_err *
     if (colon) {
         *colon = 0;
         if (parse_port(colon + 1, &r->port))
-            return gd_err_set(err, -EINVAL, "--allow-host '%s': bad port", text);
+            return gd_err_set(err, -EINVAL, "allow rule '%s': bad port", text);
     }
     for (char *c = hostport; *c; c++)
         *c = (char)tolower((unsigned char)*c);
     if (gd_host_pattern_check(hostport))
         return gd_err_set(err, -EINVAL,
-                          "--allow-host '%s': host must be a name, *.name or * (letters, "
-                          "digits, '-', '.')",
+                          "allow rule '%s': host must be a name, *.name or * (letters, digits, "
+                          "'-', '.')",
                           text);
     r->host = strdup(hostport);
     r->path = slash ? strdup(slash) : NULL;
@@ -97,6 +100,304 @@ static int parse_rule(const char *text, struct gd_allow_rule *r, struct gd_err *
         return gd_err_set(err, -ENOMEM, "out of memory");
     return 0;
 }
+
+/* Makes room for one more element of an array of elements of size sz. */
+static void *grow(void *v, size_t n, size_t sz)
+{
+    return realloc(v, (n + 1) * sz);
+}
+
+int gd_egress_allow(struct gd_egress *e, const char *rule, struct gd_err *err)
+{
+    struct gd_allow_rule r, *q = NULL;
+    int rc = parse_rule(rule, &r, err);
+    if (!rc && !(q = grow(e->allow, e->nallow, sizeof(*q))))
+        rc = gd_err_set(err, -ENOMEM, "out of memory");
+    if (rc) {
+        rule_free(&r);
+        return rc;
+    }
+    e->allow = q;
+    q[e->nallow++] = r;
+    return 0;
+}
+
+int gd_egress_allow_internal(struct gd_egress *e, const char *host_pattern, struct gd_err *err)
+{
+    if (gd_host_pattern_check(host_pattern))
+        return gd_err_set(err, -EINVAL,
+                          "allow-internal '%s': not a host pattern (name, *.name or *)",
+                          host_pattern);
+    return push_str(&e->internal, &e->ninternal, host_pattern)
+               ? gd_err_set(err, -ENOMEM, "out of memory")
+               : 0;
+}
+
+int gd_egress_secret(struct gd_egress *e, const char *name, const char *hosts, const char *value,
+                     struct gd_err *err)
+{
+    for (size_t k = 0; k < e->nsecrets; k++)
+        if (!strcmp(e->secrets[k].name, name))
+            return gd_err_set(err, -EINVAL, "secret %s given twice", name);
+    struct gd_secret s, *q = NULL;
+    int rc = gd_secret_init(&s, name, hosts, value, err);
+    if (rc)
+        return rc;
+    if (!(q = grow(e->secrets, e->nsecrets, sizeof(*q)))) {
+        gd_secret_free(&s);
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    }
+    e->secrets = q;
+    q[e->nsecrets++] = s;
+    return 0;
+}
+
+int gd_egress_tcp_map(struct gd_egress *e, const char *spec, struct gd_err *err)
+{
+    char tmp[600];
+    if (strlen(spec) >= sizeof(tmp))
+        return gd_err_set(err, -EINVAL, "tcp map '%.40s...': too long", spec);
+    snprintf(tmp, sizeof(tmp), "%s", spec);
+    char *eq = strchr(tmp, '=');
+    if (eq)
+        *eq = 0;
+    struct gd_tcp_map m = {0}, *q = NULL;
+    char *c = strrchr(tmp, ':');
+    if (!c || parse_port(c + 1, &m.port))
+        return gd_err_set(err, -EINVAL, "tcp map '%s': wants HOST:PORT[=UPHOST:UPPORT]", spec);
+    *c = 0;
+    if (gd_host_pattern_check(tmp) || strchr(tmp, '*'))
+        return gd_err_set(err, -EINVAL, "tcp map '%s': bad host", spec);
+    if (eq) {
+        char *c2 = strrchr(eq + 1, ':');
+        if (!c2 || c2 == eq + 1 || parse_port(c2 + 1, &m.up_port))
+            return gd_err_set(err, -EINVAL, "tcp map '%s': bad upstream", spec);
+        *c2 = 0;
+    } else {
+        m.up_port = m.port;
+    }
+    m.host = strdup(tmp);
+    m.up_host = strdup(eq ? eq + 1 : tmp);
+    if (!m.host || !m.up_host || !(q = grow(e->maps, e->nmaps, sizeof(*q)))) {
+        free(m.host);
+        free(m.up_host);
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    }
+    e->maps = q;
+    q[e->nmaps++] = m;
+    return 0;
+}
+
+int gd_egress_dns(struct gd_egress *e, const char *mode, struct gd_err *err)
+{
+    static const char *const modes[] = {
+        [GD_DNS_SYNTHETIC] = "synthetic", [GD_DNS_TRUSTED] = "trusted", [GD_DNS_OPEN] = "open"};
+    for (size_t k = 0; k < sizeof(modes) / sizeof(modes[0]); k++)
+        if (!strcmp(mode, modes[k])) {
+            e->dns = (enum gd_dns_mode)k;
+            return 0;
+        }
+    return gd_err_set(err, -EINVAL, "DNS mode '%s': wants synthetic, trusted or open", mode);
+}
+
+int gd_egress_resolve(struct gd_egress *e, const char *name_addr, struct gd_err *err)
+{
+    /* NAME:ADDR (like curl's --resolve without the port), kept as NAME=ADDR */
+    const char *c = strchr(name_addr, ':');
+    if (!c || c == name_addr || !c[1])
+        return gd_err_set(err, -EINVAL, "resolve '%s': wants NAME:ADDRESS", name_addr);
+    char *kv;
+    if (asprintf(&kv, "%.*s=%s", (int)(c - name_addr), name_addr, c + 1) < 0)
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    int rc = push_str(&e->resolve, &e->nresolve, kv);
+    free(kv);
+    return rc ? gd_err_set(err, -ENOMEM, "out of memory") : 0;
+}
+
+/* Replaces *slot by a copy of a non-empty path. */
+static int set_path(char **slot, const char *what, const char *path, struct gd_err *err)
+{
+    if (!*path)
+        return gd_err_set(err, -EINVAL, "%s: the path is empty", what);
+    char *d = strdup(path);
+    if (!d)
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    free(*slot);
+    *slot = d;
+    return 0;
+}
+
+int gd_egress_upstream_ca(struct gd_egress *e, const char *path, struct gd_err *err)
+{
+    return set_path(&e->upstream_ca, "upstream CA", path, err);
+}
+
+int gd_egress_audit(struct gd_egress *e, const char *path, struct gd_err *err)
+{
+    return set_path(&e->audit_path, "audit file", path, err);
+}
+
+int gd_egress_http_limit(struct gd_egress *e, const char *name, const char *value,
+                         struct gd_err *err)
+{
+    static const char *const names[] = {"head_ms", "keepalive_ms", "body_ms", "max_flows",
+                                        "buffer_total"};
+    size_t k = 0;
+    while (k < 5 && strcmp(name, names[k]))
+        k++;
+    if (k == 5)
+        return gd_err_set(err, -EINVAL,
+                          "HTTP limit '%s': wants head_ms, keepalive_ms, body_ms, max_flows or "
+                          "buffer_total",
+                          name);
+    unsigned long long max = k == 4 ? 1ull << 40 : 0xffffffffull;
+    char *end = NULL;
+    unsigned long long n = isdigit((unsigned char)*value) ? strtoull(value, &end, 10) : 0;
+    if (!n || *end || n > max)
+        return gd_err_set(err, -EINVAL, "HTTP limit %s=%s: wants a whole number from 1 to %llu",
+                          name, value, max);
+    if (k == 0)
+        e->head_ms = (unsigned)n;
+    else if (k == 1)
+        e->keepalive_ms = (unsigned)n;
+    else if (k == 2)
+        e->body_ms = (unsigned)n;
+    else if (k == 3)
+        e->max_flows = (unsigned)n;
+    else
+        e->buffer_total = (size_t)n;
+    return 0;
+}
+
+void gd_egress_secrets_in_query(struct gd_egress *e, int on)
+{
+    e->secrets_in_query = !!on;
+}
+
+/* ---- copy and digest ---- */
+
+static char *dup_or_null(const char *s, int *oom)
+{
+    char *d = s ? strdup(s) : NULL;
+    *oom |= s && !d;
+    return d;
+}
+
+int gd_egress_copy(struct gd_egress *dst, const struct gd_egress *src, struct gd_err *err)
+{
+    int oom = 0;
+    dst->dns = src->dns;
+    dst->secrets_in_query = src->secrets_in_query;
+    memcpy(dst->vm_id, src->vm_id, sizeof(dst->vm_id));
+    dst->quiet = src->quiet;
+    dst->head_ms = src->head_ms;
+    dst->keepalive_ms = src->keepalive_ms;
+    dst->body_ms = src->body_ms;
+    dst->max_flows = src->max_flows;
+    dst->buffer_total = src->buffer_total;
+    dst->audit_path = dup_or_null(src->audit_path, &oom);
+    dst->upstream_ca = dup_or_null(src->upstream_ca, &oom);
+    if (src->nallow && !(dst->allow = calloc(src->nallow, sizeof(*dst->allow))))
+        oom = 1;
+    for (; !oom && dst->nallow < src->nallow; dst->nallow++) {
+        const struct gd_allow_rule *r = &src->allow[dst->nallow];
+        struct gd_allow_rule *d = &dst->allow[dst->nallow];
+        d->port = r->port;
+        d->text = dup_or_null(r->text, &oom);
+        d->method = dup_or_null(r->method, &oom);
+        d->host = dup_or_null(r->host, &oom);
+        d->path = dup_or_null(r->path, &oom);
+    }
+    for (size_t i = 0; !oom && i < src->ninternal; i++)
+        oom = push_str(&dst->internal, &dst->ninternal, src->internal[i]) != 0;
+    if (!oom && src->nsecrets && !(dst->secrets = calloc(src->nsecrets, sizeof(*dst->secrets))))
+        oom = 1;
+    for (; !oom && dst->nsecrets < src->nsecrets; dst->nsecrets++)
+        oom = gd_secret_copy(&dst->secrets[dst->nsecrets], &src->secrets[dst->nsecrets]) != 0;
+    if (!oom && src->nmaps && !(dst->maps = calloc(src->nmaps, sizeof(*dst->maps))))
+        oom = 1;
+    for (; !oom && dst->nmaps < src->nmaps; dst->nmaps++) {
+        const struct gd_tcp_map *m = &src->maps[dst->nmaps];
+        struct gd_tcp_map *d = &dst->maps[dst->nmaps];
+        d->port = m->port;
+        d->up_port = m->up_port;
+        d->host = dup_or_null(m->host, &oom);
+        d->up_host = dup_or_null(m->up_host, &oom);
+    }
+    for (size_t i = 0; !oom && i < src->nresolve; i++)
+        oom = push_str(&dst->resolve, &dst->nresolve, src->resolve[i]) != 0;
+    if (oom) {
+        gd_egress_free(dst);
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+struct digest {
+    void (*update)(void *ctx, const void *p, size_t n);
+    void *ctx;
+};
+
+#define N(x) ((unsigned long long)(x))
+
+/* Feeds fields by fmt, 's' a string (or NULL), 'n' an N() number, each prefixed
+ * ("5:hello", "-" for none, "42;") so that no two field lists feed the same bytes. */
+static void put(const struct digest *d, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    for (const char *f = fmt; *f; f++) {
+        char b[32];
+        const char *s = NULL;
+        int n;
+        if (*f == 'n')
+            n = snprintf(b, sizeof(b), "%llu;", va_arg(ap, unsigned long long));
+        else if ((s = va_arg(ap, const char *)))
+            n = snprintf(b, sizeof(b), "%zu:", strlen(s));
+        else
+            n = snprintf(b, sizeof(b), "-");
+        d->update(d->ctx, b, (size_t)n);
+        if (s)
+            d->update(d->ctx, s, strlen(s));
+    }
+    va_end(ap);
+}
+
+void gd_egress_digest(const struct gd_egress *e, void (*update)(void *ctx, const void *p, size_t n),
+                      void *ctx)
+{
+    const struct digest d = {update, ctx};
+    put(&d, "sn", "allow", N(e->nallow));
+    for (size_t i = 0; i < e->nallow; i++) {
+        const struct gd_allow_rule *r = &e->allow[i];
+        put(&d, "ssns", r->method, r->host, N(r->port), r->path);
+    }
+    put(&d, "sn", "internal", N(e->ninternal));
+    for (size_t i = 0; i < e->ninternal; i++)
+        put(&d, "s", e->internal[i]);
+    put(&d, "sn", "secrets", N(e->nsecrets)); /* names and scopes; never values, placeholders */
+    for (size_t i = 0; i < e->nsecrets; i++) {
+        const struct gd_secret *s = &e->secrets[i];
+        put(&d, "sn", s->name, N(s->nhosts));
+        for (size_t k = 0; k < s->nhosts; k++)
+            put(&d, "sn", s->hosts[k], N(s->cleartext[k]));
+    }
+    put(&d, "sn", "tcp_map", N(e->nmaps));
+    for (size_t i = 0; i < e->nmaps; i++) {
+        const struct gd_tcp_map *m = &e->maps[i];
+        put(&d, "snsn", m->host, N(m->port), m->up_host, N(m->up_port));
+    }
+    put(&d, "sn", "resolve", N(e->nresolve));
+    for (size_t i = 0; i < e->nresolve; i++)
+        put(&d, "s", e->resolve[i]);
+    put(&d, "snnssnnnnn", "settings", N(e->dns), N(e->secrets_in_query), e->upstream_ca,
+        e->audit_path, N(e->head_ms), N(e->keepalive_ms), N(e->body_ms), N(e->max_flows),
+        N(e->buffer_total));
+}
+
+#undef N
+
+/* ---- the command line ---- */
 
 static const char *flag_value(int argc, char **argv, int *i, const char *name)
 {
@@ -113,140 +414,65 @@ static const char *flag_value(int argc, char **argv, int *i, const char *name)
     return NULL;
 }
 
+/* --host-secret NAME@HOST[,HOST...][=VALUE] */
+static int flag_host_secret(struct gd_egress *e, const char *v, struct gd_err *err)
+{
+    const char *at = strchr(v, '@');
+    if (!at || at == v)
+        return gd_err_set(err, -EINVAL, "--host-secret wants NAME@HOST[,HOST...][=VALUE], not '%s'",
+                          v);
+    const char *eq = strchr(at, '=');
+    char *name = strndup(v, (size_t)(at - v));
+    char *hosts = eq ? strndup(at + 1, (size_t)(eq - at - 1)) : strdup(at + 1);
+    int rc = name && hosts ? gd_egress_secret(e, name, hosts, eq ? eq + 1 : NULL, err)
+                           : gd_err_set(err, -ENOMEM, "out of memory");
+    free(name);
+    free(hosts);
+    return rc;
+}
+
+/* --http-limit NAME=VALUE */
+static int flag_http_limit(struct gd_egress *e, const char *v, struct gd_err *err)
+{
+    const char *eq = strchr(v, '=');
+    if (!eq)
+        return gd_err_set(err, -EINVAL, "--http-limit wants NAME=NUMBER, not '%s'", v);
+    char name[64];
+    snprintf(name, sizeof(name), "%.*s", (int)(eq - v), v);
+    return gd_egress_http_limit(e, name, eq + 1, err);
+}
+
+static int flag_secrets_in_query(struct gd_egress *e, const char *v, struct gd_err *err)
+{
+    (void)v, (void)err;
+    gd_egress_secrets_in_query(e, 1);
+    return 0;
+}
+
+static const struct egress_flag {
+    const char *name;
+    int (*set)(struct gd_egress *e, const char *value, struct gd_err *err);
+    int takes_value;
+} egress_flags[] = {
+    {"--allow-host", gd_egress_allow, 1},   {"--allow-internal", gd_egress_allow_internal, 1},
+    {"--host-secret", flag_host_secret, 1}, {"--secrets-in-query", flag_secrets_in_query, 0},
+    {"--tcp-map", gd_egress_tcp_map, 1},    {"--dns", gd_egress_dns, 1},
+    {"--resolve", gd_egress_resolve, 1},    {"--upstream-ca", gd_egress_upstream_ca, 1},
+    {"--audit", gd_egress_audit, 1},        {"--http-limit", flag_http_limit, 1},
+};
+
 int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd_err *err)
 {
-    const char *v;
-    int rc;
-    if (!strcmp(argv[*i], "--secrets-in-query")) {
-        e->secrets_in_query = 1;
-        return 1;
-    }
-    if ((v = flag_value(argc, argv, i, "--allow-host"))) {
-        struct gd_allow_rule *q = realloc(e->allow, (e->nallow + 1) * sizeof(*q));
-        if (!q)
-            return gd_err_set(err, -ENOMEM, "out of memory");
-        e->allow = q;
-        if ((rc = parse_rule(v, &q[e->nallow], err))) {
-            rule_free(&q[e->nallow]);
-            return rc;
-        }
-        e->nallow++;
-        return 1;
-    }
-    if ((v = flag_value(argc, argv, i, "--allow-internal"))) {
-        if (gd_host_pattern_check(v))
-            return gd_err_set(err, -EINVAL, "--allow-internal '%s': not a host pattern", v);
-        return push_str(&e->internal, &e->ninternal, v) ? -ENOMEM : 1;
-    }
-    if ((v = flag_value(argc, argv, i, "--host-secret"))) {
-        struct gd_secret *q = realloc(e->secrets, (e->nsecrets + 1) * sizeof(*q));
-        if (!q)
-            return gd_err_set(err, -ENOMEM, "out of memory");
-        e->secrets = q;
-        if ((rc = gd_secret_parse(v, &q[e->nsecrets], err)))
-            return rc;
-        for (size_t k = 0; k < e->nsecrets; k++)
-            if (!strcmp(q[k].name, q[e->nsecrets].name)) {
-                gd_secret_free(&q[e->nsecrets]);
-                return gd_err_set(err, -EINVAL, "secret %s given twice", q[k].name);
-            }
-        e->nsecrets++;
-        return 1;
-    }
-    if ((v = flag_value(argc, argv, i, "--tcp-map"))) {
-        /* HOST:PORT or HOST:PORT=UPHOST:UPPORT */
-        char tmp[600];
-        snprintf(tmp, sizeof(tmp), "%s", v);
-        char *eq = strchr(tmp, '=');
-        if (eq)
-            *eq = 0;
-        struct gd_tcp_map m = {0};
-        char *c = strrchr(tmp, ':');
-        if (!c || parse_port(c + 1, &m.port))
-            return gd_err_set(err, -EINVAL, "--tcp-map wants HOST:PORT[=UPHOST:UPPORT], not '%s'",
-                              v);
-        *c = 0;
-        if (gd_host_pattern_check(tmp) || strchr(tmp, '*'))
-            return gd_err_set(err, -EINVAL, "--tcp-map '%s': bad host", v);
-        m.host = strdup(tmp);
-        if (eq) {
-            char *c2 = strrchr(eq + 1, ':');
-            if (!c2 || parse_port(c2 + 1, &m.up_port)) {
-                free(m.host);
-                return gd_err_set(err, -EINVAL, "--tcp-map '%s': bad upstream", v);
-            }
-            *c2 = 0;
-            m.up_host = strdup(eq + 1);
-        } else {
-            m.up_host = strdup(tmp);
-            m.up_port = m.port;
-        }
-        struct gd_tcp_map *q = realloc(e->maps, (e->nmaps + 1) * sizeof(*q));
-        if (!q || !m.host || !m.up_host) {
-            free(m.host);
-            free(m.up_host);
-            return gd_err_set(err, -ENOMEM, "out of memory");
-        }
-        e->maps = q;
-        q[e->nmaps++] = m;
-        return 1;
-    }
-    if ((v = flag_value(argc, argv, i, "--dns"))) {
-        if (!strcmp(v, "synthetic"))
-            e->dns = GD_DNS_SYNTHETIC;
-        else if (!strcmp(v, "trusted"))
-            e->dns = GD_DNS_TRUSTED;
-        else if (!strcmp(v, "open"))
-            e->dns = GD_DNS_OPEN;
-        else
-            return gd_err_set(err, -EINVAL, "--dns wants synthetic, trusted or open, not '%s'", v);
-        return 1;
-    }
-    if ((v = flag_value(argc, argv, i, "--audit"))) {
-        free(e->audit_path);
-        e->audit_path = strdup(v);
-        return 1;
-    }
-    if ((v = flag_value(argc, argv, i, "--upstream-ca"))) {
-        free(e->upstream_ca);
-        e->upstream_ca = strdup(v);
-        return 1;
-    }
-    if ((v = flag_value(argc, argv, i, "--http-limit"))) {
-        static const char *const names[] = {"head_ms",   "keepalive_ms", "body_ms",
-                                            "max_flows", "buffer_total", NULL};
-        const char *eq = strchr(v, '=');
-        char *end = NULL;
-        unsigned long long n = eq ? strtoull(eq + 1, &end, 10) : 0;
-        int k = -1;
-        for (int j = 0; eq && names[j]; j++)
-            if (strlen(names[j]) == (size_t)(eq - v) && !strncmp(v, names[j], (size_t)(eq - v)))
-                k = j;
-        if (k < 0 || !eq[1] || *end || !n || n > (k == 4 ? (1ull << 40) : 0xffffffffull))
-            return gd_err_set(err, -EINVAL,
-                              "--http-limit wants head_ms, keepalive_ms, body_ms, max_flows or "
-                              "buffer_total =POSITIVE-NUMBER, not '%s'",
-                              v);
-        if (k == 0)
-            e->head_ms = (unsigned)n;
-        else if (k == 1)
-            e->keepalive_ms = (unsigned)n;
-        else if (k == 2)
-            e->body_ms = (unsigned)n;
-        else if (k == 3)
-            e->max_flows = (unsigned)n;
-        else
-            e->buffer_total = (size_t)n;
-        return 1;
-    }
-    if ((v = flag_value(argc, argv, i, "--resolve"))) {
-        /* NAME:ADDR (like curl's --resolve without the port) */
-        const char *c = strchr(v, ':');
-        if (!c || c == v || !c[1])
-            return gd_err_set(err, -EINVAL, "--resolve wants NAME:ADDRESS, not '%s'", v);
-        char tmp[600];
-        snprintf(tmp, sizeof(tmp), "%.*s=%s", (int)(c - v), v, c + 1);
-        return push_str(&e->resolve, &e->nresolve, tmp) ? -ENOMEM : 1;
+    for (size_t k = 0; k < sizeof(egress_flags) / sizeof(egress_flags[0]); k++) {
+        const struct egress_flag *f = &egress_flags[k];
+        const char *v = NULL;
+        if (f->takes_value && !strcmp(argv[*i], f->name) && *i + 1 >= argc)
+            return gd_err_set(err, -EINVAL, "%s needs a value", f->name);
+        if (!f->takes_value ? strcmp(argv[*i], f->name) != 0
+                            : !(v = flag_value(argc, argv, i, f->name)))
+            continue;
+        int rc = f->set(e, v, err);
+        return rc < 0 ? rc : 1;
     }
     return 0;
 }
@@ -358,19 +584,25 @@ enum gd_decision gd_egress_hook_allow(gd_txn *t, enum gd_phase ph, void *ud)
         ambiguous ? " (an encoded '/', '\\' or NUL in a path never matches a path rule)" : "");
 }
 
+int gd_egress_addr_allowed(const struct gd_egress *e, const char *name, const char *addr)
+{
+    if (!gd_addr_internal_str(addr))
+        return 1;
+    for (size_t i = 0; name && i < e->ninternal; i++)
+        if (gd_host_match(e->internal[i], name))
+            return 1;
+    return 0;
+}
+
 enum gd_decision gd_egress_hook_internal(gd_txn *t, enum gd_phase ph, void *ud)
 {
     (void)ph;
-    struct gd_egress *e = ud;
-    const char *range = gd_addr_internal_str(gd_txn_addr(t));
-    if (!range)
+    const char *host = gd_txn_host(t), *addr = gd_txn_addr(t);
+    if (gd_egress_addr_allowed(ud, host, addr))
         return GD_CONTINUE;
-    for (size_t i = 0; i < e->ninternal; i++)
-        if (gd_host_match(e->internal[i], gd_txn_host(t)))
-            return GD_CONTINUE;
     return gd_txn_deny(t, 403, "internal-ranges",
-                       "%s resolves to %s, a %s address (--allow-internal %s to permit)",
-                       gd_txn_host(t), gd_txn_addr(t), range, gd_txn_host(t));
+                       "%s resolves to %s, a %s address (--allow-internal %s to permit)", host,
+                       addr, gd_addr_internal_str(addr), host);
 }
 
 static enum gd_decision secret_denied(gd_txn *t, const struct gd_secret *s, int rc)

@@ -1,6 +1,7 @@
 /*
- * egress.h - the egress policy given on the command line, and the built-in hooks that
- * enforce it in the proxy's chain:
+ * egress.h - the egress rules (from the command line, a Lua policy or the C API, always
+ * through the typed setters below), and the built-in hooks that enforce them in the
+ * proxy's chain:
  *
  *   REQUEST_HEAD  allow-host   the request must match an --allow-host rule (no rule: no
  *                              egress at all)
@@ -59,8 +60,50 @@ struct gd_egress {
     size_t buffer_total;
 };
 
-/* Parses one egress flag at argv[*i] ("--allow-host X" or "--allow-host=X"), advancing
- * *i past its value. 1 consumed, 0 not an egress flag, negative errno with err set. */
+/* Typed setters, one per kind of rule or setting; the command line, the Lua policy's
+ * declarations and the C API all go through them. Each validates its value and adds it
+ * (strings are copied), or returns a negative errno with err set to one line naming the
+ * value; e is then unchanged. */
+/* "[METHOD ]HOST[:PORT][/PATH-PREFIX]" */
+int gd_egress_allow(struct gd_egress *e, const char *rule, struct gd_err *err);
+/* HOST may be dialled at an internal address (a host pattern) */
+int gd_egress_allow_internal(struct gd_egress *e, const char *host_pattern, struct gd_err *err);
+/* Secret NAME for hosts (comma-separated patterns; "http://HOST" also allows cleartext)
+ * with value, or (value NULL) the host's $NAME. A name may be given once. */
+int gd_egress_secret(struct gd_egress *e, const char *name, const char *hosts, const char *value,
+                     struct gd_err *err);
+/* "HOST:PORT[=UPHOST:UPPORT]": raw TCP (no interception) */
+int gd_egress_tcp_map(struct gd_egress *e, const char *spec, struct gd_err *err);
+/* "synthetic", "trusted" or "open" */
+int gd_egress_dns(struct gd_egress *e, const char *mode, struct gd_err *err);
+/* "NAME:ADDR": the host-side address of NAME */
+int gd_egress_resolve(struct gd_egress *e, const char *name_addr, struct gd_err *err);
+/* An extra CA file trusted for upstream TLS (replaces an earlier one) */
+int gd_egress_upstream_ca(struct gd_egress *e, const char *path, struct gd_err *err);
+/* The audit file (replaces an earlier one; opened by gd_egress_finish or the engine) */
+int gd_egress_audit(struct gd_egress *e, const char *path, struct gd_err *err);
+/* One of the proxy's guest-facing limits: head_ms, keepalive_ms, body_ms, max_flows,
+ * buffer_total, = a positive decimal number */
+int gd_egress_http_limit(struct gd_egress *e, const char *name, const char *value,
+                         struct gd_err *err);
+/* Also substitute placeholders in URL query strings. */
+void gd_egress_secrets_in_query(struct gd_egress *e, int on);
+
+/* Deep copy of every rule and setting (not the audit FILE*): dst must be zeroed. On error
+ * (-ENOMEM, err set) dst is left empty. */
+int gd_egress_copy(struct gd_egress *dst, const struct gd_egress *src, struct gd_err *err);
+/* Feeds the canonical form of the rules and settings (never a secret's value or
+ * placeholder) to update(), for revision hashes: equal rules, equal bytes. */
+void gd_egress_digest(const struct gd_egress *e, void (*update)(void *ctx, const void *p, size_t n),
+                      void *ctx);
+/* The CONNECT-phase check shared by the internal-ranges hook and the network layer: may
+ * name (NULL: no name) be dialled at addr (an IP literal)? 1 yes (addr is not internal,
+ * or name matches an allow-internal pattern), 0 no. */
+int gd_egress_addr_allowed(const struct gd_egress *e, const char *name, const char *addr);
+
+/* The command line: parses one egress flag at argv[*i] ("--allow-host X" or
+ * "--allow-host=X"), advancing *i past its value, and calls its setter. 1 consumed,
+ * 0 not an egress flag, negative errno with err set. */
 int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd_err *err);
 /* Copies the --http-limit values into proxy options (fields left 0 keep the default). */
 void gd_egress_proxy_limits(const struct gd_egress *e, struct gd_proxy_opts *o);

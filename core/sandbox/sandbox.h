@@ -26,6 +26,7 @@ struct gd_sandbox_opts {
      * reference goes through the image store and the default image must exist. */
     const char *image;
     int (*resolve_image)(void *ud, const char *ref, char *out, size_t cap, struct gd_err *err);
+    void *image_ud;
     const char *accel;         /* "kvm", "tcg", NULL/"auto" */
     unsigned memory_mb, cpus;  /* 0 = the policy's vm settings, else 1024 / 2 */
     const char *rootfs_mode;   /* NULL = the image's default */
@@ -51,8 +52,11 @@ struct gd_sandbox_opts {
 typedef void (*gd_sandbox_ready_cb)(gd_sandbox *sb, int status, void *ud);
 typedef void (*gd_sandbox_exit_cb)(gd_sandbox *sb, const char *reason, void *ud);
 
-/* Builds the policy engine (first revision), resolves the image, prepares the VM.
- * Nothing runs yet. */
+/* Builds the policy engine (first revision), resolves the image, prepares the egress
+ * stack and the VM; nothing runs yet. Fails with -EINVAL when the policy or its rules
+ * are bad, -ENOENT when the image cannot be found (or built), -EIO when the egress
+ * stack or the VM cannot be prepared; err says why. After a failure, run the loop once
+ * so handles the egress stack had opened finish closing. */
 int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox **out,
                    struct gd_err *err);
 /* Starts the egress stack and boots the VM; ready(status) fires once (0: the agent is
@@ -67,7 +71,8 @@ int gd_sandbox_exec(gd_sandbox *sb, const struct gd_exec_opts *o, const struct g
 int gd_sandbox_reload(gd_sandbox *sb, struct gd_err *err);
 /* Stops the VM and the egress stack; exit_cb fires (reason NULL). */
 void gd_sandbox_close(gd_sandbox *sb);
-/* After exit_cb (or if never started); run the loop once more so handles finish. */
+/* After exit_cb and a run of the loop that let the handles finish closing (or if the
+ * sandbox never started). */
 void gd_sandbox_free(gd_sandbox *sb);
 
 gd_vm *gd_sandbox_vm(gd_sandbox *sb);

@@ -13,43 +13,26 @@
 #include <string.h>
 #include <strings.h>
 
-int gd_secret_parse(const char *spec, struct gd_secret *s, struct gd_err *err)
+int gd_secret_init(struct gd_secret *s, const char *name, const char *hosts, const char *value,
+                   struct gd_err *err)
 {
     memset(s, 0, sizeof(*s));
-    const char *at = strchr(spec, '@');
-    if (!at || at == spec)
-        return gd_err_set(err, -EINVAL, "--host-secret wants NAME@HOST[,HOST...][=VALUE], not '%s'",
-                          spec);
-    for (const char *c = spec; c < at; c++)
+    if (!*name)
+        return gd_err_set(err, -EINVAL, "a secret needs a name");
+    for (const char *c = name; *c; c++)
         if (!(isalnum((unsigned char)*c) || *c == '_'))
-            return gd_err_set(err, -EINVAL, "secret name '%.*s' must be letters, digits, _",
-                              (int)(at - spec), spec);
-    s->name = strndup(spec, (size_t)(at - spec));
-    const char *eq = strchr(at, '=');
-    char *hl = eq ? strndup(at + 1, (size_t)(eq - at - 1)) : strdup(at + 1);
-    if (!s->name || !hl) {
+            return gd_err_set(err, -EINVAL, "secret name '%s' must be letters, digits, _", name);
+    if (!value && !(value = getenv(name)))
+        return gd_err_set(err, -EINVAL, "secret %s: no value given and $%s is not set", name, name);
+    if (!*value)
+        return gd_err_set(err, -EINVAL, "secret %s has an empty value", name);
+    char *hl = strdup(hosts);
+    s->name = strdup(name);
+    s->value = strdup(value);
+    if (!hl || !s->name || !s->value) {
         free(hl);
         gd_secret_free(s);
         return gd_err_set(err, -ENOMEM, "out of memory");
-    }
-    if (eq)
-        s->value = strdup(eq + 1);
-    else {
-        const char *v = getenv(s->name);
-        if (!v) {
-            gd_err_set(err, -EINVAL, "secret %s: no =VALUE given and $%s is not set", s->name,
-                       s->name);
-            free(hl);
-            gd_secret_free(s);
-            return -EINVAL;
-        }
-        s->value = strdup(v);
-    }
-    if (!s->value || !*s->value) {
-        gd_err_set(err, -EINVAL, "secret %s has an empty value", s->name);
-        free(hl);
-        gd_secret_free(s);
-        return -EINVAL;
     }
     char *save = NULL;
     for (char *h = strtok_r(hl, ",", &save); h; h = strtok_r(NULL, ",", &save)) {
@@ -91,6 +74,27 @@ int gd_secret_parse(const char *spec, struct gd_secret *s, struct gd_err *err)
     for (size_t i = 0; i < sizeof(r); i++)
         k += snprintf(s->placeholder + k, sizeof(s->placeholder) - (size_t)k, "%02x", r[i]);
     return 0;
+}
+
+int gd_secret_copy(struct gd_secret *dst, const struct gd_secret *src)
+{
+    memset(dst, 0, sizeof(*dst));
+    memcpy(dst->placeholder, src->placeholder, sizeof(dst->placeholder));
+    dst->name = strdup(src->name);
+    dst->value = strdup(src->value);
+    dst->hosts = calloc(src->nhosts + 1, sizeof(*dst->hosts));
+    dst->cleartext = malloc(src->nhosts + 1);
+    if (!dst->name || !dst->value || !dst->hosts || !dst->cleartext)
+        goto oom;
+    for (; dst->nhosts < src->nhosts; dst->nhosts++)
+        if (!(dst->hosts[dst->nhosts] = strdup(src->hosts[dst->nhosts])))
+            goto oom;
+    if (src->nhosts)
+        memcpy(dst->cleartext, src->cleartext, src->nhosts);
+    return 0;
+oom:
+    gd_secret_free(dst);
+    return -ENOMEM;
 }
 
 void gd_secret_free(struct gd_secret *s)

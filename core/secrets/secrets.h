@@ -20,10 +20,14 @@ struct gd_secret {
     size_t nhosts;
 };
 
-/* Parses "NAME@host1,host2[=VALUE]"; without =VALUE the value is taken from the host
- * environment variable NAME. Makes a fresh random placeholder. A secret is substituted
- * only into HTTPS requests; a host written "http://HOST" also allows cleartext HTTP. */
-int gd_secret_parse(const char *spec, struct gd_secret *s, struct gd_err *err);
+/* Makes a secret NAME scoped to hosts (comma-separated patterns; "http://HOST" also
+ * allows cleartext HTTP to HOST, otherwise it is substituted only into HTTPS requests)
+ * with value (copied), or, value NULL, the host environment variable NAME. Makes a fresh
+ * random placeholder. Negative errno with err set (one line naming the bad part). */
+int gd_secret_init(struct gd_secret *s, const char *name, const char *hosts, const char *value,
+                   struct gd_err *err);
+/* Deep copy, placeholder included. 0 or -ENOMEM (dst then empty). */
+int gd_secret_copy(struct gd_secret *dst, const struct gd_secret *src);
 void gd_secret_free(struct gd_secret *s);
 int gd_secret_in_scope(const struct gd_secret *s, const char *host);
 

@@ -691,6 +691,8 @@ static int handle_frame(gd_vm *vm, const struct gd_hdr *h, const uint8_t *body)
         if (!x || x->started || gd_dec_u32(body, h->len, &pid))
             goto bad;
         x->started = 1;
+        if (x->cbs.on_started)
+            x->cbs.on_started(x, pid, x->ud);
         return 0;
     }
     case GD_MSG_STDIN_WINDOW: {

@@ -100,6 +100,8 @@ struct gd_exec_cbs {
     void (*on_stdin_credit)(gd_exec *x, size_t credit, void *ud);
     /* terminal; x is freed after this returns */
     void (*on_exit)(gd_exec *x, const struct gd_exec_result *r, void *ud);
+    /* the process runs, with this pid in the guest (optional) */
+    void (*on_started)(gd_exec *x, uint32_t pid, void *ud);
 };
 
 /* Copies every option it keeps. */

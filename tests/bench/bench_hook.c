@@ -20,13 +20,19 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--plugin"))
             plugins[0] = argv[i + 1];
     }
-    const char *flags[] = {"--allow-host", "bench.test"};
+    struct gd_egress base = {0};
+    struct gd_err err = {{0}};
+    if (gd_egress_allow(&base, "bench.test", &err)) {
+        fprintf(stderr, "bench_hook: %s\n", err.msg);
+        return 1;
+    }
     const char *dirs[] = {NULL};
     struct gd_engine_opts o = {
-        .policy = policy, .flags = flags, .nflags = 2, .plugin_dirs = dirs, .plugins = plugins};
+        .policy = policy, .base = &base, .plugin_dirs = dirs, .plugins = plugins};
     gd_engine *e;
-    struct gd_err err = {{0}};
-    if (gd_engine_new(&o, &e, &err)) {
+    int rc = gd_engine_new(&o, &e, &err);
+    gd_egress_free(&base);
+    if (rc) {
         fprintf(stderr, "bench_hook: %s\n", err.msg);
         return 1;
     }

@@ -94,22 +94,27 @@ static void setup(void)
     verbose = getenv("FUZZ_HTTP_VERBOSE") != NULL;
     char rule[64];
     snprintf(rule, sizeof(rule), "up.test:%d", port);
-    const char *flags[] = {"--allow-host",  rule,          "--allow-internal", "up.test",
-                           "--host-secret", "K@up.test=v", "--resolve",        "up.test:127.0.0.1"};
+    struct gd_egress base = {0};
+    struct gd_err err;
+    if (gd_egress_allow(&base, rule, &err) || gd_egress_allow_internal(&base, "up.test", &err) ||
+        gd_egress_secret(&base, "K", "up.test", "v", &err) ||
+        gd_egress_resolve(&base, "up.test:127.0.0.1", &err)) {
+        fprintf(stderr, "fuzz-http: %s\n", err.msg);
+        abort();
+    }
     const char *plugins[] = {GD_FUZZ_PLUGIN, NULL}, *none[] = {NULL};
     struct gd_engine_opts eo = {.policy = GD_FUZZ_POLICY,
-                                .flags = flags,
-                                .nflags = 8,
+                                .base = &base,
                                 .plugin_dirs = none,
                                 .plugins = plugins,
                                 .lua_dir = GD_FUZZ_LUA_DIR,
                                 .quiet = !verbose,
                                 .log = policy_log};
-    struct gd_err err;
     if (gd_engine_new(&eo, &eng, &err)) {
         fprintf(stderr, "fuzz-http: %s\n", err.msg);
         abort();
     }
+    gd_egress_free(&base);
     struct gd_proxy_opts o = {.resolve = (const char *const *)gd_engine_egress(eng)->resolve,
                               .max_header_bytes = 4096,
                               .max_body_buffer = 4096,

@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 static gd_proxy *px;
-static struct gd_egress eg; /* the flags, parsed once for early errors */
+static struct gd_egress eg; /* the egress flags, parsed: the engine's base */
 static gd_engine *eng;
 static uv_tcp_t srv;
 static uv_signal_t sig_term, sig_int;
@@ -104,23 +104,18 @@ int main(int argc, char **argv)
     const char *listen_at = "127.0.0.1:0", *ca_dir = NULL;
     int inspect = 0, quiet = 0;
     struct gd_err err = {{0}};
-    const char **flags = calloc((size_t)argc + 1, sizeof(char *));
     const char **dirs = calloc((size_t)argc + 1, sizeof(char *));
     const char **plugins = calloc((size_t)argc + 1, sizeof(char *));
-    int nflags = 0, ndirs = 0, nplugins = 0;
+    int ndirs = 0, nplugins = 0;
     const char *policy = NULL;
     for (int i = 1; i < argc; i++) {
-        int start = i;
         int rc = gd_egress_flag(&eg, argc, argv, &i, &err);
         if (rc < 0) {
             fprintf(stderr, "gd-proxyd: %s\n", err.msg);
             return 2;
         }
-        if (rc) {
-            for (int k = start; k <= i; k++)
-                flags[nflags++] = argv[k];
+        if (rc)
             continue;
-        }
         if (!strcmp(argv[i], "--policy") && i + 1 < argc)
             policy = argv[++i];
         else if (!strcmp(argv[i], "--plugin") && i + 1 < argc)
@@ -148,8 +143,7 @@ int main(int argc, char **argv)
         }
     }
     struct gd_engine_opts eo = {.policy = policy,
-                                .flags = flags,
-                                .nflags = nflags,
+                                .base = &eg,
                                 .plugin_dirs = dirs,
                                 .plugins = plugins,
                                 .quiet = quiet,
@@ -157,7 +151,6 @@ int main(int argc, char **argv)
                                 .on_reload = on_reload};
     if (gd_engine_new(&eo, &eng, &err)) {
         fprintf(stderr, "gd-proxyd: %s\n", err.msg);
-        free(flags);
         free(dirs);
         free(plugins);
         gd_egress_free(&eg);
@@ -217,7 +210,6 @@ int main(int argc, char **argv)
     gd_tls_free(tls);
     gd_engine_free(eng);
     gd_egress_free(&eg);
-    free(flags);
     free(dirs);
     free(plugins);
     free(raw_host);

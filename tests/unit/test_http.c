@@ -94,7 +94,7 @@ TEST(secret_cleartext_scope)
 {
     struct gd_secret s;
     struct gd_err err = {{0}};
-    CHECK_EQ(gd_secret_parse("K@a.test,http://b.test=v4lue", &s, &err), 0);
+    CHECK_EQ(gd_secret_init(&s, "K", "a.test,http://b.test", "v4lue", &err), 0);
     CHECK(gd_secret_in_scope(&s, "a.test"));
     CHECK(gd_secret_in_scope(&s, "b.test"));
     CHECK(!gd_secret_cleartext_ok(&s, "a.test"));

@@ -1,0 +1,291 @@
+/* sandbox.c - the sandbox object: options → policy engine → image → egress stack → VM,
+ * and the environment every exec gets (see sandbox.h). */
+#define _GNU_SOURCE
+#include "sandbox_int.h"
+
+#include "image/image.h"
+#include "image/store.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct gd_sandbox {
+    uv_loop_t *loop;
+    gd_engine *eng;
+    struct gd_netstack ns;
+    int have_ns;
+    gd_vm *vm;
+    char image_dir[1024];
+    char build_id[65];
+    char *policy;
+    char **env; /* placeholders, the policy's vm.env, opts.env: "K=V", NULL-ended */
+    char *append;
+    void (*log)(void *ud, const char *line);
+    void (*on_reload)(void *ud, int ok, const char *revision, const char *msg);
+    void *log_ud;
+    gd_sandbox_ready_cb ready;
+    gd_sandbox_exit_cb exit_cb;
+    void *ud;
+    int closing;
+};
+
+static void engine_log(void *ud, const char *msg)
+{
+    gd_sandbox *sb = ud;
+    if (sb->log)
+        sb->log(sb->log_ud, msg);
+    else
+        fprintf(stderr, "gondolin: %s\n", msg);
+}
+
+static void engine_reload(void *ud, int ok, const char *rev, const char *msg)
+{
+    gd_sandbox *sb = ud;
+    if (sb->on_reload)
+        sb->on_reload(sb->log_ud, ok, rev, msg);
+}
+
+static int env_add(gd_sandbox *sb, size_t *n, const char *kv)
+{
+    char **q = realloc(sb->env, (*n + 2) * sizeof(*q));
+    if (!q)
+        return -ENOMEM;
+    sb->env = q;
+    if (!(q[*n] = strdup(kv)))
+        return -ENOMEM;
+    q[++*n] = NULL;
+    return 0;
+}
+
+static int default_resolve(const char *ref, char *out, size_t cap, struct gd_err *err)
+{
+    if (!ref) {
+        gd_image_default_dir(out, cap);
+        return 0;
+    }
+    return gd_store_resolve(ref, gd_host_arch(), out, cap, err);
+}
+
+int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox **out,
+                   struct gd_err *err)
+{
+    *out = NULL;
+    if (o->no_network && (o->policy || (o->egress && (o->egress->nallow || o->egress->nsecrets ||
+                                                      o->egress->nmaps))))
+        return gd_err_set(err, -EINVAL,
+                          "no network cannot be combined with a policy, allowed hosts, "
+                          "secrets or TCP maps");
+    gd_sandbox *sb = calloc(1, sizeof(*sb));
+    if (!sb)
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    sb->loop = loop;
+    sb->log = o->log;
+    sb->on_reload = o->on_reload;
+    sb->log_ud = o->ud;
+    int rc = 0;
+    const struct gd_lua_conf *pc = NULL;
+    if (!o->no_network) {
+        struct gd_engine_opts eo = {.policy = o->policy,
+                                    .base = o->egress,
+                                    .plugin_dirs = o->plugin_dirs,
+                                    .plugins = o->plugins,
+                                    .quiet = o->quiet,
+                                    .log = engine_log,
+                                    .log_ud = sb,
+                                    .on_reload = engine_reload};
+        if (gd_engine_new(&eo, &sb->eng, err)) {
+            rc = -EINVAL;
+            goto fail;
+        }
+        pc = gd_engine_policy_conf(sb->eng);
+        if (o->policy && !(sb->policy = strdup(o->policy)))
+            goto oom;
+    }
+    /* the image: the caller's choice, else the policy's, else the default */
+    const char *ref = o->image ? o->image : pc && pc->image ? pc->image : NULL;
+    rc = o->resolve_image
+             ? o->resolve_image(o->image_ud, ref, sb->image_dir, sizeof(sb->image_dir), err)
+             : default_resolve(ref, sb->image_dir, sizeof(sb->image_dir), err);
+    struct gd_image img;
+    if (rc || gd_image_load(sb->image_dir, 0, &img, err)) {
+        rc = -ENOENT;
+        goto fail;
+    }
+    snprintf(sb->build_id, sizeof(sb->build_id), "%s", img.build_id);
+
+    /* the egress stack; its kernel arguments go after the caller's */
+    size_t ne = 0;
+    if (sb->eng) {
+        sb->have_ns = 1;
+        if (gd__netstack_start(&sb->ns, loop, sb->eng, err)) {
+            rc = -EIO;
+            goto fail;
+        }
+        for (char **e = sb->ns.env; e && *e; e++)
+            if (env_add(sb, &ne, *e))
+                goto oom;
+    }
+    for (char **e = pc ? pc->env : NULL; e && *e; e++)
+        if (env_add(sb, &ne, *e))
+            goto oom;
+    for (const char *const *e = o->env; e && *e; e++)
+        if (env_add(sb, &ne, *e))
+            goto oom;
+    if (asprintf(&sb->append, "%s%s%s", o->append ? o->append : "",
+                 o->append && *o->append && sb->have_ns ? " " : "",
+                 sb->have_ns ? sb->ns.kernel : "") < 0) {
+        sb->append = NULL;
+        goto oom;
+    }
+    struct gd_vm_opts vo = {.image_dir = sb->image_dir,
+                            .accel = o->accel,
+                            .memory_mb = o->memory_mb ? o->memory_mb
+                                         : pc         ? pc->memory_mb
+                                                      : 0,
+                            .cpus = o->cpus ? o->cpus
+                                    : pc    ? pc->cpus
+                                            : 0,
+                            .start_timeout_ms = o->start_timeout_ms,
+                            .append = sb->append[0] ? sb->append : NULL,
+                            .rootfs_mode = o->rootfs_mode,
+                            .verbose = o->verbose,
+                            .net_fd = sb->have_ns ? sb->ns.qemu_fd : 0};
+    if (gd_vm_new(loop, &vo, &sb->vm, err)) {
+        rc = -EIO;
+        goto fail;
+    }
+    *out = sb;
+    return 0;
+oom:
+    rc = gd_err_set(err, -EIO, "out of memory");
+fail:
+    gd_sandbox_free(sb);
+    return rc;
+}
+
+static void on_vm_ready(gd_vm *vm, int status, void *ud)
+{
+    (void)vm;
+    gd_sandbox *sb = ud;
+    if (sb->ready)
+        sb->ready(sb, status, sb->ud);
+}
+
+static void on_vm_exit(gd_vm *vm, const char *reason, void *ud)
+{
+    (void)vm;
+    gd_sandbox *sb = ud;
+    if (sb->eng)
+        gd_engine_close(sb->eng);
+    if (sb->have_ns)
+        gd__netstack_stop(&sb->ns);
+    if (sb->exit_cb)
+        sb->exit_cb(sb, reason, sb->ud);
+}
+
+int gd_sandbox_start(gd_sandbox *sb, gd_sandbox_ready_cb ready, gd_sandbox_exit_cb exit_cb,
+                     void *ud)
+{
+    sb->ready = ready;
+    sb->exit_cb = exit_cb;
+    sb->ud = ud;
+    if (sb->eng)
+        gd_engine_watch(sb->eng, sb->loop);
+    int rc = gd_vm_start(sb->vm, on_vm_ready, on_vm_exit, sb);
+    if (rc && sb->eng)
+        gd_engine_close(sb->eng);
+    return rc;
+}
+
+int gd_sandbox_exec(gd_sandbox *sb, const struct gd_exec_opts *o, const struct gd_exec_cbs *cbs,
+                    void *ud, gd_exec **out)
+{
+    size_t n = 0, k = 0;
+    while (sb->env && sb->env[n])
+        n++;
+    while (o->env && o->env[k])
+        k++;
+    const char **env = malloc((n + k + 1) * sizeof(*env));
+    if (!env)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        env[i] = sb->env[i];
+    for (size_t i = 0; i < k; i++)
+        env[n + i] = o->env[i];
+    env[n + k] = NULL;
+    struct gd_exec_opts xo = *o;
+    xo.env = env;
+    int rc = gd_exec_start(sb->vm, &xo, cbs, ud, out); /* copies the environment */
+    free(env);
+    return rc;
+}
+
+int gd_sandbox_reload(gd_sandbox *sb, struct gd_err *err)
+{
+    if (!sb->eng)
+        return gd_err_set(err, -ENOENT, "this sandbox has no network, hence no policy");
+    int rc = gd_engine_reload(sb->eng, err);
+    engine_reload(sb, rc == 0, gd_engine_revision(sb->eng), rc ? err->msg : NULL);
+    return rc;
+}
+
+void gd_sandbox_close(gd_sandbox *sb)
+{
+    if (sb->closing)
+        return;
+    sb->closing = 1;
+    gd_vm_close(sb->vm);
+}
+
+void gd_sandbox_free(gd_sandbox *sb)
+{
+    if (!sb)
+        return;
+    gd_vm_free(sb->vm);
+    if (sb->have_ns)
+        gd__netstack_free(&sb->ns);
+    gd_engine_free(sb->eng);
+    for (char **e = sb->env; e && *e; e++)
+        free(*e);
+    free(sb->env);
+    free(sb->append);
+    free(sb->policy);
+    free(sb);
+}
+
+gd_vm *gd_sandbox_vm(gd_sandbox *sb)
+{
+    return sb->vm;
+}
+
+gd_engine *gd_sandbox_engine(gd_sandbox *sb)
+{
+    return sb->eng;
+}
+
+const char *gd_sandbox_image_dir(const gd_sandbox *sb)
+{
+    return sb->image_dir;
+}
+
+const char *gd_sandbox_build_id(const gd_sandbox *sb)
+{
+    return sb->build_id;
+}
+
+const char *gd_sandbox_revision(const gd_sandbox *sb)
+{
+    return sb->eng ? gd_engine_revision(sb->eng) : "";
+}
+
+unsigned gd_sandbox_generation(const gd_sandbox *sb)
+{
+    return sb->eng ? gd_engine_generation(sb->eng) : 0;
+}
+
+const char *gd_sandbox_policy(const gd_sandbox *sb)
+{
+    return sb->policy;
+}
