@@ -23,4 +23,7 @@ export GONDOLIN_BIN="$build/gondolin"
 echo "== sdk/python: pytest (GONDOLIN_BIN=$GONDOLIN_BIN)"
 # run from the tests directory so `gondolin` is the installed package, not the tree
 cd "$here/tests"
-exec "$venv/bin/python" -m pytest -p no:cacheprovider -rs "$@" .
+have_path=0
+for a in "$@"; do [[ "$a" != -* && -e "$a" ]] && have_path=1; done
+((have_path)) || set -- "$@" .
+"$venv/bin/python" -m pytest -p no:cacheprovider -rs "$@"

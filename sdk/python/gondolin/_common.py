@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tarfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ def sessions_dir() -> Path:
 
 
 def _proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat; None when there is no such process or it is a zombie."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().decode("ascii", "replace")
@@ -91,6 +93,8 @@ def _proc_start_time(pid: int) -> int | None:
         return None
     rest = stat[stat.rfind(")") + 2 :].split()
     try:
+        if rest[0] in ("Z", "X"):  # field 3, the state: exited, not yet reaped
+            return None
         return int(rest[19])  # field 22; rest starts at field 3
     except (IndexError, ValueError):
         return None
@@ -106,6 +110,16 @@ def session_alive(meta: Mapping[str, Any]) -> bool:
         return False
     want = meta.get("pid_start")
     return not isinstance(want, int) or want == st
+
+
+def wait_gone(meta: Mapping[str, Any], timeout: float | None) -> bool:
+    """Waits until a session's supervisor has exited; False if it still runs at the timeout."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while session_alive(meta):
+        if end is not None and time.monotonic() >= end:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def list_sessions(directory: Path | None = None) -> list[dict[str, Any]]:
@@ -260,6 +274,13 @@ def start_failed(argv: Sequence[str], rc: int | None, stderr: str, why: str | No
     if not msg.startswith("gondolin"):
         msg = f"gondolin start: {msg}"
     return StartError(msg, returncode=rc, stderr=stderr)
+
+
+def _merge(meta: Mapping[str, Any], hello: Mapping[str, Any]) -> dict[str, Any]:
+    """The session's metadata (ID.json or `start --json`) updated with HELLO's info."""
+    out = {**meta, **hello}
+    out.pop("ok", None)
+    return out
 
 
 def session_socket(info: Mapping[str, Any]) -> str:

@@ -22,6 +22,7 @@ from typing import IO, Any, Literal, cast, overload
 from . import _proto as P
 from ._common import (
     CLIENT_NAME,
+    _merge,
     DEFAULT_SHELL,
     MAX_LIVE,
     Cmd,
@@ -33,6 +34,7 @@ from ._common import (
     gondolin_bin,
     session_socket,
     start_argv,
+    wait_gone,
 )
 from .errors import (
     ConnectionLost,
@@ -706,7 +708,7 @@ class AsyncSandbox:
             _stop_by_socket(info)
             await asyncio.to_thread(_reap, proc, 10)
             raise
-        return cls(conn, {**info, **conn.session}, owned=True, proc=proc)
+        return cls(conn, _merge(info, conn.session), owned=True, proc=proc)
 
     @classmethod
     async def attach(
@@ -719,7 +721,7 @@ class AsyncSandbox:
             )
         except ConnectionLost as e:
             raise SessionNotFound(f"session '{ref}' is not reachable: {e}") from None
-        return cls(conn, {**meta, **conn.session}, owned=stop_on_close)
+        return cls(conn, _merge(meta, conn.session), owned=stop_on_close)
 
     @property
     def id(self) -> str:
@@ -1005,11 +1007,14 @@ class AsyncSandbox:
         except ConnectionLost:
             pass
         self._stopped = True
+        d = _deadline(timeout)
         await self._conn.wait_closed(timeout)
         await self._conn.close()
         self._closed = True
         if self._proc is not None:
-            await asyncio.to_thread(_reap, self._proc, timeout)
+            await asyncio.to_thread(_reap, self._proc, _remaining(d))
+        if not await asyncio.to_thread(wait_gone, self._meta, _remaining(d)):
+            raise GondolinTimeout(f"stop: session {self.id} still runs after {timeout} s")
 
     async def close(self) -> None:
         if self._closed:

@@ -29,6 +29,7 @@ from typing import IO, Any, Literal, cast, overload
 from . import _proto as P
 from ._common import (
     CLIENT_NAME,
+    _merge,
     DEFAULT_SHELL,
     MAX_LIVE,
     Cmd,
@@ -42,6 +43,7 @@ from ._common import (
     session_socket,
     start_argv,
     start_failed,
+    wait_gone,
 )
 from .errors import (
     ConnectionLost,
@@ -836,7 +838,7 @@ class Sandbox:
             _stop_by_socket(info)
             _reap(proc, 10)
             raise
-        return cls(conn, {**info, **conn.session}, owned=True, proc=proc)
+        return cls(conn, _merge(info, conn.session), owned=True, proc=proc)
 
     @classmethod
     def attach(cls, ref: str, *, stop_on_close: bool = False, timeout: float | None = 30.0) -> Sandbox:
@@ -847,7 +849,7 @@ class Sandbox:
             conn = _Conn(session_socket(meta), f"session {meta.get('name') or meta['id']}", timeout)
         except ConnectionLost as e:
             raise SessionNotFound(f"session '{ref}' is not reachable: {e}") from None
-        return cls(conn, {**meta, **conn.session}, owned=stop_on_close)
+        return cls(conn, _merge(meta, conn.session), owned=stop_on_close)
 
     # -- identity
     @property
@@ -1161,11 +1163,15 @@ class Sandbox:
         except ConnectionLost:
             pass  # already gone
         self._stopped = True
+        d = _deadline(timeout)
         self._conn.wait_closed(timeout)
         self._conn.close()
         self._closed = True
         if self._proc is not None:
-            _reap(self._proc, timeout)
+            _reap(self._proc, _remaining(d))
+        # the supervisor closes connections before it is gone: return once it is
+        if not wait_gone(self._meta, _remaining(d)):
+            raise GondolinTimeout(f"stop: session {self.id} still runs after {timeout} s")
 
     def detach(self) -> None:
         """Disconnects and leaves the session running, even one this object started

@@ -13,6 +13,7 @@ import os
 import select
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -62,7 +63,9 @@ class FakeServer:
         self.path = path
         self.stdin_grant = stdin_grant
         self.split = split  # write every frame in small pieces with pauses
-        self.session = session or {"id": "fake-session", "name": "fake"}
+        # a stand-in supervisor process, ended by `stop` (clients wait for it to go)
+        self.sup = subprocess.Popen(["sleep", "600"])
+        self.session = session or {"id": "fake-session", "name": "fake", "pid": self.sup.pid}
         self.files: dict[str, bytes] = {}
         self.procs: dict[int, Proc] = {}
         self.history: list[tuple[int, int, int, bytes]] = []  # client frames (type, flags, id, body)
@@ -86,6 +89,8 @@ class FakeServer:
 
     def close(self) -> None:
         self._closing = True
+        self.sup.kill()
+        self.sup.wait()
         try:
             self._srv.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -292,6 +297,8 @@ class FakeServer:
             elif op == "stop":
                 send(jframe(REPLY, id_, {"ok": True}))
                 self.stopped.set()
+                self.sup.kill()
+                self.sup.wait()
             else:
                 send(jframe(REPLY, id_, {"ok": False, "error": f"unknown op '{op}'"}))
         else:
@@ -385,13 +392,14 @@ class FakeServer:
         return busy
 
 
-def write_session(dirpath: str, sid: str, name: str | None, sock: str) -> None:
-    """Metadata of a live session (this process plays the supervisor)."""
+def write_session(dirpath: str, sid: str, name: str | None, sock: str, pid: int | None = None) -> None:
+    """Metadata of a live session (pid plays the supervisor; default: this process)."""
     os.makedirs(dirpath, exist_ok=True)
-    with open(f"/proc/{os.getpid()}/stat") as f:
+    pid = pid or os.getpid()
+    with open(f"/proc/{pid}/stat") as f:
         st = f.read()
     start = int(st[st.rfind(")") + 2 :].split()[19])
-    meta = {"id": sid, "name": name, "pid": os.getpid(), "pid_start": start, "created": int(time.time()),
+    meta = {"id": sid, "name": name, "pid": pid, "pid_start": start, "created": int(time.time()),
             "image": "/x", "build_id": "b", "policy": None, "socket": sock,
             "log": os.path.join(dirpath, sid + ".log")}
     with open(os.path.join(dirpath, sid + ".json"), "w") as f:

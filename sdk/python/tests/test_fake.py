@@ -307,7 +307,7 @@ def test_connection_error_frame(sockdir: str) -> None:
 def test_attach_by_name_and_stop(sockdir: str, server: FakeServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", sockdir)
     write_session(os.path.join(sockdir, "gondolin", "sessions"), "11111111-2222-4333-8444-555555555555",
-                  "web", server.path)
+                  "web", server.path, server.sup.pid)
     sb = Sandbox.attach("web")
     assert sb.exec(["exit", "0"]).ok
     sb.close()  # attached: no stop

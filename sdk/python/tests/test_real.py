@@ -141,7 +141,7 @@ def test_large_output_and_slow_consumer(sb: Sandbox) -> None:
     n = 24 << 20
     r = sb.exec(f"head -c {n} /dev/zero; head -c 1000 /dev/zero >&2")
     assert len(r.stdout) == n and len(r.stderr) == 1000
-    s = sb.exec(["sh", "-c", "head -c 4000000 /dev/urandom | tee /tmp/slow | sha256sum >&2"], stream=True)
+    s = sb.exec(["sh", "-c", "head -c 4000000 /dev/urandom >/tmp/slow; sha256sum </tmp/slow >&2; cat /tmp/slow"], stream=True)
     got = bytearray()
     err = bytearray()
     for i, c in enumerate(s):
