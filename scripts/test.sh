@@ -52,6 +52,11 @@ make -s -C examples/plugin clean
 
 echo "== integration tests (real VMs)"
 python3 tests/integration/test_vm.py build
+echo "== long-lived sessions: start, exec --session, attach, cp, logs, policy reload, stop"
+python3 tests/integration/test_session.py build
+echo "== a session's supervisor under ASan+UBSan: protocol errors, hang-ups, stop"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  python3 tests/integration/test_session.py build-asan malformed
 echo "== egress from real guests"
 python3 tests/integration/test_egress.py build
 echo "== image builder and store: examples, Alpine repo and OCI registry on loopback"

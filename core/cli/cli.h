@@ -26,6 +26,9 @@ int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f);
  * NULL for $GONDOLIN_GUEST_DIR / $GONDOLIN_DEFAULT_IMAGE / the default image, which is
  * built on first use and rebuilt when this build's guest agent changed. */
 int cli_resolve_image(void *ud, const char *ref, char *out, size_t cap, struct gd_err *err);
+/* Fills the VM part of a sandbox's options from the flags (borrowing from f; the image
+ * through cli_resolve_image) and GONDOLIN_APPEND. */
+void cli_vm_sandbox(struct cli_vm_flags *f, struct gd_sandbox_opts *o);
 int cli_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Policy flags of exec/bash/run and the policy commands (egress_rt.c): egress flags
@@ -66,6 +69,9 @@ int cmd_cp(int argc, char **argv);
 /* Finds a live session by id, id prefix or name and (c not NULL) connects to it. 0, or
  * an exit code after a one-line error. */
 int cli_session_open(const char *key, struct gd_session *s, gd_control_client **c);
+/* The ID|NAME argument (and -h) of a session command: -1 consumed, else the exit code
+ * to return (the usage was printed, or a one-line error naming its first line). */
+int cli_session_arg(const char *a, const char **key, const char *usage);
 /* `gondolin policy reload ID|NAME`: through the session's socket. */
 int cli_session_reload(const char *key);
 int cmd_policy(int argc, char **argv);

@@ -10,6 +10,7 @@
 #include <archive_entry.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <fts.h>
 #include <libgen.h>
 #include <signal.h>
 #include <stdio.h>
@@ -161,72 +162,85 @@ static int put_fd(struct xf *t, int fd)
     }
 }
 
-/* A tar of src whose member names start with prefix instead of src. */
+/* One member from the host; 0, or -1 when the stream failed. */
+static int add_member(struct archive *w, const FTSENT *n, const char *name)
+{
+    static char buf[CHUNK];
+    struct archive_entry *e = archive_entry_new();
+    archive_entry_copy_stat(e, n->fts_statp);
+    archive_entry_set_pathname(e, name);
+    archive_entry_set_uid(e, 0);
+    archive_entry_set_gid(e, 0);
+    archive_entry_set_nlink(e, 1);
+    int fd = -2, rc = 0;
+    if (n->fts_info == FTS_SL || n->fts_info == FTS_SLNONE) {
+        char target[4096];
+        ssize_t k = readlink(n->fts_accpath, target, sizeof(target) - 1);
+        target[k > 0 ? k : 0] = 0;
+        archive_entry_set_symlink(e, target);
+        archive_entry_set_size(e, 0);
+    } else if (n->fts_info == FTS_D) {
+        archive_entry_set_size(e, 0);
+    } else if (n->fts_statp->st_size > 0) {
+        fd = open(n->fts_accpath, O_RDONLY | O_CLOEXEC);
+    }
+    if (fd == -1)
+        fprintf(stderr, "gondolin: cp: %s: %s (skipped)\n", n->fts_path, strerror(errno));
+    else if (archive_write_header(w, e) < ARCHIVE_WARN)
+        rc = -1;
+    for (ssize_t k = 1; !rc && fd >= 0 && k > 0;) { /* a file that shrank is padded */
+        k = read(fd, buf, sizeof(buf));
+        if (k > 0 && archive_write_data(w, buf, (size_t)k) != k)
+            rc = -1;
+    }
+    if (fd >= 0)
+        close(fd);
+    archive_entry_free(e);
+    return rc;
+}
+
+/* A tar of src whose member names start with prefix instead of src; depth-first, each
+ * directory right before what it holds (so the guest's tar can restore its mtime). */
 static int write_tree(struct xf *t, const char *src, const char *prefix)
 {
-    struct archive *w = archive_write_new(), *d = archive_read_disk_new();
+    struct archive *w = archive_write_new();
     archive_write_set_format_pax_restricted(w);
     archive_write_open(w, t, NULL, aw_write, NULL);
-    archive_read_disk_set_symlink_physical(d);
-    archive_read_disk_set_behavior(d, ARCHIVE_READDISK_NO_XATTR | ARCHIVE_READDISK_NO_ACL |
-                                          ARCHIVE_READDISK_NO_FFLAGS);
-    int rc = archive_read_disk_open(d, src) == ARCHIVE_OK ? 0 : -1;
+    char *roots[] = {(char *)src, NULL};
+    FTS *f = fts_open(roots, FTS_PHYSICAL | FTS_NOCHDIR, NULL);
     size_t sl = strlen(src);
-    static char buf[CHUNK];
-    while (!rc) {
-        struct archive_entry *e = archive_entry_new();
-        int r = archive_read_next_header2(d, e);
-        if (r == ARCHIVE_EOF) {
-            archive_entry_free(e);
-            break;
-        }
-        if (r < ARCHIVE_WARN) {
-            archive_entry_free(e);
-            rc = -1;
-            break;
-        }
-        archive_read_disk_descend(d);
-        const char *p = archive_entry_pathname(e);
+    int rc = f ? 0 : -1;
+    FTSENT *n;
+    while (!rc && (n = fts_read(f))) {
         char *name = NULL;
-        if (!strncmp(p, src, sl) && asprintf(&name, "%s%s", prefix, p + sl) < 0)
-            name = NULL;
-        mode_t type = archive_entry_filetype(e);
-        if (name && (type == AE_IFREG || type == AE_IFDIR || type == AE_IFLNK)) {
-            archive_entry_set_pathname(e, name);
-            archive_entry_set_uid(e, 0);
-            archive_entry_set_gid(e, 0);
-            archive_entry_set_uname(e, NULL);
-            archive_entry_set_gname(e, NULL);
-            archive_entry_set_nlink(e, 1);
-            archive_entry_set_hardlink(e, NULL);
-            int fd = type == AE_IFREG && archive_entry_size(e) > 0
-                         ? open(archive_entry_sourcepath(e), O_RDONLY | O_CLOEXEC)
-                         : -2;
-            if (fd == -1)
-                fprintf(stderr, "gondolin: cp: %s: %s\n", p, strerror(errno));
-            else if (archive_write_header(w, e) < ARCHIVE_WARN)
-                rc = -1;
-            for (ssize_t n = 1; !rc && fd >= 0 && n > 0;) {
-                n = read(fd, buf, sizeof(buf));
-                if (n > 0 && archive_write_data(w, buf, (size_t)n) != n)
-                    rc = -1;
-            }
-            if (fd >= 0)
-                close(fd);
-        } else if (name) {
-            fprintf(stderr, "gondolin: cp: %s: skipped (not a file, directory or symlink)\n", p);
+        if (n->fts_info == FTS_DP)
+            continue;
+        if (n->fts_info == FTS_DNR || n->fts_info == FTS_ERR || n->fts_info == FTS_NS) {
+            fprintf(stderr, "gondolin: cp: %s: %s (skipped)\n", n->fts_path,
+                    strerror(n->fts_errno));
+            continue;
         }
+        if (n->fts_info != FTS_D && n->fts_info != FTS_F && n->fts_info != FTS_SL &&
+            n->fts_info != FTS_SLNONE) {
+            fprintf(stderr, "gondolin: cp: %s: not a file, directory or symlink (skipped)\n",
+                    n->fts_path);
+            continue;
+        }
+        if (asprintf(&name, "%s%s", prefix, n->fts_path + sl) < 0)
+            rc = -1;
+        else
+            rc = add_member(w, n, name);
         free(name);
-        archive_entry_free(e);
     }
     if (rc && !t->done)
         fprintf(stderr, "gondolin: cp: %s\n",
-                archive_error_string(d)   ? archive_error_string(d)
-                : archive_error_string(w) ? archive_error_string(w)
-                                          : "cannot read the source");
+                archive_error_string(w) ? archive_error_string(w) : "cannot read the source");
+    if (rc && t->done && !t->code)
+        fprintf(stderr, "gondolin: cp: the guest's tar stopped reading the stream\n");
+    if (f)
+        fts_close(f);
     if (archive_write_close(w) != ARCHIVE_OK)
         rc = -1;
-    archive_read_free(d);
     archive_write_free(w);
     return rc;
 }
@@ -395,8 +409,8 @@ static int extract(struct xf *t, const char *want, const char *as)
         const char *hl = archive_entry_hardlink(e);
         mode_t type = archive_entry_filetype(e);
         if (!name || (hl && !(link = member_name(hl, want, as)))) {
-            fprintf(stderr, "gondolin: cp: the guest sent '%s', which is not under '%s'\n",
-                    p ? p : "", want);
+            fprintf(stderr, "gondolin: cp: the guest sent '%s'%s%s, which is not under '%s'\n",
+                    p ? p : "", name ? " linked to " : "", name ? hl : "", want);
             free(name);
             rc = -2;
             break;

@@ -448,16 +448,8 @@ int cmd_exec(int argc, char **argv, int pty)
     int in_tty = isatty(0);
     r->xo.stdin_stream = !no_stdin && (tty || !in_tty);
 
-    struct gd_sandbox_opts so = {.image = vf.image,
-                                 .resolve_image = cli_resolve_image,
-                                 .image_ud = &vf.verbose,
-                                 .accel = vf.accel,
-                                 .memory_mb = vf.memory_mb,
-                                 .cpus = vf.cpus,
-                                 .rootfs_mode = vf.rootfs_mode,
-                                 .verbose = vf.verbose,
-                                 .append = getenv("GONDOLIN_APPEND"),
-                                 .no_network = no_network};
+    struct gd_sandbox_opts so = {.no_network = no_network};
+    cli_vm_sandbox(&vf, &so);
     cli_policy_sandbox(&pol, &so);
     struct gd_err err = {{0}};
     int rc = gd_sandbox_new(r->loop, &so, &r->sb, &err);

@@ -13,8 +13,23 @@
 #include <time.h>
 #include <unistd.h>
 
+int cli_session_arg(const char *a, const char **key, const char *usage)
+{
+    if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    if (!*key && a[0] != '-') {
+        *key = a;
+        return -1;
+    }
+    return cli_die(2, "unexpected argument '%s' (%.*s)", a, (int)strcspn(usage, "\n"), usage);
+}
+
 int cli_session_open(const char *key, struct gd_session *s, gd_control_client **c)
 {
+    if (!key)
+        return cli_die(2, "which session? Give its id (or a prefix of it) or its name");
     char dir[1024];
     struct gd_err err = {{0}};
     int rc = gd_session_dir(dir, sizeof(dir));
@@ -111,21 +126,16 @@ int cmd_stop(int argc, char **argv)
 {
     const char *key = NULL;
     int force = 0;
+    static const char usage[] = "usage: gondolin stop ID|NAME [--force]\n\nStops the sandbox: "
+                                "running processes end (exit code 125) and the VM shuts\ndown; "
+                                "--force kills the VM at once.\n";
     for (int i = 1; i < argc; i++) {
+        int k;
         if (!strcmp(argv[i], "--force") || !strcmp(argv[i], "-f"))
             force = 1;
-        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf("usage: gondolin stop ID|NAME [--force]\n\nStops the sandbox: running "
-                   "processes end (exit code 125) and the VM shuts down;\n--force kills the VM "
-                   "at once.\n");
-            return 0;
-        } else if (!key && argv[i][0] != '-')
-            key = argv[i];
-        else
-            return cli_die(2, "stop: unexpected argument '%s'", argv[i]);
+        else if ((k = cli_session_arg(argv[i], &key, usage)) >= 0)
+            return k;
     }
-    if (!key)
-        return cli_die(2, "usage: gondolin stop ID|NAME [--force]");
     struct gd_session s;
     gd_control_client *c;
     int rc = cli_session_open(key, &s, &c);
@@ -163,26 +173,22 @@ int cmd_logs(int argc, char **argv)
     const char *key = NULL;
     int follow = 0;
     long lines = 100;
+    static const char usage[] = "usage: gondolin logs ID|NAME [-f] [-n LINES]\n\nThe supervisor's "
+                                "log (policy lines, denials, reloads, exits): the last\nLINES "
+                                "(100) lines; -f keeps printing new ones until interrupted.\n";
     for (int i = 1; i < argc; i++) {
         char *end;
+        int k;
         if (!strcmp(argv[i], "-f") || !strcmp(argv[i], "--follow"))
             follow = 1;
         else if ((!strcmp(argv[i], "-n") || !strcmp(argv[i], "--lines")) && i + 1 < argc) {
             lines = strtol(argv[++i], &end, 10);
             if (*end || lines < 0 || lines > 100000)
                 return cli_die(2, "logs: -n wants a number from 0 to 100000");
-        } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf("usage: gondolin logs ID|NAME [-f] [-n LINES]\n\nThe supervisor's log "
-                   "(policy lines, denials, reloads, exits): the last LINES\n(100) lines; -f "
-                   "keeps printing new ones until interrupted.\n");
-            return 0;
-        } else if (!key && argv[i][0] != '-')
-            key = argv[i];
-        else
-            return cli_die(2, "logs: unexpected argument '%s'", argv[i]);
+        } else if ((k = cli_session_arg(argv[i], &key, usage)) >= 0) {
+            return k;
+        }
     }
-    if (!key)
-        return cli_die(2, "usage: gondolin logs ID|NAME [-f]");
     struct gd_session s;
     gd_control_client *c;
     int rc = cli_session_open(key, &s, &c);

@@ -280,7 +280,8 @@ static int go(const char *key, struct gd_control_exec *e, int detach)
 
 int cmd_sexec(int argc, char **argv)
 {
-    const char **env = calloc((size_t)argc + 2, sizeof(char *));
+    static const char **env; /* (static: reachable until exit on every path) */
+    env = calloc((size_t)argc + 2, sizeof(char *));
     size_t nenv = 0;
     const char *key = NULL, *cwd = NULL, *shell = NULL;
     int tty = 0, no_stdin = 0;
@@ -340,10 +341,16 @@ int cmd_sexec(int argc, char **argv)
 
 int cmd_attach(int argc, char **argv)
 {
-    const char **env = calloc((size_t)argc + 2, sizeof(char *));
+    static const char **env; /* (static: reachable until exit on every path) */
+    env = calloc((size_t)argc + 2, sizeof(char *));
     size_t nenv = 0;
     const char *key = NULL, *cwd = NULL;
     char **cmd = NULL;
+    static const char usage[] =
+        "usage: gondolin attach ID|NAME [-e K=V] [-w DIR] [-- CMD...]\n\n"
+        "An interactive shell (the image's bash, else sh) on a PTY in a running\n"
+        "session. Resizes propagate. Ctrl-] detaches: the shell is hung up, the\n"
+        "session keeps running (its files and background processes stay).\n";
     for (int i = 1; i < argc && !cmd; i++) {
         int k = env_cwd_flag(argc, argv, &i, env, &nenv, &cwd);
         if (k < 0)
@@ -352,19 +359,9 @@ int cmd_attach(int argc, char **argv)
             continue;
         if (!strcmp(argv[i], "--"))
             cmd = argv + i + 1;
-        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf("usage: gondolin attach ID|NAME [-e K=V] [-w DIR] [-- CMD...]\n\n"
-                   "An interactive shell (the image's bash, else sh) on a PTY in a running\n"
-                   "session. Resizes propagate. Ctrl-] detaches: the shell is hung up, the\n"
-                   "session keeps running (its files and background processes stay).\n");
-            return 0;
-        } else if (!key && argv[i][0] != '-')
-            key = argv[i];
-        else
-            return cli_die(2, "attach: unexpected argument '%s'", argv[i]);
+        else if ((k = cli_session_arg(argv[i], &key, usage)) >= 0)
+            return k;
     }
-    if (!key)
-        return cli_die(2, "usage: gondolin attach ID|NAME [-- CMD...]");
     static const char *shell_argv[] = {
         "/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l",
         NULL};

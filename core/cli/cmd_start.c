@@ -34,7 +34,8 @@ static void on_interrupt(int sig)
     interrupted = sig;
 }
 
-/* The supervisor's one line: 0 ok, else the exit code (message printed). */
+/* The supervisor's one line: 0 ok, else the exit code (message printed); 3 when it
+ * died without a word. */
 static int wait_ready(int rfd, pid_t pid, const char *log)
 {
     char buf[1300];
@@ -67,7 +68,7 @@ static int wait_ready(int rfd, pid_t pid, const char *log)
     }
     int st = 0;
     waitpid(pid, &st, 0);
-    return cli_die(1, "the supervisor exited during startup (%s %d); see %s",
+    return cli_die(3, "the supervisor exited during startup (%s %d); see %s",
                    WIFSIGNALED(st) ? "signal" : "status",
                    WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), log);
 }
@@ -115,7 +116,8 @@ int cmd_start(int argc, char **argv)
 {
     struct cli_vm_flags vf = {0};
     static struct cli_policy pol;
-    const char **env = calloc((size_t)argc + 1, sizeof(char *));
+    static const char **env; /* (static: reachable until exit on every path) */
+    env = calloc((size_t)argc + 1, sizeof(char *));
     size_t nenv = 0;
     const char *name = NULL;
     int json = 0, no_network = 0;
@@ -171,25 +173,16 @@ int cmd_start(int argc, char **argv)
     /* the image is resolved now, and the default one built on first use, in the
      * foreground; the supervisor resolves it again (cheaply) unless it was given, so a
      * policy's vm.image still counts */
-    static int verbose;
-    verbose = vf.verbose;
     char image[1024];
     struct gd_err ierr = {{0}};
-    if (cli_resolve_image(&verbose, vf.image, image, sizeof(image), &ierr))
+    if (cli_resolve_image(&vf.verbose, vf.image, image, sizeof(image), &ierr))
         return cli_die(125, "%s", ierr.msg);
     if (gd_session_uuid(id))
         return cli_die(1, "cannot generate a session id");
-    struct gd_sandbox_opts so = {.image = vf.image ? image : NULL,
-                                 .resolve_image = cli_resolve_image,
-                                 .image_ud = &verbose,
-                                 .accel = vf.accel,
-                                 .memory_mb = vf.memory_mb,
-                                 .cpus = vf.cpus,
-                                 .rootfs_mode = vf.rootfs_mode,
-                                 .verbose = vf.verbose,
-                                 .append = getenv("GONDOLIN_APPEND"),
-                                 .no_network = no_network,
-                                 .env = env};
+    struct gd_sandbox_opts so = {.no_network = no_network, .env = env};
+    cli_vm_sandbox(&vf, &so);
+    if (vf.image)
+        so.image = image;
     if (!no_network)
         cli_policy_sandbox(&pol, &so); /* its log/on_reload are the supervisor's */
 
@@ -215,8 +208,11 @@ int cmd_start(int argc, char **argv)
     rc = wait_ready(pfd[0], pid, log);
     close(pfd[0]);
     free(env);
-    if (rc)
-        return rc;
+    if (rc) {
+        if (rc != 3) /* (3: it crashed; its log says why) */
+            gd_session_remove(dir, id);
+        return rc == 3 ? 1 : rc;
+    }
     struct gd_session s;
     struct gd_err err = {{0}};
     char meta[1200];

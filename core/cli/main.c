@@ -108,6 +108,19 @@ int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f)
     return 1;
 }
 
+void cli_vm_sandbox(struct cli_vm_flags *f, struct gd_sandbox_opts *o)
+{
+    o->image = f->image;
+    o->resolve_image = cli_resolve_image;
+    o->image_ud = &f->verbose;
+    o->accel = f->accel;
+    o->memory_mb = f->memory_mb;
+    o->cpus = f->cpus;
+    o->rootfs_mode = f->rootfs_mode;
+    o->verbose = f->verbose;
+    o->append = getenv("GONDOLIN_APPEND");
+}
+
 int cli_resolve_image(void *ud, const char *ref, char *out, size_t cap, struct gd_err *err)
 {
     int verbose = ud ? *(const int *)ud : 0;

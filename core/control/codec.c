@@ -4,7 +4,6 @@
 #include "control.h"
 
 #include <errno.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,8 +223,9 @@ static int get_int(const cJSON *o, const char *k, double min, double max, long l
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
     if (!v || cJSON_IsNull(v))
         return 0;
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
-        v->valuedouble != floor(v->valuedouble) || v->valuedouble < min || v->valuedouble > max)
+    /* in range first: then the cast is defined, and integral means it round-trips */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= min && v->valuedouble <= max) ||
+        (double)(long long)v->valuedouble != v->valuedouble)
         return -1;
     *out = (long long)v->valuedouble;
     return 1;
@@ -251,6 +251,19 @@ static int get_str(const cJSON *o, const char *k, const char **out)
         return -1;
     *out = v->valuestring;
     return 1;
+}
+
+/* "window": absent or 0 = the default, more than 16 MiB = 16 MiB. */
+static int get_window(const cJSON *d, uint32_t *out, char *why, size_t cap)
+{
+    long long v;
+    int r = get_int(d, "window", 0, 4294967295.0, &v);
+    if (r < 0)
+        return bad(why, cap, "\"%s\" must be a byte count", "window");
+    *out = !r || !v                    ? GD_CONTROL_DEFAULT_WINDOW
+           : v > GD_CONTROL_MAX_CREDIT ? GD_CONTROL_MAX_CREDIT
+                                       : (uint32_t)v;
+    return 0;
 }
 
 int gd_control_parse_hello(const void *b, size_t n, struct gd_control_hello *o, char *why,
@@ -349,13 +362,8 @@ int gd_control_parse_exec(const void *b, size_t n, struct gd_control_exec *o, ch
         goto bad_size;
     if (r)
         o->cols = (unsigned)v;
-    o->window = GD_CONTROL_DEFAULT_WINDOW;
-    if ((r = get_int(d, "window", 0, 4294967295.0, &v)) < 0) {
-        bad(why, cap, "\"%s\" must be a byte count", "window");
+    if (get_window(d, &o->window, why, cap))
         goto fail;
-    }
-    if (r && v)
-        o->window = v > GD_CONTROL_MAX_CREDIT ? GD_CONTROL_MAX_CREDIT : (uint32_t)v;
     return 0;
 bad_shell:
     bad(why, cap, "\"%s\" must be a string", "shell");
@@ -385,17 +393,15 @@ int gd_control_parse_resize(const void *b, size_t n, unsigned *rows, unsigned *c
     return rc;
 }
 
-int gd_control_parse_signal(const void *b, size_t n, int *sig, char *why, size_t cap)
+int gd_control_parse_int(const void *b, size_t n, const char *k, long long min, long long max,
+                         long long *out, char *why, size_t cap)
 {
     cJSON *d = parse_obj(b, n, why, cap);
     if (!d)
         return -EBADMSG;
-    long long s;
-    int rc = 0;
-    if (get_int(d, "signal", 1, 64, &s) != 1)
-        rc = bad(why, cap, "SIGNAL needs \"%s\" from 1 to 64", "signal");
-    else
-        *sig = (int)s;
+    int rc = get_int(d, k, (double)min, (double)max, out) == 1
+                 ? 0
+                 : bad(why, cap, "\"%s\" must be an integer from %lld to %lld", k, min, max);
     cJSON_Delete(d);
     return rc;
 }
@@ -425,13 +431,8 @@ static int parse_xfer(const void *b, size_t n, struct gd_control_xfer *o, int ge
         goto out;
     }
     if (get) {
-        o->window = GD_CONTROL_DEFAULT_WINDOW;
-        if ((r = get_int(d, "window", 0, 4294967295.0, &v)) < 0) {
-            bad(why, cap, "\"%s\" must be a byte count", "window");
+        if (get_window(d, &o->window, why, cap))
             goto out;
-        }
-        if (r && v)
-            o->window = v > GD_CONTROL_MAX_CREDIT ? GD_CONTROL_MAX_CREDIT : (uint32_t)v;
     } else {
         if ((r = get_int(d, "mode", 0, 07777, &v)) < 0) {
             bad(why, cap, "\"%s\" must be a number from 0 to 4095 (07777)", "mode");
@@ -506,21 +507,6 @@ out:
     return rc;
 }
 
-int gd_control_parse_started(const void *b, size_t n, long *pid, char *why, size_t cap)
-{
-    cJSON *d = parse_obj(b, n, why, cap);
-    if (!d)
-        return -EBADMSG;
-    long long v;
-    int rc = 0;
-    if (get_int(d, "pid", 0, 4294967295.0, &v) != 1)
-        rc = bad(why, cap, "STARTED needs \"%s\"", "pid");
-    else
-        *pid = (long)v;
-    cJSON_Delete(d);
-    return rc;
-}
-
 int gd_control_parse_exit(const void *b, size_t n, struct gd_control_exit *o, char *why, size_t cap)
 {
     memset(o, 0, sizeof(*o));
@@ -589,6 +575,14 @@ int gd_control_parse_reply(const void *b, size_t n, cJSON **out, char *why, size
 }
 
 /* ---- encoders ---- */
+
+void gd_control_json_str(cJSON *o, const char *k, const char *v)
+{
+    if (v && v[0])
+        cJSON_AddStringToObject(o, k, v);
+    else
+        cJSON_AddNullToObject(o, k);
+}
 
 char *gd_control_encode_json(cJSON *obj)
 {

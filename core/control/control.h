@@ -124,7 +124,10 @@ void gd_control_exec_free(struct gd_control_exec *o);
 
 int gd_control_parse_resize(const void *b, size_t n, unsigned *rows, unsigned *cols, char *why,
                             size_t cap);
-int gd_control_parse_signal(const void *b, size_t n, int *sig, char *why, size_t cap);
+/* A body whose one required field k is an integer in [min, max]: SIGNAL ("signal",
+ * 1..64), STARTED ("pid"). */
+int gd_control_parse_int(const void *b, size_t n, const char *k, long long min, long long max,
+                         long long *out, char *why, size_t cap);
 
 /* PUT and GET */
 struct gd_control_xfer {
@@ -154,7 +157,6 @@ struct gd_control_exit {
     int exit_code, signal;
     char error[512];
 };
-int gd_control_parse_started(const void *b, size_t n, long *pid, char *why, size_t cap);
 int gd_control_parse_exit(const void *b, size_t n, struct gd_control_exit *o, char *why,
                           size_t cap);
 int gd_control_parse_error(const void *b, size_t n, char *code, size_t ccap, char *msg,
@@ -171,6 +173,8 @@ char *gd_control_encode_exit(int exit_code, int sig, const char *error);
 char *gd_control_encode_error(const char *code, const char *message);
 char *gd_control_encode_xfer(const struct gd_control_xfer *x, int get);
 char *gd_control_encode_json(cJSON *obj); /* prints and deletes obj */
+/* o[k] = v, or null when v is NULL or empty. */
+void gd_control_json_str(cJSON *o, const char *k, const char *v);
 
 /* ---- the sessions directory (session.c) ---- */
 

@@ -44,7 +44,8 @@ struct conn {
     struct gd_control_reader rd;
     uint64_t t0; /* accepted at (loop ms); ended at, once ended */
     int hello;
-    int ended; /* reading stopped, no more frames queued; shut down or closing */
+    int counted; /* in the server's nconns */
+    int ended;   /* reading stopped, no more frames queued; shut down or closing */
     int closing;
     size_t outq; /* bytes queued to write */
     struct req *reqs;

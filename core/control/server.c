@@ -306,20 +306,13 @@ static cJSON *info(gd_control_server *s)
     const struct gd_session *m = &s->meta;
     cJSON_AddBoolToObject(o, "ok", 1);
     cJSON_AddStringToObject(o, "id", m->id);
-    if (m->name[0])
-        cJSON_AddStringToObject(o, "name", m->name);
-    else
-        cJSON_AddNullToObject(o, "name");
+    gd_control_json_str(o, "name", m->name);
     cJSON_AddNumberToObject(o, "pid", (double)getpid());
     cJSON_AddNumberToObject(o, "created", (double)m->created);
     cJSON_AddStringToObject(o, "image", gd_sandbox_image_dir(s->sb));
     cJSON_AddStringToObject(o, "build_id", gd_sandbox_build_id(s->sb));
     cJSON_AddStringToObject(o, "accel", gd_vm_accel(gd_sandbox_vm(s->sb)));
-    const char *pol = gd_sandbox_policy(s->sb);
-    if (pol)
-        cJSON_AddStringToObject(o, "policy", pol);
-    else
-        cJSON_AddNullToObject(o, "policy");
+    gd_control_json_str(o, "policy", gd_sandbox_policy(s->sb));
     cJSON_AddStringToObject(o, "revision", gd_sandbox_revision(s->sb));
     cJSON_AddNumberToObject(o, "generation", gd_sandbox_generation(s->sb));
     cJSON_AddStringToObject(o, "state", s->stopping ? "stopping" : "running");
@@ -467,21 +460,12 @@ static void on_request(struct conn *c, uint32_t id, const uint8_t *body, size_t 
             return reply(c, id, fail_reply(err.msg[0] ? err.msg : "the reload failed"), 0);
         o = cJSON_CreateObject();
         cJSON_AddBoolToObject(o, "ok", 1);
-        if (q.op[7] == 's') {
-            const char *pol = gd_sandbox_policy(s->sb);
-            if (pol)
-                cJSON_AddStringToObject(o, "policy", pol);
-            else
-                cJSON_AddNullToObject(o, "policy");
-        }
+        if (q.op[7] == 's')
+            gd_control_json_str(o, "policy", gd_sandbox_policy(s->sb));
         cJSON_AddStringToObject(o, "revision", gd_sandbox_revision(s->sb));
         cJSON_AddNumberToObject(o, "generation", gd_sandbox_generation(s->sb));
-        if (q.op[7] == 's') {
-            if (s->has_error)
-                cJSON_AddStringToObject(o, "last_error", s->last_error);
-            else
-                cJSON_AddNullToObject(o, "last_error");
-        }
+        if (q.op[7] == 's')
+            gd_control_json_str(o, "last_error", s->has_error ? s->last_error : NULL);
     } else if (!strcmp(q.op, "expose")) {
         o = fail_reply("not yet supported");
     } else if (!strcmp(q.op, "stop")) {
@@ -520,11 +504,11 @@ static void dispatch(struct conn *c, const struct gd_control_hdr *h, const uint8
         return;
     }
     case GD_CONTROL_SIGNAL: {
-        int sig;
-        if (gd_control_parse_signal(body, h->len, &sig, why, sizeof(why)))
-            return gd__control_fail(c, "%s", why);
+        long long sig;
+        if (gd_control_parse_int(body, h->len, "signal", 1, 64, &sig, why, sizeof(why)))
+            return gd__control_fail(c, "SIGNAL: %s", why);
         if ((r = find_req(c, h->id)) && r->x && r->kind == REQ_EXEC)
-            gd_exec_signal(r->x, sig);
+            gd_exec_signal(r->x, (int)sig);
         return;
     }
     case GD_CONTROL_PUT:
@@ -605,6 +589,8 @@ static void conn_end(struct conn *c, int drain)
     if (!c->ended) {
         c->ended = 1;
         c->t0 = uv_now(s->loop);
+        if (c->counted)
+            s->nconns--;
         uv_read_stop((uv_stream_t *)&c->pipe);
         while (c->reqs) {
             struct req *r = c->reqs;
@@ -697,6 +683,7 @@ static void on_connection(uv_stream_t *l, int status)
         return;
     }
     s->nconns++;
+    c->counted = 1;
     uv_read_start((uv_stream_t *)&c->pipe, on_alloc, on_read);
     gd__control_tick_update(s);
 }

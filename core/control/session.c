@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,19 +140,13 @@ cJSON *gd_session_json(const struct gd_session *s)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "id", s->id);
-    if (s->name[0])
-        cJSON_AddStringToObject(o, "name", s->name);
-    else
-        cJSON_AddNullToObject(o, "name");
+    gd_control_json_str(o, "name", s->name);
     cJSON_AddNumberToObject(o, "pid", (double)s->pid);
     cJSON_AddNumberToObject(o, "pid_start", (double)s->pid_start);
     cJSON_AddNumberToObject(o, "created", (double)s->created);
     cJSON_AddStringToObject(o, "image", s->image);
     cJSON_AddStringToObject(o, "build_id", s->build_id);
-    if (s->policy[0])
-        cJSON_AddStringToObject(o, "policy", s->policy);
-    else
-        cJSON_AddNullToObject(o, "policy");
+    gd_control_json_str(o, "policy", s->policy);
     cJSON_AddStringToObject(o, "socket", s->socket);
     cJSON_AddStringToObject(o, "log", s->log);
     return o;
@@ -166,10 +161,13 @@ int gd_session_write(const char *dir, const struct gd_session *s)
     snprintf(tmp, sizeof(tmp), "%s/.%s.json.tmp", dir, s->id);
     snprintf(path, sizeof(path), "%s/%s.json", dir, s->id);
     int rc = 0;
-    FILE *f = fopen(tmp, "we");
-    if (!f)
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    if (!f) {
         rc = -errno;
-    else {
+        if (fd >= 0)
+            close(fd);
+    } else {
         fprintf(f, "%s\n", text);
         if (fflush(f) || fsync(fileno(f)))
             rc = -errno;

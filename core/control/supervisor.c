@@ -23,7 +23,7 @@ struct sup {
     uv_signal_t sigs[2];
     int sigs_open;
     uv_timer_t fin; /* frees the sandbox outside its callbacks */
-    int ready, published, stopping, code;
+    int ready, stopping, code;
 };
 
 static void slog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -158,7 +158,6 @@ static void on_ready(gd_sandbox *sb, int status, void *ud)
     if (gd_control_server_new(&p->loop, sb, &so, &p->srv, &err)) {
         snprintf(why, sizeof(why), "%s", err.msg);
     } else if (publish(p, why, sizeof(why)) == 0) {
-        p->published = 1;
         slog("session %s%s%s%s ready: image %s (build %s), accel %s, policy %s", m->id,
              m->name[0] ? " (" : "", m->name, m->name[0] ? ")" : "", m->image, m->build_id,
              gd_vm_accel(gd_sandbox_vm(sb)), m->policy[0] ? m->policy : "none");
@@ -243,6 +242,7 @@ int gd_control_supervise(const struct gd_control_supervise_opts *o)
         report(p, err.msg);
         uv_run(&p->loop, UV_RUN_DEFAULT); /* what the egress stack had opened */
         uv_loop_close(&p->loop);
+        gd_session_remove(o->dir, m->id);
         free(p);
         return 1;
     }
@@ -268,8 +268,7 @@ int gd_control_supervise(const struct gd_control_supervise_opts *o)
     }
     uv_run(&p->loop, UV_RUN_DEFAULT); /* until the sandbox's handles have closed */
     gd_control_server_free(p->srv);
-    if (p->published || p->code)
-        gd_session_remove(o->dir, m->id);
+    gd_session_remove(o->dir, m->id); /* the session is over: its files go with it */
     slog("supervisor %ld exits (status %d)", m->pid, p->code);
     int code = p->code;
     if (uv_loop_close(&p->loop))

@@ -19,8 +19,7 @@ static void parse_body(unsigned type, const uint8_t *b, size_t n, int all)
     struct gd_control_request q;
     struct gd_control_exit ex;
     unsigned rows, cols;
-    int sig;
-    long pid;
+    long long num;
     cJSON *o = NULL;
     if (all || type == GD_CONTROL_HELLO) {
         gd_control_parse_hello(b, n, &h, why, sizeof(why));
@@ -41,7 +40,7 @@ static void parse_body(unsigned type, const uint8_t *b, size_t n, int all)
     if (all || type == GD_CONTROL_RESIZE)
         gd_control_parse_resize(b, n, &rows, &cols, why, sizeof(why));
     if (all || type == GD_CONTROL_SIGNAL)
-        gd_control_parse_signal(b, n, &sig, why, sizeof(why));
+        gd_control_parse_int(b, n, "signal", 1, 64, &num, why, sizeof(why));
     if ((all || type == GD_CONTROL_PUT) && gd_control_parse_put(b, n, &x, why, sizeof(why)) == 0)
         gd_control_xfer_free(&x);
     if ((all || type == GD_CONTROL_GET) && gd_control_parse_get(b, n, &x, why, sizeof(why)) == 0)
@@ -49,7 +48,7 @@ static void parse_body(unsigned type, const uint8_t *b, size_t n, int all)
     if (all || type == GD_CONTROL_REQUEST)
         gd_control_parse_request(b, n, &q, why, sizeof(why));
     if (all || type == GD_CONTROL_STARTED)
-        gd_control_parse_started(b, n, &pid, why, sizeof(why));
+        gd_control_parse_int(b, n, "pid", 0, 4294967295LL, &num, why, sizeof(why));
     if (all || type == GD_CONTROL_EXIT)
         gd_control_parse_exit(b, n, &ex, why, sizeof(why));
     if (all || type == GD_CONTROL_ERROR)

@@ -205,11 +205,15 @@ TEST(control_parse_small_messages)
         0);
     CHECK_EQ(rows * 1000 + cols, 40120);
     CHECK_EQ(gd_control_parse_resize(J("{\"rows\":40}"), &rows, &cols, why, sizeof(why)), -EBADMSG);
-    int sig;
-    CHECK_EQ(gd_control_parse_signal(J("{\"signal\":15}"), &sig, why, sizeof(why)), 0);
+    long long sig;
+    CHECK_EQ(gd_control_parse_int(J("{\"signal\":15}"), "signal", 1, 64, &sig, why, sizeof(why)),
+             0);
     CHECK_EQ(sig, 15);
-    CHECK_EQ(gd_control_parse_signal(J("{\"signal\":65}"), &sig, why, sizeof(why)), -EBADMSG);
-    CHECK_EQ(gd_control_parse_signal(J("{\"signal\":0}"), &sig, why, sizeof(why)), -EBADMSG);
+    CHECK_EQ(gd_control_parse_int(J("{\"signal\":65}"), "signal", 1, 64, &sig, why, sizeof(why)),
+             -EBADMSG);
+    CHECK_CONTAINS(why, "from 1 to 64");
+    CHECK_EQ(gd_control_parse_int(J("{\"signal\":0}"), "signal", 1, 64, &sig, why, sizeof(why)),
+             -EBADMSG);
     struct gd_control_request q;
     CHECK_EQ(gd_control_parse_request(J("{\"op\":\"logs\",\"follow\":true,\"lines\":5}"), &q, why,
                                       sizeof(why)),
@@ -266,8 +270,9 @@ TEST(control_parse_transfers)
 TEST(control_client_side_messages)
 {
     char why[200], code[64], msg[200];
-    long pid;
-    CHECK_EQ(gd_control_parse_started(J("{\"pid\":42}"), &pid, why, sizeof(why)), 0);
+    long long pid;
+    CHECK_EQ(
+        gd_control_parse_int(J("{\"pid\":42}"), "pid", 0, 4294967295LL, &pid, why, sizeof(why)), 0);
     CHECK_EQ(pid, 42);
     struct gd_control_exit e;
     char *t = gd_control_encode_exit(137, 9, NULL);
