@@ -25,6 +25,8 @@ pkgs=(
   openssl
   # tests: the image builder's sources on loopback (OCI registry, OCI image tools)
   docker-registry skopeo umoci
+  # the Python SDK (sdk/python): venv + pip to install it, its tests, its type check
+  python3-venv python3-pip python3-pytest python3-mypy
 )
 # benchmarks only (scripts/setup.sh --bench): load generator and the peer proxy
 if [[ "${1:-}" == "--bench" ]]; then

@@ -1,0 +1,328 @@
+"""What the sync and asyncio clients share: results, sessions on disk, `gondolin start`
+arguments, tar safety."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from . import __version__
+from .errors import ExecError, GondolinError, SessionNotFound, StartError
+
+CLIENT_NAME = f"gondolin-python {__version__}"
+MAX_LIVE = 64  # live requests per connection (docs/control.md, Bounds)
+DEFAULT_SHELL = ("/bin/bash", "-l")  # what `gondolin bash` runs
+
+Cmd = str | Sequence[str]
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """How a command ended. ``stdout``/``stderr`` are empty for a streamed exec."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+    signal: int | None = None
+    error: str | None = None  # could not be started (exit codes 125..127), or a transfer's error
+    cmd: Cmd = field(default="", repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def text(self) -> str:
+        """stdout decoded as UTF-8 (invalid bytes replaced)."""
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def stderr_text(self) -> str:
+        return self.stderr.decode("utf-8", "replace")
+
+    def check(self) -> ExecResult:
+        """Returns self when the exit code is 0, else raises ExecError."""
+        if self.exit_code != 0:
+            raise ExecError(self.cmd, self.exit_code, self.stdout, self.stderr, self.signal, self.error)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class OutputChunk:
+    """A piece of a streamed exec's output."""
+
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+    @property
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
+
+
+def chunk(stream: int, data: bytes) -> OutputChunk:
+    return OutputChunk("stdout" if stream == 0 else "stderr", data)
+
+
+# ---------------------------------------------------------------------------
+# sessions on disk (docs/control.md, "Where sessions live")
+
+
+def sessions_dir() -> Path:
+    """$XDG_RUNTIME_DIR/gondolin/sessions, else $XDG_CACHE_HOME/gondolin/sessions, else
+    ~/.cache/gondolin/sessions (as core/control/session.c)."""
+    for var in ("XDG_RUNTIME_DIR", "XDG_CACHE_HOME"):
+        v = os.environ.get(var)
+        if v:
+            return Path(v) / "gondolin" / "sessions"
+    return Path.home() / ".cache" / "gondolin" / "sessions"
+
+
+def _proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat; None when there is no such process or it is a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    rest = stat[stat.rfind(")") + 2 :].split()
+    try:
+        if rest[0] in ("Z", "X"):  # field 3, the state: exited, not yet reaped
+            return None
+        return int(rest[19])  # field 22; rest starts at field 3
+    except (IndexError, ValueError):
+        return None
+
+
+def session_alive(meta: Mapping[str, Any]) -> bool:
+    """The supervisor named in a session's metadata still runs (pid and start time)."""
+    pid = meta.get("pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    st = _proc_start_time(pid)
+    if st is None:
+        return False
+    want = meta.get("pid_start")
+    return not isinstance(want, int) or want == st
+
+
+def wait_gone(meta: Mapping[str, Any], timeout: float | None) -> bool:
+    """Waits until a session's supervisor has exited; False if it still runs at the timeout."""
+    end = None if timeout is None else time.monotonic() + timeout
+    while session_alive(meta):
+        if end is not None and time.monotonic() >= end:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def list_sessions(directory: Path | None = None) -> list[dict[str, Any]]:
+    """The metadata of every live session (stale ones are skipped, not removed)."""
+    d = directory or sessions_dir()
+    out: list[dict[str, Any]] = []
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return out
+    for n in names:
+        if not n.endswith(".json"):
+            continue
+        try:
+            meta = json.loads((d / n).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and session_alive(meta):
+            meta.setdefault("socket", str(d / (n[:-5] + ".sock")))
+            out.append(meta)
+    return out
+
+
+def find_session(ref: str) -> dict[str, Any]:
+    """A session's metadata by id, unique id prefix, name, or socket path."""
+    if not ref:
+        raise SessionNotFound("attach: empty session id or name")
+    if "/" in ref or ref.endswith(".sock"):
+        p = Path(ref)
+        if not p.exists():
+            raise SessionNotFound(f"no session socket at {ref}")
+        meta: dict[str, Any] = {}
+        j = p.with_suffix(".json")
+        try:
+            m = json.loads(j.read_text())
+            if isinstance(m, dict):
+                meta = m
+        except (OSError, ValueError):
+            pass
+        meta["socket"] = str(p)
+        meta.setdefault("id", p.stem)
+        return meta
+    d = sessions_dir()
+    live = list_sessions(d)
+    for m in live:
+        if m.get("id") == ref:
+            return dict(m)
+    named = [m for m in live if m.get("name") == ref]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise SessionNotFound(f"more than one session is named '{ref}'")
+    pre = [m for m in live if str(m.get("id", "")).startswith(ref)]
+    if len(pre) == 1:
+        return pre[0]
+    if len(pre) > 1:
+        raise SessionNotFound(f"'{ref}' is the prefix of more than one session id")
+    raise SessionNotFound(f"no running session '{ref}' (in {d})")
+
+
+# ---------------------------------------------------------------------------
+# gondolin start
+
+
+def gondolin_bin(binary: str | None = None) -> str:
+    """The gondolin executable: the argument, $GONDOLIN_BIN, or `gondolin` on PATH."""
+    b = binary or os.environ.get("GONDOLIN_BIN")
+    if b:
+        return b
+    found = shutil.which("gondolin")
+    if not found:
+        raise GondolinError("gondolin: executable not found (set GONDOLIN_BIN or put it on PATH)")
+    return found
+
+
+def _mem(v: int | str) -> str:
+    return f"{v}M" if isinstance(v, int) else v
+
+
+def start_argv(
+    binary: str,
+    *,
+    policy: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    name: str | None = None,
+    image: str | None = None,
+    allow_hosts: Iterable[str] | None = None,
+    host_secrets: Iterable[str] | None = None,
+    memory: int | str | None = None,
+    cpus: int | None = None,
+    accel: str | None = None,
+    no_network: bool = False,
+    plugins: Iterable[str] | None = None,
+    args: Iterable[str] | None = None,
+) -> list[str]:
+    """`gondolin start --json ...` for these options (memory as int = MiB)."""
+    argv = [binary, "start", "--json"]
+    if name is not None:
+        argv += ["--name", name]
+    if image is not None:
+        argv += ["--image", image]
+    if policy is not None:
+        argv += ["--policy", os.fspath(policy)]
+    for k, v in (env or {}).items():
+        if not k or "=" in k:
+            raise ValueError(f"bad environment variable name {k!r}")
+        argv += ["-e", f"{k}={v}"]
+    if isinstance(allow_hosts, str) or isinstance(host_secrets, str) or isinstance(plugins, str):
+        raise TypeError("allow_hosts, host_secrets and plugins are lists of strings")
+    for h in allow_hosts or ():
+        argv += ["--allow-host", h]
+    for s in host_secrets or ():
+        argv += ["--host-secret", s]
+    for p in plugins or ():
+        argv += ["--plugin", p]
+    if memory is not None:
+        argv += ["--memory", _mem(memory)]
+    if cpus is not None:
+        argv += ["--cpus", str(cpus)]
+    if accel is not None:
+        argv += ["--accel", accel]
+    if no_network:
+        argv.append("--no-network")
+    argv += list(args or ())
+    return argv
+
+
+def parse_start_json(text: str) -> dict[str, Any] | None:
+    """The session info printed by `gondolin start --json`, once ``text`` holds all of it."""
+    t = text.strip()
+    if not t:
+        return None
+    # the JSON may be preceded by notice lines: try from each line that opens an object
+    lines = t.splitlines()
+    for i, ln in enumerate(lines):
+        if not ln.lstrip().startswith("{"):
+            continue
+        try:
+            v = json.loads("\n".join(lines[i:]))
+        except ValueError:
+            continue
+        if isinstance(v, dict) and isinstance(v.get("id"), str):
+            return v
+    return None
+
+
+def start_failed(argv: Sequence[str], rc: int | None, stderr: str, why: str | None = None) -> StartError:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    msg = lines[-1] if lines else why or (f"exited with {rc}" if rc is not None else "failed")
+    if why and lines:
+        msg = f"{why}: {msg}"
+    if not msg.startswith("gondolin"):
+        msg = f"gondolin start: {msg}"
+    return StartError(msg, returncode=rc, stderr=stderr)
+
+
+def _merge(meta: Mapping[str, Any], hello: Mapping[str, Any]) -> dict[str, Any]:
+    """The session's metadata (ID.json or `start --json`) updated with HELLO's info."""
+    out = {**meta, **hello}
+    out.pop("ok", None)
+    return out
+
+
+def session_socket(info: Mapping[str, Any]) -> str:
+    s = info.get("socket")
+    if isinstance(s, str) and s:
+        return s
+    return str(sessions_dir() / f"{info['id']}.sock")
+
+
+# ---------------------------------------------------------------------------
+# tar (upload/download)
+
+
+def checked_members(tf: tarfile.TarFile, dest: str) -> Iterator[tarfile.TarInfo]:
+    """The members of a tar stream that stay inside dest (what tarfile's 'data' filter
+    allows: no absolute or .. names, no links leaving dest, no devices); raises on others."""
+    root = os.path.realpath(dest)
+    for m in tf:
+        name = m.name
+        if os.path.isabs(name) or ".." in Path(name).parts:
+            raise GondolinError(f"download: unsafe member name {name!r} in the archive")
+        target = os.path.realpath(os.path.join(root, name))
+        if os.path.commonpath([root, target]) != root:
+            raise GondolinError(f"download: member {name!r} leaves {dest}")
+        if m.issym() or m.islnk():
+            ln = m.linkname
+            if os.path.isabs(ln):
+                raise GondolinError(f"download: link {name!r} -> {ln!r} is absolute")
+            base = os.path.dirname(target) if m.issym() else root
+            lt = os.path.realpath(os.path.join(base, ln))
+            if os.path.commonpath([root, lt]) != root:
+                raise GondolinError(f"download: link {name!r} -> {ln!r} leaves {dest}")
+        elif not (m.isfile() or m.isdir()):
+            continue  # devices, fifos: skipped
+        m.mode &= 0o755  # no setuid/setgid/sticky, no group/other write
+        m.uid = m.gid = os.getuid() if hasattr(os, "getuid") else 0
+        m.uname = m.gname = ""
+        yield m
+
+
+def extract_all(tf: tarfile.TarFile, dest: str) -> None:
+    os.makedirs(dest, exist_ok=True)
+    members = checked_members(tf, dest)
+    kw: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+    tf.extractall(dest, members=members, numeric_owner=True, **kw)
