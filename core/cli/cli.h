@@ -81,6 +81,11 @@ int cmd_start(int argc, char **argv);
 int cmd_ls(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
 int cmd_logs(int argc, char **argv);
+int cmd_expose(int argc, char **argv);
+int cmd_ssh(int argc, char **argv);
+/* Asks the session's supervisor for SSH access (starting sshd on first use); *out is
+ * the reply (host, port, user, identity, known_hosts, command). Prints errors. */
+int cli_session_ssh(const char *key, const char *user, const char *listen, cJSON **out);
 int cmd_sexec(int argc, char **argv);
 int cmd_attach(int argc, char **argv);
 int cmd_cp(int argc, char **argv);

@@ -502,8 +502,8 @@ int cmd_exec(int argc, char **argv, int pty)
             unlink(reg_path);
             unlink(pol.status_path);
         }
-        /* a bad policy is a usage error, a missing image 1, anything else the VM's */
-        return cli_die(rc == -EINVAL ? 2 : rc == -ENOENT ? 1 : 125, "%s", err.msg);
+        /* a bad policy is a usage error; anything else is the VM's */
+        return cli_die(rc == -EINVAL ? 2 : 125, "%s", err.msg);
     }
     cli_policy_status(&pol, 1, gd_sandbox_revision(r->sb), NULL);
     cli_print_forwards(r->sb);

@@ -157,9 +157,6 @@ int cmd_start(int argc, char **argv)
         if (nenv && (!strchr(env[nenv - 1], '=') || env[nenv - 1][0] == '='))
             return cli_die(2, "--env wants KEY=VALUE, not '%s'", env[nenv - 1]);
     }
-    if (sf.ssh)
-        return cli_die(2, "start: --ssh is not available for sessions yet (use it with exec or "
-                          "bash)");
     if (name && !gd_session_name_ok(name))
         return cli_die(2,
                        "--name: '%s' is not a name (1 to 63 of A-Z a-z 0-9 _ . -, starting "
@@ -228,6 +225,21 @@ int cmd_start(int argc, char **argv)
     snprintf(meta, sizeof(meta), "%s/%s.json", dir, id);
     if (gd_session_read(meta, &s, &err))
         return cli_die(1, "%s", err.msg);
+    cJSON *ssh = NULL;
+    char ssh_listen[100] = "";
+    if (sf.ssh_port || sf.ssh_host[0])
+        snprintf(ssh_listen, sizeof(ssh_listen), "%s%s%s%s%u", strchr(sf.ssh_host, ':') ? "[" : "",
+                 sf.ssh_host, strchr(sf.ssh_host, ':') ? "]" : "", sf.ssh_host[0] ? ":" : "",
+                 sf.ssh_port);
+    if (sf.ssh && (rc = cli_session_ssh(id, sf.ssh_user, ssh_listen, &ssh))) {
+        char *stop[] = {"stop", id, "--force", NULL};
+        cmd_stop(3, stop); /* no half-made session stays behind */
+        return rc;
+    }
+    if (ssh && !json)
+        fprintf(stderr, "gondolin: ssh: %s\n",
+                cJSON_GetStringValue(cJSON_GetObjectItem(ssh, "command")));
+    cJSON_Delete(ssh);
     if (json)
         return print_json(&s);
     printf("%s\n", id);

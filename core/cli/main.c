@@ -174,6 +174,8 @@ static void usage(FILE *f)
                "  ls [--json]                     the running sessions\n"
                "  logs ID [-f]                    a session's log (policy, denials, reloads)\n"
                "  stop ID [--force]               stop a session\n"
+               "  expose ID [--raw] [HOST:]PORT=GUESTPORT  a host port into the session\n"
+               "  ssh ID [--user U] [-- CMD]      log into the session with OpenSSH\n"
                "  policy reload ID                reload a session's policy\n"
                "  build --config FILE [--output DIR | --tag REF]  build a guest image\n"
                "  build --init-config | --validate FILE | --verify DIR | --default\n"
@@ -222,5 +224,9 @@ int main(int argc, char **argv)
         return cmd_logs(argc - 1, argv + 1);
     if (!strcmp(c, "stop"))
         return cmd_stop(argc - 1, argv + 1);
+    if (!strcmp(c, "expose"))
+        return cmd_expose(argc - 1, argv + 1);
+    if (!strcmp(c, "ssh"))
+        return cmd_ssh(argc - 1, argv + 1);
     return cli_die(2, "unknown command '%s' (see gondolin --help)", c);
 }

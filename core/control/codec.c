@@ -472,7 +472,7 @@ int gd_control_parse_request(const void *b, size_t n, struct gd_control_request 
     cJSON *d = parse_obj(b, n, why, cap);
     if (!d)
         return -EBADMSG;
-    const char *op = NULL, *listen = NULL;
+    const char *op = NULL, *listen = NULL, *user = NULL;
     long long v;
     int r, rc = -EBADMSG;
     if (get_str(d, "op", &op) != 1) {
@@ -495,12 +495,18 @@ int gd_control_parse_request(const void *b, size_t n, struct gd_control_request 
         goto out;
     }
     o->guest_port = r ? (unsigned)v : 0;
-    if (get_str(d, "listen", &listen) < 0) {
-        bad(why, cap, "\"%s\" must be a string", "listen");
+    if (get_str(d, "listen", &listen) < 0 || get_str(d, "user", &user) < 0) {
+        bad(why, cap, "%s must be strings", "\"listen\" and \"user\"");
+        goto out;
+    }
+    if ((listen && strlen(listen) >= sizeof(o->listen)) ||
+        (user && strlen(user) >= sizeof(o->user))) {
+        bad(why, cap, "%s too long", "\"listen\" or \"user\"");
         goto out;
     }
     snprintf(o->op, sizeof(o->op), "%s", op);
     snprintf(o->listen, sizeof(o->listen), "%s", listen ? listen : "");
+    snprintf(o->user, sizeof(o->user), "%s", user ? user : "");
     rc = 0;
 out:
     cJSON_Delete(d);

@@ -149,6 +149,7 @@ struct gd_control_request {
     unsigned lines;
     unsigned guest_port;
     char listen[128];
+    char user[64]; /* ssh */
 };
 int gd_control_parse_request(const void *b, size_t n, struct gd_control_request *o, char *why,
                              size_t cap);

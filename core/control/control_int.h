@@ -40,6 +40,7 @@ struct req {
 
 struct conn {
     gd_control_server *s;
+    uint64_t serial; /* unique per server: asynchronous replies find their connection */
     uv_pipe_t pipe;
     struct gd_control_reader rd;
     uint64_t t0; /* accepted at (loop ms); ended at, once ended */
@@ -67,6 +68,7 @@ struct gd_control_server {
     struct conn *conns;
     int nconns;
     struct req *orphans;
+    uint64_t next_serial;
     int stopping, closing;
     char last_error[1024];
     int has_error;
@@ -98,6 +100,7 @@ void gd__control_req_done(struct req *r);
 void gd__control_tick_update(gd_control_server *s);
 
 /* requests.c */
+struct conn *gd__control_conn(gd_control_server *s, uint64_t serial); /* live, or NULL */
 cJSON *gd__control_info(gd_control_server *s);
 void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_t n);
 

@@ -3,8 +3,11 @@
 #define _GNU_SOURCE
 #include "control_int.h"
 
+#include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static cJSON *fail_reply(const char *msg)
@@ -85,6 +88,82 @@ static cJSON *expose(gd_control_server *s, const struct gd_control_request *q)
     return o;
 }
 
+struct conn *gd__control_conn(gd_control_server *s, uint64_t serial)
+{
+    for (struct conn *c = s->conns; c; c = c->next)
+        if (c->serial == serial && !c->ended)
+            return c;
+    return NULL;
+}
+
+/* {"user": U}: sshd in the guest and a host port to it (gd_sandbox_ssh); answered when
+ * sshd is up. The keys live in the sessions directory as ID.ssh/. */
+struct ssh_wait {
+    gd_control_server *s;
+    uint64_t serial;
+    uint32_t id;
+};
+
+static void on_ssh(gd_sandbox *sb, const struct gd_ssh_access *a, const char *error, void *ud)
+{
+    (void)sb;
+    struct ssh_wait *w = ud;
+    struct conn *c = gd__control_conn(w->s, w->serial);
+    if (a)
+        gd__control_log(w->s, "control: ssh %s@%s:%u", a->user, a->host, a->port);
+    if (c) {
+        cJSON *o;
+        if (!a) {
+            o = fail_reply(error);
+        } else {
+            o = cJSON_CreateObject();
+            cJSON_AddBoolToObject(o, "ok", 1);
+            cJSON_AddStringToObject(o, "host", a->host);
+            cJSON_AddNumberToObject(o, "port", a->port);
+            cJSON_AddStringToObject(o, "user", a->user);
+            cJSON_AddStringToObject(o, "identity", a->identity);
+            cJSON_AddStringToObject(o, "known_hosts", a->known_hosts);
+            cJSON_AddStringToObject(o, "command", a->command);
+        }
+        gd__control_reply(c, w->id, o, 0);
+    }
+    free(w);
+}
+
+static cJSON *ssh(struct conn *c, uint32_t id, const struct gd_control_request *q)
+{
+    gd_control_server *s = c->s;
+    char dir[1300];
+    snprintf(dir, sizeof(dir), "%s", s->meta.socket);
+    char *dot = strrchr(dir, '.');
+    if (!dot)
+        return fail_reply("no place for the ssh keys");
+    strcpy(dot, ".ssh");
+    if (mkdir(dir, 0700) && errno != EEXIST)
+        return fail_reply("cannot create the directory for the ssh keys");
+    struct ssh_wait *w = calloc(1, sizeof(*w));
+    if (!w)
+        return fail_reply("out of memory");
+    *w = (struct ssh_wait){s, c->serial, id};
+    struct gd_ssh_opts so = {.user = q->user[0] ? q->user : NULL, .key_dir = dir};
+    struct gd_forward_spec fs = {0};
+    if (q->listen[0]) { /* "[HOST:]PORT" of the host side */
+        char spec[200];
+        struct gd_err err = {{0}};
+        snprintf(spec, sizeof(spec), "%s=22", q->listen);
+        if (gd_forward_parse(spec, &fs, &err))
+            return fail_reply(err.msg);
+        so.listen_host = fs.host[0] ? fs.host : NULL;
+        so.listen_port = fs.port;
+    }
+    int rc = gd_sandbox_ssh(s->sb, &so, on_ssh, w);
+    if (rc) {
+        free(w);
+        return fail_reply(rc == -EINVAL ? "bad user name" : strerror(-rc));
+    }
+    return NULL; /* on_ssh answers */
+}
+
 void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_t n)
 {
     gd_control_server *s = c->s;
@@ -119,6 +198,9 @@ void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_
             gd_control_json_str(o, "last_error", s->has_error ? s->last_error : NULL);
     } else if (!strcmp(q.op, "expose")) {
         o = expose(s, &q);
+    } else if (!strcmp(q.op, "ssh")) {
+        if (!(o = ssh(c, id, &q)))
+            return;
     } else if (!strcmp(q.op, "stop")) {
         o = cJSON_CreateObject();
         cJSON_AddBoolToObject(o, "ok", 1);

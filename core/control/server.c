@@ -570,6 +570,7 @@ static void on_connection(uv_stream_t *l, int status)
     if (!c)
         return;
     c->s = s;
+    c->serial = ++s->next_serial;
     gd_control_reader_init(&c->rd, GD_CONTROL_TO_SERVER);
     uv_pipe_init(s->loop, &c->pipe, 0);
     c->pipe.data = c;

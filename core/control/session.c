@@ -233,6 +233,8 @@ void gd_session_remove(const char *dir, const char *id)
         snprintf(p, sizeof(p), "%s/%s.%s", dir, id, ext[i]);
         unlink(p);
     }
+    snprintf(p, sizeof(p), "%s/%s.ssh", dir, id); /* keys of `gondolin ssh` */
+    gd_rm_rf(p);
 }
 
 static int by_created(const void *a, const void *b)

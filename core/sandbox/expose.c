@@ -30,6 +30,8 @@ int gd_sandbox_expose(gd_sandbox *sb, const struct gd_forward_spec *spec, int ra
                                 .listen_port = spec->port,
                                 .guest_port = spec->guest_port,
                                 .http = !raw,
+                                /* half the agent's sessions: ingress never starves execs */
+                                .max_conns = 128,
                                 .proxy = &po,
                                 .log = fwd_log,
                                 .ud = sb};

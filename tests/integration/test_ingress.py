@@ -280,6 +280,61 @@ def ssh_into_the_guest():
     expect("no sshd" in lines[0], lines[0])
 
 
+@test
+def session_ssh_and_expose():
+    """sessions: `start --ssh` prints a working ssh command; `gondolin ssh ID -- CMD` runs
+    over it (same keys on a second call); `gondolin expose ID` opens a listener that
+    reaches a guest service started later with `exec --session`"""
+    img = ssh_image()
+    r = subprocess.run([G, "start", "--image", img, "--ssh"], capture_output=True, text=True,
+                       timeout=300)
+    eq(r.returncode, 0, r.stderr)
+    sid = r.stdout.strip()
+    try:
+        lines = [l for l in r.stderr.splitlines() if l.startswith("gondolin: ssh: ")]
+        eq(len(lines), 1, r.stderr)
+        cmd = lines[0][len("gondolin: ssh: "):].split()
+        r = subprocess.run(cmd + ["echo via-start"], capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        eq((r.returncode, r.stdout), (0, "via-start\n"), r.stderr)
+        r = subprocess.run([G, "exec", "--session", sid, "--", "sh", "-c", "echo 42 > /tmp/n"],
+                           capture_output=True, text=True, timeout=60)
+        eq(r.returncode, 0, r.stderr)
+        r = subprocess.run([G, "ssh", sid, "--", "cat /tmp/n"], capture_output=True, text=True,
+                           timeout=120, stdin=subprocess.DEVNULL)
+        eq((r.returncode, r.stdout), (0, "42\n"), r.stderr)
+        r = subprocess.run([G, "ssh", sid, "--print"], capture_output=True, text=True, timeout=60)
+        eq(r.stdout.strip(), " ".join(cmd), "a second call answers with the same access")
+        r = subprocess.run([G, "expose", sid, "0=8000"], capture_output=True, text=True,
+                           timeout=60)
+        eq(r.returncode, 0, r.stderr)
+        url = r.stdout.strip()
+        expect(re.match(r"http://127\.0\.0\.1:\d+$", url), url)
+        st, _, _ = http_get(int(url.rsplit(":", 1)[1]), "/")
+        eq(st, 502, "nothing listens yet")
+        bg = subprocess.Popen([G, "exec", "--session", sid, "--", "sh", "-c",
+                               "mkdir -p /w && echo served > /w/f && cd /w && "
+                               "exec python3 -m http.server 8000 --bind 127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                st, _, body = http_get(int(url.rsplit(":", 1)[1]), "/f")
+                if st == 200:
+                    break
+                time.sleep(0.3)
+            eq((st, body), (200, b"served\n"), "the service behind expose")
+        finally:
+            bg.terminate()
+            bg.wait(timeout=30)
+        r = subprocess.run([G, "expose", sid, "bogus"], capture_output=True, text=True, timeout=30)
+        eq(r.returncode, 2, r.stderr)
+    finally:
+        subprocess.run([G, "stop", sid], capture_output=True, timeout=60)
+    r = subprocess.run([G, "start", "--ssh"], capture_output=True, text=True, timeout=300)
+    expect(r.returncode != 0 and "no sshd" in r.stderr, r.stderr)
+    expect(not r.stdout.strip(), "no session id for a failed start")
+
+
 def main():
     failed = 0
     ran = 0
