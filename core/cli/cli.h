@@ -40,7 +40,6 @@ struct cli_policy {
     int no_default_dirs;        /* skip /etc/gondolin/plugins.d and ~/.config/... */
     const char **secret_values; /* authoring tools: NAME=VALUE overrides */
     int stub_secrets;
-    char status_path[512];   /* exec/run: where reload results go (policy reload) */
     struct gd_egress egress; /* the egress flags, typed */
     const char **dirs;       /* every plugin directory, in engine order (built once) */
 };
@@ -51,10 +50,6 @@ int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out);
 void cli_policy_free(struct cli_policy *p);
 /* Fills the policy part of a sandbox's options (borrowing from p). */
 void cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o);
-/* Writes a reload result where `gondolin policy reload` looks for it. */
-void cli_policy_status(struct cli_policy *p, int ok, const char *rev, const char *msg);
-/* $XDG_RUNTIME_DIR/gondolin/sandboxes (or /tmp/gondolin-UID/...), created 0700. */
-int cli_sandbox_dir(char *out, size_t cap);
 
 /* Ingress and SSH flags of exec/bash/start (sandbox_flags.c). */
 struct cli_sandbox_flags {
@@ -71,7 +66,7 @@ void cli_sandbox_opts(struct cli_sandbox_flags *f, struct gd_sandbox_opts *o);
 /* One stderr line per ingress listener of sb. */
 void cli_print_forwards(gd_sandbox *sb);
 void cli_sandbox_flags_free(struct cli_sandbox_flags *f);
-/* A new private (0700) directory under cli_sandbox_dir, named WHAT-XXXXXX. */
+/* A new private (0700) directory in the sessions directory, named .WHAT-XXXXXX. */
 int cli_private_dir(const char *what, char *out, size_t cap);
 
 int cmd_exec(int argc, char **argv, int pty);

@@ -457,20 +457,6 @@ int cmd_exec(int argc, char **argv, int pty)
     if (no_network && (pol.egress.nallow || pol.egress.nsecrets || pol.egress.nmaps || pol.policy))
         return cli_die(2, "--no-network cannot be combined with --policy, --allow-host, "
                           "--host-secret or --tcp-map");
-    char reg_path[512] = "";
-    if (!no_network && pol.policy) { /* found by `gondolin policy reload` */
-        char dir[450];
-        if (cli_sandbox_dir(dir, sizeof(dir)) == 0) {
-            snprintf(reg_path, sizeof(reg_path), "%s/%d", dir, (int)getpid());
-            snprintf(pol.status_path, sizeof(pol.status_path), "%s.status", reg_path);
-            FILE *f = fopen(reg_path, "we");
-            if (f) {
-                fprintf(f, "%s\n", pol.policy);
-                fclose(f);
-            }
-        }
-    }
-
     signal(SIGPIPE, SIG_IGN);
     struct run *r = calloc(1, sizeof(*r));
     r->loop = uv_default_loop();
@@ -498,14 +484,9 @@ int cmd_exec(int argc, char **argv, int pty)
     struct gd_err err = {{0}};
     int rc = gd_sandbox_new(r->loop, &so, &r->sb, &err);
     if (rc) {
-        if (reg_path[0]) {
-            unlink(reg_path);
-            unlink(pol.status_path);
-        }
         /* a bad policy is a usage error; anything else is the VM's */
         return cli_die(rc == -EINVAL ? 2 : 125, "%s", err.msg);
     }
-    cli_policy_status(&pol, 1, gd_sandbox_revision(r->sb), NULL);
     cli_print_forwards(r->sb);
 
     if (r->xo.stdin_stream) {
@@ -544,10 +525,6 @@ int cmd_exec(int argc, char **argv, int pty)
     uv_run(r->loop, UV_RUN_DEFAULT); /* let the network and proxy finish closing */
     gd_sandbox_free(r->sb);
     uv_loop_close(r->loop);
-    if (reg_path[0]) {
-        unlink(reg_path);
-        unlink(pol.status_path);
-    }
     cli_policy_free(&pol);
     cli_sandbox_flags_free(&sf);
     if (r->ssh_dir[0])

@@ -1,5 +1,5 @@
 /* cmd_policy.c - `gondolin policy check | test | explain | reload`: authoring tools that
- * run a policy without a VM, and the reload trigger for running sandboxes. */
+ * run a policy without a VM, and the reload trigger for sessions. */
 #define _GNU_SOURCE
 #include "cli.h"
 
@@ -21,14 +21,14 @@ static void usage(void)
     printf("usage: gondolin policy check FILE.lua [--plugin PATH] [--plugin-dir DIR]\n"
            "       gondolin policy test FILE.lua [CASES.json]\n"
            "       gondolin policy explain FILE.lua METHOD URL [-H 'Name: value']...\n"
-           "       gondolin policy reload ID|NAME | [PID]\n\n"
+           "       gondolin policy reload ID|NAME\n\n"
            "check    compile and validate the policy (and the plugins it names); print what\n"
            "         it declares; exit 1 with file:line on the first problem\n"
            "test     run request cases (default FILE.test.json) against the policy, no VM;\n"
            "         print a pass/fail table; exit 1 if any case fails\n"
            "explain  which rule or hook decides one request, and why\n"
-           "reload   make a session (gondolin start) reload its policy now; without a\n"
-           "         session: one-shot `exec --policy` runs (all of yours, or PID)\n\n"
+           "reload   make a session (gondolin start) reload its policy now (a one-shot\n"
+           "         `exec --policy` reloads when its files change, or on SIGHUP)\n\n"
            "Secret sources are not read by check/test/explain: every secret gets the value\n"
            "stub-NAME unless a test file's \"secrets\" gives one.\n");
 }
@@ -409,75 +409,6 @@ static int cmd_explain(int argc, char **argv)
     return 0;
 }
 
-static int read_status(const char *path, unsigned *seq, char *line, size_t cap)
-{
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return -1;
-    line[0] = 0;
-    if (!fgets(line, (int)cap, f))
-        line[0] = 0;
-    fclose(f);
-    line[strcspn(line, "\n")] = 0;
-    *seq = (unsigned)strtoul(line, NULL, 10);
-    return 0;
-}
-
-static int cmd_reload(int argc, char **argv)
-{
-    char dir[450];
-    if (cli_sandbox_dir(dir, sizeof(dir)))
-        return cli_die(1, "policy reload: cannot open %s", dir);
-    int want = argc > 1 ? atoi(argv[1]) : 0;
-    DIR *d = opendir(dir);
-    if (!d)
-        return cli_die(1, "policy reload: no running sandboxes");
-    struct dirent *de;
-    int found = 0, bad = 0;
-    while ((de = readdir(d))) {
-        char *end;
-        long pid = strtol(de->d_name, &end, 10);
-        if (*end || pid <= 0 || (want && pid != want))
-            continue;
-        char reg[600], st[620], line[1200];
-        snprintf(reg, sizeof(reg), "%s/%s", dir, de->d_name);
-        snprintf(st, sizeof(st), "%s.status", reg);
-        if (kill((pid_t)pid, 0) != 0) { /* left behind by a killed sandbox */
-            unlink(reg);
-            unlink(st);
-            continue;
-        }
-        unsigned seq0 = 0, seq = 0;
-        read_status(st, &seq0, line, sizeof(line));
-        found++;
-        if (kill((pid_t)pid, SIGHUP)) {
-            printf("sandbox %ld: cannot signal: %s\n", pid, strerror(errno));
-            bad++;
-            continue;
-        }
-        int done = 0;
-        for (int i = 0; i < 300 && !done; i++) { /* up to 3 s */
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-            done = read_status(st, &seq, line, sizeof(line)) == 0 && seq != seq0;
-        }
-        if (!done) {
-            printf("sandbox %ld: no answer within 3 s\n", pid);
-            bad++;
-            continue;
-        }
-        const char *sp = strchr(line, ' ');
-        printf("sandbox %ld: revision %s\n", pid, sp ? sp + 1 : line);
-        if (strstr(line, " rejected"))
-            bad++;
-    }
-    closedir(d);
-    if (!found)
-        return cli_die(1, "policy reload: no running sandbox%s with a policy",
-                       want ? " with that pid" : "");
-    return bad ? 1 : 0;
-}
-
 int cmd_policy(int argc, char **argv)
 {
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -486,9 +417,9 @@ int cmd_policy(int argc, char **argv)
     }
     const char *sub = argv[1];
     if (!strcmp(sub, "reload")) {
-        if (argc > 2 && argv[2][strspn(argv[2], "0123456789")]) /* not a pid: a session */
-            return cli_session_reload(argv[2]);
-        return cmd_reload(argc - 1, argv + 1);
+        if (argc != 3)
+            return cli_die(2, "policy reload: which session? (gondolin policy reload ID|NAME)");
+        return cli_session_reload(argv[2]);
     }
     if (argc < 3)
         return cli_die(2, "policy %s: which policy file?", sub);

@@ -70,45 +70,6 @@ static void engine_log(void *ud, const char *msg)
     fprintf(stderr, "gondolin: %s\n", msg);
 }
 
-/* "SEQ REVISION ok" or "SEQ REVISION rejected: MESSAGE", replaced atomically. */
-static void write_status(struct cli_policy *p, int ok, const char *rev, const char *msg)
-{
-    static unsigned seq;
-    if (!p->status_path[0])
-        return;
-    char tmp[600];
-    snprintf(tmp, sizeof(tmp), "%s.tmp", p->status_path);
-    FILE *f = fopen(tmp, "we");
-    if (!f)
-        return;
-    fprintf(f, "%u %s %s%s%s\n", ++seq, rev, ok ? "ok" : "rejected", msg ? ": " : "",
-            msg ? msg : "");
-    fclose(f);
-    rename(tmp, p->status_path);
-}
-
-void cli_policy_status(struct cli_policy *p, int ok, const char *rev, const char *msg)
-{
-    write_status(p, ok, rev, msg);
-}
-
-static void on_reload(void *ud, int ok, const char *rev, const char *msg)
-{
-    write_status(ud, ok, rev, msg);
-}
-
-int cli_sandbox_dir(char *out, size_t cap)
-{
-    const char *rt = getenv("XDG_RUNTIME_DIR");
-    char base[400];
-    if (rt && *rt)
-        snprintf(base, sizeof(base), "%s/gondolin", rt);
-    else
-        snprintf(base, sizeof(base), "/tmp/gondolin-%u", (unsigned)getuid());
-    snprintf(out, cap, "%s/sandboxes", base);
-    return gd_mkdir_p(out, 0700);
-}
-
 /* drop-in directories first, then --plugin-dir, then --plugin (engine order) */
 static const char **policy_dirs(struct cli_policy *p)
 {
@@ -143,13 +104,11 @@ int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
                                .quiet = quiet,
                                .log = engine_log,
                                .log_ud = p,
-                               .on_reload = on_reload,
                                .secret_values = p->secret_values,
                                .stub_secrets = p->stub_secrets};
     struct gd_err err = {{0}};
     if (gd_engine_new(&o, out, &err))
         return cli_die(2, "%s", err.msg);
-    write_status(p, 1, gd_engine_revision(*out), NULL);
     return 0;
 }
 
@@ -160,7 +119,6 @@ void cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o)
     o->plugin_dirs = policy_dirs(p);
     o->plugins = p->plugins;
     o->log = engine_log;
-    o->on_reload = on_reload;
     o->ud = p;
 }
 

@@ -89,8 +89,8 @@ void cli_sandbox_flags_free(struct cli_sandbox_flags *f)
 int cli_private_dir(const char *what, char *out, size_t cap)
 {
     char base[450];
-    if (cli_sandbox_dir(base, sizeof(base)))
+    if (gd_session_dir(base, sizeof(base)))
         return -1;
-    snprintf(out, cap, "%s/%s-XXXXXX", base, what);
+    snprintf(out, cap, "%s/.%s-XXXXXX", base, what);
     return mkdtemp(out) ? 0 : -1;
 }
