@@ -723,6 +723,27 @@ def logs_and_follow():
 
 
 @test
+def a_logs_tail_that_overflows_the_queue():
+    """A client whose queue is nearly full (output it granted and does not read) asks for
+    the log's last lines: the tail overflows the queue and ends the connection under
+    the request; the supervisor must stay up."""
+    s = info(MAIN)
+    with open(s["log"], "a") as f:  # a log of 5 MB (the tail reads at most 4 MB)
+        f.write(("x" * 99 + "\n") * 50000)
+    c = Ctl(s["socket"])
+    for i in (1, 2):
+        c.exec(i, shell="head -c 15000000 /dev/zero", window=16 << 20)
+    end = time.time() + 120
+    while info(MAIN)["execs"] and time.time() < end:  # about 30 MB queued for c
+        time.sleep(0.5)
+    c.send(14, {"op": "logs", "lines": 100000}, id=3)
+    time.sleep(1)
+    c.close()
+    expect(alive(s["pid"]), "the supervisor died")
+    eq(sx("echo up", check=0).stdout, b"up\n", "the session still answers")
+
+
+@test
 def sigkill_of_the_supervisor_leaves_nothing():
     r = run(["start", "--name", "t-kill"], timeout=300, check=0)
     sid = r.stdout.decode().strip()
