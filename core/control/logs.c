@@ -41,8 +41,10 @@ static void finish(struct req *r, const char *error)
     cJSON_AddBoolToObject(o, "ok", !error);
     if (error)
         cJSON_AddStringToObject(o, "error", error);
-    gd__control_send_json(r->c, GD_CONTROL_REPLY, r->id, gd_control_encode_json(o));
-    gd__control_req_done(r);
+    struct conn *c = r->c;
+    uint32_t id = r->id;
+    gd__control_req_done(r); /* first: an overflowing send frees what is on c's list */
+    gd__control_send_json(c, GD_CONTROL_REPLY, id, gd_control_encode_json(o));
 }
 
 static int read_at(int fd, char *buf, size_t n, off_t off)
