@@ -415,6 +415,17 @@ static int extract(struct xf *t, const char *want, const char *as)
             rc = -2;
             break;
         }
+        struct stat ls;
+        if (link && (lstat(link, &ls) || !S_ISREG(ls.st_mode))) {
+            /* a link to a symlink is the symlink itself: libarchive would then chmod and
+             * write (a pax hardlink may carry data) through it, outside the destination */
+            fprintf(stderr, "gondolin: cp: the guest sent '%s' linked to '%s', not a file\n", p,
+                    hl);
+            free(name);
+            free(link);
+            rc = -2;
+            break;
+        }
         if (type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK) {
             fprintf(stderr, "gondolin: cp: %s: skipped (a device, fifo or socket)\n", name);
             free(name);

@@ -16,10 +16,12 @@
 #define READ_STEP (256u << 10) /* one read while following */
 #define BEHIND (1u << 20)      /* a follower whose queue holds this much waits */
 
-/* LOG frames of whole lines (a line longer than a frame is cut). */
-static void send_lines(struct req *r, const char *p, size_t n)
+/* LOG frames of whole lines (a line longer than a frame is cut). A send that overflows
+ * the queue ends the connection, and that frees r: callers check c->ended (c lives on
+ * until its close callback), never r. */
+static void send_lines(struct conn *c, uint32_t id, const char *p, size_t n)
 {
-    while (n && r->c) {
+    while (n && !c->ended) {
         size_t k = n;
         if (k > GD_CONTROL_MAX_CHUNK) {
             k = GD_CONTROL_MAX_CHUNK;
@@ -27,7 +29,7 @@ static void send_lines(struct req *r, const char *p, size_t n)
             if (nl)
                 k = (size_t)(nl - p) + 1;
         }
-        gd__control_send(r->c, GD_CONTROL_LOG, 0, r->id, p, k);
+        gd__control_send(c, GD_CONTROL_LOG, 0, id, p, k);
         p += k;
         n -= k;
     }
@@ -39,8 +41,10 @@ static void finish(struct req *r, const char *error)
     cJSON_AddBoolToObject(o, "ok", !error);
     if (error)
         cJSON_AddStringToObject(o, "error", error);
-    gd__control_send_json(r->c, GD_CONTROL_REPLY, r->id, gd_control_encode_json(o));
-    gd__control_req_done(r);
+    struct conn *c = r->c;
+    uint32_t id = r->id;
+    gd__control_req_done(r); /* first: an overflowing send frees what is on c's list */
+    gd__control_send_json(c, GD_CONTROL_REPLY, id, gd_control_encode_json(o));
 }
 
 static int read_at(int fd, char *buf, size_t n, off_t off)
@@ -94,10 +98,12 @@ void gd__control_logs(struct conn *c, uint32_t id, const struct gd_control_reque
         start = nl ? (size_t)(nl - buf) + 1 : end;
     }
     if (q->lines)
-        send_lines(r, buf + start, end - start);
+        send_lines(c, id, buf + start, end - start);
     free(buf);
+    if (c->ended)
+        return; /* r went with the connection */
     r->log_off = from + (off_t)end;
-    if (!q->follow || !r->c)
+    if (!q->follow)
         return finish(r, NULL);
     r->follow = 1;
     gd__control_tick_update(c->s);
@@ -111,7 +117,8 @@ static void poll_one(gd_control_server *s, struct req *r, char *buf)
     struct stat st;
     if (fstat(fd, &st) == 0 && st.st_size < r->log_off)
         r->log_off = 0; /* replaced or truncated: start over */
-    while (r->c && r->c->outq < BEHIND) {
+    struct conn *c = r->c;
+    while (!c->ended && c->outq < BEHIND) {
         int n = read_at(fd, buf, READ_STEP, (off_t)r->log_off);
         if (n <= 0)
             break;
@@ -119,7 +126,9 @@ static void poll_one(gd_control_server *s, struct req *r, char *buf)
         size_t k = nl ? (size_t)(nl - buf) + 1 : (size_t)n == READ_STEP ? (size_t)n : 0;
         if (!k)
             break; /* a partial line: wait for its end */
-        send_lines(r, buf, k);
+        send_lines(c, r->id, buf, k);
+        if (c->ended)
+            break; /* r went with the connection */
         r->log_off += (int64_t)k;
     }
     close(fd);
@@ -131,8 +140,8 @@ void gd__control_logs_poll(gd_control_server *s)
         return;
     char *buf = NULL;
     for (struct conn *c = s->conns; c; c = c->next)
-        for (struct req *r = c->reqs; r; r = r->next) {
-            if (!r->follow || c->ended)
+        for (struct req *r = c->reqs; r && !c->ended; r = r->next) {
+            if (!r->follow)
                 continue;
             if (!buf && !(buf = malloc(READ_STEP)))
                 return;

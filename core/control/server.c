@@ -280,10 +280,14 @@ static void on_exit_cb(gd_exec *x, const struct gd_exec_result *res, void *ud)
         if (!msg[0])
             snprintf(msg, sizeof(msg), "the transfer failed with status %d", code);
     }
-    if (r->c)
-        gd__control_send_json(r->c, GD_CONTROL_EXIT, r->id,
-                              gd_control_encode_exit(code, sig, msg[0] ? msg : NULL));
+    /* done first: a send that overflows the queue ends the connection, which frees what
+     * is on its list without a process */
+    struct conn *c = r->c;
+    uint32_t id = r->id;
     gd__control_req_done(r);
+    if (c)
+        gd__control_send_json(c, GD_CONTROL_EXIT, id,
+                              gd_control_encode_exit(code, sig, msg[0] ? msg : NULL));
 }
 
 void gd__control_start(struct req *r, const struct gd_exec_opts *xo)
@@ -301,8 +305,10 @@ void gd__control_start(struct req *r, const struct gd_exec_opts *xo)
              rc == -ESHUTDOWN ? "the sandbox is stopping"
              : rc == -E2BIG   ? "the command, environment or path is too large"
                               : strerror(-rc));
-    gd__control_send_json(r->c, GD_CONTROL_EXIT, r->id, gd_control_encode_exit(125, 0, why));
+    struct conn *c = r->c;
+    uint32_t id = r->id;
     gd__control_req_done(r);
+    gd__control_send_json(c, GD_CONTROL_EXIT, id, gd_control_encode_exit(125, 0, why));
 }
 
 /* ---- frames from a client ---- */
@@ -440,8 +446,9 @@ static void dispatch(struct conn *c, const struct gd_control_hdr *h, const uint8
             return hangup(r);
         cJSON *o = cJSON_CreateObject();
         cJSON_AddBoolToObject(o, "ok", 1);
-        gd__control_reply(c, r->id, o, 0);
+        uint32_t id = r->id;
         gd__control_req_done(r);
+        gd__control_reply(c, id, o, 0);
         gd__control_tick_update(c->s);
         return;
     }

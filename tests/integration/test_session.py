@@ -580,6 +580,18 @@ def hostile_tar(members):
                 ti.type, ti.mode = tarfile.DIRTYPE, 0o755
             elif kind == "chr":
                 ti.type, ti.devmajor, ti.devminor = tarfile.CHRTYPE, 1, 3
+            elif kind == "hard-data":  # a pax hardlink that carries data (mode 0777)
+                data, ti.size, ti.mode = b"pwned\n", 6, 0o777
+                ti.pax_headers = {"comment": "x"}
+                h = bytearray(ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+                u = h[-512:]  # the ustar header: typeflag '1', linkname, checksum
+                u[156:157], u[157:257] = b"1", extra.encode().ljust(100, b"\0")
+                u[148:156] = b" " * 8
+                u[148:156] = b"%06o\0 " % sum(u)
+                h[-512:] = u
+                t.fileobj.write(bytes(h) + data.ljust(512, b"\0"))
+                t.offset += len(h) + 512
+                continue
             t.addfile(ti, io.BytesIO(data))
     return b.getvalue()
 
@@ -591,6 +603,10 @@ def cp_from_a_hostile_guest_is_contained():
     tmp = tempfile.mkdtemp(prefix="gd-cp-")
     outside = os.path.join(tmp, "outside")
     os.mkdir(outside)
+    secret = os.path.join(tmp, "secret")  # a host file a symlink from the guest names
+    with open(secret, "w") as f:
+        f.write("secret\n")
+    os.chmod(secret, 0o600)
     cases = [
         ("dotdot", [("x", "dir", None), ("x/../../escape", "file", None)]),
         ("other-name", [("x", "dir", None), ("other", "file", None)]),
@@ -598,6 +614,8 @@ def cp_from_a_hostile_guest_is_contained():
         ("through-symlink", [("x", "dir", None), ("x/link", "sym", outside),
                              ("x/link/pwned", "file", None)]),
         ("hardlink-out", [("x", "dir", None), ("x/h", "hard", "../../etc/passwd")]),
+        ("hardlink-to-symlink", [("x", "dir", None), ("x/l", "sym", secret),
+                                 ("x/h", "hard-data", "x/l")]),
         ("device-and-suid", [("x", "dir", None), ("x/null", "chr", None),
                              ("x/suid", "file", b"#!/bin/sh\n"), ("x/ok", "file", b"fine\n")]),
     ]
@@ -626,6 +644,8 @@ def cp_from_a_hostile_guest_is_contained():
             expect(not os.path.exists(os.path.join(tmp, "escape")), f"{name}: escaped")
             expect(not os.path.exists("/tmp/abs-escape"), f"{name}: absolute path written")
             expect(not os.path.exists(os.path.join(dst, "other")), f"{name}: other name")
+            eq(oct(os.stat(secret).st_mode & 0o7777), oct(0o600), f"{name}: chmod through a link")
+            eq(open(secret).read(), "secret\n", f"{name}: written through a link")
     finally:
         sx("rm -rf /usr/local/bin/tar /tmp/evil /tmp/x", check=0)
         shutil.rmtree(tmp)
@@ -700,6 +720,27 @@ def logs_and_follow():
     expect(b"policy" in line, f"a new line while following: {line!r}")
     p.send_signal(signal.SIGINT)
     eq(p.wait(timeout=10), 0, "logs -f ends on SIGINT")
+
+
+@test
+def a_logs_tail_that_overflows_the_queue():
+    """A client whose queue is nearly full (output it granted and does not read) asks for
+    the log's last lines: the tail overflows the queue and ends the connection under
+    the request; the supervisor must stay up."""
+    s = info(MAIN)
+    with open(s["log"], "a") as f:  # a log of 5 MB (the tail reads at most 4 MB)
+        f.write(("x" * 99 + "\n") * 50000)
+    c = Ctl(s["socket"])
+    for i in (1, 2):
+        c.exec(i, shell="head -c 15000000 /dev/zero", window=16 << 20)
+    end = time.time() + 120
+    while info(MAIN)["execs"] and time.time() < end:  # about 30 MB queued for c
+        time.sleep(0.5)
+    c.send(14, {"op": "logs", "lines": 100000}, id=3)
+    time.sleep(1)
+    c.close()
+    expect(alive(s["pid"]), "the supervisor died")
+    eq(sx("echo up", check=0).stdout, b"up\n", "the session still answers")
 
 
 @test
