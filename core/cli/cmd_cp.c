@@ -395,6 +395,8 @@ static int extract(struct xf *t, const char *want, const char *as)
         w, ARCHIVE_EXTRACT_TIME | ARCHIVE_EXTRACT_PERM | ARCHIVE_EXTRACT_SECURE_NODOTDOT |
                ARCHIVE_EXTRACT_SECURE_SYMLINKS | ARCHIVE_EXTRACT_SECURE_NOABSOLUTEPATHS);
     int rc = archive_read_open(r, t, NULL, ar_read, NULL) == ARCHIVE_OK ? 0 : -1;
+    mode_t um = umask(0);
+    umask(um);
     struct archive_entry *e;
     while (!rc) {
         int k = archive_read_next_header(r, &e);
@@ -435,7 +437,9 @@ static int extract(struct xf *t, const char *want, const char *as)
         archive_entry_set_pathname(e, name);
         if (link)
             archive_entry_set_hardlink(e, link);
-        archive_entry_set_perm(e, archive_entry_perm(e) & ~(mode_t)(S_ISUID | S_ISGID));
+        /* the guest's modes, less set-id bits and what the umask takes away (as tar does
+         * for a user): a hostile guest cannot plant world-writable files */
+        archive_entry_set_perm(e, archive_entry_perm(e) & ~(mode_t)(S_ISUID | S_ISGID) & ~um);
         free(name);
         free(link);
         if (archive_write_header(w, e) < ARCHIVE_WARN) {

@@ -10,8 +10,8 @@
 
 /* $1 the path; $2 the mode in octal or ""; $3 the mtime or "" */
 static const char put_file[] =
-    "set -e; cat > \"$1\"; if [ -n \"$2\" ]; then chmod \"$2\" \"$1\"; fi; "
-    "if [ -n \"$3\" ]; then touch -m -d \"@$3\" \"$1\"; fi";
+    "set -e; cat > \"$1\"; if [ -n \"$2\" ]; then chmod -- \"$2\" \"$1\"; fi; "
+    "if [ -n \"$3\" ]; then touch -m -d \"@$3\" -- \"$1\"; fi";
 /* $1 the directory to unpack into; ownership is the guest user's, modes and mtimes kept */
 static const char put_tar[] = "mkdir -p -- \"$1\" && cd -- \"$1\" && exec tar -x -o -p -f -";
 static const char missing[] = "if [ ! -e \"$1\" ] && [ ! -L \"$1\" ]; then "

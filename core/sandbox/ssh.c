@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,8 @@
 #include <unistd.h>
 
 #define KEY_END "-----END OPENSSH PRIVATE KEY-----"
+#define MAX_WAITERS 16       /* callers waiting for sshd at once */
+#define READY_MS (60 * 1000) /* sshd must listen this soon after the setup starts */
 
 struct waiter {
     gd_ssh_cb cb;
@@ -35,6 +38,9 @@ struct gd__ssh {
     char sshd_err[2048];
     size_t nerr;
     struct waiter *waiters;
+    unsigned nwaiters;
+    uv_timer_t timer;
+    int timer_open;
 };
 
 /* The setup step, as root in the guest: sshd present, the key material from stdin into
@@ -71,6 +77,10 @@ static void finish(struct gd__ssh *s, const char *error)
     } else {
         s->state = 1;
     }
+    if (s->timer_open) {
+        uv_close((uv_handle_t *)&s->timer, NULL);
+        s->timer_open = 0;
+    }
     struct gd_ssh_access a = {.host = s->host,
                               .user = s->user,
                               .identity = s->identity,
@@ -80,9 +90,18 @@ static void finish(struct gd__ssh *s, const char *error)
     while (s->waiters) {
         struct waiter *w = s->waiters;
         s->waiters = w->next;
+        s->nwaiters--;
         w->cb(s->sb, error ? NULL : &a, error, w->ud);
         free(w);
     }
+}
+
+static void on_timeout(uv_timer_t *t)
+{
+    struct gd__ssh *s = t->data;
+    if (s->sshd)
+        gd_exec_signal(s->sshd, SIGKILL);
+    finish(s, "sshd did not start listening within 60 s");
 }
 
 /* Runs ssh-keygen on the host; 0 or a one-line error in why. */
@@ -206,6 +225,8 @@ static void on_sshd_exit(gd_exec *x, const struct gd_exec_result *r, void *ud)
 static void on_setup(gd_sandbox *sb, int code, const char *out, const char *err, void *ud)
 {
     struct gd__ssh *s = ud;
+    if (s->state != 0)
+        return; /* timed out meanwhile */
     if (code != 0) {
         char why[800];
         snprintf(why, sizeof(why), "ssh setup in the guest failed: %s",
@@ -270,8 +291,13 @@ int gd_sandbox_ssh(gd_sandbox *sb, const struct gd_ssh_opts *o, gd_ssh_cb cb, vo
     w->ud = ud;
     struct gd__ssh *s = sb->ssh;
     if (s) {
+        if (s->nwaiters >= MAX_WAITERS) {
+            free(w);
+            return -EBUSY;
+        }
         w->next = s->waiters;
         s->waiters = w;
+        s->nwaiters++;
         if (s->state == 1)
             finish(s, NULL);
         else if (s->state == 2)
@@ -290,6 +316,7 @@ int gd_sandbox_ssh(gd_sandbox *sb, const struct gd_ssh_opts *o, gd_ssh_cb cb, vo
     }
     s->sb = sb;
     s->waiters = w;
+    s->nwaiters = 1;
     sb->ssh = s;
     snprintf(s->user, sizeof(s->user), "%s", o->user ? o->user : "root");
     snprintf(s->host, sizeof(s->host), "%s", o->listen_host ? o->listen_host : "127.0.0.1");
@@ -327,6 +354,11 @@ int gd_sandbox_ssh(gd_sandbox *sb, const struct gd_ssh_opts *o, gd_ssh_cb cb, vo
     if (!ok) {
         finish(s, "cannot read the keys ssh-keygen made");
         return 0;
+    }
+    if (uv_timer_init(sb->loop, &s->timer) == 0) {
+        s->timer_open = 1;
+        s->timer.data = s;
+        uv_timer_start(&s->timer, on_timeout, READY_MS, 0);
     }
     const char *argv[] = {"/bin/sh", "-c", setup_script, "sh", s->user, NULL};
     int rc = gd__sandbox_run(sb, argv, s->stdin_blob, s->stdin_len, on_setup, s);
