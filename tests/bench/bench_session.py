@@ -9,7 +9,8 @@ Rows (medians of N):
   Python SDK sb.exec(["/bin/true"])           the call, on a connected Sandbox
   C API gd_exec round trip (gd-bench rtt)     exec of /bin/true on a warm VM, in-process
   guest fork+exec floor                       one /bin/true from a shell loop in the guest
-and copy throughput (M MiB) in both directions: `gondolin cp` vs `cat` through exec.
+and copy throughput (M MiB, median of 3 after a warm-up) in both directions: `gondolin cp`
+vs `cat` through exec.
 """
 import hashlib
 import os
@@ -85,20 +86,28 @@ def main():
             for i in range(MIB):
                 f.write(hashlib.sha256(b"%d" % i).digest() * 32768)
 
-        def timed(fn):
-            t = time.perf_counter()
-            fn()
-            return MIB / (time.perf_counter() - t)
+        def timed(fn):  # MiB/s, the median of 3 runs (after one warm-up run)
+            rates = []
+            for k in range(4):
+                t = time.perf_counter()
+                fn()
+                if k:
+                    rates.append(MIB / (time.perf_counter() - t))
+            return statistics.median(rates)
+
+        def cat_in():
+            with open(src, "rb") as f:
+                run([G, "exec", "--session", sid, "--", "sh", "-c", "cat > /tmp/cat.bin"], stdin=f)
+
+        def cat_out():
+            with open(os.path.join(tmp, "cat.bin"), "wb") as f:
+                subprocess.run([G, "exec", "--session", sid, "--no-stdin", "--", "cat",
+                                "/tmp/cat.bin"], stdout=f, check=True)
 
         cp_in = timed(lambda: run([G, "cp", src, f"{sid}:/tmp/cp.bin"]))
         cp_out = timed(lambda: run([G, "cp", f"{sid}:/tmp/cp.bin", os.path.join(tmp, "cp.bin")]))
-        with open(src, "rb") as f:
-            cat_in = timed(lambda: run([G, "exec", "--session", sid, "--", "sh", "-c",
-                                        "cat > /tmp/cat.bin"], stdin=f))
-        with open(os.path.join(tmp, "cat.bin"), "wb") as f:
-            cat_out = timed(lambda: subprocess.run([G, "exec", "--session", sid, "--no-stdin",
-                                                    "--", "cat", "/tmp/cat.bin"], stdout=f,
-                                                   check=True))
+        cat_in_r = timed(cat_in)
+        cat_out_r = timed(cat_out)
         for p in ("cp.bin", "cat.bin"):
             with open(os.path.join(tmp, p), "rb") as a, open(src, "rb") as b2:
                 if hashlib.sha256(a.read()).digest() != hashlib.sha256(b2.read()).digest():
@@ -121,8 +130,9 @@ def main():
     print()
     print(f"| copy {MIB} MiB | `gondolin cp` | `cat` through exec | cp / cat |")
     print("|---|---|---|---|")
-    print(f"| host → guest | {cp_in:.0f} MiB/s | {cat_in:.0f} MiB/s | {cp_in / cat_in:.0%} |")
-    print(f"| guest → host | {cp_out:.0f} MiB/s | {cat_out:.0f} MiB/s | {cp_out / cat_out:.0%} |")
+    print(f"| host → guest | {cp_in:.0f} MiB/s | {cat_in_r:.0f} MiB/s | {cp_in / cat_in_r:.0%} |")
+    print(f"| guest → host | {cp_out:.0f} MiB/s | {cat_out_r:.0f} MiB/s | "
+          f"{cp_out / cat_out_r:.0%} |")
 
 
 if __name__ == "__main__":
