@@ -15,8 +15,10 @@ pkgs=(
   cmake gcc make pkg-config musl-tools
   libuv1-dev libcjson-dev libssl-dev liblz4-dev libarchive-dev libext2fs-dev
   libluajit-5.1-dev libslirp-dev libglib2.0-dev node-llhttp libcurl4-openssl-dev zlib1g-dev
-  # run
-  "$qemu" ca-certificates
+  # run (openssh-client: ssh-keygen and ssh for --ssh / gondolin ssh)
+  "$qemu" ca-certificates openssh-client
+  # tests: host-side clients of ingress listeners
+  curl
   # image builder (apt-get download) and its checks
   apt e2fsprogs
   # tests: fuzzing (clang + libFuzzer runtime), PTY driving, integration driver

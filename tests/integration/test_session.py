@@ -468,6 +468,75 @@ def attach_resize_detach_reattach_exit():
     os.close(fd)
 
 
+@test
+def attach_under_tmux():
+    """a real terminal multiplexer: attach in a tmux pane, resize the window, detach with
+    Ctrl-] (the pane's command ends 0, the session runs on), reattach, exit"""
+    if not shutil.which("tmux"):
+        raise AssertionError("tmux is not installed (scripts/setup.sh installs it)")
+    sock = tempfile.mktemp(prefix="gd-tmux-")
+    tm = ["tmux", "-S", sock]
+    env = dict(ENV)
+    env.pop("TMUX", None)
+
+    def pane():
+        return subprocess.run(tm + ["capture-pane", "-p", "-t", "gd"], capture_output=True,
+                              text=True).stdout
+
+    def wait_pane(token, timeout=60):  # "#": a root prompt (tmux trims trailing blanks)
+        end = time.time() + timeout
+        while not (token in pane() if token != "#" else
+                   any(l.rstrip().endswith("#") for l in pane().splitlines())):
+            if time.time() > end:
+                raise AssertionError(f"tmux pane never showed {token!r}: {pane()[-400:]!r}")
+            time.sleep(0.2)
+
+    def attach_in_tmux(status_file):
+        cmd = f"{G} attach {MAIN}; echo $? > {status_file}"
+        subprocess.run(tm + ["new-session", "-d", "-s", "gd", "-x", "100", "-y", "30", cmd],
+                       check=True, env=env)
+
+    st = tempfile.mktemp(prefix="gd-tmux-status-")
+    try:
+        attach_in_tmux(st)
+        wait_pane("#")
+        subprocess.run(tm + ["send-keys", "-t", "gd", "stty size; echo tm$((40+2))", "Enter"],
+                       check=True)
+        wait_pane("tm42")
+        expect("30 100" in pane(), pane()[-300:])
+        subprocess.run(tm + ["resize-window", "-t", "gd", "-x", "120", "-y", "40"], check=True)
+        time.sleep(1)
+        subprocess.run(tm + ["send-keys", "-t", "gd", "clear; stty size; echo tm$((50+3))",
+                             "Enter"], check=True)
+        wait_pane("tm53")
+        expect("40 120" in pane(), pane()[-300:])
+        subprocess.run(tm + ["send-keys", "-t", "gd", "echo tmux-was-here > /tmp/tmux-mark",
+                             "Enter"], check=True)
+        subprocess.run(tm + ["send-keys", "-t", "gd", "C-]"], check=True)
+        for _ in range(150):
+            if os.path.exists(st) and open(st).read().strip():
+                break
+            time.sleep(0.2)
+        eq(open(st).read().strip(), "0", "detach ends attach with 0")
+        subprocess.run(tm + ["kill-server"], capture_output=True)
+        eq(info(MAIN)["state"], "running", "the session runs on after a detach")
+        os.unlink(st)
+        attach_in_tmux(st)
+        wait_pane("#")
+        subprocess.run(tm + ["send-keys", "-t", "gd", "cat /tmp/tmux-mark; exit 4", "Enter"],
+                       check=True)
+        for _ in range(150):
+            if os.path.exists(st) and open(st).read().strip():
+                break
+            time.sleep(0.2)
+        eq(open(st).read().strip(), "4", "the shell's exit status after reattaching")
+    finally:
+        subprocess.run(tm + ["kill-server"], capture_output=True)
+        for p in (sock, st):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
 def tree_digest(root):
     """{relative path: (kind, mode, mtime, content hash or link target)}"""
     out = {}
