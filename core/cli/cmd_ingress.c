@@ -154,7 +154,12 @@ int cmd_ssh(int argc, char **argv)
                            "-o",
                            "ForwardAgent=no",
                            "-o",
+                           "ForwardX11=no",
+                           "-o",
+                           "GSSAPIDelegateCredentials=no",
+                           "-o",
                            "ClearAllForwardings=yes",
+                           "--", /* the destination is no option, whatever the reply says */
                            dest};
     size_t nf = sizeof(fixed) / sizeof(fixed[0]);
     char **av = calloc(nf + (size_t)(argc - i) + 2, sizeof(char *));
@@ -162,8 +167,6 @@ int cmd_ssh(int argc, char **argv)
         return cli_die(1, "out of memory");
     for (size_t k = 0; k < nf; k++)
         av[k] = (char *)fixed[k];
-    if (i < argc)
-        av[nf++] = "--";
     for (; i < argc; i++)
         av[nf++] = argv[i];
     fflush(NULL);

@@ -151,8 +151,10 @@ static cJSON *ssh(struct conn *c, uint32_t id, const struct gd_control_request *
         char spec[200];
         struct gd_err err = {{0}};
         snprintf(spec, sizeof(spec), "%s=22", q->listen);
-        if (gd_forward_parse(spec, &fs, &err))
+        if (gd_forward_parse(spec, &fs, &err)) {
+            free(w);
             return fail_reply(err.msg);
+        }
         so.listen_host = fs.host[0] ? fs.host : NULL;
         so.listen_port = fs.port;
     }

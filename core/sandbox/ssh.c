@@ -176,7 +176,8 @@ static void start_forward(struct gd__ssh *s)
     fclose(f);
     snprintf(s->command, sizeof(s->command),
              "ssh -i %s -p %u -o IdentitiesOnly=yes -o UserKnownHostsFile=%s "
-             "-o StrictHostKeyChecking=yes -o ForwardAgent=no -o ClearAllForwardings=yes %s@%s",
+             "-o StrictHostKeyChecking=yes -o ForwardAgent=no -o ForwardX11=no "
+             "-o GSSAPIDelegateCredentials=no -o ClearAllForwardings=yes %s@%s",
              s->identity, s->port, s->known, s->user, s->host);
     finish(s, NULL);
 }
@@ -195,10 +196,13 @@ static void on_sshd_out(gd_exec *x, int stream, const uint8_t *d, size_t n, void
     char *nl;
     while ((nl = memchr(s->sshd_err, '\n', s->nerr))) { /* one log line each */
         *nl = 0;
-        if (s->state == 0 && strstr(s->sshd_err, "Server listening on"))
+        if (s->state == 0 && strstr(s->sshd_err, "Server listening on")) {
             start_forward(s);
-        else if (s->sshd_err[0])
-            gd__sandbox_log(s->sb, "sshd: %s", s->sshd_err);
+        } else if (s->sshd_err[0]) { /* guest-controlled: no escapes into the host's log */
+            char line[sizeof(s->sshd_err)];
+            gd_sanitize(line, sizeof(line), s->sshd_err, strlen(s->sshd_err));
+            gd__sandbox_log(s->sb, "sshd: %s", line);
+        }
         size_t used = (size_t)(nl + 1 - s->sshd_err);
         memmove(s->sshd_err, nl + 1, s->nerr - used);
         s->nerr -= used;
@@ -213,9 +217,10 @@ static void on_sshd_exit(gd_exec *x, const struct gd_exec_result *r, void *ud)
     (void)x;
     struct gd__ssh *s = ud;
     s->sshd = NULL;
-    char why[800];
+    char why[800], tail[sizeof(s->sshd_err)];
+    gd_sanitize(tail, sizeof(tail), s->sshd_err, s->nerr);
     snprintf(why, sizeof(why), "sshd exited (%s%d)%s%s", r->signal ? "signal " : "status ",
-             r->signal ? r->signal : r->exit_code, s->nerr ? ": " : "", s->sshd_err);
+             r->signal ? r->signal : r->exit_code, s->nerr ? ": " : "", tail);
     if (s->state == 0)
         finish(s, r->message ? r->message : why);
     else
@@ -228,10 +233,11 @@ static void on_setup(gd_sandbox *sb, int code, const char *out, const char *err,
     if (s->state != 0)
         return; /* timed out meanwhile */
     if (code != 0) {
-        char why[800];
+        char why[800], line[700];
+        size_t el = err ? strcspn(err, "\n") : 0; /* its first line, without escapes */
+        gd_sanitize(line, sizeof(line), err ? err : "", el);
         snprintf(why, sizeof(why), "ssh setup in the guest failed: %s",
-                 err && *err ? err : "unknown error");
-        why[strcspn(why, "\n")] = 0;
+                 *line ? line : "unknown error");
         finish(s, why);
         return;
     }
@@ -304,7 +310,7 @@ int gd_sandbox_ssh(gd_sandbox *sb, const struct gd_ssh_opts *o, gd_ssh_cb cb, vo
             finish(s, s->error);
         return 0;
     }
-    if (!o->key_dir || (o->user && (!*o->user || strlen(o->user) > 32 ||
+    if (!o->key_dir || (o->user && (!*o->user || *o->user == '-' || strlen(o->user) > 32 ||
                                     strspn(o->user, "abcdefghijklmnopqrstuvwxyz0123456789_-") !=
                                         strlen(o->user)))) {
         free(w);

@@ -335,6 +335,33 @@ def session_ssh_and_expose():
     expect(not r.stdout.strip(), "no session id for a failed start")
 
 
+@test
+def ssh_hostile_inputs():
+    """a user name that reads as an ssh option is refused; what a hostile guest's sshd
+    writes (its log lines, its last words) reaches the host without terminal escapes"""
+    r = subprocess.run([G, "start"], capture_output=True, text=True, timeout=300)
+    eq(r.returncode, 0, r.stderr)
+    sid = r.stdout.strip()
+    try:
+        r = subprocess.run([G, "ssh", sid, "--user", "-v", "--print"], capture_output=True,
+                           text=True, timeout=60)
+        expect(r.returncode == 1 and "bad user name" in r.stderr, r.stderr)
+        fake = ('#!/bin/sh\nprintf "line \\033[31mRED\\033]0;title\\007\\n" >&2\n'
+                'printf "tail \\033[2J\\033]0;t\\007" >&2\nexit 1\n')
+        r = subprocess.run([G, "exec", "--session", sid, "--", "sh", "-c",
+                            "cat > /usr/local/bin/sshd && chmod +x /usr/local/bin/sshd"],
+                           input=fake, capture_output=True, text=True, timeout=60)
+        eq(r.returncode, 0, r.stderr)
+        r = subprocess.run([G, "ssh", sid, "--print"], capture_output=True, text=True, timeout=60)
+        expect(r.returncode == 1 and "sshd exited (status 1): tail" in r.stderr, r.stderr)
+        expect("\x1b" not in r.stderr, repr(r.stderr))
+        r = subprocess.run([G, "logs", sid], capture_output=True, text=True, timeout=30)
+        expect("sshd: line RED" in r.stdout + r.stderr, r.stdout + r.stderr)
+        expect("\x1b" not in r.stdout + r.stderr, repr(r.stdout[-500:]))
+    finally:
+        subprocess.run([G, "stop", sid], capture_output=True, timeout=60)
+
+
 def main():
     failed = 0
     ran = 0
