@@ -3,6 +3,7 @@ arguments, tar safety."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -326,3 +327,20 @@ def extract_all(tf: tarfile.TarFile, dest: str) -> None:
     members = checked_members(tf, dest)
     kw: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
     tf.extractall(dest, members=members, numeric_owner=True, **kw)
+
+
+class CappedBuffer(io.BytesIO):
+    """read_file's buffer: raises once more than ``cap`` bytes arrive (a hostile guest
+    may stream without end), so the transfer is cancelled instead of filling memory."""
+
+    def __init__(self, cap: int | None, path: str) -> None:
+        super().__init__()
+        if cap is not None and cap < 0:
+            raise ValueError("max_bytes must be >= 0")
+        self._cap = cap
+        self._path = path
+
+    def write(self, b: Any) -> int:
+        if self._cap is not None and self.tell() + len(b) > self._cap:
+            raise GondolinError(f"read_file {self._path}: more than max_bytes={self._cap} bytes")
+        return super().write(b)

@@ -22,6 +22,7 @@ from typing import IO, Any, Literal, cast, overload
 from . import _proto as P
 from ._common import (
     CLIENT_NAME,
+    CappedBuffer,
     _merge,
     DEFAULT_SHELL,
     MAX_LIVE,
@@ -876,8 +877,10 @@ class AsyncSandbox:
             raise
         _transfer_result(r, what, path)
 
-    async def read_file(self, path: str, *, timeout: float | None = None) -> bytes:
-        buf = io.BytesIO()
+    async def read_file(
+        self, path: str, *, timeout: float | None = None, max_bytes: int | None = None
+    ) -> bytes:
+        buf = CappedBuffer(max_bytes, path)
         await self.read_file_to(path, buf, timeout=timeout)
         return buf.getvalue()
 

@@ -29,6 +29,7 @@ from typing import IO, Any, Literal, cast, overload
 from . import _proto as P
 from ._common import (
     CLIENT_NAME,
+    CappedBuffer,
     _merge,
     DEFAULT_SHELL,
     MAX_LIVE,
@@ -1014,9 +1015,12 @@ class Sandbox:
             raise
         _transfer_result(r, what, path)
 
-    def read_file(self, path: str, *, timeout: float | None = None) -> bytes:
-        """A guest file's bytes."""
-        buf = io.BytesIO()
+    def read_file(
+        self, path: str, *, timeout: float | None = None, max_bytes: int | None = None
+    ) -> bytes:
+        """A guest file's bytes; GondolinError (the transfer cancelled) past ``max_bytes``
+        when given: the guest decides how much it sends."""
+        buf = CappedBuffer(max_bytes, path)
         self.read_file_to(path, buf, timeout=timeout)
         return buf.getvalue()
 

@@ -453,3 +453,21 @@ def test_async_errors(sockdir: str, server: FakeServer) -> None:
             await AsyncSandbox.create(binary=b)
 
     arun(main())
+
+
+def test_read_file_max_bytes(sb: Sandbox, server: FakeServer) -> None:
+    """a guest may send without end: read_file(max_bytes=) cancels instead of buffering"""
+    big = os.urandom(3 << 20)
+    sb.write_file("/tmp/big", big)
+    assert sb.read_file("/tmp/big", max_bytes=len(big)) == big
+    with pytest.raises(GondolinError, match="max_bytes"):
+        sb.read_file("/tmp/big", max_bytes=1 << 20)
+    assert sb.read_file("/tmp/big") == big  # the connection is still good
+
+    async def main() -> None:
+        async with await AsyncSandbox.attach(server.path) as asb:
+            with pytest.raises(GondolinError, match="max_bytes"):
+                await asb.read_file("/tmp/big", max_bytes=1000)
+            assert await asb.read_file("/tmp/big", max_bytes=len(big)) == big
+
+    asyncio.run(main())
