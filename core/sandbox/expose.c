@@ -13,6 +13,8 @@ static void fwd_log(void *ud, const char *line)
     gd__sandbox_log(ud, "ingress: %s", line);
 }
 
+static void on_fwd_closed(gd_forward *fw, void *ud);
+
 int gd_sandbox_expose(gd_sandbox *sb, const struct gd_forward_spec *spec, int raw, unsigned *port,
                       struct gd_err *err)
 {
@@ -41,7 +43,7 @@ int gd_sandbox_expose(gd_sandbox *sb, const struct gd_forward_spec *spec, int ra
         return rc;
     }
     if (!raw && sb->eng && (rc = gd_engine_install(sb->eng, gd_forward_proxy(f->fw)))) {
-        gd_forward_close(f->fw, NULL, NULL);
+        gd_forward_close(f->fw, on_fwd_closed, NULL); /* frees it once closed */
         free(f);
         return gd_err_set(err, rc, "cannot install the policy on the ingress proxy");
     }
