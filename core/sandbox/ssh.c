@@ -5,6 +5,8 @@
 #define _GNU_SOURCE
 #include "sandbox_int.h"
 
+#include "base/fs.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -138,17 +140,13 @@ static int keygen(const char *path, char *why, size_t cap)
     return 0;
 }
 
+/* A small key file, NUL-terminated, or NULL. */
 static char *slurp(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "re");
-    if (!f)
+    char *buf = NULL;
+    size_t n = 0;
+    if (gd_read_file(path, 16383, &buf, &n))
         return NULL;
-    char *buf = malloc(16384);
-    size_t n = buf ? fread(buf, 1, 16383, f) : 0;
-    fclose(f);
-    if (!buf)
-        return NULL;
-    buf[n] = 0;
     if (len)
         *len = n;
     return buf;
