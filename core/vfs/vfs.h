@@ -1,0 +1,180 @@
+/* Files in the guest: providers, the FUSE session that serves them, and mount specs.
+ *
+ * This header is also the plugin SDK's VFS part: a provider is a table of path-based
+ * operations (struct gd_vfs_ops) plus an opaque pointer. Paths given to a provider are
+ * relative to the mount root, never start or end with '/', contain no empty, "." or ".."
+ * component, and "" is the root itself. Operations return 0 (or a byte count) on
+ * success and a negative errno on failure; an operation left NULL answers ENOSYS
+ * (EROFS for the mutating ones).
+ *
+ * A session (gd_vfs_session) owns the guest's view of one mount: the node table
+ * (nodeid -> parent + name, lookup counts), open handles, INIT negotiation and the
+ * mapping of FUSE requests onto the provider. It is transport-independent: the
+ * transport hands it one whole request in a private buffer (never guest-shared memory)
+ * and a buffer for the reply.
+ *
+ * Threading: a session and its provider are used from one thread at a time (the
+ * transport's); a provider that needs another thread (Lua) hops there itself. */
+#ifndef GD_VFS_VFS_H
+#define GD_VFS_VFS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+
+struct gd_err;
+
+/* ---- providers ---- */
+
+/* setattr: which fields are set (the FUSE FATTR_* meaning) */
+enum {
+    GD_VFS_SET_MODE = 1 << 0,
+    GD_VFS_SET_UID = 1 << 1,
+    GD_VFS_SET_GID = 1 << 2,
+    GD_VFS_SET_SIZE = 1 << 3,
+    GD_VFS_SET_ATIME = 1 << 4, /* to atime */
+    GD_VFS_SET_MTIME = 1 << 5, /* to mtime */
+    GD_VFS_SET_ATIME_NOW = 1 << 6,
+    GD_VFS_SET_MTIME_NOW = 1 << 7,
+    GD_VFS_SET_CTIME = 1 << 8,
+};
+
+struct gd_vfs_setattr {
+    unsigned valid; /* GD_VFS_SET_* */
+    mode_t mode;    /* permission bits only (07777) */
+    uid_t uid;
+    gid_t gid;
+    uint64_t size;
+    struct timespec atime, mtime, ctime;
+};
+
+/* readdir: called once per entry in order; off is the cookie that continues after this
+ * entry. st is the entry's full attributes when the provider has them cheaply (then the
+ * session can answer READDIRPLUS from it), else NULL and only type (DT_*) is known.
+ * Returns 0 to continue, 1 when the reader's buffer is full (stop; the same entry comes
+ * again on the next call), negative to abort. */
+typedef int (*gd_vfs_fill_fn)(void *ctx, const char *name, uint64_t off, unsigned type,
+                              const struct stat *st);
+
+struct gd_vfs_ops {
+    /* Attributes of a path (serves LOOKUP and GETATTR). st_ino is the provider's own
+     * number (reported to the guest as is); st_dev is ignored. */
+    int (*getattr)(void *p, const char *path, struct stat *st);
+    /* fh: a handle from open/create when the guest had the file open, else 0 (use path) */
+    int (*setattr)(void *p, const char *path, uint64_t fh, const struct gd_vfs_setattr *a,
+                   struct stat *out);
+    /* the target, not NUL-terminated; returns its length (<= cap) */
+    int (*readlink)(void *p, const char *path, char *buf, size_t cap);
+    int (*mknod)(void *p, const char *path, mode_t mode, dev_t rdev, struct stat *out);
+    int (*mkdir)(void *p, const char *path, mode_t mode, struct stat *out);
+    int (*unlink)(void *p, const char *path);
+    int (*rmdir)(void *p, const char *path);
+    int (*symlink)(void *p, const char *target, const char *path, struct stat *out);
+    /* flags: RENAME_NOREPLACE / RENAME_EXCHANGE / RENAME_WHITEOUT */
+    int (*rename)(void *p, const char *from, const char *to, unsigned flags);
+    int (*link)(void *p, const char *from, const char *to, struct stat *out);
+    /* flags: the guest's open flags (O_ACCMODE, O_APPEND, O_TRUNC, ...; never O_CREAT) */
+    int (*open)(void *p, const char *path, int flags, uint64_t *fh);
+    int (*create)(void *p, const char *path, int flags, mode_t mode, uint64_t *fh,
+                  struct stat *out);
+    /* byte counts; short only at end of file (read) */
+    ssize_t (*read)(void *p, uint64_t fh, void *buf, size_t n, uint64_t off);
+    ssize_t (*write)(void *p, uint64_t fh, const void *buf, size_t n, uint64_t off);
+    int (*flush)(void *p, uint64_t fh);
+    int (*fsync)(void *p, uint64_t fh, int datasync);
+    int (*release)(void *p, uint64_t fh);
+    int (*opendir)(void *p, const char *path, uint64_t *fh);
+    /* entries after cookie off (0: from the start, "." and ".." included or not; the
+     * session adds them when the provider does not) */
+    int (*readdir)(void *p, const char *path, uint64_t fh, uint64_t off, gd_vfs_fill_fn fill,
+                   void *ctx);
+    int (*releasedir)(void *p, uint64_t fh);
+    int (*statfs)(void *p, const char *path, struct statvfs *st);
+    int (*setxattr)(void *p, const char *path, const char *name, const void *value, size_t n,
+                    int flags);
+    /* cap 0: return the size only */
+    ssize_t (*getxattr)(void *p, const char *path, const char *name, void *buf, size_t cap);
+    ssize_t (*listxattr)(void *p, const char *path, char *buf, size_t cap);
+    int (*removexattr)(void *p, const char *path, const char *name);
+    int (*fallocate)(void *p, uint64_t fh, int mode, uint64_t off, uint64_t len);
+    /* SEEK_DATA / SEEK_HOLE; returns the offset */
+    int64_t (*lseek)(void *p, uint64_t fh, int64_t off, int whence);
+    void (*destroy)(void *p);
+};
+
+/* Provider capabilities (gd_vfs_provider.flags) */
+enum {
+    GD_VFS_READONLY = 1 << 0,  /* every mutating op is EROFS without asking */
+    GD_VFS_EXCLUSIVE = 1 << 1, /* nobody else changes the tree: long cache TTLs and the
+                                  guest's writeback cache are safe */
+};
+
+typedef struct gd_vfs_provider {
+    const struct gd_vfs_ops *ops;
+    void *p;
+    unsigned flags; /* GD_VFS_* */
+    const char *name; /* "hostfs", "memory", ... (static) */
+} gd_vfs_provider;
+
+/* Frees a provider (ops->destroy, then the struct itself). NULL is fine. */
+void gd_vfs_provider_free(gd_vfs_provider *pv);
+
+/* ---- built-in providers ---- */
+
+/* hostfs: DIR on the host, every path resolved beneath it (openat2 RESOLVE_BENEATH |
+ * RESOLVE_NO_MAGICLINKS). Files the guest creates belong to the user running gondolin;
+ * special files, setuid/setgid bits and chown to other users are refused. */
+int gd_vfs_hostfs_new(const char *dir, int readonly, gd_vfs_provider **out, struct gd_err *err);
+/* memory: a tmpfs-like tree of at most cap bytes of data (0: 64 MiB). */
+int gd_vfs_memory_new(uint64_t cap, gd_vfs_provider **out, struct gd_err *err);
+/* readonly: wraps inner (takes ownership); mutating ops are EROFS. */
+int gd_vfs_readonly_new(gd_vfs_provider *inner, gd_vfs_provider **out, struct gd_err *err);
+
+/* ---- the session ---- */
+
+typedef struct gd_vfs_session gd_vfs_session;
+
+struct gd_vfs_session_opts {
+    /* entry and attribute cache TTLs in ms; 0: 1000 (GD_VFS_EXCLUSIVE: 60000) */
+    unsigned entry_ttl_ms, attr_ttl_ms;
+    unsigned max_nodes;   /* nodes the guest may hold; 0: 1 << 20 */
+    unsigned max_handles; /* open files and dirs; 0: 65536 */
+};
+
+/* Takes ownership of pv. */
+int gd_vfs_session_new(gd_vfs_provider *pv, const struct gd_vfs_session_opts *o,
+                       gd_vfs_session **out, struct gd_err *err);
+/* Releases every handle and node, then frees the provider. */
+void gd_vfs_session_free(gd_vfs_session *s);
+
+/* One request (in, n bytes, a private copy) -> its reply in out (cap bytes: what the
+ * guest gave for the reply). Returns the reply length (> 0), 0 when the request has no
+ * reply (FORGET), or -EPROTO when the channel must be dropped (not even the request id
+ * can be trusted). */
+long gd_vfs_session_handle(gd_vfs_session *s, const void *in, size_t n, void *out, size_t cap);
+
+/* ---- mount specs (sandbox options, CLI, Lua) ---- */
+
+enum gd_mount_kind { GD_MOUNT_HOSTFS, GD_MOUNT_OVERLAY, GD_MOUNT_MEMORY };
+
+struct gd_mount {
+    enum gd_mount_kind kind;
+    const char *guest;    /* absolute guest path, normalised */
+    const char *host;     /* hostfs / overlay: the host directory */
+    int readonly;         /* hostfs: ro */
+    uint64_t size;        /* memory (and overlay writes): the cap in bytes; 0: default */
+    const char *const *hide; /* NULL-ended globs hidden from the guest, or NULL */
+};
+
+#define GD_VFS_MAX_MOUNTS 8
+
+/* Parses the CLI forms: "HOST:GUEST[:ro]" (hostfs), "HOST:GUEST" (overlay),
+ * "GUEST[:SIZE]" (memory; SIZE like 64M). Strings point into buf (cap bytes). */
+int gd_mount_parse(enum gd_mount_kind kind, const char *arg, struct gd_mount *out, char *buf,
+                   size_t cap, struct gd_err *err);
+/* Builds the provider a spec names. */
+int gd_mount_provider(const struct gd_mount *m, gd_vfs_provider **out, struct gd_err *err);
+
+#endif
