@@ -132,6 +132,35 @@ int gd_vfs_memory_new(uint64_t cap, gd_vfs_provider **out, struct gd_err *err);
 /* readonly: wraps inner (takes ownership); mutating ops are EROFS. */
 int gd_vfs_readonly_new(gd_vfs_provider *inner, gd_vfs_provider **out, struct gd_err *err);
 
+/* ---- hooks (policy: Lua on_fs/on_fs_done, .so fs hooks, the audit) ---- */
+
+/* One guest operation as hooks see it. Before: open (flags say read/write/trunc/append),
+ * create, mknod, mkdir, symlink, link, unlink, rmdir, rename, setattr (truncate, chmod,
+ * chown, utimes), setxattr, removexattr. After: the same, plus "close" with the bytes
+ * read and written through the handle. Reads and writes themselves are not hooked: the
+ * open that made them possible was. */
+struct gd_vfs_event {
+    const char *mount; /* the mount's guest path, e.g. "/workspace" */
+    const char *op;    /* "open", "create", ... "close" */
+    const char *path;  /* absolute guest path */
+    const char *path2; /* rename/link: the new path; symlink: the target; else NULL */
+    int flags;         /* open/create: the guest's open flags; rename: RENAME_* */
+    mode_t mode;       /* create/mknod/mkdir, setattr mode */
+    uint64_t size;     /* setattr size (truncate), else 0 */
+    unsigned valid;    /* setattr: GD_VFS_SET_* */
+    int mutating;      /* changes the tree (open for write counts) */
+    int result;        /* after: 0 or a negative errno */
+    uint64_t bytes_read, bytes_written; /* after "close" */
+};
+
+struct gd_vfs_hooks {
+    /* 0: go on; a negative errno: deny (the guest sees it; reason, NUL-terminated, goes
+     * to the audit line). Called on the transport's thread. */
+    int (*before)(void *ud, const struct gd_vfs_event *ev, char *reason, size_t cap);
+    void (*after)(void *ud, const struct gd_vfs_event *ev);
+    void *ud;
+};
+
 /* ---- the session ---- */
 
 typedef struct gd_vfs_session gd_vfs_session;
@@ -141,6 +170,8 @@ struct gd_vfs_session_opts {
     unsigned entry_ttl_ms, attr_ttl_ms;
     unsigned max_nodes;   /* nodes the guest may hold; 0: 1 << 20 */
     unsigned max_handles; /* open files and dirs; 0: 65536 */
+    const char *mount;    /* the guest path (events); NULL: "/" */
+    const struct gd_vfs_hooks *hooks; /* or NULL (borrowed; outlives the session) */
 };
 
 /* Takes ownership of pv. */

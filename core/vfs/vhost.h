@@ -14,10 +14,16 @@
 
 typedef struct gd_vhost_fs gd_vhost_fs;
 
+/* One FUSE request (a private copy) -> its reply; the gd_vfs_session_handle contract:
+ * the reply length, 0 for none, -EPROTO to drop the device. */
+typedef long (*gd_vhost_fs_handler)(void *ud, const void *in, size_t n, void *out, size_t cap);
+
 /* Creates the socketpair and starts the thread. *qemu_fd gets the end QEMU must inherit
- * (close-on-exec set: the VM layer dups it into the child). The session is used only
- * from the back-end's thread until gd_vhost_fs_stop returns; the caller still owns it. */
-int gd_vhost_fs_start(gd_vfs_session *s, int *qemu_fd, gd_vhost_fs **out, struct gd_err *err);
+ * (close-on-exec set: the VM layer dups it into the child). handle(ud, ...) is called
+ * only from the back-end's thread until gd_vhost_fs_stop returns (for a mount:
+ * gd_vfs_session_handle with the session). */
+int gd_vhost_fs_start(gd_vhost_fs_handler handle, void *ud, int *qemu_fd, gd_vhost_fs **out,
+                      struct gd_err *err);
 /* Stops the thread (at once, even mid-request), unmaps, closes; then frees. */
 void gd_vhost_fs_stop(gd_vhost_fs *v);
 /* Why the back-end dropped the device (a protocol error by QEMU or the guest), or "". */
