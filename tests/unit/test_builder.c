@@ -57,6 +57,22 @@ TEST(config_reports_every_problem)
     gd_config_free(&c);
 }
 
+TEST(config_kernel_modules)
+{
+    struct gd_build_config c;
+    struct gd_diags d = {0};
+    gd_config_parse("{\"init\":{\"kernelModules\":[\"9p\",\"9pnet_virtio\"]}}", NULL, NULL, &c, &d);
+    CHECK_EQ(d.errors, 0);
+    CHECK_EQ(c.kernel_modules.n, 2);
+    CHECK(!strcmp(c.kernel_modules.v[1], "9pnet_virtio"));
+    gd_diags_free(&d);
+    gd_config_free(&c);
+    gd_config_parse("{\"init\":{\"kernelModules\":[\"../evil\"]}}", NULL, NULL, &c, &d);
+    CHECK(has(&d, "E004", "init.kernelModules"));
+    gd_diags_free(&d);
+    gd_config_free(&c);
+}
+
 TEST(build_id_is_uuid5_of_the_checksums)
 {
     char a[37], b[37];
