@@ -126,6 +126,9 @@ int gd_engine_mount_provider(gd_engine *e, const struct gd_mount *m, gd_vfs_prov
 int gd_engine_fs_try(gd_engine *e, const struct gd_vfs_event *ev, const char *mount, char *rule,
                      size_t rcap, char *reason, size_t cap);
 
+/* Where the current revision's on_fs (after 0) or on_fs_done (1) is defined, or NULL. */
+const char *gd_engine_fs_hook_site(gd_engine *e, int after);
+
 /* The lua/ directory next to the running binary (source tree or installed share/). */
 const char *gd_engine_default_lua_dir(void);
 

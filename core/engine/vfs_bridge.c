@@ -229,6 +229,11 @@ int gd_engine_fs_try(gd_engine *e, const struct gd_vfs_event *ev, const char *mo
     return chain_before(e->cur, ev, mount, rule, rcap, reason, cap);
 }
 
+const char *gd_engine_fs_hook_site(gd_engine *e, int after)
+{
+    return e->cur->lua ? gd_lua_fs_site(e->cur->lua, after) : NULL;
+}
+
 struct hook_call {
     struct vfs_mount_ud *u;
     const struct gd_vfs_event *ev;

@@ -303,8 +303,8 @@ static int prov_entry(lua_State *L)
 static int missing_errno(const struct gd_lua_fscall *c)
 {
     switch (c->op) {
-    case GD_LUA_FS_OPEN: /* optional: opening is allowed, for writing only with write */
-        return (c->flags & O_ACCMODE) != O_RDONLY || (c->flags & O_TRUNC) ? -EROFS : 0;
+    case GD_LUA_FS_OPEN: /* optional (writing was checked against write already) */
+        return 0;
     case GD_LUA_FS_GETATTR:
     case GD_LUA_FS_READDIR:
     case GD_LUA_FS_READ:

@@ -557,6 +557,69 @@ TEST(vfs_policy_lua_provider_from_thread)
     fx_cleanup(&f);
 }
 
+static void task_ops(struct fx *f)
+{
+    size_t n;
+    const struct gd_mount *m = gd_engine_mounts(f->e, &n);
+    CHECK_EQ(n, 2);
+    CHECK_STR(m[0].guest, "/run/task");
+    gd_vfs_provider *pv;
+    struct gd_err err = {{0}};
+    CHECK_EQ(gd_engine_mount_provider(f->e, &m[0], &pv, &err), 0);
+    const struct gd_vfs_ops *o = pv->ops;
+    char names[256] = "";
+    CHECK_EQ(o->readdir(pv->p, "", 0, 0, collect, names), 0);
+    CHECK_STR(names, "task.json:0:1 notes.txt:0:2 ");
+    struct stat st;
+    CHECK_EQ(o->getattr(pv->p, "task.json", &st), 0);
+    CHECK_EQ(st.st_mode, S_IFREG | 0444);
+    uint64_t fh;
+    CHECK_EQ(o->open(pv->p, "task.json", O_RDONLY, &fh), 0);
+    char buf[256] = "";
+    ssize_t got = o->read(pv->p, fh, buf, sizeof(buf) - 1, 0);
+    CHECK_EQ(got, st.st_size);
+    buf[got] = 0;
+    CHECK_CONTAINS(buf, "\"id\":42");
+    CHECK_EQ(o->release(pv->p, fh), 0);
+    CHECK_EQ(o->open(pv->p, "task.json", O_WRONLY, &fh), 0); /* the table can write ... */
+    CHECK_EQ(o->write(pv->p, fh, "x", 1, 0), -EACCES);       /* ... but not this file */
+    CHECK_EQ(o->release(pv->p, fh), 0);
+    CHECK_EQ(o->open(pv->p, "notes.txt", O_RDWR, &fh), 0);
+    CHECK_EQ(o->write(pv->p, fh, "hello", 5, 0), 5);
+    struct gd_vfs_setattr a = {.valid = GD_VFS_SET_SIZE, .size = 2};
+    CHECK_EQ(o->setattr(pv->p, "notes.txt", fh, &a, &st), 0);
+    CHECK_EQ(st.st_size, 2);
+    CHECK_EQ(o->read(pv->p, fh, buf, sizeof(buf), 0), 2);
+    CHECK(!memcmp(buf, "he", 2));
+    a.valid = GD_VFS_SET_MODE;
+    CHECK_EQ(o->setattr(pv->p, "notes.txt", fh, &a, &st), -EPERM);
+    CHECK_EQ(o->release(pv->p, fh), 0);
+    o->destroy(pv->p);
+    free(pv);
+    struct gd_vfs_hooks h;
+    CHECK(gd_engine_vfs_hooks(f->e, "/workspace", &h) == 0);
+    char reason[200];
+    struct gd_vfs_event ev = ev_open("/workspace/Cargo.lock", O_WRONLY);
+    CHECK_EQ(h.before(h.ud, &ev, reason, sizeof(reason)), -EACCES);
+}
+
+TEST(vfs_policy_example_task_provider)
+{
+    struct fx f;
+    memset(&f, 0, sizeof(f));
+    pthread_mutex_init(&f.mu, NULL);
+    struct gd_engine_opts o = {.policy = GD_TEST_SRC_DIR "/examples/vfs-task.lua",
+                               .lua_dir = GD_TEST_LUA_DIR,
+                               .quiet = 1,
+                               .log = fx_log,
+                               .log_ud = &f};
+    struct gd_err err = {{0}};
+    if (gd_engine_new(&o, &f.e, &err))
+        FAIL_AT("%s", err.msg);
+    fx_run(&f, task_ops);
+    gd_engine_free(f.e);
+}
+
 /* ---- plugins ---- */
 
 #ifdef GD_TEST_VFS_CLOCK
