@@ -102,6 +102,8 @@ struct gd_vfs_ops {
     /* SEEK_DATA / SEEK_HOLE; returns the offset */
     int64_t (*lseek)(void *p, uint64_t fh, int64_t off, int whence);
     void (*destroy)(void *p);
+    /* Plugins register ops with their sizeof (plugin API level 2): new operations are
+     * only ever appended below destroy. */
 };
 
 /* Provider capabilities (gd_vfs_provider.flags) */

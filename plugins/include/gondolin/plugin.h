@@ -1,5 +1,6 @@
 /*
- * gondolin/plugin.h - the whole plugin SDK. A plugin is a shared object that exports one
+ * gondolin/plugin.h - the plugin SDK (file providers and fs hooks also use <gondolin/vfs.h>,
+ * installed from core/vfs/vfs.h). A plugin is a shared object that exports one
  * symbol, gondolin_plugin_entry(), returning a descriptor. Everything the plugin may do
  * goes through the host API table it receives in init(); it links against nothing of
  * gondolin and sees only opaque handles.
