@@ -284,76 +284,6 @@ static int load_plugins(gd_engine *e, struct gd_err *err)
     return rc;
 }
 
-/* Files: the plugins' fs hooks in load order, the providers plugin mounts name, and
- * what the bridge must hop to the loop for. */
-static int fs_build(struct rev *r, const struct gd_lua_conf *c, struct gd_err *err)
-{
-    for (size_t k = 0; k < r->ninst; k++) {
-        size_t n;
-        const struct gd_plugin_fs_hook *h = gd_plugin_fs_hooks(r->inst[k], &n);
-        if (!n)
-            continue;
-        struct gd_plugin_fs_hook *q = realloc(r->fsh, (r->nfsh + n) * sizeof(*q));
-        if (!q)
-            return gd_err_set(err, -ENOMEM, "out of memory");
-        r->fsh = q;
-        for (size_t j = 0; j < n; j++) {
-            q[r->nfsh++] = h[j];
-            r->fs_need |= (h[j].before ? FS_NEED_BEFORE : 0) | (h[j].after ? FS_NEED_AFTER : 0);
-        }
-    }
-    for (size_t i = 0; c && i < c->nmounts; i++) {
-        const struct gd_mount *m = &c->mounts[i];
-        if (m->kind != GD_MOUNT_PLUGIN)
-            continue;
-        size_t found = 0;
-        for (size_t k = 0; k < r->ninst; k++)
-            found += gd_plugin_vfs_provider(r->inst[k], m->provider) != NULL;
-        if (found != 1)
-            return gd_err_set(err, found ? -EEXIST : -ENOENT,
-                              "%s: mounts['%s']: %s VFS provider '%s'%s", r->e->policy, m->guest,
-                              found ? "more than one plugin registers the"
-                                    : "no loaded plugin "
-                                      "registers a",
-                              m->provider,
-                              found ? "" : " (give --plugin PATH or --plugin-dir DIR)");
-    }
-    if (c && (c->fs_hooks & GD_LUA_FS_BEFORE))
-        r->fs_need |= FS_NEED_BEFORE;
-    if ((c && (c->fs_hooks & GD_LUA_FS_AFTER)) || r->e->base.audit_fs)
-        r->fs_need |= FS_NEED_AFTER;
-    return 0;
-}
-
-static int same_str(const char *a, const char *b)
-{
-    return a ? b && !strcmp(a, b) : !b;
-}
-
-/* Do two revisions declare the same mounts? (They are fixed at start.) */
-static int same_mounts(const struct rev *a, const struct rev *b)
-{
-    const struct gd_lua_conf *x = a && a->lua ? gd_lua_conf(a->lua) : NULL;
-    const struct gd_lua_conf *y = b->lua ? gd_lua_conf(b->lua) : NULL;
-    size_t nx = x ? x->nmounts : 0, ny = y ? y->nmounts : 0;
-    if (nx != ny)
-        return 0;
-    for (size_t i = 0; i < nx; i++) {
-        const struct gd_mount *m = &x->mounts[i], *n = &y->mounts[i];
-        if (m->kind != n->kind || !same_str(m->guest, n->guest) || !same_str(m->host, n->host) ||
-            m->readonly != n->readonly || m->size != n->size ||
-            !same_str(m->provider, n->provider) || !same_str(m->config, n->config))
-            return 0;
-        size_t h = 0;
-        for (; m->hide && n->hide && m->hide[h] && n->hide[h]; h++)
-            if (strcmp(m->hide[h], n->hide[h]))
-                return 0;
-        if ((m->hide && m->hide[h]) || (n->hide && n->hide[h]))
-            return 0;
-    }
-    return 1;
-}
-
 static void digest_update(void *md, const void *p, size_t n)
 {
     EVP_DigestUpdate(md, p, n);
@@ -463,7 +393,7 @@ static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
     }
     if ((rc = add_chain(r, "secrets", GD_PHASE_REQUEST_HEAD, gd_egress_hook_secrets, &r->eg)))
         goto oom;
-    if ((rc = fs_build(r, c, err)))
+    if ((rc = gd__vfs_rev_build(r, c, err)))
         goto fail;
 
     /* the revision's identity: policy files, the base rules, plugins */
@@ -519,7 +449,7 @@ static void carry_over(gd_engine *e, struct rev *old, struct rev *r)
         (a->memory_mb != b->memory_mb || a->cpus != b->cpus ||
          (a->image ? !b->image || strcmp(a->image, b->image) : b->image != NULL)))
         gd__engine_log(e, "reload: vm settings take effect at the next start");
-    if (!same_mounts(e->boot, r))
+    if (!gd__vfs_same_mounts(e->boot, r))
         gd__engine_log(e, "reload: mounts changed; the running mounts stay until a restart "
                           "(hooks reload now)");
 }

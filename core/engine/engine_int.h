@@ -97,6 +97,11 @@ struct gd_engine {
 void gd__engine_log(gd_engine *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* vfs_bridge.c */
+/* While a revision builds: the plugins' fs hooks in load order, a check that every
+ * plugin mount names a provider exactly one plugin registered, r->fs_need. */
+int gd__vfs_rev_build(struct rev *r, const struct gd_lua_conf *c, struct gd_err *err);
+/* Do two revisions declare the same mounts (a may be NULL: none)? */
+int gd__vfs_same_mounts(const struct rev *a, const struct rev *b);
 void gd__vfs_update_need(gd_engine *e); /* after the current revision changed */
 void gd__vfs_free(gd_engine *e);
 /* Runs fn(e, arg) on the loop thread and returns what it returned; -EIO when the bridge
