@@ -49,7 +49,7 @@ static void write_file(const char *path, const char *fmt, ...)
 
 static char *read_all(const char *path)
 {
-    static char buf[16384];
+    static char buf[1 << 20];
     FILE *f = fopen(path, "r");
     if (!f)
         return NULL;
@@ -288,6 +288,57 @@ TEST(vfs_policy_reload_switches_hooks)
     CHECK_CONTAINS(f.log, "reload: mounts changed; the running mounts stay until a restart");
     /* the last reload declares the first mounts again: one such line only */
     CHECK(!strstr(strstr(f.log, "mounts changed") + 1, "mounts changed"));
+    fx_cleanup(&f);
+}
+
+/* Several transport threads at once, and a reload among them. */
+static void *hammer(void *p)
+{
+    struct fx *f = p;
+    struct gd_vfs_hooks h;
+    pthread_mutex_lock(&f->mu);
+    CHECK(gd_engine_vfs_hooks(f->e, "/w", &h) == 0); /* the list is the loop's: serialised */
+    pthread_mutex_unlock(&f->mu);
+    for (int i = 0; i < 300; i++) {
+        char reason[100];
+        struct gd_vfs_event ev = ev_open(i % 2 ? "/w/a.lock" : "/w/a.txt", O_WRONLY);
+        int rc = h.before(h.ud, &ev, reason, sizeof(reason));
+        if (i % 2 ? rc != -EACCES && rc != -EPERM : rc != 0)
+            FAIL_AT("call %d: %d %s", i, rc, reason);
+        h.after(h.ud, &ev);
+    }
+    return NULL;
+}
+
+static void many_ops(struct fx *f)
+{
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++)
+        CHECK(pthread_create(&th[i], NULL, hammer, f) == 0);
+    write_file(f->policy, "return { on_fs = function(op, ctx)\n"
+                          "  if ctx.path:match('lock$') then return ctx:deny('EPERM') end end,\n"
+                          "  on_fs_done = function() end }\n");
+    struct gd_err err = {{0}};
+    if (gd__vfs_call(f->e, do_reload, &err))
+        FAIL_AT("%s", err.msg);
+    for (int i = 0; i < 4; i++)
+        pthread_join(th[i], NULL);
+}
+
+TEST(vfs_policy_threads_and_reload)
+{
+    struct fx f;
+    struct gd_err err = {{0}};
+    if (fx_new(&f,
+               "return { on_fs = function(op, ctx)\n"
+               "  if ctx.path:match('lock$') then return ctx:deny('EACCES') end end }\n",
+               1, &err))
+        FAIL_AT("%s", err.msg);
+    fx_run(&f, many_ops);
+    int lines = 0;
+    for (char *c = read_all(f.audit); c && *c; c++)
+        lines += *c == '\n';
+    CHECK_EQ(lines, 4 * 300 / 2 + 4 * 300); /* the denials, and every mutating op after it */
     fx_cleanup(&f);
 }
 
