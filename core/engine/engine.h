@@ -112,7 +112,8 @@ void gd_engine_vfs_stop(gd_engine *e);
 /* Hooks for the session of mount (its guest path; copied). ud is owned by the engine:
  * the hooks stay valid until gd_engine_free. Before: 0 or a negative errno (denied: the
  * audit gets a line; a hook error or timeout is -EACCES); after: plugin hooks, on_fs_done,
- * and with --audit-fs a line per mutating operation. */
+ * and with --audit-fs a line per mutating operation. Called on the loop thread, before
+ * the transport starts (the hooks themselves are called from any thread). */
 int gd_engine_vfs_hooks(gd_engine *e, const char *mount, struct gd_vfs_hooks *out);
 /* The provider of a policy mount whose kind is GD_MOUNT_LUA (ops hop to the loop; the
  * table of the current revision serves them while it still declares that mount, else

@@ -167,21 +167,17 @@ static void push_opt(lua_State *L, const char *s)
         lua_pushnil(L);
 }
 
-/* ctx.path, ctx.flags, ... and the methods. */
+/* ctx.path, ctx.flags, ... and the methods (upvalue 2: the methods table). */
 static int f_index(lua_State *L)
 {
     struct lfs *f = check_fs(L, "ctx");
     const struct gd_vfs_event *ev = f->ev;
     const char *k = luaL_checkstring(L, 2);
-    static const luaL_Reg methods[] = {
-        {"writing", f_writing},     {"reading", f_reading}, {"truncating", f_truncating},
-        {"appending", f_appending}, {"deny", f_deny},       {NULL, NULL}};
-    for (const luaL_Reg *m = methods; m->name; m++)
-        if (!strcmp(k, m->name)) {
-            lua_pushlightuserdata(L, gd__lua_self(L));
-            lua_pushcclosure(L, m->func, 1);
-            return 1;
-        }
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(2));
+    if (!lua_isnil(L, -1))
+        return 1;
+    lua_pop(L, 1);
     if (!strcmp(k, "op"))
         lua_pushstring(L, ev->op);
     else if (!strcmp(k, "path"))
@@ -215,9 +211,15 @@ static int f_index(lua_State *L)
 
 void gd__lua_open_fs(lua_State *L, gd_lua *l)
 {
+    static const luaL_Reg methods[] = {
+        {"writing", f_writing},     {"reading", f_reading}, {"truncating", f_truncating},
+        {"appending", f_appending}, {"deny", f_deny},       {NULL, NULL}};
     luaL_newmetatable(L, MT_FS);
     lua_pushlightuserdata(L, l);
-    lua_pushcclosure(L, f_index, 1);
+    lua_newtable(L);
+    for (const luaL_Reg *m = methods; m->name; m++)
+        gd__lua_reg(L, l, lua_gettop(L), m->name, m->func);
+    lua_pushcclosure(L, f_index, 2);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, gd__lua_readonly);
     lua_setfield(L, -2, "__newindex");

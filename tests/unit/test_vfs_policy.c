@@ -208,7 +208,7 @@ static void error_ops(struct fx *f)
     char reason[300];
     struct gd_vfs_event ev = ev_open("/w/x", O_RDONLY);
     CHECK_EQ(h.before(h.ud, &ev, reason, sizeof(reason)), -EACCES);
-    CHECK_CONTAINS(reason, "error in on_fs (p.lua:3)");
+    CHECK_CONTAINS(reason, "error in on_fs (p.lua:4)");
     CHECK_CONTAINS(reason, "boom");
     ev.path = "/w/loop";
     CHECK_EQ(h.before(h.ud, &ev, reason, sizeof(reason)), -EACCES);
@@ -218,7 +218,10 @@ static void error_ops(struct fx *f)
     CHECK_CONTAINS(reason, "errno must be a name");
     ev.path = "/w/ok";
     CHECK_EQ(h.before(h.ud, &ev, reason, sizeof(reason)), 0);
-    h.after(h.ud, &ev); /* on_fs_done raises: logged, nothing else */
+    h.after(h.ud, &ev);   /* on_fs_done raises: logged, nothing else */
+    ev.path = "/w/stale"; /* a ctx kept from an earlier call is dead */
+    CHECK_EQ(h.before(h.ud, &ev, reason, sizeof(reason)), -EACCES);
+    CHECK_CONTAINS(reason, "ctx: operation already finished");
 }
 
 TEST(vfs_policy_hook_errors_fail_closed)
@@ -226,16 +229,18 @@ TEST(vfs_policy_hook_errors_fail_closed)
     struct fx f;
     struct gd_err err = {{0}};
     if (fx_new(&f,
-               "return {\n  limits = { hook_ms = 30 },\n  on_fs = function(op, ctx)\n"
+               "local saved\nreturn {\n  limits = { hook_ms = 30 },\n  on_fs = function(op, ctx)\n"
                "    if ctx.path == '/w/x' then error('boom') end\n"
                "    if ctx.path == '/w/loop' then while true do end end\n"
                "    if ctx.path == '/w/badcall' then return ctx:deny('ENOTANERRNO') end\n"
+               "    if ctx.path == '/w/stale' then return saved.path end\n"
+               "    saved = saved or ctx\n"
                "  end,\n  on_fs_done = function() error('after') end,\n}\n",
                0, &err))
         FAIL_AT("%s", err.msg);
     fx_run(&f, error_ops);
-    CHECK_CONTAINS(f.log, "error in on_fs (p.lua:3)");
-    CHECK_CONTAINS(f.log, "error in on_fs_done (p.lua:8)");
+    CHECK_CONTAINS(f.log, "error in on_fs (p.lua:4)");
+    CHECK_CONTAINS(f.log, "error in on_fs_done (p.lua:11)");
     CHECK_CONTAINS(read_all(f.audit), "\"rule\":\"lua-error\"");
     fx_cleanup(&f);
 }
