@@ -676,6 +676,74 @@ TEST(vfs_policy_example_task_provider)
     gd_engine_free(f.e);
 }
 
+/* Every mutating function of the Lua contract gets its arguments; results are checked. */
+static const char *const MUTATING_POLICY =
+    "local log = {}\n"
+    "local function rec(...) log[#log + 1] = table.concat({...}, ' ') end\n"
+    "return { mounts = { ['/m'] = { provider = {\n"
+    "  getattr = function(path)\n"
+    "    if path == '/link' then return { type = 'symlink', size = 6 } end\n"
+    "    return { type = path == '/' and 'dir' or 'file', size = #table.concat(log, ';') }\n"
+    "  end,\n"
+    "  create = function(path, mode) rec('create', path, mode) end,\n"
+    "  mkdir = function(path, mode) rec('mkdir', path, mode) end,\n"
+    "  unlink = function(path) rec('unlink', path) end,\n"
+    "  rmdir = function(path) return nil, 'ENOTEMPTY' end,\n"
+    "  rename = function(from, to) rec('rename', from, to) end,\n"
+    "  readlink = function(path) return path == '/link' and 'target' or '' end,\n"
+    "  write = function(path, off, data) return 99 end,\n"
+    "  read = function(path, off, n) return table.concat(log, ';'):sub(off + 1, off + n) end,\n"
+    "} } } }\n";
+
+static void mutating_ops(struct fx *f)
+{
+    size_t n;
+    const struct gd_mount *m = gd_engine_mounts(f->e, &n);
+    gd_vfs_provider *pv;
+    struct gd_err err = {{0}};
+    CHECK_EQ(gd_engine_mount_provider(f->e, &m[0], &pv, &err), 0);
+    const struct gd_vfs_ops *o = pv->ops;
+    void *p = pv->p;
+    struct stat st;
+    uint64_t fh, rfh;
+    CHECK_EQ(o->create(p, "a", O_WRONLY | O_CREAT, 0640, &fh, &st), 0);
+    CHECK(S_ISREG(st.st_mode));
+    CHECK_EQ(o->write(p, fh, "xy", 2, 0), -EIO); /* 99 of 2 bytes */
+    CHECK_EQ(o->mkdir(p, "d", 0750, &st), 0);
+    CHECK_EQ(o->rename(p, "a", "d/b", 0), 0);
+    CHECK_EQ(o->rename(p, "a", "d/b", 1 /* RENAME_NOREPLACE */), -EINVAL);
+    CHECK_EQ(o->unlink(p, "d/b"), 0);
+    CHECK_EQ(o->rmdir(p, "d"), -ENOTEMPTY);
+    char buf[256];
+    CHECK_EQ(o->readlink(p, "link", buf, sizeof(buf)), 6);
+    CHECK(!memcmp(buf, "target", 6));
+    CHECK_EQ(o->readlink(p, "other", buf, sizeof(buf)), -EIO); /* empty target */
+    CHECK_EQ(o->open(p, "log", O_RDONLY, &rfh), 0);
+    ssize_t got = o->read(p, rfh, buf, sizeof(buf) - 1, 0);
+    CHECK(got > 0);
+    buf[got] = 0;
+    CHECK_STR(buf, "create /a 416;mkdir /d 488;rename /a /d/b;unlink /d/b");
+    CHECK_EQ(o->release(p, fh), 0);
+    CHECK_EQ(o->release(p, rfh), 0);
+    CHECK_EQ(o->release(p, rfh), -EBADF);
+    struct statvfs sv;
+    CHECK_EQ(o->statfs(p, "", &sv), 0);
+    CHECK_EQ(sv.f_namemax, 255);
+    o->destroy(p);
+    free(pv);
+}
+
+TEST(vfs_policy_lua_provider_mutating)
+{
+    struct fx f;
+    struct gd_err err = {{0}};
+    if (fx_new(&f, MUTATING_POLICY, 0, &err))
+        FAIL_AT("%s", err.msg);
+    fx_run(&f, mutating_ops);
+    CHECK_CONTAINS(f.log, "write returned number (want the bytes written, 0-2)");
+    fx_cleanup(&f);
+}
+
 /* ---- plugins ---- */
 
 #ifdef GD_TEST_VFS_CLOCK
