@@ -93,6 +93,15 @@ int cli_session_arg(const char *a, const char **key, const char *usage);
 /* `gondolin policy reload ID|NAME`: through the session's socket. */
 int cli_session_reload(const char *key);
 int cmd_policy(int argc, char **argv);
+/* The file side of the policy tools (policy_fs.c). An fs case "OP /PATH [PATH2]
+ * [r|w|rw|a|t]" -> ev (strings into buf), or -EINVAL with why. */
+int cli_fs_event(const char *spec, struct gd_vfs_event *ev, char *buf, size_t cap, char *why,
+                 size_t wcap);
+/* Runs the before-chain for ev on the mount its path is under (sets ev->mount). */
+int cli_fs_decide(gd_engine *e, struct gd_vfs_event *ev, char *rule, size_t rcap, char *reason,
+                  size_t cap);
+/* policy check's lines for mounts and fs hooks. */
+void cli_fs_print_check(gd_engine *e);
 int cmd_doctor(int argc, char **argv);
 int cmd_build(int argc, char **argv);
 int cmd_image(int argc, char **argv);
