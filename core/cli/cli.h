@@ -59,7 +59,20 @@ struct cli_sandbox_flags {
     const char *ssh_user;
     char ssh_host[64];
     unsigned ssh_port;
+    /* files (mount_flags.c) */
+    struct cli_mount {
+        struct gd_mount m;
+        char buf[4200];
+        char host[4096]; /* the host directory, absolute */
+    } mounts[GD_VFS_MAX_MOUNTS];
+    size_t nmounts;
+    struct gd_mount mspec[GD_VFS_MAX_MOUNTS];
+    const char *hide[33]; /* --hide globs, NULL-ended */
+    size_t nhide;
 };
+/* --mount-hostfs, --mount-overlay, --mount-memfs, --hide: like cli_sandbox_flag. */
+int cli_mount_flag(struct cli_sandbox_flags *f, int argc, char **argv, int *i);
+void cli_mount_opts(struct cli_sandbox_flags *f, struct gd_sandbox_opts *o);
 /* 1 consumed (advancing *i), 0 not one of these flags, -1 bad value (message printed). */
 int cli_sandbox_flag(struct cli_sandbox_flags *f, int argc, char **argv, int *i);
 void cli_sandbox_opts(struct cli_sandbox_flags *f, struct gd_sandbox_opts *o);
