@@ -62,6 +62,9 @@ int gd__mounts_start(gd_sandbox *sb, const struct gd_sandbox_opts *o, struct gd_
         return 0;
     if (!(sb->mounts = calloc(n, sizeof(*sb->mounts))))
         return gd_err_set(err, -ENOMEM, "out of memory");
+    /* hooks and Lua providers hop from the back-ends' threads to the loop */
+    if (sb->eng && gd_engine_vfs_start(sb->eng, sb->loop))
+        return gd_err_set(err, -EIO, "cannot start the policy's file bridge");
     for (size_t i = 0; i < n; i++) {
         struct gd__mount *m = &sb->mounts[i];
         m->qemu_fd = -1;
@@ -69,7 +72,9 @@ int gd__mounts_start(gd_sandbox *sb, const struct gd_sandbox_opts *o, struct gd_
         snprintf(m->guest, sizeof(m->guest), "%s", all[i]->guest);
         snprintf(m->tag, sizeof(m->tag), "gdfs%zu", i);
         gd_vfs_provider *pv = NULL;
-        int rc = gd_mount_provider(all[i], &pv, err);
+        int policy_kind = all[i]->kind == GD_MOUNT_LUA || all[i]->kind == GD_MOUNT_PLUGIN;
+        int rc = policy_kind && sb->eng ? gd_engine_mount_provider(sb->eng, all[i], &pv, err)
+                                        : gd_mount_provider(all[i], &pv, err);
         if (rc) {
             gd_err_prefix(err, "mount %s: ", m->guest);
             return rc;
@@ -89,6 +94,9 @@ int gd__mounts_start(gd_sandbox *sb, const struct gd_sandbox_opts *o, struct gd_
 
 void gd__mounts_stop(gd_sandbox *sb)
 {
+    /* a back-end waiting for the loop (a hook, a Lua provider) gets EIO and returns */
+    if (sb->eng && sb->nmounts)
+        gd_engine_vfs_stop(sb->eng);
     for (size_t i = 0; i < sb->nmounts; i++) {
         struct gd__mount *m = &sb->mounts[i];
         if (m->v) {
