@@ -151,7 +151,8 @@ int gd__vfs_make_node(gd_vfs_session *s, struct gd__vnode *parent, const char *n
     return gd__vnodes_make(&s->nodes, parent, name, len, out);
 }
 
-/* Answers an entry for n (made by make_node) and counts the lookup once it is written. */
+/* Answers an entry for n (made by make_node) and counts the lookup once it is written;
+ * 0 when the reply does not fit (nothing counted). */
 static size_t reply_entry(struct rq *q, struct gd__vnode *n, const struct stat *st,
                           const struct fuse_open_out *o)
 {
@@ -159,10 +160,8 @@ static size_t reply_entry(struct rq *q, struct gd__vnode *n, const struct stat *
     gd__vfs_fill_entry(q->s, &e, n->by_id.key, st);
     size_t k = o ? gd_fuse_reply_create(q->out, q->cap, q->r->h.unique, &e, o)
                  : gd_fuse_reply_entry(q->out, q->cap, q->r->h.unique, &e);
-    if (!k) {
-        gd__vnodes_release(&q->s->nodes, n);
-        return rerr(q, -EIO);
-    }
+    if (!k)
+        return 0; /* the caller releases n */
     n->nlookup++;
     n->type = st->st_mode & S_IFMT;
     return k;
@@ -276,7 +275,13 @@ static size_t op_lookup(struct rq *q)
         return rerr(q, perr(e));
     if ((e = gd__vfs_make_node(s, dir, r->name, r->namelen, &st, &n)))
         return rerr(q, e);
-    return reply_entry(q, n, &st, NULL);
+    size_t k = reply_entry(q, n, &st, NULL);
+    if (!k)
+        goto fail;
+    return k;
+fail:
+    gd__vnodes_release(&s->nodes, n);
+    return rerr(q, -EIO);
 }
 
 /* GETATTR with a file handle on a node whose name is gone (fstat of an unlinked file):
@@ -370,7 +375,9 @@ static size_t op_setattr(struct rq *q)
         return rerr(q, -EINVAL);
     struct stat st;
     if (!a.valid) { /* nothing to change: report */
-        e = s->ops->getattr ? s->ops->getattr(s->pv->p, s->p1, &st) : -ENOSYS;
+        e = h                 ? getattr_fh(s, h, &st)
+            : s->ops->getattr ? s->ops->getattr(s->pv->p, s->p1, &st)
+                              : -ENOSYS;
         return e < 0 ? rerr(q, perr(e)) : reply_attr(q, &st);
     }
     if (readonly(s) || !s->ops->setattr)
@@ -485,15 +492,15 @@ static size_t op_new_entry(struct rq *q)
     hook_after(s, &ev, e);
     if (e)
         goto fail;
-    if (op != FUSE_CREATE)
-        return reply_entry(q, n, &st, NULL);
-    struct fuse_open_out oo = {.fh = h->by_id.key};
+    struct fuse_open_out oo = {.fh = h ? h->by_id.key : 0};
     if (s->pv->flags & GD_VFS_EXCLUSIVE)
         oo.open_flags = FOPEN_KEEP_CACHE;
-    size_t k = reply_entry(q, n, &st, &oo);
-    if (n->nlookup == 0) /* the reply did not fit: nobody will release it */
-        release_handle(s, h);
-    return k;
+    size_t k = reply_entry(q, n, &st, op == FUSE_CREATE ? &oo : NULL);
+    if (k)
+        return k;
+    e = -EIO; /* the reply did not fit: nobody would release the handle or the node */
+    if (h)
+        release_handle(s, h), h = NULL;
 fail:
     if (h)
         gd__vhandles_del(&s->handles, h);

@@ -641,3 +641,91 @@ TEST(vfs_statfs_and_misc_ops)
     CHECK_EQ(vc_release(&c, f, fh), 0);
     vc_close(&c);
 }
+
+TEST(vfs_mount_parse)
+{
+    struct gd_mount m;
+    char buf[4096];
+    struct gd_err err;
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_MEMORY, "/data:64M", &m, buf, sizeof(buf), &err), 0);
+    CHECK_STR(m.guest, "/data");
+    CHECK_EQ(m.size, 64ull << 20);
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_MEMORY, "/scratch", &m, buf, sizeof(buf), &err), 0);
+    CHECK_EQ(m.size, 0);
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_MEMORY, "/a/b:2g", &m, buf, sizeof(buf), &err), 0);
+    CHECK_EQ(m.size, 2ull << 30);
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_MEMORY, "/a:4096", &m, buf, sizeof(buf), &err), 0);
+    CHECK_EQ(m.size, 4096);
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_HOSTFS, "/tmp:/work:ro", &m, buf, sizeof(buf), &err), 0);
+    CHECK_STR(m.host, "/tmp");
+    CHECK_STR(m.guest, "/work");
+    CHECK_EQ(m.readonly, 1);
+    CHECK_EQ(m.kind, GD_MOUNT_HOSTFS);
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_HOSTFS, "/tmp/../tmp:/w", &m, buf, sizeof(buf), &err), 0);
+    CHECK_STR(m.host, "/tmp"); /* made absolute and real */
+    CHECK_EQ(m.readonly, 0);
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_OVERLAY, "/tmp:/w", &m, buf, sizeof(buf), &err), 0);
+    CHECK_EQ(m.kind, GD_MOUNT_OVERLAY);
+    static const struct {
+        enum gd_mount_kind k;
+        const char *arg, *msg;
+    } bad[] = {
+        {GD_MOUNT_MEMORY, "data", "absolute"},
+        {GD_MOUNT_MEMORY, "/", "over the guest's /"},
+        {GD_MOUNT_MEMORY, "/a/", "end with '/'"},
+        {GD_MOUNT_MEMORY, "/a//b", "'//'"},
+        {GD_MOUNT_MEMORY, "/a/../b", "'..'"},
+        {GD_MOUNT_MEMORY, "/a/./b", "'.'"},
+        {GD_MOUNT_MEMORY, "/a b", "spaces"},
+        {GD_MOUNT_MEMORY, "/a,b", "','"},
+        {GD_MOUNT_MEMORY, "/a\tb", "non-printable"},
+        {GD_MOUNT_MEMORY, "/a:", "not a number"},
+        {GD_MOUNT_MEMORY, "/a:12X", "not a number"},
+        {GD_MOUNT_MEMORY, "/a:0", "more than 0"},
+        {GD_MOUNT_MEMORY, "/a:99999999999999999999", "too large"},
+        {GD_MOUNT_MEMORY, "/a:17179869184G", "too large"},
+        {GD_MOUNT_HOSTFS, "/tmp", "expected HOST:GUEST"},
+        {GD_MOUNT_HOSTFS, ":/w", "expected HOST:GUEST"},
+        {GD_MOUNT_HOSTFS, "/nonexistent-gd:/w", "No such file"},
+        {GD_MOUNT_HOSTFS, "/etc/passwd:/w", "not a directory"},
+        {GD_MOUNT_HOSTFS, "/tmp:w", "absolute"},
+        {GD_MOUNT_HOSTFS, "/tmp:/w:x", "absolute"}, /* the last ':' splits */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
+        err.msg[0] = 0;
+        if (gd_mount_parse(bad[i].k, bad[i].arg, &m, buf, sizeof(buf), &err) >= 0)
+            FAIL_AT("'%s' was accepted", bad[i].arg);
+        CHECK_CONTAINS(err.msg, bad[i].msg);
+        CHECK(!strchr(err.msg, '\n'));
+    }
+    CHECK(gd_mount_parse(GD_MOUNT_HOSTFS, "/tmp:/w", &m, buf, 6, &err) < 0);
+}
+
+TEST(vfs_mount_provider)
+{
+    struct gd_mount m;
+    char buf[4096];
+    struct gd_err err;
+    gd_vfs_provider *pv;
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_MEMORY, "/d:1M", &m, buf, sizeof(buf), &err), 0);
+    CHECK_EQ(gd_mount_provider(&m, &pv, &err), 0);
+    CHECK_STR(pv->name, "memory");
+    gd_vfs_provider_free(pv);
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_HOSTFS, "/tmp:/w:ro", &m, buf, sizeof(buf), &err), 0);
+    CHECK_EQ(gd_mount_provider(&m, &pv, &err), 0);
+    CHECK_STR(pv->name, "readonly");
+    CHECK(pv->flags & GD_VFS_READONLY);
+    gd_vfs_provider_free(pv);
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_HOSTFS, "/tmp:/w", &m, buf, sizeof(buf), &err), 0);
+    CHECK_EQ(gd_mount_provider(&m, &pv, &err), 0);
+    CHECK_STR(pv->name, "hostfs");
+    CHECK(!(pv->flags & GD_VFS_EXCLUSIVE));
+    gd_vfs_provider_free(pv);
+    const char *hide[] = {".env", NULL};
+    m.hide = hide;
+    CHECK_EQ(gd_mount_provider(&m, &pv, &err), -ENOTSUP);
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_OVERLAY, "/tmp:/w", &m, buf, sizeof(buf), &err), 0);
+    CHECK_EQ(gd_mount_provider(&m, &pv, &err), -ENOTSUP);
+    CHECK_CONTAINS(err.msg, "not implemented yet");
+    gd_vfs_provider_free(NULL);
+}
