@@ -119,6 +119,11 @@ int gd__glob_below(const char *g, const char *path)
 {
     if (!anchored(g))
         return 0;
+    const char *t = g;
+    while (*t == '/')
+        t++;
+    if (!strncmp(t, "**/", 3) && !anchored(t + 3) && t[3] != '/')
+        return 0; /* "**" + "/NAME" is NAME at any depth: the same wherever it moves */
     char pat[PATH_MAX];
     size_t n = strlen(g);
     while (n && g[n - 1] == '/')
