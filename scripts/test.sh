@@ -40,8 +40,12 @@ python3 tests/policy/test_policy.py build
 echo "== policy engine under ASan+UBSan"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   python3 tests/policy/test_policy.py build-asan
+echo "== files: mounts, fs hooks, Lua providers, plugin VFS API (no VM)"
+python3 tests/policy/test_fs.py build
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  python3 tests/policy/test_fs.py build-asan
 echo "== ready-made policies against their cases"
-for p in policies/*.lua examples/agent.lua; do
+for p in policies/*.lua examples/agent.lua examples/vfs-task.lua; do
   ./build/gondolin policy test "$p" | tail -n 1
 done
 echo "== plugin SDK: install, then build examples/plugin out of tree against it"
