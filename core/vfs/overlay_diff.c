@@ -338,7 +338,14 @@ static int tar_entry(struct gd__ovl *o, struct archive *a, const struct change *
     return e;
 }
 
-int gd_vfs_overlay_export(gd_vfs_provider *ov, int fd, unsigned flags, struct gd_err *err)
+int gd_vfs_path_under(const char *path, const char *under)
+{
+    size_t n = under ? strlen(under) : 0;
+    return !n || (!strncmp(path, under, n) && (path[n] == 0 || path[n] == '/'));
+}
+
+int gd_vfs_overlay_export(gd_vfs_provider *ov, const char *under, int fd, unsigned flags,
+                          struct gd_err *err)
 {
     struct gd__ovl *o = gd__ovl_of(unwrap(ov));
     if (!o)
@@ -359,7 +366,8 @@ int gd_vfs_overlay_export(gd_vfs_provider *ov, int fd, unsigned flags, struct gd
     if ((e = collect(o, &l)))
         gd_err_set(err, e, "listing the changes: %s", strerror(-e));
     for (size_t i = 0; !e && i < l.n; i++)
-        if (l.v[i].kind != GD_VFS_DELETED || (flags & GD_VFS_EXPORT_WHITEOUTS))
+        if ((l.v[i].kind != GD_VFS_DELETED || (flags & GD_VFS_EXPORT_WHITEOUTS)) &&
+            gd_vfs_path_under(l.v[i].path, under))
             e = tar_entry(o, a, &l.v[i], flags, err);
     pthread_mutex_unlock(&o->mu);
     clist_free(&l);

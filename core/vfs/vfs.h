@@ -163,9 +163,13 @@ int gd_vfs_overlay_changes(gd_vfs_provider *ov, gd_vfs_change_fn fn, void *ud);
 enum { GD_VFS_EXPORT_WHITEOUTS = 1 << 0 }; /* deleted paths as OCI whiteouts (.wh.NAME) */
 /* A pax tar stream to fd of the added and modified entries (regular files with their
  * bytes, directories, symlinks; modes, owners and mtimes kept; devices and fifos left
- * out), names relative to the mount root, in path order. The guest's file operations on
+ * out), names relative to the mount root, in path order; only the changes at or below
+ * under ("" or NULL: all). The guest's file operations on
  * the mount wait while it is written. */
-int gd_vfs_overlay_export(gd_vfs_provider *ov, int fd, unsigned flags, struct gd_err *err);
+int gd_vfs_overlay_export(gd_vfs_provider *ov, const char *under, int fd, unsigned flags,
+                          struct gd_err *err);
+/* Is path under (equal to it, or below it; "" holds everything)? */
+int gd_vfs_path_under(const char *path, const char *under);
 
 /* Path globs (hide lists), like .gitignore: a glob without '/' (a trailing '/' is
  * ignored) matches an entry's name at any depth ("node_modules", "*.pem", ".env"); a glob
