@@ -408,6 +408,7 @@ struct gd_vhost_fs {
     volatile int stop; /* read by the walker between chains */
     struct gd__vu_dev dev;
     struct gd__vq_bufs bufs;
+    int more[GD__VHOST_NQUEUES]; /* the last drain stopped at its cap */
     char error[256];
     int failed; /* error[] is complete (release/acquire) */
 };
@@ -511,16 +512,18 @@ static int send_full(gd_vhost_fs *v, const uint8_t *p, size_t n)
     return 0;
 }
 
-/* Serves queue i until its avail ring is empty, then signals the guest once. */
+/* Serves what queue i has available (up to a ring's worth: v->more[i] says whether to
+ * come back before the next kick), then signals the guest once. */
 static int serve_queue(gd_vhost_fs *v, unsigned i)
 {
     struct gd__vu_queue *q = &v->dev.q[i];
+    v->more[i] = 0;
     if (!gd__vu_queue_live(&v->dev, i))
         return 0;
     char why[200];
     int notify = 0;
-    long r = gd__vq_drain(&q->vq, &v->dev.mem, v->handle, v->ud, &v->bufs, &v->stop, &notify, why,
-                          sizeof(why));
+    long r = gd__vq_drain(&q->vq, &v->dev.mem, v->handle, v->ud, &v->bufs, &v->stop, &notify,
+                          &v->more[i], why, sizeof(why));
     if (r < 0) {
         char msg[256];
         snprintf(msg, sizeof(msg), "virtio-fs queue %u: %s", i, why);
@@ -580,7 +583,10 @@ static void *run(void *arg)
                 qi[n - 2] = i;
                 p[n++] = (struct pollfd){.fd = v->dev.q[i].kick, .events = POLLIN};
             }
-        if (poll(p, n, -1) < 0) {
+        int busy = 0;
+        for (unsigned i = 0; i < GD__VHOST_NQUEUES; i++)
+            busy |= v->more[i];
+        if (poll(p, n, busy ? 0 : -1) < 0) {
             if (errno == EINTR)
                 continue;
             set_error(v, "vhost-user: poll failed");
@@ -599,6 +605,9 @@ static void *run(void *arg)
             }
             rc = serve_queue(v, qi[k - 2]);
         }
+        for (unsigned i = 0; i < GD__VHOST_NQUEUES && rc == 0; i++)
+            if (v->more[i])
+                rc = serve_queue(v, i);
         if (rc == 0 && p[1].revents)
             rc = on_message(v);
     }

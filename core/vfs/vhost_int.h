@@ -72,15 +72,16 @@ struct gd__vq_bufs {
     uint8_t *out;
 };
 
-/* Serves every chain the guest has made available: copies each request into b->in,
- * calls h(ud, in, n, out, min(writable bytes, GD__VQ_MAX_REQ)), scatters the reply over
- * the writable descriptors and pushes the used element. *stop (if not NULL) is checked
- * before each chain. Returns the number of chains served (>= 0; *notify then says
- * whether the guest wants an interrupt), or -EPROTO with why[] set: the guest (or the
+/* Serves the chains the guest has made available, at most q->num of them: copies each
+ * request into b->in, calls h(ud, in, n, out, min(writable bytes, GD__VQ_MAX_REQ)),
+ * scatters the reply over the writable descriptors and pushes the used element. *stop
+ * (if not NULL) is checked before each chain. Returns the number of chains served (>= 0;
+ * *notify then says whether the guest wants an interrupt, *more that there may be more:
+ * call again without waiting for a kick), or -EPROTO with why[] set: the guest (or the
  * handler, with -EPROTO) broke the protocol and the device must be dropped. */
 long gd__vq_drain(struct gd__vq *q, const struct gd__vmem *m, gd_vhost_fs_handler h, void *ud,
-                  const struct gd__vq_bufs *b, const volatile int *stop, int *notify, char *why,
-                  size_t whycap);
+                  const struct gd__vq_bufs *b, const volatile int *stop, int *notify, int *more,
+                  char *why, size_t whycap);
 
 /* ---- vhost-user messages (vhost.c) ---- */
 

@@ -172,15 +172,18 @@ static long serve_one(struct gd__vq *q, const struct gd__vmem *m, gd_vhost_fs_ha
 }
 
 long gd__vq_drain(struct gd__vq *q, const struct gd__vmem *m, gd_vhost_fs_handler h, void *ud,
-                  const struct gd__vq_bufs *b, const volatile int *stop, int *notify, char *why,
-                  size_t whycap)
+                  const struct gd__vq_bufs *b, const volatile int *stop, int *notify, int *more,
+                  char *why, size_t whycap)
 {
-    *notify = 0;
+    *notify = *more = 0;
     if (!q->desc || !q->avail || !q->used || !q->num || (q->num & (q->num - 1)) ||
         q->num > GD__VQ_MAX_NUM || !q->segs)
         return fail(why, whycap, "queue used before it was set up");
+    /* At most one ring's worth per call: the guest can post as fast as we serve (or make
+     * the used ring overlap the avail index), and the caller has other queues and the
+     * socket to look after. */
     long served = 0;
-    for (;;) {
+    while (served < q->num) {
         /* the entries the guest wrote before it published this index */
         uint16_t avail =
             __atomic_load_n((const uint16_t *)(const void *)(q->avail + 2), __ATOMIC_ACQUIRE);
@@ -190,7 +193,7 @@ long gd__vq_drain(struct gd__vq *q, const struct gd__vmem *m, gd_vhost_fs_handle
                         pending, q->last_avail, q->num);
         if (!pending)
             break;
-        for (; pending; pending--) {
+        for (; pending && served < q->num; pending--) {
             if (stop && *stop)
                 return served;
             long r = serve_one(q, m, h, ud, b, why, whycap);
@@ -198,7 +201,11 @@ long gd__vq_drain(struct gd__vq *q, const struct gd__vmem *m, gd_vhost_fs_handle
                 return r;
             served++;
         }
+        if (pending)
+            *more = 1;
     }
+    if (served == q->num)
+        *more = 1; /* look again (the caller does, after its other work) */
     if (served) {
         /* our used index before the guest's flag: a full barrier (the guest pairs it) */
         __atomic_thread_fence(__ATOMIC_SEQ_CST);

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -222,7 +223,7 @@ static void setup(struct t *t)
 
 static void teardown(struct t *t)
 {
-    gd_vhost_fs_stop(t->v);
+    gd_vhost_fs_stop(t->v); /* NULL: stopped already */
     close(t->qfd);
     close(t->memfd);
     for (int q = 0; q < 2; q++) {
@@ -632,7 +633,7 @@ static void *stopper(void *arg)
     struct t *t = arg;
     while (!t->in_handler)
         usleep(1000);
-    gd_vhost_fs_stop(t->v);
+    gd_vhost_fs_stop(t->v); /* NULL: stopped already */
     return NULL;
 }
 
@@ -666,4 +667,49 @@ TEST(vhost_stop_mid_traffic)
         close(t.call[q]);
     }
     munmap(t.mem, MEM_SIZE);
+}
+
+static volatile int poster_stop;
+
+/* The guest: makes a FORGET available whenever the ring has room, and kicks. */
+static void *poster(void *arg)
+{
+    struct t *t = arg;
+    while (!poster_stop) {
+        if ((uint16_t)(t->avail_idx[1] - used_idx(t, 1)) < NUM) {
+            post(t, 1, 0);
+            kick(t, 1);
+        } else {
+            sched_yield();
+        }
+    }
+    return NULL;
+}
+
+TEST(vhost_guest_posts_forever)
+{
+    /* a guest posting as fast as we serve: the back-end keeps serving (in bounded rounds)
+     * and still stops at once */
+    struct t t;
+    setup(&t);
+    struct fuse_forget_in fg = {.nlookup = 1};
+    size_t n = put_req(&t, BUF, FUSE_FORGET, 5, 2, &fg, sizeof(fg));
+    struct part p[] = {{BUF, (uint32_t)n, 0}};
+    CHECK_EQ(chain(&t, 1, p, 1), 0);
+    pthread_t th;
+    CHECK_EQ(pthread_create(&th, NULL, poster, &t), 0);
+    for (int i = 0; i < 500 && t.calls < 10 * NUM; i++)
+        usleep(10000);
+    if (t.calls < 10 * NUM)
+        FAIL_AT("%d requests served; error \"%s\"", t.calls, gd_vhost_fs_error(t.v));
+    CHECK_STR(gd_vhost_fs_error(t.v), "");
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    gd_vhost_fs_stop(t.v);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    poster_stop = 1;
+    pthread_join(th, NULL);
+    CHECK((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 < 500);
+    t.v = NULL;
+    teardown(&t);
 }
