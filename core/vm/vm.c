@@ -47,7 +47,7 @@ struct gd_exec {
 struct gd_vm {
     uv_loop_t *loop;
     struct gd_vm_opts o;
-    struct gd_vm_fs fs[GD_VM_MAX_FS]; /* o.fs points here; guest paths owned */
+    struct gd_vm_fs fs[GD_VM_MAX_FS]; /* o.fs points here; tags and guest paths owned */
     size_t fs_order[GD_VM_MAX_FS];    /* parents first */
     struct gd_image img;
     char *append;
@@ -289,10 +289,23 @@ static int fs_copy(gd_vm *vm, const struct gd_vm_opts *o, struct gd_err *err)
         for (size_t j = 0; j < i; j++)
             if (!strcmp(vm->fs[j].guest, g))
                 return gd_err_set(err, -EINVAL, "mount point '%s' given twice", g);
-        if (!(vm->fs[i].guest = strdup(g)))
+        char tag[32];
+        const char *t = o->fs[i].tag;
+        if (t && (!*t || strlen(t) >= sizeof(tag) ||
+                  strspn(t, "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(t)))
+            return gd_err_set(err, -EINVAL, "mount point '%s': bad tag", g);
+        snprintf(tag, sizeof(tag), "%s", t ? t : "");
+        if (!t)
+            snprintf(tag, sizeof(tag), "gdfs%zu", i);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(vm->fs[j].tag, tag))
+                return gd_err_set(err, -EINVAL, "mount tag '%s' given twice", tag);
+        vm->fs[i].tag = strdup(tag);
+        vm->fs[i].guest = strdup(g);
+        vm->o.nfs = i + 1; /* both freed by gd_vm_free */
+        if (!vm->fs[i].tag || !vm->fs[i].guest)
             return gd_err_set(err, -ENOMEM, "out of memory");
         vm->fs[i].fd = o->fs[i].fd;
-        vm->o.nfs = i + 1;
         /* insertion by depth, stable: a parent is mounted before what lies in it */
         size_t k = i;
         while (k > 0 && fs_depth(vm->fs[vm->fs_order[k - 1]].guest) > fs_depth(g)) {
@@ -546,8 +559,10 @@ void gd_vm_free(gd_vm *vm)
         close(vm->pidfd);
     free(vm->rbuf);
     free(vm->append);
-    for (size_t i = 0; i < vm->o.nfs; i++)
+    for (size_t i = 0; i < vm->o.nfs; i++) {
+        free((char *)vm->fs[i].tag);
         free((char *)vm->fs[i].guest);
+    }
     free(vm);
 }
 
@@ -1004,11 +1019,11 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
                           : mode && !strcmp(mode, "readonly") ? " gondolin.rootfs=readonly"
                                                               : "";
     /* " gondolin.mounts=gdfs0:/a,gdfs1:/a/b": tags and paths, parents first */
-    char mounts[GD_VM_MAX_FS * 270 + 32] = "";
+    char mounts[GD_VM_MAX_FS * 300 + 32] = "";
     for (size_t i = 0, l = 0; i < nfs; i++) {
         size_t k = vm->fs_order[i];
-        l += (size_t)snprintf(mounts + l, sizeof(mounts) - l, "%sgdfs%zu:%s",
-                              i ? "," : " gondolin.mounts=", k, vm->fs[k].guest);
+        l += (size_t)snprintf(mounts + l, sizeof(mounts) - l, "%s%s:%s",
+                              i ? "," : " gondolin.mounts=", vm->fs[k].tag, vm->fs[k].guest);
     }
     ARG("-append");
     /* async probe: the disk and the port probe while init loads the next module */
@@ -1051,7 +1066,7 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
         ARG("-chardev");
         ARG("socket,id=fs%zu,fd=%zu", i, 5 + i); /* launch() puts mount i's socket there */
         ARG("-device");
-        ARG("vhost-user-fs-device,queue-size=1024,chardev=fs%zu,tag=gdfs%zu", i, i);
+        ARG("vhost-user-fs-device,queue-size=1024,chardev=fs%zu,tag=%s", i, vm->fs[i].tag);
     }
     argv[n] = NULL;
     return 0;
