@@ -438,8 +438,17 @@ static int build_initramfs(const char *moddir, const struct gd_build_config *c,
     if (rc)
         return gd_err_set(err, rc, "cannot copy the initramfs init %s: %s", p, strerror(-rc));
     char **order, **vorder = NULL;
-    size_t n, vn = 0;
-    if ((rc = gd_modules_resolve(moddir, guest_modules, &order, &n, err)))
+    size_t vn = 0, n, nb = sizeof(guest_modules) / sizeof(guest_modules[0]) - 1;
+    const char **wanted = calloc(nb + c->kernel_modules.n + 1, sizeof(*wanted));
+    if (!wanted)
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    for (size_t i = 0; i < nb; i++)
+        wanted[i] = guest_modules[i];
+    for (size_t i = 0; i < c->kernel_modules.n; i++)
+        wanted[nb + i] = c->kernel_modules.v[i];
+    rc = gd_modules_resolve(moddir, wanted, &order, &n, err);
+    free(wanted);
+    if (rc)
         return rc;
     /* a kernel without them (a custom one) still builds; mounts then fail in the guest
      * with one line each */

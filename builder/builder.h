@@ -165,6 +165,8 @@ int gd_lz4_legacy_decompress(const uint8_t *in, size_t n, uint8_t **out, size_t 
 int gd_read_bytes(const char *path, uint8_t **buf, size_t *n);
 /* gzip (one or more members) in memory -> *out (malloc'd). */
 int gd_gunzip(const uint8_t *in, size_t n, uint8_t **out, size_t *outn);
+/* One XZ stream in memory (trailing bytes ignored) -> *out (malloc'd). */
+int gd_unxz(const uint8_t *in, size_t n, uint8_t **out, size_t *outn);
 /* Extracts the uncompressed ELF vmlinux (PVH entry) from an x86 bzImage. */
 int gd_kernel_extract_vmlinux(const char *bzimage, const char *out, struct gd_err *err);
 

@@ -105,6 +105,7 @@ static const struct field f_init[] = {
     {"rootfsInit", K_STR, NULL, NULL, NULL},
     {"initramfsInit", K_STR, NULL, NULL, NULL},
     {"rootfsInitExtra", K_STR, NULL, NULL, NULL},
+    {"kernelModules", K_STRLIST, NULL, NULL, NULL},
     {NULL, 0, NULL, NULL, NULL},
 };
 static const struct field f_rtd[] = {
@@ -529,6 +530,14 @@ void gd_config_parse(const char *text, const char *file, const char *arch_overri
                 sizeof(c->initramfs_init), d);
     config_path(c, str_at(j, "init", "rootfsInitExtra"), "init.rootfsInitExtra",
                 c->rootfs_init_extra, sizeof(c->rootfs_init_extra), d);
+    strv_from(&c->kernel_modules, at(j, "init", "kernelModules"), NULL);
+    for (size_t i = 0; i < c->kernel_modules.n; i++) {
+        const char *m = c->kernel_modules.v[i];
+        if (!*m || strlen(m) > 64 ||
+            strspn(m, "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(m))
+            gd_diag_add(d, "E004", "init.kernelModules",
+                        "'%s' is not a module name (letters, digits, '_' and '-')", m);
+    }
     config_path(c, str_at(j, "sandboxdPath", NULL), "sandboxdPath", c->sandboxd_path,
                 sizeof(c->sandboxd_path), d);
     set_str(c->rootfs_mode, sizeof(c->rootfs_mode), str_at(j, "runtimeDefaults", "rootfsMode"),
@@ -584,6 +593,7 @@ void gd_config_free(struct gd_build_config *c)
     strv_free(&c->alpine.rootfs_packages);
     strv_free(&c->alpine.initramfs_packages);
     strv_free(&c->commands);
+    strv_free(&c->kernel_modules);
     for (size_t i = 0; i < c->ncopy; i++) {
         free(c->copy[i].src);
         free(c->copy[i].dest);

@@ -66,6 +66,7 @@ struct gd_build_config {
     struct gd_copy *copy;
     size_t ncopy;
     struct gd_strv commands;
+    struct gd_strv kernel_modules; /* init.kernelModules: extra modules init loads */
     char sandboxd_path[4096];
 };
 

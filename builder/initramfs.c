@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <lz4.h>
 #include <lz4hc.h>
+#include <lzma.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,6 +164,42 @@ int gd_gunzip(const uint8_t *in, size_t n, uint8_t **out, size_t *outn)
     return 0;
 }
 
+int gd_unxz(const uint8_t *in, size_t n, uint8_t **out, size_t *outn)
+{
+    lzma_stream z = LZMA_STREAM_INIT;
+    /* one stream: the kernel appends the size after it */
+    if (lzma_stream_decoder(&z, UINT64_MAX, 0) != LZMA_OK)
+        return -ENOMEM;
+    size_t cap = n * 4 + 4096, len = 0;
+    uint8_t *buf = malloc(cap);
+    lzma_ret zr = LZMA_OK;
+    z.next_in = in;
+    z.avail_in = n;
+    while (buf && zr == LZMA_OK) {
+        if (len == cap) {
+            if (cap > ((size_t)1 << 31))
+                break;
+            uint8_t *nb = realloc(buf, cap * 2);
+            if (!nb)
+                break;
+            buf = nb;
+            cap *= 2;
+        }
+        z.next_out = buf + len;
+        z.avail_out = cap - len;
+        zr = lzma_code(&z, LZMA_RUN);
+        len = cap - z.avail_out;
+    }
+    lzma_end(&z);
+    if (zr != LZMA_STREAM_END) {
+        free(buf);
+        return -EINVAL;
+    }
+    *out = buf;
+    *outn = len;
+    return 0;
+}
+
 int gd_kernel_extract_vmlinux(const char *bzimage, const char *out, struct gd_err *err)
 {
     uint8_t *b;
@@ -181,12 +218,15 @@ int gd_kernel_extract_vmlinux(const char *bzimage, const char *out, struct gd_er
         goto out;
     uint8_t *elf;
     size_t elfn;
+    static const uint8_t xz_magic[6] = {0xfd, '7', 'z', 'X', 'Z', 0};
     if (plen > 2 && b[pm + poff] == 0x1f && b[pm + poff + 1] == 0x8b)
         rc = gd_gunzip(b + pm + poff, plen, &elf, &elfn);
+    else if (plen > 6 && !memcmp(b + pm + poff, xz_magic, 6))
+        rc = gd_unxz(b + pm + poff, plen, &elf, &elfn);
     else
         rc = gd_lz4_legacy_decompress(b + pm + poff, plen, &elf, &elfn);
     if (rc) {
-        rc = gd_err_set(err, rc, "kernel: payload of %s is neither gzip nor LZ4 (legacy)", bzimage);
+        rc = gd_err_set(err, rc, "kernel: payload of %s is not gzip, XZ or LZ4 (legacy)", bzimage);
         goto out;
     }
     if (elfn < 4 || memcmp(elf, ELFMAG, SELFMAG)) {

@@ -14,7 +14,7 @@ pkgs=(
   # build
   cmake gcc make pkg-config musl-tools
   libuv1-dev libcjson-dev libssl-dev liblz4-dev libarchive-dev libext2fs-dev
-  libluajit-5.1-dev libslirp-dev libglib2.0-dev node-llhttp libcurl4-openssl-dev zlib1g-dev
+  libluajit-5.1-dev libslirp-dev libglib2.0-dev node-llhttp libcurl4-openssl-dev zlib1g-dev liblzma-dev
   # run (openssh-client: ssh-keygen and ssh for --ssh / gondolin ssh)
   "$qemu" ca-certificates openssh-client
   # tests: host-side clients of ingress listeners

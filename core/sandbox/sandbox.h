@@ -14,6 +14,7 @@
 #include "engine/engine.h"
 #include "forward/forward.h"
 #include "policy/egress.h"
+#include "vfs/vfs.h"
 #include "vm/vm.h"
 
 #include <uv.h>
@@ -53,6 +54,11 @@ struct gd_sandbox_opts {
      * cannot be bound fails gd_sandbox_new. */
     const struct gd_sandbox_listen *listen;
     size_t nlisten;
+
+    /* Files (docs/vfs.md): mounted in the guest before any command runs, together with
+     * the policy's mounts (one given here replaces the policy's at the same path). */
+    const struct gd_mount *mounts;
+    size_t nmounts;
 };
 
 struct gd_sandbox_listen {

@@ -102,6 +102,8 @@ struct gd_vfs_ops {
     /* SEEK_DATA / SEEK_HOLE; returns the offset */
     int64_t (*lseek)(void *p, uint64_t fh, int64_t off, int whence);
     void (*destroy)(void *p);
+    /* Plugins register ops with their sizeof (plugin API level 2): new operations are
+     * only ever appended below destroy. */
 };
 
 /* Provider capabilities (gd_vfs_provider.flags) */
@@ -109,6 +111,9 @@ enum {
     GD_VFS_READONLY = 1 << 0,  /* every mutating op is EROFS without asking */
     GD_VFS_EXCLUSIVE = 1 << 1, /* nobody else changes the tree: long cache TTLs and the
                                   guest's writeback cache are safe */
+    GD_VFS_DOTS = 1 << 2,      /* readdir lists "." and ".." itself, with cookies of its
+                                  own (hostfs); without it the session makes them up and
+                                  the provider's cookies must stay below INT64_MAX - 2 */
 };
 
 typedef struct gd_vfs_provider {
@@ -188,7 +193,15 @@ long gd_vfs_session_handle(gd_vfs_session *s, const void *in, size_t n, void *ou
 
 /* ---- mount specs (sandbox options, CLI, Lua) ---- */
 
-enum gd_mount_kind { GD_MOUNT_HOSTFS, GD_MOUNT_OVERLAY, GD_MOUNT_MEMORY };
+/* GD_MOUNT_LUA and GD_MOUNT_PLUGIN come from a policy (the engine builds their
+ * providers: gd_engine_mount_provider); gd_mount_provider builds the others. */
+enum gd_mount_kind {
+    GD_MOUNT_HOSTFS,
+    GD_MOUNT_OVERLAY,
+    GD_MOUNT_MEMORY,
+    GD_MOUNT_LUA,    /* a table of Lua functions in the policy */
+    GD_MOUNT_PLUGIN, /* a provider a .so plugin registered under the name `provider` */
+};
 
 struct gd_mount {
     enum gd_mount_kind kind;
@@ -197,6 +210,8 @@ struct gd_mount {
     int readonly;            /* hostfs: ro */
     uint64_t size;           /* memory (and overlay writes): the cap in bytes; 0: default */
     const char *const *hide; /* NULL-ended globs hidden from the guest, or NULL */
+    const char *provider;    /* GD_MOUNT_PLUGIN: the registered provider name */
+    const char *config;      /* GD_MOUNT_PLUGIN: its config as JSON text ("{}") */
 };
 
 #define GD_VFS_MAX_MOUNTS 8
