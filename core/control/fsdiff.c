@@ -77,16 +77,15 @@ cJSON *gd__control_fs_diff(gd_control_server *s, const struct gd_control_request
     }
     if (q->export_[0]) {
         struct gd_err err = {{0}};
-        int fd = q->export_[0] == '/' ? open(q->export_, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC |
-                                                             O_NOFOLLOW, 0644)
-                                      : -1;
+        int fd = q->export_[0] == '/'
+                     ? open(q->export_, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644)
+                     : -1;
         if (fd < 0) {
             cJSON_Delete(c.list);
             return fail(q->export_, q->export_[0] == '/' ? ": cannot create the export file"
                                                          : ": not an absolute path");
         }
-        rc = gd_vfs_overlay_export(pv, under, fd,
-                                   q->whiteouts ? GD_VFS_EXPORT_WHITEOUTS : 0, &err);
+        rc = gd_vfs_overlay_export(pv, under, fd, q->whiteouts ? GD_VFS_EXPORT_WHITEOUTS : 0, &err);
         close(fd);
         if (rc) {
             cJSON_Delete(c.list);

@@ -494,7 +494,7 @@ TEST(overlay_export_writes_a_tar_of_the_changes)
     int fd = open(tar, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     CHECK(fd >= 0);
     struct gd_err err = {{0}};
-    if (gd_vfs_overlay_export(ov, fd, GD_VFS_EXPORT_WHITEOUTS, &err))
+    if (gd_vfs_overlay_export(ov, "", fd, GD_VFS_EXPORT_WHITEOUTS, &err))
         FAIL_AT("export: %s", err.msg);
     close(fd);
     struct archive *a = archive_read_new();
