@@ -235,7 +235,8 @@ static int collect(struct gd__ovl *o, struct clist *l)
         *l = (struct clist){0};
         return e;
     }
-    qsort(l->v, l->n, sizeof(*l->v), by_path);
+    if (l->n)
+        qsort(l->v, l->n, sizeof(*l->v), by_path);
     return 0;
 }
 
