@@ -90,6 +90,7 @@ int cmd_ls(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
 int cmd_logs(int argc, char **argv);
 int cmd_expose(int argc, char **argv);
+int cmd_diff(int argc, char **argv); /* cmd_diff.c */
 int cmd_ssh(int argc, char **argv);
 /* Asks the session's supervisor for SSH access (starting sshd on first use); *out is
  * the reply (host, port, user, identity, known_hosts, command). Prints errors. */

@@ -16,6 +16,7 @@ struct gd__mount {
     char guest[1024];
     char tag[16];
     gd_vfs_session *s;
+    gd_vfs_provider *pv; /* borrowed: the session owns it (change listings) */
     gd_vhost_fs *v;
     int qemu_fd;
     struct gd_vfs_hooks hooks;
@@ -82,6 +83,7 @@ int gd__mounts_start(gd_sandbox *sb, const struct gd_sandbox_opts *o, struct gd_
         struct gd_vfs_session_opts so = {.mount = m->guest};
         if (sb->eng && !gd_engine_vfs_hooks(sb->eng, m->guest, &m->hooks))
             so.hooks = &m->hooks;
+        m->pv = pv;
         if ((rc = gd_vfs_session_new(pv, &so, &m->s, err)) ||
             (rc = gd_vhost_fs_start(handle, m->s, &m->qemu_fd, &m->v, err))) {
             gd_err_prefix(err, "mount %s: ", m->guest);
@@ -118,4 +120,27 @@ void gd__mounts_free(gd_sandbox *sb)
     free(sb->mounts);
     sb->mounts = NULL;
     sb->nmounts = 0;
+}
+
+gd_vfs_provider *gd_sandbox_mount_provider(gd_sandbox *sb, const char *guest, const char **rel)
+{
+    struct gd__mount *best = NULL;
+    size_t bl = 0;
+    for (size_t i = 0; i < sb->nmounts; i++) {
+        struct gd__mount *m = &sb->mounts[i];
+        size_t l = strlen(m->guest);
+        if (!m->s || strncmp(guest, m->guest, l) || (guest[l] && guest[l] != '/' && l > 1))
+            continue;
+        if (!best || l > bl)
+            best = m, bl = l;
+    }
+    if (!best)
+        return NULL;
+    if (rel) {
+        const char *r = guest + bl;
+        while (*r == '/')
+            r++;
+        *rel = r;
+    }
+    return best->pv;
 }
