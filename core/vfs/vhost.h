@@ -24,7 +24,8 @@ typedef long (*gd_vhost_fs_handler)(void *ud, const void *in, size_t n, void *ou
  * gd_vfs_session_handle with the session). */
 int gd_vhost_fs_start(gd_vhost_fs_handler handle, void *ud, int *qemu_fd, gd_vhost_fs **out,
                       struct gd_err *err);
-/* Stops the thread (at once, even mid-request), unmaps, closes; then frees. */
+/* Stops the thread: a handler call in progress returns, nothing more is served; then
+ * unmaps guest memory, closes, frees. NULL is fine. */
 void gd_vhost_fs_stop(gd_vhost_fs *v);
 /* Why the back-end dropped the device (a protocol error by QEMU or the guest), or "". */
 const char *gd_vhost_fs_error(const gd_vhost_fs *v);
