@@ -303,6 +303,8 @@ static size_t op_getattr(struct rq *q)
     struct gd__vhandle *h = NULL;
     if (q->r->in.getattr.getattr_flags & FUSE_GETATTR_FH)
         h = gd__vhandles_get(&s->handles, q->r->in.getattr.fh);
+    if (h && h->nodeid != n->by_id.key)
+        h = NULL; /* another file's handle: never its attributes under this node */
     if (!s->ops->getattr)
         return rerr(q, -ENOSYS);
     struct stat st;
@@ -348,7 +350,9 @@ static size_t op_setattr(struct rq *q)
     struct gd__vhandle *h = NULL;
     if (in->valid & FATTR_FH) {
         h = gd__vhandles_get(&s->handles, in->fh);
-        if (!h || h->dir)
+        /* the kernel sends the node's own handle; another file's would carry the change
+         * past the hook, which sees this node's path */
+        if (!h || h->dir || h->nodeid != n->by_id.key)
             return rerr(q, -EBADF);
     }
     int e = path_of(n, s->p1);

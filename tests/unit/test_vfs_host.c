@@ -499,3 +499,50 @@ TEST(vfs_hostfs_owner_mapping)
     vc_close(&c);
     box_free(&b);
 }
+
+/* A policy hook that refuses every setattr of "secret". */
+static int deny_secret_setattr(void *ud, const struct gd_vfs_event *ev, char *reason, size_t cap)
+{
+    (void)ud, (void)reason, (void)cap;
+    const char *slash = strrchr(ev->path, '/');
+    if (!strcmp(ev->op, "setattr") && !strcmp(slash ? slash + 1 : ev->path, "secret"))
+        return -EACCES;
+    return 0;
+}
+
+/* SETATTR names a node and (FATTR_FH) a handle: a handle of another file must not carry
+ * the change past the hook, which only saw the node's path. */
+TEST(vfs_hostfs_setattr_fh_of_another_node)
+{
+    struct box b;
+    box_make(&b);
+    write_host(&b, "secret", "s");
+    write_host(&b, "other", "o");
+    char p[512];
+    host_path(&b, "secret", p, sizeof(p));
+    CHECK_EQ(chmod(p, 0600), 0);
+    struct gd_vfs_hooks hooks = {.before = deny_secret_setattr};
+    struct gd_vfs_session_opts o = {.mount = "/m", .hooks = &hooks};
+    struct vc c;
+    vc_open(&c, host(b.in, 0), &o);
+    struct fuse_entry_out se, oe;
+    CHECK_EQ(vc_lookup(&c, 1, "secret", &se), 0);
+    CHECK_EQ(vc_lookup(&c, 1, "other", &oe), 0);
+    struct fuse_setattr_in in = {.valid = FATTR_MODE, .mode = 0666};
+    struct fuse_attr a;
+    CHECK_EQ(vc_setattr(&c, se.nodeid, &in, &a), -EACCES); /* the hook's answer */
+    uint64_t fh;
+    CHECK_EQ(vc_open_file(&c, se.nodeid, O_RDONLY, &fh), 0);
+    in = (struct fuse_setattr_in){.valid = FATTR_MODE | FATTR_FH, .mode = 0666, .fh = fh};
+    CHECK_EQ(vc_setattr(&c, oe.nodeid, &in, &a), -EBADF);
+    struct stat st;
+    CHECK_EQ(stat(p, &st), 0);
+    CHECK_EQ(st.st_mode & 07777, 0600);
+    /* GETATTR by a handle of another node does not answer that file's attributes */
+    CHECK_EQ(vc_unlink(&c, 1, "other"), 0);
+    struct fuse_getattr_in gi = {.getattr_flags = FUSE_GETATTR_FH, .fh = fh};
+    CHECK_EQ(vc_req(&c, FUSE_GETATTR, oe.nodeid, &gi, sizeof(gi), NULL, NULL, NULL, 0), -ENOENT);
+    CHECK_EQ(vc_release(&c, se.nodeid, fh), 0);
+    vc_close(&c);
+    box_free(&b);
+}
