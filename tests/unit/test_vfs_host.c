@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -544,5 +545,45 @@ TEST(vfs_hostfs_setattr_fh_of_another_node)
     CHECK_EQ(vc_req(&c, FUSE_GETATTR, oe.nodeid, &gi, sizeof(gi), NULL, NULL, NULL, 0), -ENOENT);
     CHECK_EQ(vc_release(&c, se.nodeid, fh), 0);
     vc_close(&c);
+    box_free(&b);
+}
+
+/* Every open guest handle holds a host fd in our process: the guest must not be able to
+ * take all of the process's fds (the control socket, the network, other mounts). */
+TEST(vfs_hostfs_fd_cap)
+{
+    struct box b;
+    box_make(&b);
+    write_host(&b, "f", "x");
+    struct rlimit old, lim;
+    CHECK_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+    lim = old;
+    lim.rlim_cur = 256;
+    CHECK_EQ(setrlimit(RLIMIT_NOFILE, &lim), 0);
+    struct vc c;
+    vc_open(&c, host(b.in, 0), NULL);
+    struct fuse_entry_out e;
+    CHECK_EQ(vc_lookup(&c, 1, "f", &e), 0);
+    uint64_t fhs[300];
+    int opened = 0, e2 = 0;
+    for (; opened < 300; opened++)
+        if ((e2 = vc_open_file(&c, e.nodeid, O_RDONLY, &fhs[opened])))
+            break;
+    CHECK(opened < 300);
+    CHECK_EQ(e2, -EMFILE);
+    /* the process keeps fds of its own */
+    int fds[32], got = 0;
+    for (; got < 32; got++)
+        if ((fds[got] = dup(0)) < 0)
+            break;
+    CHECK_EQ(got, 32);
+    for (int i = 0; i < got; i++)
+        close(fds[i]);
+    for (int i = 0; i < opened; i++)
+        CHECK_EQ(vc_release(&c, e.nodeid, fhs[i]), 0);
+    CHECK_EQ(vc_open_file(&c, e.nodeid, O_RDONLY, &fhs[0]), 0);
+    CHECK_EQ(vc_release(&c, e.nodeid, fhs[0]), 0);
+    vc_close(&c);
+    CHECK_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
     box_free(&b);
 }
