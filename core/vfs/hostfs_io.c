@@ -119,6 +119,12 @@ static int finish_open(struct hostfs *h, int fd, int wr, uint64_t *fh)
         e = -EISDIR;
     else if (!e && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
         e = -EACCES; /* a FIFO or device swapped in after the check */
+    /* a setuid/setgid file opened for writing loses those bits first: what the guest
+     * writes must never be setuid (Linux keeps them for a writer with CAP_FSETID; for
+     * others it drops them itself on write, so there a failed fchmod does not matter) */
+    if (!e && wr && S_ISREG(st.st_mode) && (st.st_mode & (S_ISUID | S_ISGID)) &&
+        fchmod(fd, st.st_mode & 01777) && h->privileged)
+        e = -errno;
     if (!e) {
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK))

@@ -587,3 +587,36 @@ TEST(vfs_hostfs_fd_cap)
     CHECK_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
     box_free(&b);
 }
+
+/* A setuid file already in DIR: the guest may rewrite it, but what it wrote must not end
+ * up setuid (Linux keeps the bit when the writer has CAP_FSETID: gondolin run as root). */
+TEST(vfs_hostfs_write_to_setuid_file)
+{
+    struct box b;
+    box_make(&b);
+    write_host(&b, "tool", "#!/bin/sh\n");
+    write_host(&b, "tool2", "#!/bin/sh\n");
+    char p[512], p2[512];
+    host_path(&b, "tool", p, sizeof(p));
+    host_path(&b, "tool2", p2, sizeof(p2));
+    CHECK_EQ(chmod(p, 06755), 0);
+    CHECK_EQ(chmod(p2, 04755), 0);
+    struct vc c;
+    vc_open(&c, host(b.in, 0), NULL);
+    struct fuse_entry_out e;
+    uint64_t fh;
+    CHECK_EQ(vc_lookup(&c, 1, "tool", &e), 0);
+    CHECK_EQ(vc_open_file(&c, e.nodeid, O_WRONLY | O_TRUNC, &fh), 0);
+    CHECK_EQ(vc_write(&c, e.nodeid, fh, 0, "evil", 4), 4);
+    CHECK_EQ(vc_release(&c, e.nodeid, fh), 0);
+    struct stat st;
+    CHECK_EQ(stat(p, &st), 0);
+    CHECK_EQ(st.st_mode & 07000, 0);
+    CHECK_EQ(vc_create(&c, 1, "tool2", O_WRONLY | O_TRUNC, 0755, &e, &fh), 0);
+    CHECK_EQ(vc_write(&c, e.nodeid, fh, 0, "evil", 4), 4);
+    CHECK_EQ(vc_release(&c, e.nodeid, fh), 0);
+    CHECK_EQ(stat(p2, &st), 0);
+    CHECK_EQ(st.st_mode & 07000, 0);
+    vc_close(&c);
+    box_free(&b);
+}
