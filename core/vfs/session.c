@@ -682,6 +682,8 @@ static size_t op_write(struct rq *q)
     struct gd__vhandle *h = file_handle(s, in->fh, 0);
     if (!h)
         return rerr(q, -EBADF);
+    if ((h->flags & O_ACCMODE) == O_RDONLY)
+        return rerr(q, -EBADF); /* the open (and its hook) was read-only */
     if (!range_ok(in->offset, q->r->datalen))
         return rerr(q, -EFBIG);
     if (readonly(s) || !s->ops->write)
@@ -725,7 +727,7 @@ static size_t op_fallocate(struct rq *q)
     gd_vfs_session *s = q->s;
     const struct fuse_fallocate_in *in = &q->r->in.fallocate;
     struct gd__vhandle *h = file_handle(s, in->fh, 0);
-    if (!h)
+    if (!h || (h->flags & O_ACCMODE) == O_RDONLY)
         return rerr(q, -EBADF);
     if (!range_ok(in->offset, in->length))
         return rerr(q, -EFBIG);
