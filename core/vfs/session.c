@@ -661,7 +661,8 @@ static size_t op_read(struct rq *q)
     gd_vfs_session *s = q->s;
     const struct fuse_read_in *in = &q->r->in.read;
     struct gd__vhandle *h = file_handle(s, in->fh, 0);
-    if (!h)
+    /* write-only: only the kernel's writeback cache reads through it */
+    if (!h || (!s->writeback && (h->flags & O_ACCMODE) == O_WRONLY))
         return rerr(q, -EBADF);
     if (!range_ok(in->offset, in->size))
         return rerr(q, -EINVAL);

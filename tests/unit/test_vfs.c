@@ -763,8 +763,14 @@ static int wstub_fallocate(void *p, uint64_t fh, int mode, uint64_t off, uint64_
     wstub_writes++;
     return 0;
 }
+static ssize_t wstub_read(void *p, uint64_t fh, void *buf, size_t n, uint64_t off)
+{
+    (void)p, (void)fh, (void)buf, (void)n, (void)off;
+    return 0;
+}
 static const struct gd_vfs_ops wstub_ops = {
     .getattr = wstub_getattr,
+    .read = wstub_read,
     .open = wstub_open,
     .write = wstub_write,
     .fallocate = wstub_fallocate,
@@ -791,5 +797,8 @@ TEST(vfs_write_through_readonly_handle)
     CHECK_EQ(vc_open_file(&c, e.nodeid, O_WRONLY, &fh), 0);
     CHECK_EQ(vc_write(&c, e.nodeid, fh, 0, "x", 1), 1);
     CHECK_EQ(wstub_writes, 1);
+    /* and no READ through a write-only handle (no writeback cache here) */
+    char buf[4];
+    CHECK_EQ(vc_read(&c, e.nodeid, fh, 0, buf, sizeof(buf)), -EBADF);
     vc_close(&c);
 }
