@@ -419,6 +419,7 @@ int gd_vfs_hostfs_new(const char *dir, int readonly, gd_vfs_provider **out, stru
     h->uid = geteuid();
     h->gid = getegid();
     h->privileged = h->uid == 0;
+    h->max_open = gd__hostfs_max_open();
     int fd = gd__hostfs_open(h, "", O_PATH | O_DIRECTORY, 0);
     if (fd < 0) {
         free(h);

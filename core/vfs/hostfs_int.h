@@ -23,6 +23,7 @@ struct hostfs {
     gid_t gid;
     struct hhandle *h;
     size_t nh, free_h;
+    size_t max_open; /* open handles of all hostfs in the process: at most this many */
 };
 
 /* path (relative, "" = DIR) opened beneath DIR with openat2: RESOLVE_BENEATH |
@@ -40,7 +41,8 @@ void gd__hostfs_map(const struct hostfs *h, struct stat *st);
  * or blocking: for fchmod/fsetxattr. Other types: -EPERM. */
 int gd__hostfs_open_plain(const struct hostfs *h, const char *path, int flags);
 
-/* hostfs_io.c: handles */
+/* hostfs_io.c: handles (-EMFILE past max_open, which gd__hostfs_max_open computes) */
+size_t gd__hostfs_max_open(void);
 int gd__hostfs_handle_add(struct hostfs *h, int fd, DIR *dir, uint64_t *fh);
 /* the handle's fd, or -1 */
 int gd__hostfs_handle_fd(const struct hostfs *h, uint64_t fh);

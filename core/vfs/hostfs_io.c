@@ -9,15 +9,34 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
 /* ---- handles ---- */
 
+/* Every open handle holds a host fd in this process, which also needs fds for its own
+ * sockets, other mounts, QEMU: the guest may hold at most half of RLIMIT_NOFILE, over all
+ * hostfs instances together. */
+static _Atomic size_t open_handles;
+
+size_t gd__hostfs_max_open(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > 1u << 20)
+        return 1u << 19;
+    return (size_t)rl.rlim_cur / 2;
+}
+
 int gd__hostfs_handle_add(struct hostfs *h, int fd, DIR *dir, uint64_t *fh)
 {
+    if (atomic_fetch_add(&open_handles, 1) >= h->max_open) {
+        atomic_fetch_sub(&open_handles, 1);
+        return -EMFILE;
+    }
     size_t i;
     if (h->free_h) {
         i = h->free_h - 1;
@@ -25,8 +44,10 @@ int gd__hostfs_handle_add(struct hostfs *h, int fd, DIR *dir, uint64_t *fh)
     } else {
         if (h->nh % 64 == 0) {
             struct hhandle *nh = realloc(h->h, (h->nh + 64) * sizeof(*nh));
-            if (!nh)
+            if (!nh) {
+                atomic_fetch_sub(&open_handles, 1);
                 return -ENOMEM;
+            }
             h->h = nh;
         }
         i = h->nh++;
@@ -57,6 +78,7 @@ static void handle_close(struct hostfs *h, size_t i)
         close(h->h[i].fd);
     h->h[i] = (struct hhandle){.fd = -1, .next_free = h->free_h};
     h->free_h = i + 1;
+    atomic_fetch_sub(&open_handles, 1);
 }
 
 void gd__hostfs_handles_close(struct hostfs *h)
@@ -97,6 +119,12 @@ static int finish_open(struct hostfs *h, int fd, int wr, uint64_t *fh)
         e = -EISDIR;
     else if (!e && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
         e = -EACCES; /* a FIFO or device swapped in after the check */
+    /* a setuid/setgid file opened for writing loses those bits first: what the guest
+     * writes must never be setuid (Linux keeps them for a writer with CAP_FSETID; for
+     * others it drops them itself on write, so there a failed fchmod does not matter) */
+    if (!e && wr && S_ISREG(st.st_mode) && (st.st_mode & (S_ISUID | S_ISGID)) &&
+        fchmod(fd, st.st_mode & 01777) && h->privileged)
+        e = -errno;
     if (!e) {
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK))

@@ -303,6 +303,8 @@ static size_t op_getattr(struct rq *q)
     struct gd__vhandle *h = NULL;
     if (q->r->in.getattr.getattr_flags & FUSE_GETATTR_FH)
         h = gd__vhandles_get(&s->handles, q->r->in.getattr.fh);
+    if (h && h->nodeid != n->by_id.key)
+        h = NULL; /* another file's handle: never its attributes under this node */
     if (!s->ops->getattr)
         return rerr(q, -ENOSYS);
     struct stat st;
@@ -348,7 +350,9 @@ static size_t op_setattr(struct rq *q)
     struct gd__vhandle *h = NULL;
     if (in->valid & FATTR_FH) {
         h = gd__vhandles_get(&s->handles, in->fh);
-        if (!h || h->dir)
+        /* the kernel sends the node's own handle; another file's would carry the change
+         * past the hook, which sees this node's path */
+        if (!h || h->dir || h->nodeid != n->by_id.key)
             return rerr(q, -EBADF);
     }
     int e = path_of(n, s->p1);
@@ -657,7 +661,8 @@ static size_t op_read(struct rq *q)
     gd_vfs_session *s = q->s;
     const struct fuse_read_in *in = &q->r->in.read;
     struct gd__vhandle *h = file_handle(s, in->fh, 0);
-    if (!h)
+    /* write-only: only the kernel's writeback cache reads through it */
+    if (!h || (!s->writeback && (h->flags & O_ACCMODE) == O_WRONLY))
         return rerr(q, -EBADF);
     if (!range_ok(in->offset, in->size))
         return rerr(q, -EINVAL);
@@ -678,6 +683,8 @@ static size_t op_write(struct rq *q)
     struct gd__vhandle *h = file_handle(s, in->fh, 0);
     if (!h)
         return rerr(q, -EBADF);
+    if ((h->flags & O_ACCMODE) == O_RDONLY)
+        return rerr(q, -EBADF); /* the open (and its hook) was read-only */
     if (!range_ok(in->offset, q->r->datalen))
         return rerr(q, -EFBIG);
     if (readonly(s) || !s->ops->write)
@@ -721,7 +728,7 @@ static size_t op_fallocate(struct rq *q)
     gd_vfs_session *s = q->s;
     const struct fuse_fallocate_in *in = &q->r->in.fallocate;
     struct gd__vhandle *h = file_handle(s, in->fh, 0);
-    if (!h)
+    if (!h || (h->flags & O_ACCMODE) == O_RDONLY)
         return rerr(q, -EBADF);
     if (!range_ok(in->offset, in->length))
         return rerr(q, -EFBIG);

@@ -732,3 +732,73 @@ TEST(vfs_mount_provider)
     gd_vfs_provider_free(pv);
     gd_vfs_provider_free(NULL);
 }
+
+/* A provider that trusts the session to send WRITE only through writable handles (as a
+ * Lua or plugin provider may): it counts the writes it got. */
+static int wstub_writes;
+static int wstub_getattr(void *p, const char *path, struct stat *st)
+{
+    (void)p;
+    memset(st, 0, sizeof(*st));
+    st->st_mode = *path ? S_IFREG | 0644 : S_IFDIR | 0755;
+    st->st_ino = *path ? 2 : 1;
+    st->st_nlink = 1;
+    return 0;
+}
+static int wstub_open(void *p, const char *path, int flags, uint64_t *fh)
+{
+    (void)p, (void)path, (void)flags;
+    *fh = 7;
+    return 0;
+}
+static ssize_t wstub_write(void *p, uint64_t fh, const void *buf, size_t n, uint64_t off)
+{
+    (void)p, (void)fh, (void)buf, (void)off;
+    wstub_writes++;
+    return (ssize_t)n;
+}
+static int wstub_fallocate(void *p, uint64_t fh, int mode, uint64_t off, uint64_t len)
+{
+    (void)p, (void)fh, (void)mode, (void)off, (void)len;
+    wstub_writes++;
+    return 0;
+}
+static ssize_t wstub_read(void *p, uint64_t fh, void *buf, size_t n, uint64_t off)
+{
+    (void)p, (void)fh, (void)buf, (void)n, (void)off;
+    return 0;
+}
+static const struct gd_vfs_ops wstub_ops = {
+    .getattr = wstub_getattr,
+    .read = wstub_read,
+    .open = wstub_open,
+    .write = wstub_write,
+    .fallocate = wstub_fallocate,
+};
+
+/* The open hook saw a read-only open: no WRITE or FALLOCATE may follow on that handle. */
+TEST(vfs_write_through_readonly_handle)
+{
+    gd_vfs_provider *pv = calloc(1, sizeof(*pv));
+    CHECK(pv);
+    pv->ops = &wstub_ops;
+    pv->name = "wstub";
+    struct vc c;
+    vc_open(&c, pv, NULL);
+    struct fuse_entry_out e;
+    CHECK_EQ(vc_lookup(&c, 1, "f", &e), 0);
+    uint64_t fh;
+    CHECK_EQ(vc_open_file(&c, e.nodeid, O_RDONLY, &fh), 0);
+    wstub_writes = 0;
+    CHECK_EQ(vc_write(&c, e.nodeid, fh, 0, "x", 1), -EBADF);
+    struct fuse_fallocate_in fa = {.fh = fh, .length = 10};
+    CHECK_EQ(vc_req(&c, FUSE_FALLOCATE, e.nodeid, &fa, sizeof(fa), NULL, NULL, NULL, 0), -EBADF);
+    CHECK_EQ(wstub_writes, 0);
+    CHECK_EQ(vc_open_file(&c, e.nodeid, O_WRONLY, &fh), 0);
+    CHECK_EQ(vc_write(&c, e.nodeid, fh, 0, "x", 1), 1);
+    CHECK_EQ(wstub_writes, 1);
+    /* and no READ through a write-only handle (no writeback cache here) */
+    char buf[4];
+    CHECK_EQ(vc_read(&c, e.nodeid, fh, 0, buf, sizeof(buf)), -EBADF);
+    vc_close(&c);
+}

@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -496,6 +497,126 @@ TEST(vfs_hostfs_owner_mapping)
     CHECK_EQ(vc_setattr(&c, e.nodeid, &in, &a), 0);
     CHECK_EQ(stat(p, &st), 0);
     CHECK_EQ(st.st_mode & 0777, 0640);
+    vc_close(&c);
+    box_free(&b);
+}
+
+/* A policy hook that refuses every setattr of "secret". */
+static int deny_secret_setattr(void *ud, const struct gd_vfs_event *ev, char *reason, size_t cap)
+{
+    (void)ud, (void)reason, (void)cap;
+    const char *slash = strrchr(ev->path, '/');
+    if (!strcmp(ev->op, "setattr") && !strcmp(slash ? slash + 1 : ev->path, "secret"))
+        return -EACCES;
+    return 0;
+}
+
+/* SETATTR names a node and (FATTR_FH) a handle: a handle of another file must not carry
+ * the change past the hook, which only saw the node's path. */
+TEST(vfs_hostfs_setattr_fh_of_another_node)
+{
+    struct box b;
+    box_make(&b);
+    write_host(&b, "secret", "s");
+    write_host(&b, "other", "o");
+    char p[512];
+    host_path(&b, "secret", p, sizeof(p));
+    CHECK_EQ(chmod(p, 0600), 0);
+    struct gd_vfs_hooks hooks = {.before = deny_secret_setattr};
+    struct gd_vfs_session_opts o = {.mount = "/m", .hooks = &hooks};
+    struct vc c;
+    vc_open(&c, host(b.in, 0), &o);
+    struct fuse_entry_out se, oe;
+    CHECK_EQ(vc_lookup(&c, 1, "secret", &se), 0);
+    CHECK_EQ(vc_lookup(&c, 1, "other", &oe), 0);
+    struct fuse_setattr_in in = {.valid = FATTR_MODE, .mode = 0666};
+    struct fuse_attr a;
+    CHECK_EQ(vc_setattr(&c, se.nodeid, &in, &a), -EACCES); /* the hook's answer */
+    uint64_t fh;
+    CHECK_EQ(vc_open_file(&c, se.nodeid, O_RDONLY, &fh), 0);
+    in = (struct fuse_setattr_in){.valid = FATTR_MODE | FATTR_FH, .mode = 0666, .fh = fh};
+    CHECK_EQ(vc_setattr(&c, oe.nodeid, &in, &a), -EBADF);
+    struct stat st;
+    CHECK_EQ(stat(p, &st), 0);
+    CHECK_EQ(st.st_mode & 07777, 0600);
+    /* GETATTR by a handle of another node does not answer that file's attributes */
+    CHECK_EQ(vc_unlink(&c, 1, "other"), 0);
+    struct fuse_getattr_in gi = {.getattr_flags = FUSE_GETATTR_FH, .fh = fh};
+    CHECK_EQ(vc_req(&c, FUSE_GETATTR, oe.nodeid, &gi, sizeof(gi), NULL, NULL, NULL, 0), -ENOENT);
+    CHECK_EQ(vc_release(&c, se.nodeid, fh), 0);
+    vc_close(&c);
+    box_free(&b);
+}
+
+/* Every open guest handle holds a host fd in our process: the guest must not be able to
+ * take all of the process's fds (the control socket, the network, other mounts). */
+TEST(vfs_hostfs_fd_cap)
+{
+    struct box b;
+    box_make(&b);
+    write_host(&b, "f", "x");
+    struct rlimit old, lim;
+    CHECK_EQ(getrlimit(RLIMIT_NOFILE, &old), 0);
+    lim = old;
+    lim.rlim_cur = 256;
+    CHECK_EQ(setrlimit(RLIMIT_NOFILE, &lim), 0);
+    struct vc c;
+    vc_open(&c, host(b.in, 0), NULL);
+    struct fuse_entry_out e;
+    CHECK_EQ(vc_lookup(&c, 1, "f", &e), 0);
+    uint64_t fhs[300];
+    int opened = 0, e2 = 0;
+    for (; opened < 300; opened++)
+        if ((e2 = vc_open_file(&c, e.nodeid, O_RDONLY, &fhs[opened])))
+            break;
+    CHECK(opened < 300);
+    CHECK_EQ(e2, -EMFILE);
+    /* the process keeps fds of its own */
+    int fds[32], got = 0;
+    for (; got < 32; got++)
+        if ((fds[got] = dup(0)) < 0)
+            break;
+    CHECK_EQ(got, 32);
+    for (int i = 0; i < got; i++)
+        close(fds[i]);
+    for (int i = 0; i < opened; i++)
+        CHECK_EQ(vc_release(&c, e.nodeid, fhs[i]), 0);
+    CHECK_EQ(vc_open_file(&c, e.nodeid, O_RDONLY, &fhs[0]), 0);
+    CHECK_EQ(vc_release(&c, e.nodeid, fhs[0]), 0);
+    vc_close(&c);
+    CHECK_EQ(setrlimit(RLIMIT_NOFILE, &old), 0);
+    box_free(&b);
+}
+
+/* A setuid file already in DIR: the guest may rewrite it, but what it wrote must not end
+ * up setuid (Linux keeps the bit when the writer has CAP_FSETID: gondolin run as root). */
+TEST(vfs_hostfs_write_to_setuid_file)
+{
+    struct box b;
+    box_make(&b);
+    write_host(&b, "tool", "#!/bin/sh\n");
+    write_host(&b, "tool2", "#!/bin/sh\n");
+    char p[512], p2[512];
+    host_path(&b, "tool", p, sizeof(p));
+    host_path(&b, "tool2", p2, sizeof(p2));
+    CHECK_EQ(chmod(p, 06755), 0);
+    CHECK_EQ(chmod(p2, 04755), 0);
+    struct vc c;
+    vc_open(&c, host(b.in, 0), NULL);
+    struct fuse_entry_out e;
+    uint64_t fh;
+    CHECK_EQ(vc_lookup(&c, 1, "tool", &e), 0);
+    CHECK_EQ(vc_open_file(&c, e.nodeid, O_WRONLY | O_TRUNC, &fh), 0);
+    CHECK_EQ(vc_write(&c, e.nodeid, fh, 0, "evil", 4), 4);
+    CHECK_EQ(vc_release(&c, e.nodeid, fh), 0);
+    struct stat st;
+    CHECK_EQ(stat(p, &st), 0);
+    CHECK_EQ(st.st_mode & 07000, 0);
+    CHECK_EQ(vc_create(&c, 1, "tool2", O_WRONLY | O_TRUNC, 0755, &e, &fh), 0);
+    CHECK_EQ(vc_write(&c, e.nodeid, fh, 0, "evil", 4), 4);
+    CHECK_EQ(vc_release(&c, e.nodeid, fh), 0);
+    CHECK_EQ(stat(p2, &st), 0);
+    CHECK_EQ(st.st_mode & 07000, 0);
     vc_close(&c);
     box_free(&b);
 }
