@@ -27,7 +27,8 @@ static void start_usage(void)
            "  --no-network        no network device at all\n"
            "  --listen [HOST:]PORT=GUESTPORT  ingress to a guest port (HTTP-aware;\n"
            "                      --listen-raw: plain TCP); more with `expose` (SDK)\n"
-           "The VM, policy and egress flags of `gondolin exec` apply (gondolin exec --help).\n");
+           "The VM, files, policy and egress flags of `gondolin exec` apply (gondolin exec "
+           "--help).\n");
 }
 
 static volatile sig_atomic_t interrupted;
