@@ -505,8 +505,7 @@ int gd_control_parse_request(const void *b, size_t n, struct gd_control_request 
         goto out;
     }
     if (get_str(d, "path", &path) < 0 || get_str(d, "export", &exp) < 0 ||
-        (path && strlen(path) >= sizeof(o->path)) ||
-        (exp && strlen(exp) >= sizeof(o->export_))) {
+        (path && strlen(path) >= sizeof(o->path)) || (exp && strlen(exp) >= sizeof(o->export_))) {
         bad(why, cap, "%s must be strings of at most 1023 bytes", "\"path\" and \"export\"");
         goto out;
     }

@@ -149,8 +149,8 @@ struct gd_control_request {
     unsigned lines;
     unsigned guest_port;
     char listen[128];
-    char user[64]; /* ssh */
-    char path[1024];   /* fs.diff: an absolute guest path */
+    char user[64];      /* ssh */
+    char path[1024];    /* fs.diff: an absolute guest path */
     char export_[1024]; /* fs.diff: an absolute host path for the tar, or "" */
     int whiteouts;      /* fs.diff: deleted paths as OCI whiteouts in the tar */
 };
