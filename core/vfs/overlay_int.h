@@ -28,8 +28,8 @@ struct gd__wnode {
 
 struct gd__wtree {
     struct gd__htab h;
-    struct gd__wnode root;
-    size_t n, max; /* nodes besides the root */
+    struct gd__wnode *root; /* no name (a flexible array cannot sit inside the tree) */
+    size_t n, max;          /* nodes besides the root */
 };
 
 int gd__wt_init(struct gd__wtree *t, size_t max);

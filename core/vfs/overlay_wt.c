@@ -31,7 +31,14 @@ int gd__wt_init(struct gd__wtree *t, size_t max)
 {
     memset(t, 0, sizeof(*t));
     t->max = max;
-    return gd__htab_init(&t->h);
+    if (!(t->root = calloc(1, sizeof(*t->root))))
+        return -ENOMEM;
+    int rc = gd__htab_init(&t->h);
+    if (rc) {
+        free(t->root);
+        t->root = NULL;
+    }
+    return rc;
 }
 
 static void free_below(struct gd__wtree *t, struct gd__wnode *w)
@@ -48,7 +55,11 @@ static void free_below(struct gd__wtree *t, struct gd__wnode *w)
 
 void gd__wt_fini(struct gd__wtree *t)
 {
-    free_below(t, &t->root);
+    if (t->root) {
+        free_below(t, t->root);
+        free(t->root);
+        t->root = NULL;
+    }
     gd__htab_fini(&t->h);
 }
 
@@ -56,7 +67,7 @@ void gd__wt_fini(struct gd__wtree *t)
  * reached whole; *masked when a node on the way (the last included) is white. */
 static struct gd__wnode *walk(const struct gd__wtree *t, const char *path, int *whole, int *masked)
 {
-    struct gd__wnode *w = (struct gd__wnode *)&t->root;
+    struct gd__wnode *w = t->root;
     *masked = w->white;
     *whole = 1;
     const char *c = path;
@@ -98,7 +109,7 @@ int gd__wt_is(const struct gd__wtree *t, const char *path)
 /* frees w and its childless, non-white ancestors */
 static void prune(struct gd__wtree *t, struct gd__wnode *w)
 {
-    while (w != &t->root && !w->white && !w->first) {
+    while (w != t->root && !w->white && !w->first) {
         struct gd__wnode *p = w->parent;
         if (w->prev)
             w->prev->next = w->next;
@@ -115,7 +126,7 @@ static void prune(struct gd__wtree *t, struct gd__wnode *w)
 
 int gd__wt_add(struct gd__wtree *t, const char *path)
 {
-    struct gd__wnode *w = &t->root, *made = NULL;
+    struct gd__wnode *w = t->root, *made = NULL;
     const char *c = path;
     while (*c) {
         const char *slash = strchr(c, '/');
@@ -153,7 +164,7 @@ void gd__wt_del(struct gd__wtree *t, const char *path)
 {
     int whole, masked;
     struct gd__wnode *w = walk(t, path, &whole, &masked);
-    if (!whole || w == &t->root)
+    if (!whole || w == t->root)
         return;
     w->white = 0;
     prune(t, w);
@@ -183,5 +194,5 @@ int gd__wt_walk(const struct gd__wtree *t, int (*fn)(void *ud, const char *path)
 {
     char buf[PATH_MAX];
     buf[0] = 0;
-    return walk_all(&t->root, buf, 0, fn, ud);
+    return walk_all(t->root, buf, 0, fn, ud);
 }
