@@ -35,6 +35,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -171,10 +172,25 @@ static void setup_mounts(const char *spec)
         }
         *path++ = 0;
         mkdir_p(path);
-        if (mount(m, path, "virtiofs", MS_NOSUID | MS_NODEV, NULL))
+        if (mount(m, path, "virtiofs", MS_NOSUID | MS_NODEV, NULL)) {
             say("gondolin-init: mount %s on %s: %s", m, path, strerror(errno));
-        else
-            step(path);
+            continue;
+        }
+        /* readahead in 1 MiB requests (the host negotiates 1 MiB; the kernel offers its
+         * 128 KiB default at INIT): a quarter of the round trips for big reads */
+        struct stat st;
+        char ra[96];
+        if (!stat(path, &st)) {
+            snprintf(ra, sizeof(ra), "/sys/class/bdi/%u:%u/read_ahead_kb", major(st.st_dev),
+                     minor(st.st_dev));
+            int fd = open(ra, O_WRONLY | O_CLOEXEC);
+            if (fd >= 0) {
+                if (write(fd, "1024", 4) != 4)
+                    say("gondolin-init: %s: %s", ra, strerror(errno));
+                close(fd);
+            }
+        }
+        step(path);
     }
 }
 

@@ -716,7 +716,9 @@ static size_t op_flush_fsync(struct rq *q)
     if (!h)
         return rerr(q, -EBADF);
     int e = 0;
-    if (op == FUSE_FLUSH && s->ops->flush)
+    if (op == FUSE_FLUSH && !s->ops->flush)
+        return rerr(q, -ENOSYS); /* nothing to do at close: the kernel stops sending FLUSH */
+    if (op == FUSE_FLUSH)
         e = s->ops->flush(s->pv->p, h->pfh);
     else if (op == FUSE_FSYNC && s->ops->fsync)
         e = s->ops->fsync(s->pv->p, h->pfh, r->in.fsync.fsync_flags & FUSE_FSYNC_FDATASYNC);
