@@ -109,12 +109,15 @@ enum {
     GD_VFS_READONLY = 1 << 0,  /* every mutating op is EROFS without asking */
     GD_VFS_EXCLUSIVE = 1 << 1, /* nobody else changes the tree: long cache TTLs and the
                                   guest's writeback cache are safe */
+    GD_VFS_DOTS = 1 << 2,      /* readdir lists "." and ".." itself, with cookies of its
+                                  own (hostfs); without it the session makes them up and
+                                  the provider's cookies must stay below INT64_MAX - 2 */
 };
 
 typedef struct gd_vfs_provider {
     const struct gd_vfs_ops *ops;
     void *p;
-    unsigned flags; /* GD_VFS_* */
+    unsigned flags;   /* GD_VFS_* */
     const char *name; /* "hostfs", "memory", ... (static) */
 } gd_vfs_provider;
 
@@ -168,9 +171,9 @@ typedef struct gd_vfs_session gd_vfs_session;
 struct gd_vfs_session_opts {
     /* entry and attribute cache TTLs in ms; 0: 1000 (GD_VFS_EXCLUSIVE: 60000) */
     unsigned entry_ttl_ms, attr_ttl_ms;
-    unsigned max_nodes;   /* nodes the guest may hold; 0: 1 << 20 */
-    unsigned max_handles; /* open files and dirs; 0: 65536 */
-    const char *mount;    /* the guest path (events); NULL: "/" */
+    unsigned max_nodes;               /* nodes the guest may hold; 0: 1 << 20 */
+    unsigned max_handles;             /* open files and dirs; 0: 65536 */
+    const char *mount;                /* the guest path (events); NULL: "/" */
     const struct gd_vfs_hooks *hooks; /* or NULL (borrowed; outlives the session) */
 };
 
@@ -192,10 +195,10 @@ enum gd_mount_kind { GD_MOUNT_HOSTFS, GD_MOUNT_OVERLAY, GD_MOUNT_MEMORY };
 
 struct gd_mount {
     enum gd_mount_kind kind;
-    const char *guest;    /* absolute guest path, normalised */
-    const char *host;     /* hostfs / overlay: the host directory */
-    int readonly;         /* hostfs: ro */
-    uint64_t size;        /* memory (and overlay writes): the cap in bytes; 0: default */
+    const char *guest;       /* absolute guest path, normalised */
+    const char *host;        /* hostfs / overlay: the host directory */
+    int readonly;            /* hostfs: ro */
+    uint64_t size;           /* memory (and overlay writes): the cap in bytes; 0: default */
     const char *const *hide; /* NULL-ended globs hidden from the guest, or NULL */
 };
 
