@@ -25,6 +25,9 @@
  * kernel's CRNG at once; the module and device cost ~20 ms of boot under TCG. */
 static const char *const guest_modules[] = {"virtio_mmio", "virtio_blk", "virtio_console",
                                             "virtio_net",  "overlay",    NULL};
+/* virtio-fs mounts: loaded by init only when the kernel command line names mounts (each
+ * module costs 40-110 ms of boot under TCG), listed in /etc/gondolin/modules.vfs */
+static const char *const vfs_modules[] = {"fuse", "virtiofs", NULL};
 /* busybox applets linked where no package provides the command */
 static const char *const busybox_applets[] = {
     "ps",       "top",      "free",     "vi",       "ip",        "ifconfig", "ping",     "wget",
@@ -381,6 +384,40 @@ static int copy_in(struct gd_tree *t, const char *src, const char *rel, struct g
     return 0;
 }
 
+static const char *mod_base(const char *rel)
+{
+    const char *base = strrchr(rel, '/');
+    return base ? base + 1 : rel;
+}
+
+/* Writes /etc/gondolin/<list> (the load order) into the initramfs tree dir and copies
+ * the modules, leaving out those already in skip[] (loaded by an earlier list). */
+static int write_modules(const char *moddir, const char *dir, const char *list, char **order,
+                         size_t n, char **skip, size_t nskip, struct gd_err *err)
+{
+    char p[4096], q[4096 + 300];
+    int rc = 0;
+    snprintf(p, sizeof(p), "%s/etc/gondolin/%s", dir, list);
+    FILE *f = fopen(p, "we");
+    for (size_t i = 0; i < n && !rc; i++) {
+        const char *base = mod_base(order[i]);
+        int dup = 0;
+        for (size_t j = 0; j < nskip && !dup; j++)
+            dup = !strcmp(mod_base(skip[j]), base);
+        if (dup)
+            continue;
+        if (f)
+            fprintf(f, "%s\n", base);
+        snprintf(p, sizeof(p), "%s/%s", moddir, order[i]);
+        snprintf(q, sizeof(q), "%s/lib/modules/%s", dir, base);
+        if ((rc = gd_copy_file(p, q, 0644)) || (rc = strip_module_signature(q)))
+            rc = gd_err_set(err, rc, "cannot copy module %s", p);
+    }
+    if (!f || fclose(f))
+        return rc ? rc : gd_err_set(err, -EIO, "cannot write module list %s", list);
+    return rc;
+}
+
 static int build_initramfs(const char *moddir, const struct gd_build_config *c,
                            const char *guest_dir, const char *dir, const char *out,
                            struct gd_err *err)
@@ -400,8 +437,8 @@ static int build_initramfs(const char *moddir, const struct gd_build_config *c,
     int rc = gd_copy_file(p, q, 0755);
     if (rc)
         return gd_err_set(err, rc, "cannot copy the initramfs init %s: %s", p, strerror(-rc));
-    char **order;
-    size_t n, nb = sizeof(guest_modules) / sizeof(guest_modules[0]) - 1;
+    char **order, **vorder = NULL;
+    size_t vn = 0, n, nb = sizeof(guest_modules) / sizeof(guest_modules[0]) - 1;
     const char **wanted = calloc(nb + c->kernel_modules.n + 1, sizeof(*wanted));
     if (!wanted)
         return gd_err_set(err, -ENOMEM, "out of memory");
@@ -413,23 +450,22 @@ static int build_initramfs(const char *moddir, const struct gd_build_config *c,
     free(wanted);
     if (rc)
         return rc;
-    snprintf(p, sizeof(p), "%s/etc/gondolin/modules", dir);
-    FILE *f = fopen(p, "we");
-    for (size_t i = 0; i < n && !rc; i++) {
-        const char *base = strrchr(order[i], '/');
-        base = base ? base + 1 : order[i];
-        if (f)
-            fprintf(f, "%s\n", base);
-        snprintf(p, sizeof(p), "%s/%s", moddir, order[i]);
-        snprintf(q, sizeof(q), "%s/lib/modules/%s", dir, base);
-        if ((rc = gd_copy_file(p, q, 0644)) || (rc = strip_module_signature(q)))
-            rc = gd_err_set(err, rc, "cannot copy module %s", p);
+    /* a kernel without them (a custom one) still builds; mounts then fail in the guest
+     * with one line each */
+    struct gd_err verr = {{0}};
+    if (gd_modules_resolve(moddir, vfs_modules, &vorder, &vn, &verr)) {
+        vorder = NULL;
+        vn = 0;
     }
+    rc = write_modules(moddir, dir, "modules", order, n, NULL, 0, err);
+    if (!rc)
+        rc = write_modules(moddir, dir, "modules.vfs", vorder, vn, order, n, err);
     for (size_t i = 0; i < n; i++)
         free(order[i]);
     free(order);
-    if (!f || fclose(f))
-        return gd_err_set(err, -EIO, "cannot write module list");
+    for (size_t i = 0; i < vn; i++)
+        free(vorder[i]);
+    free(vorder);
     if (rc)
         return rc;
     return gd_initramfs_write(dir, out, err);

@@ -9,6 +9,9 @@
  *   gondolin.root=DEV   root block device (default /dev/vda)
  *   gondolin.rootfs=M   readonly: the image read-only, no overlay; rw: the image
  *                       itself, writable (build VMs); default: tmpfs overlay
+ *   gondolin.mounts=TAG:PATH,...  virtio-fs mounts, in this order (parents first), in
+ *                       the final root; loads /etc/gondolin/modules.vfs first (only
+ *                       then: those modules cost boot time)
  * From the image: /etc/gondolin/env (KEY=VALUE lines) becomes the agent's environment,
  * /etc/gondolin/init-extra.sh runs (/bin/sh) before the agent starts, and an
  * /etc/gondolin/rootfs-init replaces the exec of the agent (it must exec
@@ -38,13 +41,12 @@
 
 #define AGENT "/usr/libexec/gondolin/sandboxd"
 
-static void msg(const char *fmt, ...)
+/* One line to the kernel log; with console, also to the console (loglevel=1 keeps
+ * kernel-log lines off it). */
+static void vlog(int console, const char *fmt, va_list ap)
 {
     char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
     int n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
-    va_end(ap);
     if (n < 0)
         return;
     if (n > (int)sizeof(buf) - 2)
@@ -53,10 +55,28 @@ static void msg(const char *fmt, ...)
     int fd = open("/dev/kmsg", O_WRONLY | O_CLOEXEC);
     if (fd < 0)
         fd = 2;
-    if (write(fd, buf, (size_t)n) < 0) {
+    if (write(fd, buf, (size_t)n) < 0 || (console && fd != 2 && write(2, buf, (size_t)n) < 0)) {
     }
     if (fd != 2)
         close(fd);
+}
+
+static void msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void msg(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(0, fmt, ap);
+    va_end(ap);
+}
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(1, fmt, ap);
+    va_end(ap);
 }
 
 static void halt_now(void)
@@ -100,9 +120,9 @@ static const char *karg(const char *key)
     return NULL;
 }
 
-static void load_modules(void)
+static void load_modules(const char *list)
 {
-    FILE *f = fopen("/etc/gondolin/modules", "re");
+    FILE *f = fopen(list, "re");
     if (!f)
         return;
     char line[256], path[512];
@@ -122,6 +142,40 @@ static void load_modules(void)
         close(fd);
     }
     fclose(f);
+}
+
+/* ---- virtio-fs mounts (gondolin.mounts=TAG:PATH,...) ---- */
+
+static void mkdir_p(char *path)
+{
+    for (char *s = path + 1; *s; s++)
+        if (*s == '/') {
+            *s = 0;
+            mkdir(path, 0755);
+            *s = '/';
+        }
+    mkdir(path, 0755);
+}
+
+/* The host validated the paths (absolute, normalised, no ',' ':' or space) and sorted
+ * parents first; a mount that fails is reported and skipped, the boot goes on. */
+static void setup_mounts(const char *spec)
+{
+    char buf[2048], *save = NULL;
+    snprintf(buf, sizeof(buf), "%.*s", (int)strcspn(spec, " \n"), spec);
+    for (char *m = strtok_r(buf, ",", &save); m; m = strtok_r(NULL, ",", &save)) {
+        char *path = strchr(m, ':');
+        if (!path || path[1] != '/') {
+            say("gondolin-init: bad mount spec '%s'", m);
+            continue;
+        }
+        *path++ = 0;
+        mkdir_p(path);
+        if (mount(m, path, "virtiofs", MS_NOSUID | MS_NODEV, NULL))
+            say("gondolin-init: mount %s on %s: %s", m, path, strerror(errno));
+        else
+            step(path);
+    }
 }
 
 static void wait_for(const char *path, int ms)
@@ -294,7 +348,10 @@ int main(void)
         halt_now();
     debug = karg("gondolin.debug") != NULL;
     step("start");
-    load_modules();
+    load_modules("/etc/gondolin/modules");
+    const char *mounts = karg("gondolin.mounts");
+    if (mounts)
+        load_modules("/etc/gondolin/modules.vfs");
     step("modules loaded");
 
     const char *root = karg("gondolin.root");
@@ -343,6 +400,8 @@ int main(void)
     mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
     if (access("/dev/ptmx", F_OK) != 0)
         symlink("pts/ptmx", "/dev/ptmx");
+    if (mounts)
+        setup_mounts(mounts);
 
     setup_net();
     setup_ca();

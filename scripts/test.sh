@@ -22,7 +22,7 @@ if command -v clang >/dev/null; then # build.sh builds build-fuzz/ with clang
   python3 tests/fuzz/test_fuzz_step.py build-fuzz
   echo "== fuzz: control channel (${GD_FUZZ_SECONDS:-30}s)"
   bash scripts/fuzz.sh build-fuzz/tests/fuzz-proto "${GD_FUZZ_SECONDS:-30}" build-fuzz/corpus tests/fuzz/seeds
-  for t in http target dns sni control apk fuse vfs; do
+  for t in http target dns sni control apk fuse vfs virtq; do
     echo "== fuzz: $t (${GD_FUZZ_SECONDS_NET:-20}s)"
     bash scripts/fuzz.sh "build-fuzz/tests/fuzz-$t" "${GD_FUZZ_SECONDS_NET:-20}" "build-fuzz/corpus-$t" \
       "tests/fuzz/seeds-$t"
@@ -40,8 +40,12 @@ python3 tests/policy/test_policy.py build
 echo "== policy engine under ASan+UBSan"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   python3 tests/policy/test_policy.py build-asan
+echo "== files: mounts, fs hooks, Lua providers, plugin VFS API (no VM)"
+python3 tests/policy/test_fs.py build
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  python3 tests/policy/test_fs.py build-asan
 echo "== ready-made policies against their cases"
-for p in policies/*.lua examples/agent.lua; do
+for p in policies/*.lua examples/agent.lua examples/vfs-task.lua; do
   ./build/gondolin policy test "$p" | tail -n 1
 done
 echo "== plugin SDK: install, then build examples/plugin out of tree against it"
@@ -52,6 +56,10 @@ make -s -C examples/plugin clean
 
 echo "== integration tests (real VMs)"
 python3 tests/integration/test_vm.py build
+echo "== virtio-fs transport: a real guest reads a directory our vhost-user back-end serves"
+python3 tests/integration/test_vfs_driver.py build
+echo "== files: host directories and providers mounted in real guests, used by real tools"
+python3 tests/integration/test_vfs.py build
 echo "== long-lived sessions: start, exec --session, attach, cp, logs, policy reload, stop"
 python3 tests/integration/test_session.py build
 echo "== a session's supervisor under ASan+UBSan: protocol errors, hang-ups, stop"

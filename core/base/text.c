@@ -1,7 +1,10 @@
-/* text.c - edit distance for "did you mean" hints. */
+/* text.c - edit distance for "did you mean" hints, flag values, timestamps. */
 #include "text.h"
 
+#include <stdio.h>
 #include <string.h>
+#include <sys/time.h>
+#include <time.h>
 
 static size_t lev(const char *a, const char *b)
 {
@@ -50,4 +53,14 @@ const char *gd_flag_value(int argc, char **argv, int *i, const char *name)
     if (a[l] == 0 && *i + 1 < argc)
         return argv[++*i];
     return NULL;
+}
+
+void gd_iso_time(char *buf, size_t cap)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(tv.tv_usec / 1000));
 }

@@ -12,4 +12,7 @@ const char *gd_closest(const char *word, const char *const *cands, size_t max_di
  * (then *i advances past it). NULL when argv[*i] is not NAME or its value is missing. */
 const char *gd_flag_value(int argc, char **argv, int *i, const char *name);
 
+/* The current UTC time as "2026-01-02T03:04:05.678Z" (audit records); cap >= 32. */
+void gd_iso_time(char *buf, size_t cap);
+
 #endif

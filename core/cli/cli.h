@@ -59,7 +59,20 @@ struct cli_sandbox_flags {
     const char *ssh_user;
     char ssh_host[64];
     unsigned ssh_port;
+    /* files (mount_flags.c) */
+    struct cli_mount {
+        struct gd_mount m;
+        char buf[4200];
+        char host[4096]; /* the host directory, absolute */
+    } mounts[GD_VFS_MAX_MOUNTS];
+    size_t nmounts;
+    struct gd_mount mspec[GD_VFS_MAX_MOUNTS];
+    const char *hide[33]; /* --hide globs, NULL-ended */
+    size_t nhide;
 };
+/* --mount-hostfs, --mount-overlay, --mount-memfs, --hide: like cli_sandbox_flag. */
+int cli_mount_flag(struct cli_sandbox_flags *f, int argc, char **argv, int *i);
+void cli_mount_opts(struct cli_sandbox_flags *f, struct gd_sandbox_opts *o);
 /* 1 consumed (advancing *i), 0 not one of these flags, -1 bad value (message printed). */
 int cli_sandbox_flag(struct cli_sandbox_flags *f, int argc, char **argv, int *i);
 void cli_sandbox_opts(struct cli_sandbox_flags *f, struct gd_sandbox_opts *o);
@@ -77,6 +90,7 @@ int cmd_ls(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
 int cmd_logs(int argc, char **argv);
 int cmd_expose(int argc, char **argv);
+int cmd_diff(int argc, char **argv); /* cmd_diff.c */
 int cmd_ssh(int argc, char **argv);
 /* Asks the session's supervisor for SSH access (starting sshd on first use); *out is
  * the reply (host, port, user, identity, known_hosts, command). Prints errors. */
@@ -93,6 +107,15 @@ int cli_session_arg(const char *a, const char **key, const char *usage);
 /* `gondolin policy reload ID|NAME`: through the session's socket. */
 int cli_session_reload(const char *key);
 int cmd_policy(int argc, char **argv);
+/* The file side of the policy tools (policy_fs.c). An fs case "OP /PATH [PATH2]
+ * [r|w|rw|a|t]" -> ev (strings into buf), or -EINVAL with why. */
+int cli_fs_event(const char *spec, struct gd_vfs_event *ev, char *buf, size_t cap, char *why,
+                 size_t wcap);
+/* Runs the before-chain for ev on the mount its path is under (sets ev->mount). */
+int cli_fs_decide(gd_engine *e, struct gd_vfs_event *ev, char *rule, size_t rcap, char *reason,
+                  size_t cap);
+/* policy check's lines for mounts and fs hooks. */
+void cli_fs_print_check(gd_engine *e);
 int cmd_doctor(int argc, char **argv);
 int cmd_build(int argc, char **argv);
 int cmd_image(int argc, char **argv);

@@ -363,6 +363,8 @@ static void exec_usage(int pty)
            "  --resolve NAME:ADDR host-side address for NAME (like curl --resolve)\n"
            "  --upstream-ca FILE  also trust FILE for upstream TLS\n"
            "  --audit FILE        append one JSON line per egress decision\n"
+           "  --audit-fs          also audit every mutating guest file operation (denied\n"
+           "                      ones always are)\n"
            "  --http-limit NAME=N head_ms, keepalive_ms, body_ms, max_flows, buffer_total\n"
            "  --no-network        no network device at all\n");
     if (!pty)

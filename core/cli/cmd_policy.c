@@ -21,12 +21,13 @@ static void usage(void)
     printf("usage: gondolin policy check FILE.lua [--plugin PATH] [--plugin-dir DIR]\n"
            "       gondolin policy test FILE.lua [CASES.json]\n"
            "       gondolin policy explain FILE.lua METHOD URL [-H 'Name: value']...\n"
+           "       gondolin policy explain FILE.lua fs OP /PATH [PATH2] [r|w|rw|a|t]\n"
            "       gondolin policy reload ID|NAME\n\n"
            "check    compile and validate the policy (and the plugins it names); print what\n"
            "         it declares; exit 1 with file:line on the first problem\n"
            "test     run request cases (default FILE.test.json) against the policy, no VM;\n"
            "         print a pass/fail table; exit 1 if any case fails\n"
-           "explain  which rule or hook decides one request, and why\n"
+           "explain  which rule or hook decides one request (or guest file operation), and why\n"
            "reload   make a session (gondolin start) reload its policy now (a one-shot\n"
            "         `exec --policy` reloads when its files change, or on SIGHUP)\n\n"
            "Secret sources are not read by check/test/explain: every secret gets the value\n"
@@ -99,6 +100,7 @@ static int cmd_check(int argc, char **argv)
                                : eg->dns == GD_DNS_OPEN  ? "open"
                                                          : "synthetic");
     printf("  hooks:    %s\n", phase_list(c ? c->hook_phases : 0));
+    cli_fs_print_check(e);
     if (c && (c->image || c->memory_mb || c->cpus)) {
         printf("  vm:       image %s", c->image ? c->image : "default");
         if (c->memory_mb)
@@ -177,9 +179,56 @@ static const char *decision_name(enum gd_decision d)
     return d == GD_DENY ? "deny" : d == GD_RESPOND ? "respond" : "allow";
 }
 
+/* An fs case: {"fs": "open /workspace/a.lock w", "expect": "deny"} or "expect":
+ * {"decision": "deny", "errno": "EACCES", "rule": ..., "reason_contains": ...}. */
+static int run_fs_case(gd_engine *e, const char *spec, const cJSON *exp, char *why, size_t cap,
+                       char *got, size_t gcap)
+{
+    struct gd_vfs_event ev;
+    char buf[2048], rule[300], reason[300];
+    if (cli_fs_event(spec, &ev, buf, sizeof(buf), why, cap))
+        return 0;
+    int rc = cli_fs_decide(e, &ev, rule, sizeof(rule), reason, sizeof(reason));
+    const char *en = rc ? gd_lua_errno_name(rc) : NULL;
+    snprintf(got, gcap, "%s", rc ? "deny" : "allow");
+    if (rc)
+        snprintf(got + strlen(got), gcap - strlen(got), " %s (%s)", en ? en : "?", rule);
+    const cJSON *d = cJSON_IsString(exp) ? exp : cJSON_GetObjectItemCaseSensitive(exp, "decision");
+    const cJSON *x;
+    if (!cJSON_IsString(d) && !cJSON_IsObject(exp)) {
+        snprintf(why, cap, "an fs case needs \"expect\": \"allow\"|\"deny\" or {...}");
+        return 0;
+    }
+    if (cJSON_IsString(d) && strcmp(d->valuestring, rc ? "deny" : "allow")) {
+        snprintf(why, cap, "decision: want %s, got %s", d->valuestring, got);
+        return 0;
+    }
+    if (cJSON_IsObject(exp) && (x = cJSON_GetObjectItemCaseSensitive(exp, "errno")) &&
+        cJSON_IsString(x) && (!en || strcmp(x->valuestring, en))) {
+        snprintf(why, cap, "errno: want %s, got %s", x->valuestring, en ? en : "none");
+        return 0;
+    }
+    if (cJSON_IsObject(exp) && (x = cJSON_GetObjectItemCaseSensitive(exp, "rule")) &&
+        cJSON_IsString(x) && (!rc || strcmp(x->valuestring, rule))) {
+        snprintf(why, cap, "rule: want %s, got %s", x->valuestring, rc ? rule : "none");
+        return 0;
+    }
+    if (cJSON_IsObject(exp) && (x = cJSON_GetObjectItemCaseSensitive(exp, "reason_contains")) &&
+        cJSON_IsString(x) && (!rc || !strstr(reason, x->valuestring))) {
+        snprintf(why, cap, "reason: want it to contain '%s', got '%s'", x->valuestring,
+                 rc ? reason : "");
+        return 0;
+    }
+    return 1;
+}
+
 /* One case: returns 1 pass, 0 fail (why written). */
 static int run_case(gd_engine *e, const cJSON *cs, char *why, size_t cap, char *got, size_t gcap)
 {
+    const cJSON *fs = cJSON_GetObjectItemCaseSensitive(cs, "fs");
+    if (cJSON_IsString(fs))
+        return run_fs_case(e, fs->valuestring, cJSON_GetObjectItemCaseSensitive(cs, "expect"), why,
+                           cap, got, gcap);
     struct gd_egress *eg = gd_engine_egress(e);
     const cJSON *req = cJSON_GetObjectItemCaseSensitive(cs, "request");
     const cJSON *exp = cJSON_GetObjectItemCaseSensitive(cs, "expect");
@@ -327,6 +376,8 @@ static int cmd_test(int argc, char **argv)
         char why[1400], got[400] = "", name[64];
         const cJSON *nm = cJSON_GetObjectItemCaseSensitive(cs, "name");
         const cJSON *rq = cJSON_GetObjectItemCaseSensitive(cs, "request");
+        if (!cJSON_IsString(rq))
+            rq = cJSON_GetObjectItemCaseSensitive(cs, "fs");
         snprintf(name, sizeof(name), "%s",
                  cJSON_IsString(nm)   ? nm->valuestring
                  : cJSON_IsString(rq) ? rq->valuestring
@@ -346,8 +397,53 @@ static int cmd_test(int argc, char **argv)
     return fail ? 1 : 0;
 }
 
+/* explain FILE fs OP /PATH [PATH2] [MODE] */
+static int explain_fs(int argc, char **argv)
+{
+    struct cli_policy p = {0};
+    p.stub_secrets = 1;
+    p.policy = argv[1];
+    char **rest;
+    int nrest;
+    if (parse_common(&p, argc, argv, 3, &rest, &nrest))
+        return 2;
+    char spec[2048] = "";
+    for (int i = 0; i < nrest; i++)
+        snprintf(spec + strlen(spec), sizeof(spec) - strlen(spec), "%s%s", i ? " " : "", rest[i]);
+    free(rest);
+    struct gd_vfs_event ev;
+    char buf[2048], why[600], rule[300], reason[300];
+    if (cli_fs_event(spec, &ev, buf, sizeof(buf), why, sizeof(why))) {
+        cli_policy_free(&p);
+        return cli_die(2, "policy explain: %s", why);
+    }
+    gd_engine *e;
+    if (cli_policy_engine(&p, 1, &e)) {
+        cli_policy_free(&p);
+        return 1;
+    }
+    int rc = cli_fs_decide(e, &ev, rule, sizeof(rule), reason, sizeof(reason));
+    const char *b = gd_engine_fs_hook_site(e, 0);
+    printf("fs %s (policy %s, revision %s)\n", spec, p.policy, gd_engine_revision(e));
+    printf("mount:    %s\n", ev.mount);
+    printf("chain:    plugin fs hooks -> lua on_fs (%s)\n", b ? b : "none");
+    if (!rc) {
+        printf("decision: allow\n");
+    } else {
+        const char *en = gd_lua_errno_name(rc);
+        printf("decision: deny %s\n", en ? en : "?");
+        printf("rule:     %s\n", rule);
+        printf("reason:   %s\n", reason);
+    }
+    gd_engine_free(e);
+    cli_policy_free(&p);
+    return 0;
+}
+
 static int cmd_explain(int argc, char **argv)
 {
+    if (argc >= 3 && !strcmp(argv[2], "fs"))
+        return explain_fs(argc, argv);
     if (argc < 4)
         return cli_die(2, "usage: gondolin policy explain FILE.lua METHOD URL [-H 'K: V']...");
     struct cli_policy p = {0};

@@ -176,6 +176,7 @@ static void usage(FILE *f)
                "  stop ID [--force]               stop a session\n"
                "  expose ID [--raw] [HOST:]PORT=GUESTPORT  a host port into the session\n"
                "  ssh ID [--user U] [-- CMD]      log into the session with OpenSSH\n"
+               "  diff ID:/GUEST [--export F.tar] what the guest changed in an overlay mount\n"
                "  policy reload ID                reload a session's policy\n"
                "  build --config FILE [--output DIR | --tag REF]  build a guest image\n"
                "  build --init-config | --validate FILE | --verify DIR | --default\n"
@@ -226,6 +227,8 @@ int main(int argc, char **argv)
         return cmd_stop(argc - 1, argv + 1);
     if (!strcmp(c, "expose"))
         return cmd_expose(argc - 1, argv + 1);
+    if (!strcmp(c, "diff"))
+        return cmd_diff(argc - 1, argv + 1);
     if (!strcmp(c, "ssh"))
         return cmd_ssh(argc - 1, argv + 1);
     return cli_die(2, "unknown command '%s' (see gondolin --help)", c);

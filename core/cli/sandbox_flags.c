@@ -13,6 +13,9 @@
 int cli_sandbox_flag(struct cli_sandbox_flags *f, int argc, char **argv, int *i)
 {
     const char *a = argv[*i], *v;
+    int k = cli_mount_flag(f, argc, argv, i);
+    if (k)
+        return k;
     if (!strcmp(a, "--ssh")) {
         f->ssh = 1;
         return 1;
@@ -66,6 +69,7 @@ void cli_sandbox_opts(struct cli_sandbox_flags *f, struct gd_sandbox_opts *o)
 {
     o->listen = f->listen;
     o->nlisten = f->nlisten;
+    cli_mount_opts(f, o);
 }
 
 void cli_print_forwards(gd_sandbox *sb)

@@ -472,7 +472,7 @@ int gd_control_parse_request(const void *b, size_t n, struct gd_control_request 
     cJSON *d = parse_obj(b, n, why, cap);
     if (!d)
         return -EBADMSG;
-    const char *op = NULL, *listen = NULL, *user = NULL;
+    const char *op = NULL, *listen = NULL, *user = NULL, *path = NULL, *exp = NULL;
     long long v;
     int r, rc = -EBADMSG;
     if (get_str(d, "op", &op) != 1) {
@@ -480,8 +480,8 @@ int gd_control_parse_request(const void *b, size_t n, struct gd_control_request 
         goto out;
     }
     if (get_bool(d, "follow", &o->follow) < 0 || get_bool(d, "force", &o->force) < 0 ||
-        get_bool(d, "raw", &o->raw) < 0) {
-        bad(why, cap, "%s must be booleans", "\"follow\", \"force\" and \"raw\"");
+        get_bool(d, "raw", &o->raw) < 0 || get_bool(d, "whiteouts", &o->whiteouts) < 0) {
+        bad(why, cap, "%s must be booleans", "\"follow\", \"force\", \"raw\", \"whiteouts\"");
         goto out;
     }
     if ((r = get_int(d, "lines", 0, 100000, &v)) < 0) {
@@ -504,6 +504,14 @@ int gd_control_parse_request(const void *b, size_t n, struct gd_control_request 
         bad(why, cap, "%s too long", "\"listen\" or \"user\"");
         goto out;
     }
+    if (get_str(d, "path", &path) < 0 || get_str(d, "export", &exp) < 0 ||
+        (path && strlen(path) >= sizeof(o->path)) ||
+        (exp && strlen(exp) >= sizeof(o->export_))) {
+        bad(why, cap, "%s must be strings of at most 1023 bytes", "\"path\" and \"export\"");
+        goto out;
+    }
+    snprintf(o->path, sizeof(o->path), "%s", path ? path : "");
+    snprintf(o->export_, sizeof(o->export_), "%s", exp ? exp : "");
     snprintf(o->op, sizeof(o->op), "%s", op);
     snprintf(o->listen, sizeof(o->listen), "%s", listen ? listen : "");
     snprintf(o->user, sizeof(o->user), "%s", user ? user : "");

@@ -150,6 +150,9 @@ struct gd_control_request {
     unsigned guest_port;
     char listen[128];
     char user[64]; /* ssh */
+    char path[1024];   /* fs.diff: an absolute guest path */
+    char export_[1024]; /* fs.diff: an absolute host path for the tar, or "" */
+    int whiteouts;      /* fs.diff: deleted paths as OCI whiteouts in the tar */
 };
 int gd_control_parse_request(const void *b, size_t n, struct gd_control_request *o, char *why,
                              size_t cap);

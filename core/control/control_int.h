@@ -102,6 +102,8 @@ void gd__control_tick_update(gd_control_server *s);
 /* requests.c */
 struct conn *gd__control_conn(gd_control_server *s, uint64_t serial); /* live, or NULL */
 cJSON *gd__control_info(gd_control_server *s);
+/* fs.diff (fsdiff.c): the changes of an overlay mount, and its export to a host file */
+cJSON *gd__control_fs_diff(gd_control_server *s, const struct gd_control_request *q);
 void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_t n);
 
 /* transfer.c: PUT and GET as guest processes */

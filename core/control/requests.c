@@ -1,5 +1,5 @@
 /* requests.c - the one-shot REQUEST operations (docs/control.md): info, policy.reload,
- * policy.status, logs (logs.c), expose (gd_sandbox_expose), stop. */
+ * policy.status, logs (logs.c), expose (gd_sandbox_expose), fs.diff (fsdiff.c), stop. */
 #define _GNU_SOURCE
 #include "control_int.h"
 
@@ -200,6 +200,8 @@ void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_
             gd_control_json_str(o, "last_error", s->has_error ? s->last_error : NULL);
     } else if (!strcmp(q.op, "expose")) {
         o = expose(s, &q);
+    } else if (!strcmp(q.op, "fs.diff")) {
+        o = gd__control_fs_diff(s, &q);
     } else if (!strcmp(q.op, "ssh")) {
         if (!(o = ssh(c, id, &q)))
             return;

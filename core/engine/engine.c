@@ -1,6 +1,6 @@
 /* engine.c - policy revisions, the dispatcher hook, reload and watches (see engine.h). */
 #define _GNU_SOURCE
-#include "engine/engine.h"
+#include "engine/engine_int.h"
 
 #include "base/fs.h"
 #include "plugin/plugin.h"
@@ -14,60 +14,6 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-struct chain {
-    const char *name;
-    unsigned phases;
-    int ingress;   /* runs for ingress transactions only, else for egress only */
-    gd_hook_fn fn; /* NULL: the Lua policy's hooks */
-    void *ud;
-};
-
-struct rev {
-    gd_engine *e;
-    struct rev *next; /* live list */
-    int refs;
-    unsigned gen;
-    char hash[17];
-    struct gd_egress eg;
-    gd_lua *lua;
-    gd_plugin_inst **inst;
-    size_t ninst;
-    struct chain *chain;
-    size_t nchain;
-};
-
-struct watch {
-    uv_fs_event_t h;
-    char *dir;
-};
-
-struct gd_engine {
-    char *policy;
-    struct gd_egress base; /* the command line's or the C API's rules */
-    char **plugin_dirs;
-    char **plugin_files;
-    char *lua_dir;
-    int quiet;
-    void (*log)(void *, const char *);
-    void *log_ud;
-    void (*on_reload)(void *, int, const char *, const char *);
-    char **secret_values;
-    int stub_secrets;
-    gd_plugin **plugins;
-    size_t nplugins;
-    struct rev *cur, *live;
-    unsigned gen;
-    FILE *audit;
-    char vm_id[40];
-    /* watching */
-    uv_loop_t *loop;
-    struct watch **w;
-    size_t nw;
-    uv_signal_t sig;
-    uv_timer_t debounce;
-    int watching;
-};
 
 /* Copy of a NULL-ended list (NULL: an empty one). */
 static char **dup_list(const char *const *v)
@@ -89,8 +35,7 @@ static void free_list(char **v)
     free(v);
 }
 
-static void elog(gd_engine *e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void elog(gd_engine *e, const char *fmt, ...)
+void gd__engine_log(gd_engine *e, const char *fmt, ...)
 {
     char msg[1200];
     va_list ap;
@@ -149,6 +94,7 @@ static void rev_free(struct rev *r)
         gd_plugin_stop(r->inst[i]);
     free(r->inst);
     free(r->chain);
+    free(r->fsh);
     r->eg.audit = NULL; /* the engine's */
     gd_egress_free(&r->eg);
     free(r);
@@ -162,12 +108,12 @@ static void rev_unref(struct rev *r)
 
 static void plugin_log(void *ud, const char *msg)
 {
-    elog(ud, "plugin %s", msg);
+    gd__engine_log(ud, "plugin %s", msg);
 }
 
 static void lua_log(void *ud, const char *msg)
 {
-    elog(ud, "policy: %s", msg);
+    gd__engine_log(ud, "policy: %s", msg);
 }
 
 /* Applies one Lua declaration to eg through its typed setter. */
@@ -447,6 +393,8 @@ static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
     }
     if ((rc = add_chain(r, "secrets", GD_PHASE_REQUEST_HEAD, gd_egress_hook_secrets, &r->eg)))
         goto oom;
+    if ((rc = gd__vfs_rev_build(r, c, err)))
+        goto fail;
 
     /* the revision's identity: policy files, the base rules, plugins */
     EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -488,19 +436,22 @@ static void carry_over(gd_engine *e, struct rev *old, struct rev *r)
                 found = 1;
             }
         if (!found)
-            elog(e,
-                 "reload: secret %s is new; the running guest has no placeholder for it "
-                 "(it takes effect at the next start)",
-                 r->eg.secrets[i].name);
+            gd__engine_log(e,
+                           "reload: secret %s is new; the running guest has no placeholder for it "
+                           "(it takes effect at the next start)",
+                           r->eg.secrets[i].name);
     }
     if (old->eg.dns != r->eg.dns)
-        elog(e, "reload: the DNS mode takes effect at the next start");
+        gd__engine_log(e, "reload: the DNS mode takes effect at the next start");
     const struct gd_lua_conf *a = old->lua ? gd_lua_conf(old->lua) : NULL;
     const struct gd_lua_conf *b = r->lua ? gd_lua_conf(r->lua) : NULL;
     if (a && b &&
         (a->memory_mb != b->memory_mb || a->cpus != b->cpus ||
          (a->image ? !b->image || strcmp(a->image, b->image) : b->image != NULL)))
-        elog(e, "reload: vm settings take effect at the next start");
+        gd__engine_log(e, "reload: vm settings take effect at the next start");
+    if (!gd__vfs_same_mounts(e->boot, r))
+        gd__engine_log(e, "reload: mounts changed; the running mounts stay until a restart "
+                          "(hooks reload now)");
 }
 
 int gd_engine_new(const struct gd_engine_opts *o, gd_engine **out, struct gd_err *err)
@@ -509,6 +460,7 @@ int gd_engine_new(const struct gd_engine_opts *o, gd_engine **out, struct gd_err
     gd_engine *e = calloc(1, sizeof(*e));
     if (!e)
         return gd_err_set(err, -ENOMEM, "out of memory");
+    pthread_mutex_init(&e->vb.mu, NULL);
     e->policy = o->policy ? strdup(o->policy) : NULL;
     e->plugin_dirs = dup_list(o->plugin_dirs);
     e->plugin_files = dup_list(o->plugins);
@@ -548,6 +500,11 @@ int gd_engine_new(const struct gd_engine_opts *o, gd_engine **out, struct gd_err
         return rc;
     }
     e->cur->gen = ++e->gen;
+    if (e->cur->lua && gd_lua_conf(e->cur->lua)->nmounts) {
+        e->boot = e->cur; /* its mounts run until the engine goes: pinned */
+        e->boot->refs++;
+    }
+    gd__vfs_update_need(e);
     *out = e;
     return 0;
 }
@@ -559,6 +516,10 @@ void gd_engine_free(gd_engine *e)
     if (e->cur)
         rev_unref(e->cur);
     e->cur = NULL;
+    if (e->boot)
+        rev_unref(e->boot);
+    e->boot = NULL;
+    gd__vfs_free(e);
     while (e->live) /* revisions still pinned by transactions that never ended */
         rev_free(e->live);
     for (size_t k = 0; k < e->nplugins; k++)
@@ -587,6 +548,7 @@ int gd_engine_reload(gd_engine *e, struct gd_err *err)
     struct rev *old = e->cur;
     e->cur = r;
     rev_unref(old);
+    gd__vfs_update_need(e);
     return 0;
 }
 
@@ -764,9 +726,10 @@ static void reload_now(gd_engine *e, const char *why)
     struct gd_err err = {{0}};
     int ok = gd_engine_reload(e, &err) == 0;
     if (!ok)
-        elog(e, "policy reload (%s) rejected, revision %s stays: %s", why, e->cur->hash, err.msg);
+        gd__engine_log(e, "policy reload (%s) rejected, revision %s stays: %s", why, e->cur->hash,
+                       err.msg);
     else if (!e->quiet)
-        elog(e, "policy reloaded (%s): revision %s", why, e->cur->hash);
+        gd__engine_log(e, "policy reloaded (%s): revision %s", why, e->cur->hash);
     if (e->on_reload)
         e->on_reload(e->log_ud, ok, e->cur->hash, ok ? NULL : err.msg);
     if (e->watching) {
@@ -881,6 +844,7 @@ void gd_engine_unwatch(gd_engine *e)
 
 void gd_engine_close(gd_engine *e)
 {
+    gd_engine_vfs_stop(e);
     gd_engine_unwatch(e);
     if (e->loop) {
         uv_timer_stop(&e->debounce);

@@ -17,8 +17,8 @@
  * Reload (gd_engine_reload; SIGHUP and file watches call it): the new revision is
  * built in a fresh Lua state with fresh plugin instances and validated completely; only
  * then does it become current. A failing build leaves the old revision in place.
- * Settings that only apply at start (VM options, DNS mode, audit file) are reported
- * when a reload changes them.
+ * Settings that only apply at start (VM options, DNS mode, audit file, mounts) are
+ * reported when a reload changes them.
  */
 #ifndef GD_ENGINE_H
 #define GD_ENGINE_H
@@ -27,6 +27,7 @@
 #include "http/http.h"
 #include "lua/lpolicy.h"
 #include "policy/egress.h"
+#include "vfs/vfs.h"
 
 #include <uv.h>
 
@@ -90,6 +91,44 @@ struct gd_engine_trial {
     const char *const *resp_headers;
 };
 int gd_engine_try(gd_engine *e, const struct gd_engine_trial *tr, gd_txn **out, struct gd_err *err);
+
+/* ---- files (vfs_bridge.c, vfs_provider.c; docs/vfs.md "Policy") ----
+ *
+ * Mounts are fixed when the engine starts: gd_engine_mounts gives the first revision's
+ * `mounts` (borrowed, valid until gd_engine_free); a reload that changes them logs that
+ * a restart is needed and keeps them. fs hooks (plugin fs hooks in load order, then the
+ * policy's on_fs / on_fs_done) always follow the current revision.
+ *
+ * Transports call hooks and Lua providers on their own threads; the policy lives on the
+ * loop. gd_engine_vfs_start(e, loop) (on the loop thread) starts the bridge: such a call
+ * posts to the loop and waits for the answer (inline when already on the loop thread).
+ * When the current revision has no fs hooks and --audit-fs is off, a hook returns at
+ * once without hopping. gd_engine_vfs_stop (also done by gd_engine_close) answers every
+ * waiting and later call with EIO: call it before stopping transports from the loop
+ * thread (a transport thread waiting for the loop would otherwise never return). */
+const struct gd_mount *gd_engine_mounts(gd_engine *e, size_t *n);
+int gd_engine_vfs_start(gd_engine *e, uv_loop_t *loop);
+void gd_engine_vfs_stop(gd_engine *e);
+/* Hooks for the session of mount (its guest path; copied). ud is owned by the engine:
+ * the hooks stay valid until gd_engine_free. Before: 0 or a negative errno (denied: the
+ * audit gets a line; a hook error or timeout is -EACCES); after: plugin hooks, on_fs_done,
+ * and with --audit-fs a line per mutating operation. Called on the loop thread, before
+ * the transport starts (the hooks themselves are called from any thread). */
+int gd_engine_vfs_hooks(gd_engine *e, const char *mount, struct gd_vfs_hooks *out);
+/* The provider of a policy mount whose kind is GD_MOUNT_LUA (ops hop to the loop; the
+ * table of the current revision serves them while it still declares that mount, else
+ * the first revision's) or GD_MOUNT_PLUGIN (the plugin's factory with the mount's
+ * config; its ops run on the transport thread). Other kinds: -ENOTSUP (they are
+ * gd_mount_provider's). Free with gd_vfs_provider_free before gd_engine_free. */
+int gd_engine_mount_provider(gd_engine *e, const struct gd_mount *m, gd_vfs_provider **out,
+                             struct gd_err *err);
+/* Policy authoring (no VM, the calling thread): the before-chain for one operation on
+ * mount. 0 allowed, or the negative errno with rule and reason. Writes no audit line. */
+int gd_engine_fs_try(gd_engine *e, const struct gd_vfs_event *ev, const char *mount, char *rule,
+                     size_t rcap, char *reason, size_t cap);
+
+/* Where the current revision's on_fs (after 0) or on_fs_done (1) is defined, or NULL. */
+const char *gd_engine_fs_hook_site(gd_engine *e, int after);
 
 /* The lua/ directory next to the running binary (source tree or installed share/). */
 const char *gd_engine_default_lua_dir(void);

@@ -139,6 +139,38 @@ static void add_rule(lua_State *L, gd_lua *l, enum gd_lua_rule_kind kind, const 
     q[c->nrules++] = (struct gd_lua_rule){.kind = kind, .value = v, .where = where};
 }
 
+const char *gd__lua_where(gd_lua *l, const char *key, char *buf, size_t cap)
+{
+    return lwhere(l, key, buf, cap);
+}
+
+void gd__lua_check_keys(lua_State *L, gd_lua *l, int idx, const char *const *known,
+                        const char *what)
+{
+    check_keys(L, l, idx, known, what);
+}
+
+int gd__lua_take_hook(lua_State *L, gd_lua *l, int p, const char *name, int *ref, char **site)
+{
+    lua_getfield(L, p, name);
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (!lua_isfunction(L, -1)) {
+        char w[300];
+        luaL_error(L, "%s: %s must be a function", lwhere(l, name, w, sizeof(w)), name);
+    }
+    lua_Debug ar;
+    lua_pushvalue(L, -1);
+    lua_getinfo(L, ">S", &ar);
+    char where[300];
+    snprintf(where, sizeof(where), "%s:%d", ar.short_src, ar.linedefined);
+    *site = xstrdup(L, where);
+    *ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
+
 /* ---- reading the policy table ---- */
 
 static const char *want_string(lua_State *L, gd_lua *l, int idx, const char *key, const char *what)
@@ -559,6 +591,9 @@ static const struct key {
     {"on_response_body", read_hook},
     {"on_ingress_request", read_hook},
     {"on_ingress_response", read_hook},
+    {"mounts", gd__lua_read_mounts},
+    {"on_fs", read_hook},
+    {"on_fs_done", read_hook},
 };
 #define NKEYS (sizeof(policy_keys) / sizeof(policy_keys[0]))
 
@@ -577,26 +612,13 @@ int gd__lua_read_policy(lua_State *L)
             policy_keys[i].read(L, l, lua_gettop(L));
         lua_pop(L, 1);
     }
-    for (int i = 0; i < NPHASE; i++) {
-        lua_getfield(L, p, gd__lua_phase_fn[i]);
-        if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            continue;
-        }
-        if (!lua_isfunction(L, -1)) {
-            char w[300];
-            luaL_error(L, "%s: %s must be a function", lwhere(l, gd__lua_phase_fn[i], w, sizeof(w)),
-                       gd__lua_phase_fn[i]);
-        }
-        lua_Debug ar;
-        lua_pushvalue(L, -1);
-        lua_getinfo(L, ">S", &ar);
-        char site[300];
-        snprintf(site, sizeof(site), "%s:%d", ar.short_src, ar.linedefined);
-        l->site[i] = xstrdup(L, site);
-        l->fn[i] = luaL_ref(L, LUA_REGISTRYINDEX);
-        l->conf.hook_phases |= 1u << i;
-    }
+    for (int i = 0; i < NPHASE; i++)
+        if (gd__lua_take_hook(L, l, p, gd__lua_phase_fn[i], &l->fn[i], &l->site[i]))
+            l->conf.hook_phases |= 1u << i;
+    if (gd__lua_take_hook(L, l, p, "on_fs", &l->fs_fn[0], &l->fs_site[0]))
+        l->conf.fs_hooks |= GD_LUA_FS_BEFORE;
+    if (gd__lua_take_hook(L, l, p, "on_fs_done", &l->fs_fn[1], &l->fs_site[1]))
+        l->conf.fs_hooks |= GD_LUA_FS_AFTER;
     if ((l->fn[2] != LUA_NOREF) && l->fn[1] == LUA_NOREF)
         push_warn(l,
                   "%s: on_request_body never runs without an on_request that calls "

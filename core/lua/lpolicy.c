@@ -81,6 +81,10 @@ int gd_lua_load(const char *path, const struct gd_lua_opts *o, gd_lua **out, str
     l->limit = o->mem_limit ? o->mem_limit : (size_t)64 << 20;
     for (int i = 0; i < NPHASE; i++)
         l->fn[i] = LUA_NOREF;
+    l->fs_fn[0] = l->fs_fn[1] = LUA_NOREF;
+    for (int i = 0; i < GD_VFS_MAX_MOUNTS; i++)
+        l->prov_ref[i] = LUA_NOREF;
+    l->loaded_at = time(NULL);
     const char *slash = strrchr(path, '/');
     l->dir = slash ? strndup(path, (size_t)(slash - path)) : strdup(".");
     l->display = strdup(slash ? slash + 1 : path);
@@ -142,6 +146,9 @@ void gd_lua_free(gd_lua *l)
     free(l->warn);
     for (int i = 0; i < NPHASE; i++)
         free(l->site[i]);
+    free(l->fs_site[0]);
+    free(l->fs_site[1]);
+    gd__lua_free_mounts(l);
     struct gd_lua_conf *c = &l->conf;
     free(c->name);
     for (size_t i = 0; i < c->nrules; i++) {
@@ -256,27 +263,30 @@ enum gd_decision gd_lua_hook(gd_lua *l, gd_txn *t, enum gd_phase ph, int *ctx_re
         if (a.objs[i])
             a.objs[i]->t = NULL;
     if (rc) {
-        const char *m = lua_tostring(l->L, -1);
         char msg[600];
-        gd_sanitize(msg, sizeof(msg), m ? m : "error object is not a string",
-                    strlen(m ? m : "error object is not a string"));
-        lua_pop(l->L, 1);
-        const char *kind = killed             ? "CPU budget exceeded"
-                           : rc == LUA_ERRMEM ? "out of memory"
-                                              : "error";
-        if (killed && rc == LUA_ERRMEM) /* the allocator refused once the budget was gone */
-            snprintf(msg, sizeof(msg), "%s: CPU budget of %u ms exceeded", l->site[idx],
-                     l->o.hook_ms);
-        else if (rc == LUA_ERRMEM)
-            snprintf(msg, sizeof(msg), "%s: memory cap of %zu MiB reached", l->site[idx],
-                     l->limit >> 20);
-        lua_gc(l->L, LUA_GCCOLLECT, 0);
+        const char *kind;
+        gd__lua_call_error(l, rc, killed, l->site[idx], msg, sizeof(msg), &kind);
         return gd_txn_deny(t, 403, "lua-error", "%s in %s (%s): %s", kind, gd__lua_phase_fn[idx],
                            l->site[idx], msg);
     }
     int status;
     const char *rule, *reason;
     return gd_txn_decision(t, &status, &rule, &reason);
+}
+
+void gd__lua_call_error(gd_lua *l, int rc, int killed, const char *site, char *msg, size_t cap,
+                        const char **kind)
+{
+    const char *m = lua_tostring(l->L, -1);
+    gd_sanitize(msg, cap, m ? m : "error object is not a string",
+                strlen(m ? m : "error object is not a string"));
+    lua_pop(l->L, 1);
+    *kind = killed ? "CPU budget exceeded" : rc == LUA_ERRMEM ? "out of memory" : "error";
+    if (killed && rc == LUA_ERRMEM) /* the allocator refused once the budget was gone */
+        snprintf(msg, cap, "%s: CPU budget of %u ms exceeded", site, l->o.hook_ms);
+    else if (rc == LUA_ERRMEM)
+        snprintf(msg, cap, "%s: memory cap of %zu MiB reached", site, l->limit >> 20);
+    lua_gc(l->L, LUA_GCCOLLECT, 0);
 }
 
 void gd_lua_txn_end(gd_lua *l, int ctx_ref)

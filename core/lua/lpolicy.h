@@ -17,6 +17,10 @@
  *     on_connect = function(req, ctx) ... end, -- per address about to be dialled
  *     on_ingress_request = function(req, ctx) ... end,       -- host clients of a
  *     on_ingress_response = function(res, req, ctx) ... end, -- `--listen` port
+ *     mounts = { ["/workspace"] = { hostfs = ".", mode = "ro", hide = { ".env" } },
+ *                ["/run/task"] = { provider = { getattr = ..., read = ... } } },
+ *     on_fs = function(op, ctx) ... end,      -- before a guest file operation
+ *     on_fs_done = function(op, ctx) ... end, -- after it
  *   }
  *
  * Loading compiles and runs the file (and what it requires) once, validates every key,
@@ -33,6 +37,7 @@
 
 #include "base/err.h"
 #include "http/http.h"
+#include "vfs/vfs.h"
 
 #include <stddef.h>
 
@@ -89,7 +94,15 @@ struct gd_lua_conf {
     unsigned hook_phases; /* bit i: the policy defines hook slot i (on_connect,
                              on_request, on_request_body, on_response, on_response_body,
                              on_ingress_request, on_ingress_response) */
+    /* mounts = {...}: sorted by guest path; strings owned by the conf. Host paths are
+     * absolute (resolved against the policy's directory). GD_MOUNT_LUA mounts are served
+     * by gd_lua_provider_call with the same guest path. */
+    struct gd_mount *mounts;
+    size_t nmounts;
+    unsigned fs_hooks; /* GD_LUA_FS_BEFORE (on_fs) | GD_LUA_FS_AFTER (on_fs_done) */
 };
+
+enum { GD_LUA_FS_BEFORE = 1, GD_LUA_FS_AFTER = 2 };
 
 /* Compiles, runs and validates the policy at path. On error err says file:line and
  * what is wrong; *out is NULL. */
@@ -113,5 +126,64 @@ void gd_lua_txn_end(gd_lua *l, int ctx_ref);
 
 /* Where a hook is defined ("agent.lua:12"), or NULL when the policy has none for ph. */
 const char *gd_lua_hook_site(const gd_lua *l, enum gd_phase ph);
+
+/* ---- files (fs.c, fsprov.c; docs/lua-api.md "Files") ---- */
+
+/* on_fs(op, ctx) before a guest file operation on mount (its guest path). Returns 0
+ * (go on) or a negative errno: the policy denied (rule = "file:line" of ctx:deny) or
+ * the hook failed (rule "lua-error"; an error, the CPU budget or the memory cap: -EACCES,
+ * fail closed). reason gets one line either way when denying. */
+int gd_lua_fs_hook(gd_lua *l, const struct gd_vfs_event *ev, const char *mount, char *rule,
+                   size_t rcap, char *reason, size_t cap);
+/* on_fs_done(op, ctx) after it; an error is only logged (the operation happened). */
+void gd_lua_fs_done(gd_lua *l, const struct gd_vfs_event *ev, const char *mount);
+/* Where on_fs (after 0) or on_fs_done (1) is defined, or NULL. */
+const char *gd_lua_fs_site(const gd_lua *l, int after);
+
+/* One call into a Lua provider (a mount's `provider = { ... }` table). Paths are relative
+ * to the mount and start with '/' ("/" is its root). */
+enum gd_lua_fsop {
+    GD_LUA_FS_GETATTR, /* st */
+    GD_LUA_FS_READDIR, /* fill(ctx, name, off, type, NULL) for entries after off */
+    GD_LUA_FS_OPEN,    /* flags */
+    GD_LUA_FS_READ,    /* off, buf, n -> byte count */
+    GD_LUA_FS_WRITE,   /* off, data, n -> byte count */
+    GD_LUA_FS_CREATE,  /* mode */
+    GD_LUA_FS_MKDIR,   /* mode */
+    GD_LUA_FS_UNLINK,
+    GD_LUA_FS_RMDIR,
+    GD_LUA_FS_RENAME,   /* path -> path2 */
+    GD_LUA_FS_TRUNCATE, /* size */
+    GD_LUA_FS_READLINK, /* buf, n -> length */
+    GD_LUA_FS_NOPS
+};
+struct gd_lua_fscall {
+    enum gd_lua_fsop op;
+    const char *path, *path2;
+    int flags;
+    mode_t mode;
+    uint64_t off, size;
+    void *buf;        /* read, readlink: n bytes of room */
+    const void *data; /* write: n bytes */
+    size_t n;
+    struct stat *st;
+    gd_vfs_fill_fn fill;
+    void *fill_ctx;
+    char why[400]; /* set when the result is -EIO because the function failed */
+};
+/* The function names of a provider table, by op ("getattr", ...), NULL-ended. */
+extern const char *const gd_lua_fsop_name[GD_LUA_FS_NOPS + 1];
+/* Does the policy serve mount (a guest path) with a Lua provider? */
+int gd_lua_has_provider(const gd_lua *l, const char *mount);
+/* Calls the provider function for c->op under the hook budget and checks what it
+ * returned. >= 0 (a byte count for read/write/readlink, else 0) or a negative errno:
+ * the errno the function returned (`return nil, "ENOENT"`), -ENOSYS / -EROFS when the
+ * table has no such function, -EIO when it raised, ran out of budget or memory, or
+ * returned something invalid (c->why says which). */
+long gd_lua_provider_call(gd_lua *l, const char *mount, struct gd_lua_fscall *c);
+/* An errno name ("EACCES") or number as text -> the positive errno, 0 when unknown;
+ * and back (NULL when we have no name for it). */
+int gd_lua_errno(const char *name);
+const char *gd_lua_errno_name(int e);
 
 #endif

@@ -6,6 +6,9 @@
  *   lib.c      the gondolin.* library (log, host_match, base64, sha256, JSON)
  *   txn.c      the request/response objects hooks see
  *   conf.c     reading and validating the policy table
+ *   mounts.c   the mounts key and the fs hooks' declarations
+ *   fs.c       on_fs / on_fs_done and the ctx object they see
+ *   fsprov.c   calling a Lua provider and checking what it returns
  *
  * Every entry from C into Lua goes through lua_cpcall, so an error anywhere (including
  * out of memory while we push our own values) unwinds to us and never reaches the
@@ -20,6 +23,7 @@
 #include <lua.h>
 #include <openssl/evp.h>
 #include <stdint.h>
+#include <time.h>
 
 /* hook slots: the five egress phases (gd__lua_phase_index), then the ingress hooks */
 #define NPHASE 7
@@ -54,6 +58,12 @@ struct gd_lua {
     /* the running hook call */
     gd_txn *cur;
     unsigned cur_phase;
+    /* files: on_fs, on_fs_done (registry refs, LUA_NOREF when absent), where they are
+     * defined, the Lua providers by mount (conf.mounts index), the load time */
+    int fs_fn[2];
+    char *fs_site[2];
+    int prov_ref[GD_VFS_MAX_MOUNTS];
+    time_t loaded_at;
 };
 
 /* The hook function names, by phase index (conf.c). */
@@ -161,6 +171,32 @@ void gd__lua_open_strmatch(lua_State *L, gd_lua *l, int strtab);
 void gd__lua_open_stdlib(lua_State *L, gd_lua *l);
 
 /* ---- conf.c ---- */
+
+/* For the readers of other files: "file:line" of key in the policy source (or the
+ * file), unknown keys of the table at idx refused with a did-you-mean, a string value. */
+const char *gd__lua_where(gd_lua *l, const char *key, char *buf, size_t cap);
+void gd__lua_check_keys(lua_State *L, gd_lua *l, int idx, const char *const *known,
+                        const char *what);
+
+/* The hook function called name in the policy table at p, if any: a registry ref in
+ * *ref, its "file:line" in *site (owned); 1 taken, 0 absent; raises when not a function. */
+int gd__lua_take_hook(lua_State *L, gd_lua *l, int p, const char *name, int *ref, char **site);
+
+/* ---- mounts.c ---- */
+
+/* The mounts key (value at idx). Raises with file:line on anything invalid. */
+void gd__lua_read_mounts(lua_State *L, gd_lua *l, int idx);
+/* Frees l->conf.mounts. */
+void gd__lua_free_mounts(gd_lua *l);
+
+/* ---- fs.c ---- */
+
+/* Registers the fs ctx class. */
+void gd__lua_open_fs(lua_State *L, gd_lua *l);
+/* Formats the message at the top of the stack after a failed call at site (kind: "CPU
+ * budget exceeded", ...) into msg and pops it. */
+void gd__lua_call_error(gd_lua *l, int rc, int killed, const char *site, char *msg, size_t cap,
+                        const char **kind);
 
 /* lua_cpcall-style: (l, policy table) -> fills l->conf, l->fn, l->site; raises with
  * file:line on anything invalid. */

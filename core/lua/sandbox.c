@@ -420,6 +420,7 @@ int gd__lua_open_sandbox(lua_State *L)
     lua_pop(L, 1);
 
     gd__lua_open_txn(L, l);
+    gd__lua_open_fs(L, l);
     return 0;
 }
 

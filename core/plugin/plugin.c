@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,10 +41,18 @@ struct pl_source {
     void *ud;
 };
 
+/* struct gd_vfs_ops as API level 2 defined it: the smallest ops_size we accept. */
+#define VFS_OPS_L2_SIZE (offsetof(struct gd_vfs_ops, destroy) + sizeof(void (*)(void *)))
+
 struct gd_plugin_inst {
     gd_plugin *p;
     void *state;
     int in_init;
+    char refused[300]; /* the first refused level-2 registration: fails the load */
+    struct gd_plugin_fs_hook *fsh;
+    size_t nfsh;
+    struct gd_plugin_vfs *vfs;
+    size_t nvfs;
     struct gd_plugin_hook *hooks;
     size_t nhooks;
     struct pl_source *src;
@@ -215,6 +224,94 @@ static int api_register_secret_source(gd_plugin_host *hh, const char *scheme,
     return 0;
 }
 
+/* Records why a registration was refused (the load then fails with it) and returns rc. */
+static int refuse(gd_plugin_inst *in, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int refuse(gd_plugin_inst *in, int rc, const char *fmt, ...)
+{
+    if (!in->refused[0]) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(in->refused, sizeof(in->refused), fmt, ap);
+        va_end(ap);
+    }
+    return rc;
+}
+
+static int valid_name(const char *n)
+{
+    return n && *n && strlen(n) <= 64 &&
+           strspn(n, "abcdefghijklmnopqrstuvwxyz0123456789_-") == strlen(n);
+}
+
+static int api_register_vfs_provider(gd_plugin_host *hh, const char *name,
+                                     const struct gd_vfs_ops *ops, size_t ops_size,
+                                     gd_plugin_vfs_factory factory, void *ud)
+{
+    gd_plugin_inst *in = inst(hh);
+    const char *fn = "register_vfs_provider";
+    if (!in->in_init)
+        return refuse(in, -EPERM, "%s: only inside init", fn);
+    if (!valid_name(name))
+        return refuse(in, -EINVAL, "%s: name must be [a-z0-9_-]{1,64}", fn);
+    if (!ops)
+        return refuse(in, -EINVAL, "%s('%s'): ops is NULL", fn, name);
+    if (!factory)
+        return refuse(in, -EINVAL, "%s('%s'): factory is NULL", fn, name);
+    if (ops_size < VFS_OPS_L2_SIZE)
+        return refuse(in, -EPROTO,
+                      "%s('%s'): ops of %zu bytes is smaller than API level 2's %zu "
+                      "(pass sizeof(struct gd_vfs_ops))",
+                      fn, name, ops_size, VFS_OPS_L2_SIZE);
+    if (ops_size > sizeof(struct gd_vfs_ops)) {
+        const unsigned char *extra = (const unsigned char *)ops + sizeof(struct gd_vfs_ops);
+        for (size_t i = 0; i < ops_size - sizeof(struct gd_vfs_ops); i++)
+            if (extra[i])
+                return refuse(in, -EPROTO,
+                              "%s('%s'): ops of %zu bytes sets operations this gondolin "
+                              "(%zu bytes) does not know",
+                              fn, name, ops_size, sizeof(struct gd_vfs_ops));
+    }
+    for (size_t i = 0; i < in->nvfs; i++)
+        if (!strcmp(in->vfs[i].name, name))
+            return refuse(in, -EEXIST, "%s: '%s' is registered twice", fn, name);
+    struct gd_plugin_vfs *q = realloc(in->vfs, (in->nvfs + 1) * sizeof(*q));
+    if (!q)
+        return refuse(in, -ENOMEM, "%s: out of memory", fn);
+    in->vfs = q;
+    struct gd_plugin_vfs *v = &q[in->nvfs];
+    memset(v, 0, sizeof(*v));
+    if (!(v->name = strdup(name)))
+        return refuse(in, -ENOMEM, "%s: out of memory", fn);
+    memcpy(&v->ops, ops, ops_size < sizeof(v->ops) ? ops_size : sizeof(v->ops));
+    v->factory = factory;
+    v->ud = ud;
+    in->nvfs++;
+    return 0;
+}
+
+static int api_register_fs_hook(gd_plugin_host *hh, const char *name, gd_plugin_fs_before_fn before,
+                                gd_plugin_fs_after_fn after, void *ud)
+{
+    gd_plugin_inst *in = inst(hh);
+    const char *fn = "register_fs_hook";
+    if (!in->in_init)
+        return refuse(in, -EPERM, "%s: only inside init", fn);
+    if (!name || !*name || strlen(name) > 64 || strchr(name, '/'))
+        return refuse(in, -EINVAL, "%s: name must be 1-64 bytes without '/'", fn);
+    if (!before && !after)
+        return refuse(in, -EINVAL, "%s('%s'): both before and after are NULL", fn, name);
+    struct gd_plugin_fs_hook *q = realloc(in->fsh, (in->nfsh + 1) * sizeof(*q));
+    if (!q)
+        return refuse(in, -ENOMEM, "%s: out of memory", fn);
+    in->fsh = q;
+    char *nm = NULL;
+    if (asprintf(&nm, "%s/%s", in->p->d->name, name) < 0)
+        return refuse(in, -ENOMEM, "%s: out of memory", fn);
+    q[in->nfsh++] = (struct gd_plugin_fs_hook){nm, before, after, ud};
+    return 0;
+}
+
 static void api_log(gd_plugin_host *hh, const char *msg)
 {
     gd_plugin_inst *in = inst(hh);
@@ -276,6 +373,8 @@ static const struct gd_host_api host_api = {
     .txn_want_body = gd_txn_want_body,
     .txn_body = gd_txn_body,
     .txn_content_length = api_content_length,
+    .register_vfs_provider = api_register_vfs_provider,
+    .register_fs_hook = api_register_fs_hook,
 };
 
 int gd_plugin_start(gd_plugin *p, const char *config, void (*log)(void *, const char *),
@@ -296,9 +395,17 @@ int gd_plugin_start(gd_plugin *p, const char *config, void (*log)(void *, const 
     if (rc) {
         char clean[256];
         gd_sanitize(clean, sizeof(clean), why, strnlen(why, sizeof(why)));
-        gd_err_set(err, -EINVAL, "plugin %s (%s): init failed: %s", p->d->name, p->path,
-                   clean[0] ? clean : "no reason given");
+        if (in->refused[0]) /* the precise reason, whatever init made of it */
+            gd_err_set(err, -EINVAL, "plugin %s (%s): %s", p->d->name, p->path, in->refused);
+        else
+            gd_err_set(err, -EINVAL, "plugin %s (%s): init failed: %s", p->d->name, p->path,
+                       clean[0] ? clean : "no reason given");
         in->state = NULL; /* init failed: fini is not called */
+        gd_plugin_stop(in);
+        return -EINVAL;
+    }
+    if (in->refused[0]) {
+        gd_err_set(err, -EINVAL, "plugin %s (%s): %s", p->d->name, p->path, in->refused);
         gd_plugin_stop(in);
         return -EINVAL;
     }
@@ -320,7 +427,27 @@ void gd_plugin_stop(gd_plugin_inst *in)
     for (size_t i = 0; i < in->nsrc; i++)
         free(in->src[i].scheme);
     free(in->src);
+    for (size_t i = 0; i < in->nfsh; i++)
+        free(in->fsh[i].name);
+    free(in->fsh);
+    for (size_t i = 0; i < in->nvfs; i++)
+        free(in->vfs[i].name);
+    free(in->vfs);
     free(in);
+}
+
+const struct gd_plugin_fs_hook *gd_plugin_fs_hooks(const gd_plugin_inst *in, size_t *n)
+{
+    *n = in->nfsh;
+    return in->fsh;
+}
+
+const struct gd_plugin_vfs *gd_plugin_vfs_provider(const gd_plugin_inst *in, const char *name)
+{
+    for (size_t i = 0; i < in->nvfs; i++)
+        if (!strcmp(in->vfs[i].name, name))
+            return &in->vfs[i];
+    return NULL;
 }
 
 const struct gd_plugin_hook *gd_plugin_hooks(const gd_plugin_inst *in, size_t *n)

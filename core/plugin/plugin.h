@@ -11,6 +11,9 @@
 
 #include "base/err.h"
 #include "http/http.h"
+#include "vfs/vfs.h"
+
+#include <gondolin/plugin.h>
 
 #include <stddef.h>
 
@@ -41,6 +44,23 @@ struct gd_plugin_hook {
     void *ud;
 };
 const struct gd_plugin_hook *gd_plugin_hooks(const gd_plugin_inst *in, size_t *n);
+/* fs hooks and VFS providers the instance registered (level 2 of the API). */
+struct gd_plugin_fs_hook {
+    char *name;                    /* "plugin-name/hook-name" */
+    gd_plugin_fs_before_fn before; /* either may be NULL */
+    gd_plugin_fs_after_fn after;
+    void *ud;
+};
+const struct gd_plugin_fs_hook *gd_plugin_fs_hooks(const gd_plugin_inst *in, size_t *n);
+struct gd_plugin_vfs {
+    char *name;
+    struct gd_vfs_ops ops; /* the plugin's, copied (members it did not know are NULL) */
+    gd_plugin_vfs_factory factory;
+    void *ud;
+};
+/* The provider called name if this instance registered it, else NULL. */
+const struct gd_plugin_vfs *gd_plugin_vfs_provider(const gd_plugin_inst *in, const char *name);
+
 /* Runs the secret source called scheme if this instance registered it: 1 and the value
  * in out, 0 not ours, negative errno with err set. */
 int gd_plugin_secret(const gd_plugin_inst *in, const char *scheme, const char *arg, char *out,

@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -270,6 +269,11 @@ int gd_egress_http_limit(struct gd_egress *e, const char *name, const char *valu
     return 0;
 }
 
+void gd_egress_audit_fs(struct gd_egress *e, int on)
+{
+    e->audit_fs = !!on;
+}
+
 void gd_egress_secrets_in_query(struct gd_egress *e, int on)
 {
     e->secrets_in_query = !!on;
@@ -289,6 +293,7 @@ int gd_egress_copy(struct gd_egress *dst, const struct gd_egress *src, struct gd
     int oom = 0;
     dst->dns = src->dns;
     dst->secrets_in_query = src->secrets_in_query;
+    dst->audit_fs = src->audit_fs;
     memcpy(dst->vm_id, src->vm_id, sizeof(dst->vm_id));
     dst->quiet = src->quiet;
     dst->head_ms = src->head_ms;
@@ -435,6 +440,13 @@ static int flag_secrets_in_query(struct gd_egress *e, const char *v, struct gd_e
     return 0;
 }
 
+static int flag_audit_fs(struct gd_egress *e, const char *v, struct gd_err *err)
+{
+    (void)v, (void)err;
+    gd_egress_audit_fs(e, 1);
+    return 0;
+}
+
 static const struct egress_flag {
     const char *name;
     int (*set)(struct gd_egress *e, const char *value, struct gd_err *err);
@@ -445,6 +457,7 @@ static const struct egress_flag {
     {"--tcp-map", gd_egress_tcp_map, 1},    {"--dns", gd_egress_dns, 1},
     {"--resolve", gd_egress_resolve, 1},    {"--upstream-ca", gd_egress_upstream_ca, 1},
     {"--audit", gd_egress_audit, 1},        {"--http-limit", flag_http_limit, 1},
+    {"--audit-fs", flag_audit_fs, 0},
 };
 
 int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd_err *err)
@@ -691,14 +704,8 @@ void gd_egress_on_event(const struct gd_proxy_event *ev, void *ud)
                 ev->method, ev->scheme, ev->host, ev->port, path ? path : "", ev->status,
                 ev->rule ? ev->rule : "-", reason ? ": " : "", reason ? reason : "");
     if (e->audit) {
-        struct timeval tv;
-        gettimeofday(&tv, NULL);
-        struct tm tm;
-        gmtime_r(&tv.tv_sec, &tm);
         char ts[40];
-        snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                 (long)(tv.tv_usec / 1000));
+        gd_iso_time(ts, sizeof(ts));
         cJSON *o = cJSON_CreateObject();
         if (o) {
             cJSON_AddStringToObject(o, "time", ts);

@@ -52,6 +52,7 @@ struct gd_egress {
     int secrets_in_query;
     char *audit_path;
     FILE *audit;
+    int audit_fs; /* also audit every mutating guest file operation (denials always) */
     char *upstream_ca;
     char vm_id[40];
     int quiet; /* no denial lines on stderr */
@@ -86,6 +87,8 @@ int gd_egress_audit(struct gd_egress *e, const char *path, struct gd_err *err);
  * buffer_total, = a positive decimal number */
 int gd_egress_http_limit(struct gd_egress *e, const char *name, const char *value,
                          struct gd_err *err);
+/* --audit-fs: one audit line per mutating guest file operation, not only denials. */
+void gd_egress_audit_fs(struct gd_egress *e, int on);
 /* Also substitute placeholders in URL query strings. */
 void gd_egress_secrets_in_query(struct gd_egress *e, int on);
 

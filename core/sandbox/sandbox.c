@@ -130,6 +130,10 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
         sb->append = NULL;
         goto oom;
     }
+    if ((rc = gd__mounts_start(sb, o, err))) {
+        rc = rc == -ENOMEM ? -EIO : -EINVAL;
+        goto fail;
+    }
     struct gd_vm_opts vo = {.image_dir = sb->image_dir,
                             .accel = o->accel,
                             .memory_mb = o->memory_mb ? o->memory_mb
@@ -142,7 +146,9 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
                             .append = sb->append[0] ? sb->append : NULL,
                             .rootfs_mode = o->rootfs_mode,
                             .verbose = o->verbose,
-                            .net_fd = sb->have_ns ? sb->ns.qemu_fd : 0};
+                            .net_fd = sb->have_ns ? sb->ns.qemu_fd : 0,
+                            .fs = sb->vmfs,
+                            .nfs = sb->nmounts};
     if (gd_vm_new(loop, &vo, &sb->vm, err)) {
         rc = -EIO;
         goto fail;
@@ -175,6 +181,7 @@ static void on_vm_exit(gd_vm *vm, const char *reason, void *ud)
     (void)vm;
     gd_sandbox *sb = ud;
     gd__sandbox_close_forwards(sb);
+    gd__mounts_stop(sb);
     if (sb->eng)
         gd_engine_close(sb->eng);
     if (sb->have_ns)
@@ -243,6 +250,7 @@ void gd_sandbox_free(gd_sandbox *sb)
     if (!sb)
         return;
     gd__ssh_free(sb->ssh);
+    gd__mounts_free(sb);
     gd_vm_free(sb->vm);
     if (sb->have_ns)
         gd__netstack_free(&sb->ns);

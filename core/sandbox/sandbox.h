@@ -14,6 +14,7 @@
 #include "engine/engine.h"
 #include "forward/forward.h"
 #include "policy/egress.h"
+#include "vfs/vfs.h"
 #include "vm/vm.h"
 
 #include <uv.h>
@@ -53,6 +54,11 @@ struct gd_sandbox_opts {
      * cannot be bound fails gd_sandbox_new. */
     const struct gd_sandbox_listen *listen;
     size_t nlisten;
+
+    /* Files (docs/vfs.md): mounted in the guest before any command runs, together with
+     * the policy's mounts (one given here replaces the policy's at the same path). */
+    const struct gd_mount *mounts;
+    size_t nmounts;
 };
 
 struct gd_sandbox_listen {
@@ -93,6 +99,12 @@ const char *gd_sandbox_build_id(const gd_sandbox *sb);
 const char *gd_sandbox_revision(const gd_sandbox *sb); /* "" with no_network */
 unsigned gd_sandbox_generation(const gd_sandbox *sb);
 const char *gd_sandbox_policy(const gd_sandbox *sb); /* the policy path, or NULL */
+/* The provider of the mount that holds the absolute guest path (the longest mount path
+ * that is a prefix of it on a '/' boundary), borrowed: valid while the sandbox is; *rel
+ * (when rel is not NULL) is the rest of the path, relative to the mount root ("" for the
+ * root itself). NULL when no mount holds it. Providers are used from their transport's
+ * thread: only the thread-safe calls (gd_vfs_overlay_changes, _export) may be made. */
+gd_vfs_provider *gd_sandbox_mount_provider(gd_sandbox *sb, const char *guest, const char **rel);
 
 /* ---- ingress (expose.c) ---- */
 

@@ -41,6 +41,12 @@ void gd__sandbox_close_forwards(gd_sandbox *sb);
 /* The SSH state (ssh.c), freed with the sandbox. */
 struct gd__ssh;
 void gd__ssh_free(struct gd__ssh *s);
+/* The sandbox's mounts (mounts.c): providers, sessions and virtio-fs back-ends for the
+ * options' and the policy's mounts; fills sb->vmfs for the VM. */
+struct gd__mount;
+int gd__mounts_start(gd_sandbox *sb, const struct gd_sandbox_opts *o, struct gd_err *err);
+void gd__mounts_stop(gd_sandbox *sb); /* joins the back-ends' threads */
+void gd__mounts_free(gd_sandbox *sb);
 void gd__sandbox_log(gd_sandbox *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 struct gd_sandbox {
@@ -63,6 +69,9 @@ struct gd_sandbox {
     int closing;
     struct gd__fwd *fwds;
     struct gd__ssh *ssh;
+    struct gd__mount *mounts;
+    size_t nmounts;
+    struct gd_vm_fs vmfs[GD_VFS_MAX_MOUNTS];
 };
 
 #endif

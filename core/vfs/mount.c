@@ -173,19 +173,45 @@ int gd_mount_parse(enum gd_mount_kind kind, const char *arg, struct gd_mount *ou
     return 0;
 }
 
+/* overlay(hostfs(HOST, read-only), memory(size)) */
+static int overlay(const struct gd_mount *m, gd_vfs_provider **out, struct gd_err *err)
+{
+    gd_vfs_provider *lower, *upper;
+    int e = gd_vfs_hostfs_new(m->host, 1, &lower, err);
+    if (e)
+        return e;
+    if ((e = gd_vfs_memory_new(m->size, &upper, err))) {
+        gd_vfs_provider_free(lower);
+        return e;
+    }
+    return gd_vfs_overlay_new(lower, upper, out, err);
+}
+
 int gd_mount_provider(const struct gd_mount *m, gd_vfs_provider **out, struct gd_err *err)
 {
-    if (m->hide)
-        return gd_err_set(err, -ENOTSUP, "%s: hiding paths is not implemented yet",
-                          m->guest ? m->guest : "mount");
+    gd_vfs_provider *pv;
+    int e;
     switch (m->kind) {
     case GD_MOUNT_HOSTFS:
-        return gd_vfs_hostfs_new(m->host, m->readonly, out, err);
+        e = gd_vfs_hostfs_new(m->host, m->readonly, &pv, err);
+        break;
     case GD_MOUNT_MEMORY:
-        return gd_vfs_memory_new(m->size, out, err);
+        e = gd_vfs_memory_new(m->size, &pv, err);
+        break;
     case GD_MOUNT_OVERLAY:
+        e = overlay(m, &pv, err);
+        break;
     default:
-        return gd_err_set(err, -ENOTSUP, "%s: overlay mounts are not implemented yet",
-                          m->guest ? m->guest : "mount");
+        return gd_err_set(err, -EINVAL, "mount: unknown kind %d", (int)m->kind);
     }
+    if (e)
+        return e;
+    if (!m->hide || !m->hide[0]) {
+        *out = pv;
+        return 0;
+    }
+    /* hidden paths are absent whatever the mount's kind */
+    if ((e = gd_vfs_shadow_new(pv, m->hide, GD_VFS_SHADOW_HIDE, 0, out, err)))
+        gd_err_prefix(err, "%s: ", m->guest ? m->guest : "mount");
+    return e;
 }

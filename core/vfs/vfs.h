@@ -102,6 +102,8 @@ struct gd_vfs_ops {
     /* SEEK_DATA / SEEK_HOLE; returns the offset */
     int64_t (*lseek)(void *p, uint64_t fh, int64_t off, int whence);
     void (*destroy)(void *p);
+    /* Plugins register ops with their sizeof (plugin API level 2): new operations are
+     * only ever appended below destroy. */
 };
 
 /* Provider capabilities (gd_vfs_provider.flags) */
@@ -134,6 +136,67 @@ int gd_vfs_hostfs_new(const char *dir, int readonly, gd_vfs_provider **out, stru
 int gd_vfs_memory_new(uint64_t cap, gd_vfs_provider **out, struct gd_err *err);
 /* readonly: wraps inner (takes ownership); mutating ops are EROFS. */
 int gd_vfs_readonly_new(gd_vfs_provider *inner, gd_vfs_provider **out, struct gd_err *err);
+
+/* overlay: reads from lower, every change goes to upper (takes ownership of both, also
+ * when it fails). lower is never asked to change anything (a hostfs opened read-only);
+ * upper is where writes land (a memory provider: its cap bounds what the guest may
+ * write). Files are copied up on open for writing, setattr, xattr changes, link and
+ * rename; deleted lower entries are remembered as whiteouts (in the overlay, never as
+ * files); a directory with lower entries below it cannot be renamed (EXDEV: mv copies).
+ * Thread-safe: the change listing may run on another thread than the session. */
+int gd_vfs_overlay_new(gd_vfs_provider *lower, gd_vfs_provider *upper, gd_vfs_provider **out,
+                       struct gd_err *err);
+
+/* One change of an overlay, relative to the mount root ("a/b"). st: the entry now (added,
+ * modified; st_ino as the guest sees it) or as it was in the lower layer (deleted). */
+enum gd_vfs_change_kind { GD_VFS_ADDED = 'A', GD_VFS_MODIFIED = 'M', GD_VFS_DELETED = 'D' };
+typedef int (*gd_vfs_change_fn)(void *ud, const char *path, int kind, const struct stat *st);
+
+/* Every change of ov (an overlay, or a shadow around one), sorted by path (bytewise):
+ * added entries (every one, a new directory's contents included), modified ones (type,
+ * permissions, owner, size, mtime or bytes differ from the lower entry; a directory only
+ * for its own attributes) and deleted ones (the topmost: a deleted directory is one
+ * line). fn's nonzero result stops the listing and is returned; -EINVAL when ov is not
+ * an overlay, -ENOMEM. The mount root's own attributes are not compared. */
+int gd_vfs_overlay_changes(gd_vfs_provider *ov, gd_vfs_change_fn fn, void *ud);
+
+enum { GD_VFS_EXPORT_WHITEOUTS = 1 << 0 }; /* deleted paths as OCI whiteouts (.wh.NAME) */
+/* A pax tar stream to fd of the added and modified entries (regular files with their
+ * bytes, directories, symlinks; modes, owners and mtimes kept; devices and fifos left
+ * out), names relative to the mount root, in path order; only the changes at or below
+ * under ("" or NULL: all). The guest's file operations on
+ * the mount wait while it is written. */
+int gd_vfs_overlay_export(gd_vfs_provider *ov, const char *under, int fd, unsigned flags,
+                          struct gd_err *err);
+/* Is path under (equal to it, or below it; "" holds everything)? */
+int gd_vfs_path_under(const char *path, const char *under);
+
+/* Path globs (hide lists), like .gitignore: a glob without '/' (a trailing '/' is
+ * ignored) matches an entry's name at any depth ("node_modules", "*.pem", ".env"); a glob
+ * with '/' is anchored at the mount root (a leading '/' is optional): ".git/config",
+ * "**" + "/" + "*.pem" ("**" as a whole component matches zero or more components). Within a
+ * component: fnmatch(3) without flags ('*', '?', '[...]', '\' escapes; a leading '.' is
+ * not special). No negation ('!'). check: 0 or -EINVAL (empty, '!', "." or ".."
+ * components, "a//b", too long). match: does glob match the provider path itself? */
+int gd_vfs_glob_check(const char *glob);
+int gd_vfs_glob_match(const char *glob, const char *path);
+
+/* shadow: hides the paths that globs match (NULL-ended, copied) in inner (takes ownership,
+ * also when it fails). A path is hidden when it or one of its ancestors matches (a hidden
+ * directory hides its subtree).
+ * GD_VFS_SHADOW_HIDE: a hidden path does not exist: ENOENT for lookups, getattr, open,
+ * unlink, rmdir, readlink, xattrs, the source of rename and link; left out of readdir;
+ * making one (create, mknod, mkdir, symlink, the target of rename or link) is EACCES.
+ * GD_VFS_SHADOW_MEMORY: hidden paths live in a private memory provider of cap bytes
+ * (0: 64 MiB): the guest sees only what it wrote there, inner never sees those writes.
+ * Either way: a rename across the boundary, or of a directory below which an anchored
+ * glob could match, is EXDEV (the guest's mv copies, through the shadow); a non-hidden
+ * name whose inode is the inode of a hidden file (a host hard link) is hidden too, for
+ * the inodes seen: every hidden entry met by a scan at creation (its first 100 000
+ * entries) or by an operation since. */
+enum { GD_VFS_SHADOW_HIDE = 0, GD_VFS_SHADOW_MEMORY = 1 };
+int gd_vfs_shadow_new(gd_vfs_provider *inner, const char *const *globs, int mode, uint64_t cap,
+                      gd_vfs_provider **out, struct gd_err *err);
 
 /* ---- hooks (policy: Lua on_fs/on_fs_done, .so fs hooks, the audit) ---- */
 
@@ -191,7 +254,15 @@ long gd_vfs_session_handle(gd_vfs_session *s, const void *in, size_t n, void *ou
 
 /* ---- mount specs (sandbox options, CLI, Lua) ---- */
 
-enum gd_mount_kind { GD_MOUNT_HOSTFS, GD_MOUNT_OVERLAY, GD_MOUNT_MEMORY };
+/* GD_MOUNT_LUA and GD_MOUNT_PLUGIN come from a policy (the engine builds their
+ * providers: gd_engine_mount_provider); gd_mount_provider builds the others. */
+enum gd_mount_kind {
+    GD_MOUNT_HOSTFS,
+    GD_MOUNT_OVERLAY,
+    GD_MOUNT_MEMORY,
+    GD_MOUNT_LUA,    /* a table of Lua functions in the policy */
+    GD_MOUNT_PLUGIN, /* a provider a .so plugin registered under the name `provider` */
+};
 
 struct gd_mount {
     enum gd_mount_kind kind;
@@ -200,6 +271,8 @@ struct gd_mount {
     int readonly;            /* hostfs: ro */
     uint64_t size;           /* memory (and overlay writes): the cap in bytes; 0: default */
     const char *const *hide; /* NULL-ended globs hidden from the guest, or NULL */
+    const char *provider;    /* GD_MOUNT_PLUGIN: the registered provider name */
+    const char *config;      /* GD_MOUNT_PLUGIN: its config as JSON text ("{}") */
 };
 
 #define GD_VFS_MAX_MOUNTS 8

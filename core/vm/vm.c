@@ -47,6 +47,8 @@ struct gd_exec {
 struct gd_vm {
     uv_loop_t *loop;
     struct gd_vm_opts o;
+    struct gd_vm_fs fs[GD_VM_MAX_FS]; /* o.fs points here; tags and guest paths owned */
+    size_t fs_order[GD_VM_MAX_FS];    /* parents first */
     struct gd_image img;
     char *append;
     char qemu[256];
@@ -232,6 +234,90 @@ static gd_vm *vm_alloc(uv_loop_t *loop)
     return vm;
 }
 
+/* A guest mount point: see struct gd_vm_fs. It ends up on the kernel command line,
+ * where ',', ':' and spaces would split it. */
+static int fs_path_ok(const char *p)
+{
+    size_t n = strlen(p);
+    if (n < 2 || n > 255 || p[0] != '/' || p[n - 1] == '/')
+        return 0;
+    for (const char *c = p; *c; c++)
+        if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') ||
+              strchr("/._+@=~-", *c)))
+            return 0;
+    for (const char *c = p; *c; c++) {
+        if (*c != '/')
+            continue;
+        size_t l = strcspn(c + 1, "/");
+        if (l == 0 || (l == 1 && c[1] == '.') || (l == 2 && c[1] == '.' && c[2] == '.'))
+            return 0;
+    }
+    static const char *const sys[] = {"/proc", "/sys", "/dev"};
+    for (size_t i = 0; i < 3; i++) {
+        size_t l = strlen(sys[i]);
+        if (!strncmp(p, sys[i], l) && (p[l] == 0 || p[l] == '/'))
+            return 0;
+    }
+    return 1;
+}
+
+static size_t fs_depth(const char *p)
+{
+    size_t d = 0;
+    for (; *p; p++)
+        d += *p == '/';
+    return d;
+}
+
+static int fs_copy(gd_vm *vm, const struct gd_vm_opts *o, struct gd_err *err)
+{
+    vm->o.fs = NULL;
+    vm->o.nfs = 0;
+    if (!o->nfs)
+        return 0;
+    if (o->nfs > GD_VM_MAX_FS || !o->fs)
+        return gd_err_set(err, -EINVAL, "at most %d file system mounts", GD_VM_MAX_FS);
+    for (size_t i = 0; i < o->nfs; i++) {
+        const char *g = o->fs[i].guest;
+        if (!g || !fs_path_ok(g))
+            return gd_err_set(err, -EINVAL,
+                              "mount point '%s': must be an absolute, normalised path of "
+                              "letters, digits and ._+@=~- outside /proc, /sys and /dev",
+                              g ? g : "");
+        if (o->fs[i].fd < 0)
+            return gd_err_set(err, -EBADF, "mount point '%s': no back-end socket", g);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(vm->fs[j].guest, g))
+                return gd_err_set(err, -EINVAL, "mount point '%s' given twice", g);
+        char tag[32];
+        const char *t = o->fs[i].tag;
+        if (t && (!*t || strlen(t) >= sizeof(tag) ||
+                  strspn(t, "abcdefghijklmnopqrstuvwxyz0123456789_-") != strlen(t)))
+            return gd_err_set(err, -EINVAL, "mount point '%s': bad tag", g);
+        snprintf(tag, sizeof(tag), "%s", t ? t : "");
+        if (!t)
+            snprintf(tag, sizeof(tag), "gdfs%zu", i);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(vm->fs[j].tag, tag))
+                return gd_err_set(err, -EINVAL, "mount tag '%s' given twice", tag);
+        vm->fs[i].tag = strdup(tag);
+        vm->fs[i].guest = strdup(g);
+        vm->o.nfs = i + 1; /* both freed by gd_vm_free */
+        if (!vm->fs[i].tag || !vm->fs[i].guest)
+            return gd_err_set(err, -ENOMEM, "out of memory");
+        vm->fs[i].fd = o->fs[i].fd;
+        /* insertion by depth, stable: a parent is mounted before what lies in it */
+        size_t k = i;
+        while (k > 0 && fs_depth(vm->fs[vm->fs_order[k - 1]].guest) > fs_depth(g)) {
+            vm->fs_order[k] = vm->fs_order[k - 1];
+            k--;
+        }
+        vm->fs_order[k] = i;
+    }
+    vm->o.fs = vm->fs;
+    return 0;
+}
+
 int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct gd_err *err)
 {
     if (!o->image_dir)
@@ -240,7 +326,10 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
     if (!vm)
         return gd_err_set(err, -ENOMEM, "out of memory");
     vm->o = *o;
-    int rc = gd_image_load(o->image_dir, 1, &vm->img, err);
+    int rc = fs_copy(vm, o, err);
+    if (rc)
+        goto fail;
+    rc = gd_image_load(o->image_dir, 1, &vm->img, err);
     if (rc)
         goto fail;
     vm->o.image_dir = vm->img.dir;
@@ -470,6 +559,10 @@ void gd_vm_free(gd_vm *vm)
         close(vm->pidfd);
     free(vm->rbuf);
     free(vm->append);
+    for (size_t i = 0; i < vm->o.nfs; i++) {
+        free((char *)vm->fs[i].tag);
+        free((char *)vm->fs[i].guest);
+    }
     free(vm);
 }
 
@@ -898,8 +991,14 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
     ARG("-no-reboot");
     ARG("-monitor");
     ARG("none");
+    size_t nfs = vm->o.nfs;
+    if (nfs) {
+        /* vhost-user back-ends map guest RAM: it must be a shared memfd */
+        ARG("-object");
+        ARG("memory-backend-memfd,id=mem,size=%uM,share=on", vm->o.memory_mb);
+    }
     ARG("-machine");
-    ARG("microvm,accel=%s,isa-serial=on,rtc=on", vm->accel);
+    ARG("microvm,accel=%s,isa-serial=on,rtc=on%s", vm->accel, nfs ? ",memory-backend=mem" : "");
     ARG("-cpu");
     ARG("%s", kvm ? "host" : "max");
     ARG("-m");
@@ -919,13 +1018,22 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
     const char *rootarg = rw                                  ? " gondolin.rootfs=rw"
                           : mode && !strcmp(mode, "readonly") ? " gondolin.rootfs=readonly"
                                                               : "";
+    /* " gondolin.mounts=gdfs0:/a,gdfs1:/a/b": tags and paths, parents first */
+    char mounts[GD_VM_MAX_FS * 300 + 32] = "";
+    for (size_t i = 0, l = 0; i < nfs; i++) {
+        size_t k = vm->fs_order[i];
+        l += (size_t)snprintf(mounts + l, sizeof(mounts) - l, "%s%s:%s",
+                              i ? "," : " gondolin.mounts=", vm->fs[k].tag, vm->fs[k].guest);
+    }
     ARG("-append");
     /* async probe: the disk and the port probe while init loads the next module */
     ARG("console=ttyS0 quiet loglevel=1 panic=-1 reboot=t 8250.nr_uarts=1 i8042.noaux "
-        "i8042.nokbd cryptomgr.notests driver_async_probe=virtio_blk,virtio_console%s%s%s%s%s%s",
+        "i8042.nokbd cryptomgr.notests driver_async_probe=virtio_blk,virtio_console%s%s%s%s%s%s%s",
         tsc, rootarg, vm->o.bare ? " gondolin.poweroff" : "",
-        vm->o.rawecho ? " gondolin.rawecho" : "", vm->o.append ? " " : "",
+        vm->o.rawecho ? " gondolin.rawecho" : "", mounts, vm->o.append ? " " : "",
         vm->o.append ? vm->o.append : "");
+    if (nfs && strlen(argv[n - 1]) > 2047)
+        return -E2BIG; /* the kernel's COMMAND_LINE_SIZE: the mounts would be cut off */
     ARG("-chardev");
     ARG("stdio,id=con,signal=off");
     ARG("-serial");
@@ -949,6 +1057,17 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
         ARG("-device");
         ARG("virtio-net-device,netdev=n0,mac=52:54:00:67:64:01");
     }
+    if (nfs) {
+        /* vhost-user-fs needs modern virtio-mmio (legacy: QEMU's vring setup fails) */
+        ARG("-global");
+        ARG("virtio-mmio.force-legacy=false");
+    }
+    for (size_t i = 0; i < nfs; i++) {
+        ARG("-chardev");
+        ARG("socket,id=fs%zu,fd=%zu", i, 5 + i); /* launch() puts mount i's socket there */
+        ARG("-device");
+        ARG("vhost-user-fs-device,queue-size=1024,chardev=fs%zu,tag=%s", i, vm->fs[i].tag);
+    }
     argv[n] = NULL;
     return 0;
 #undef ARG
@@ -971,11 +1090,11 @@ static int open_pipe(gd_vm *vm, uv_pipe_t *p, int fd, int *flag, uv_read_cb cb)
 
 static int launch(gd_vm *vm)
 {
-    char *argv[64];
+    char *argv[96]; /* 40 without mounts; 4 more with any, and 4 per mount */
     char *bufs = malloc(16384);
     if (!bufs)
         return -ENOMEM;
-    int rc = build_args(vm, argv, 64, bufs, 16384);
+    int rc = build_args(vm, argv, 96, bufs, 16384);
     if (rc) {
         free(bufs);
         return rc;
@@ -1033,6 +1152,10 @@ static int launch(gd_vm *vm)
         sigprocmask(SIG_SETMASK, &none, NULL);
         setpgid(0, 0); /* terminal signals (Ctrl-C) go to us, not QEMU */
         int nfd = vm->o.net_fd > 0 ? fcntl(vm->o.net_fd, F_DUPFD, 10) : -1;
+        /* out of the way of every target below before any dup2 */
+        int ffd[GD_VM_MAX_FS];
+        for (size_t i = 0; i < vm->o.nfs; i++)
+            ffd[i] = fcntl(vm->fs[i].fd, F_DUPFD, 100);
         int nul = open("/dev/null", O_RDWR);
         dup2(nul, 0);
         dup2(cp[1], 1);
@@ -1040,7 +1163,11 @@ static int launch(gd_vm *vm)
         dup2(sp[1], 3);
         if (nfd >= 0)
             dup2(nfd, 4);
-        syscall(SYS_close_range, nfd >= 0 ? 5 : 4, ~0u, 0);
+        else if (vm->o.nfs)
+            close(4);
+        for (size_t i = 0; i < vm->o.nfs; i++)
+            dup2(ffd[i], (int)(5 + i)); /* QEMU's -chardev socket,fd=5+i */
+        syscall(SYS_close_range, vm->o.nfs ? (unsigned)(5 + vm->o.nfs) : nfd >= 0 ? 5 : 4, ~0u, 0);
         execvp(argv[0], argv);
         dprintf(2, "cannot execute %s: %s\n", argv[0], strerror(errno));
         _exit(127);

@@ -20,6 +20,19 @@
 typedef struct gd_vm gd_vm;
 typedef struct gd_exec gd_exec;
 
+/* A virtio-fs mount: QEMU's end of a vhost-user back-end (gd_vhost_fs_start's qemu_fd)
+ * and where the guest mounts it. The guest path must be absolute and normalised (no
+ * "//", ".", ".." or trailing '/'), at most 255 bytes of [A-Za-z0-9._+@=~-] and '/',
+ * not "/" and not under /proc, /sys or /dev. The tag (the device's name in the guest)
+ * is 1-31 bytes of [a-z0-9_-], unique; NULL: "gdfs<i>". */
+#define GD_VM_MAX_FS 8
+struct gd_vm_fs {
+    const char *tag;   /* copied */
+    const char *guest; /* copied */
+    int fd;            /* borrowed: open until the VM is freed (a KVM fallback relaunches
+                          QEMU on it); dup'ed into QEMU */
+};
+
 struct gd_vm_opts {
     const char *image_dir;     /* required: directory with manifest.json (borrowed) */
     const char *accel;         /* "kvm", "tcg" or NULL/"auto" */
@@ -36,6 +49,11 @@ struct gd_vm_opts {
                                   NULL: the image's runtimeDefaults, else memory */
     int net_fd;                /* > 0: a stream socket carrying the guest NIC's frames
                                   (QEMU socket netdev); borrowed, dup'ed into QEMU */
+    /* virtio-fs mounts (at most GD_VM_MAX_FS); the guest mounts them parents first. With
+     * any, guest RAM is a shared memfd (the back-ends map it) and virtio-mmio runs in
+     * modern mode. */
+    const struct gd_vm_fs *fs;
+    size_t nfs;
 };
 
 /* status 0: the agent said HELLO (or, for rawecho, its ready byte); negative: boot

@@ -4,6 +4,8 @@
 #include "../../builder/config.h"
 #include "test.h"
 
+#include <lzma.h>
+
 #include <errno.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -71,6 +73,23 @@ TEST(config_kernel_modules)
     CHECK(has(&d, "E004", "init.kernelModules"));
     gd_diags_free(&d);
     gd_config_free(&c);
+}
+
+TEST(unxz_reads_one_stream_and_ignores_the_size_after_it)
+{
+    uint8_t in[5000], enc[8192], *out = NULL;
+    for (size_t i = 0; i < sizeof(in); i++)
+        in[i] = (uint8_t)(i * 7 / 3);
+    size_t n = 0;
+    CHECK(lzma_easy_buffer_encode(6, LZMA_CHECK_CRC32, NULL, in, sizeof(in), enc, &n,
+                                  sizeof(enc) - 4) == LZMA_OK);
+    memcpy(enc + n, "\x88\x13\0\0", 4); /* the kernel appends the size */
+    size_t outn = 0;
+    CHECK_EQ(gd_unxz(enc, n + 4, &out, &outn), 0);
+    CHECK(outn == sizeof(in) && !memcmp(out, in, outn));
+    free(out);
+    enc[n / 2] ^= 0x55; /* corrupt */
+    CHECK_EQ(gd_unxz(enc, n + 4, &out, &outn), -EINVAL);
 }
 
 TEST(build_id_is_uuid5_of_the_checksums)

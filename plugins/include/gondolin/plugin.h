@@ -1,5 +1,6 @@
 /*
- * gondolin/plugin.h - the whole plugin SDK. A plugin is a shared object that exports one
+ * gondolin/plugin.h - the plugin SDK (file providers and fs hooks also use <gondolin/vfs.h>,
+ * installed from core/vfs/vfs.h). A plugin is a shared object that exports one
  * symbol, gondolin_plugin_entry(), returning a descriptor. Everything the plugin may do
  * goes through the host API table it receives in init(); it links against nothing of
  * gondolin and sees only opaque handles.
@@ -44,6 +45,11 @@ extern "C" {
 #endif
 
 #define GONDOLIN_PLUGIN_ABI_VERSION 1
+/* The API level of this header: members are appended to gd_host_api within one ABI
+ * version, each marked "level N". 1: ABI 1 as first released; 2: files (VFS providers
+ * and fs hooks). A plugin compiled with level N runs on an older host as long as it
+ * checks GD_PLUGIN_API_HAS before calling a newer member. */
+#define GONDOLIN_PLUGIN_API_LEVEL 2
 #define GD_PLUGIN_EXPORT __attribute__((visibility("default")))
 
 typedef struct gd_txn gd_txn;                 /* one HTTP exchange (or a raw TCP flow) */
@@ -68,6 +74,24 @@ typedef enum gd_plugin_decision (*gd_plugin_hook_fn)(gd_txn *t, unsigned phase, 
  * while a policy revision loads, never on the request path. */
 typedef int (*gd_plugin_secret_fn)(void *ud, const char *arg, char *out, size_t cap, char *err,
                                    size_t errcap);
+
+/* Files (level 2): struct gd_vfs_ops and struct gd_vfs_event are in <gondolin/vfs.h>. */
+struct gd_vfs_ops;
+struct gd_vfs_event;
+
+/* Makes the provider state p for one mount that names this provider (`mounts = {
+ * ["/x"] = { provider = "name", config = {...} } }`); mount is the guest path, config
+ * the mount's config table as JSON ("{}" when none). Nonzero = refuse the mount, with a
+ * one-line reason in err. Called while the sandbox starts, on the loop thread. */
+typedef int (*gd_plugin_vfs_factory)(void *ud, const char *mount, const char *config, void **p,
+                                     char *err, size_t errcap);
+/* Before a guest file operation: 0 goes on, a negative errno denies (the guest sees
+ * it; a one-line reason may be written to reason). Runs on the loop thread, like HTTP
+ * hooks; must not block. */
+typedef int (*gd_plugin_fs_before_fn)(void *ud, const struct gd_vfs_event *ev, char *reason,
+                                      size_t cap);
+/* After it (ev->result, bytes for "close"). */
+typedef void (*gd_plugin_fs_after_fn)(void *ud, const struct gd_vfs_event *ev);
 
 struct gd_host_api {
     uint32_t abi_version; /* GONDOLIN_PLUGIN_ABI_VERSION of the host */
@@ -110,6 +134,20 @@ struct gd_host_api {
     /* A byte count the proxy knows before the body arrives: Content-Length, or -1. */
     int64_t (*txn_content_length)(const gd_txn *t, int resp);
     /* -- appended in later ABI revisions go below; check GD_PLUGIN_API_HAS -- */
+
+    /* -- level 2: files. Registration only inside init; a refused registration fails
+     * the plugin's load with a line saying why (bad name, NULL ops or factory, an ops
+     * size this host does not know, a duplicate name). -- */
+    /* A provider mounts can name: name [a-z0-9_-]{1,64}, unique among loaded plugins;
+     * ops (copied; ops_size = sizeof(struct gd_vfs_ops) as the plugin compiled it) run
+     * on the mount's transport thread, never on the loop: keep them thread-safe against
+     * the plugin's own hooks. ops->destroy frees what factory made. */
+    int (*register_vfs_provider)(gd_plugin_host *h, const char *name, const struct gd_vfs_ops *ops,
+                                 size_t ops_size, gd_plugin_vfs_factory factory, void *ud);
+    /* An fs hook (before, after or both; rule name "plugin/name"): runs for every mount,
+     * before the policy's Lua on_fs / on_fs_done, plugins in load order. */
+    int (*register_fs_hook)(gd_plugin_host *h, const char *name, gd_plugin_fs_before_fn before,
+                            gd_plugin_fs_after_fn after, void *ud);
 };
 
 #define GD_PLUGIN_API_HAS(api, member)                                                             \

@@ -10,7 +10,7 @@ session control protocol (docs/control.md) over the session's unix socket.
 
 __version__ = "0.1.0"
 
-from ._common import ExecResult, OutputChunk, list_sessions, sessions_dir
+from ._common import Change, ExecResult, OutputChunk, list_sessions, mounts_argv, sessions_dir
 from .aio import AsyncExecStream, AsyncLogTail, AsyncSandbox, AsyncShell
 from .errors import (
     ConnectionLost,
@@ -32,6 +32,8 @@ __all__ = [
     "Sandbox",
     "AsyncSandbox",
     "ExecResult",
+    "Change",
+    "mounts_argv",
     "OutputChunk",
     "ExecStream",
     "AsyncExecStream",

@@ -215,6 +215,7 @@ def start_argv(
     no_network: bool = False,
     plugins: Iterable[str] | None = None,
     args: Iterable[str] | None = None,
+    mounts: Mounts | None = None,
 ) -> list[str]:
     """`gondolin start --json ...` for these options (memory as int = MiB)."""
     argv = [binary, "start", "--json"]
@@ -244,8 +245,107 @@ def start_argv(
         argv += ["--accel", accel]
     if no_network:
         argv.append("--no-network")
+    if mounts is not None:
+        argv += mounts_argv(mounts)
     argv += list(args or ())
     return argv
+
+
+# mounts=: {"/workspace": {"hostfs": DIR, "mode": "ro"}, "/src": {"overlay": DIR},
+# "/data": {"memory": True, "size": "64M"}, "hide": [".env", "**/*.pem"]}, or a list of
+# tuples ("hostfs", DIR, GUEST[, "ro"]), ("overlay", DIR, GUEST), ("memory", GUEST[, SIZE]),
+# ("hide", GLOB). Hide globs apply to every host-backed mount (docs/vfs.md).
+Mounts = Mapping[str, Any] | Sequence[tuple[str, ...]]
+
+
+def _host_dir(v: Any) -> str:
+    if not isinstance(v, (str, os.PathLike)):
+        raise TypeError(f"a mount's host directory must be a path, not {type(v).__name__}")
+    return os.path.abspath(os.fspath(v))
+
+
+def _guest(g: str) -> str:
+    if not isinstance(g, str) or not g.startswith("/") or ":" in g:
+        raise ValueError(f"a guest mount path must be absolute, without ':': {g!r}")
+    return g
+
+
+def mounts_argv(mounts: Mounts) -> list[str]:
+    """The --mount-hostfs / --mount-overlay / --mount-memfs / --hide flags for ``mounts``."""
+    out: list[str] = []
+    hide: list[str] = []
+    if isinstance(mounts, Mapping):
+        for guest, spec in mounts.items():
+            if guest == "hide":
+                if isinstance(spec, str):
+                    raise TypeError('mounts["hide"] is a list of globs')
+                hide += [str(g) for g in spec]
+                continue
+            _guest(guest)
+            if not isinstance(spec, Mapping):
+                raise TypeError(f"mounts[{guest!r}] must be a dict")
+            kinds = [k for k in ("hostfs", "overlay", "memory") if spec.get(k)]
+            if len(kinds) != 1:
+                raise ValueError(f"mounts[{guest!r}]: one of hostfs=, overlay=, memory=")
+            unknown = set(spec) - {"hostfs", "overlay", "memory", "mode", "size"}
+            if unknown:
+                raise ValueError(f"mounts[{guest!r}]: unknown keys {sorted(unknown)}")
+            if kinds[0] == "hostfs":
+                mode = spec.get("mode", "rw")
+                if mode not in ("rw", "ro"):
+                    raise ValueError(f"mounts[{guest!r}]: mode is 'rw' or 'ro'")
+                ro = ":ro" if mode == "ro" else ""
+                out += ["--mount-hostfs", f"{_host_dir(spec['hostfs'])}:{guest}{ro}"]
+            elif kinds[0] == "overlay":
+                out += ["--mount-overlay", f"{_host_dir(spec['overlay'])}:{guest}"]
+            else:
+                size = spec.get("size")
+                out += ["--mount-memfs", guest + (f":{_mem(size)}" if size is not None else "")]
+    else:
+        for t in mounts:
+            if not isinstance(t, tuple) or not t:
+                raise TypeError("mounts as a list holds tuples such as ('hostfs', DIR, GUEST)")
+            kind, rest = t[0], t[1:]
+            if kind == "hide" and len(rest) == 1:
+                hide.append(str(rest[0]))
+            elif kind == "hostfs" and len(rest) in (2, 3):
+                if len(rest) == 3 and rest[2] not in ("ro", "rw"):
+                    raise ValueError("a hostfs tuple's fourth item is 'ro' or 'rw'")
+                ro = ":ro" if len(rest) == 3 and rest[2] == "ro" else ""
+                out += ["--mount-hostfs", f"{_host_dir(rest[0])}:{_guest(rest[1])}{ro}"]
+            elif kind == "overlay" and len(rest) == 2:
+                out += ["--mount-overlay", f"{_host_dir(rest[0])}:{_guest(rest[1])}"]
+            elif kind == "memory" and len(rest) in (1, 2):
+                size = f":{_mem(rest[1])}" if len(rest) == 2 else ""
+                out += ["--mount-memfs", _guest(rest[0]) + size]
+            else:
+                raise ValueError(f"bad mount tuple {t!r}")
+    for g in hide:
+        if not g or g.startswith("!"):
+            raise ValueError(f"bad hide glob {g!r}")
+        out += ["--hide", g]
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One change of an overlay mount (``Sandbox.diff``): kind "A", "M" or "D"."""
+
+    kind: Literal["A", "M", "D"]
+    path: str
+
+
+def parse_diff(rep: Mapping[str, Any]) -> list[Change]:
+    out: list[Change] = []
+    for c in rep.get("changes") or ():
+        k = c.get("kind")
+        if k in ("A", "M", "D") and isinstance(c.get("path"), str):
+            out.append(Change(k, c["path"]))
+    if rep.get("truncated"):
+        raise GondolinError(
+            f"diff: {rep.get('count')} changes, more than one reply holds; use export="
+        )
+    return out
 
 
 def parse_start_json(text: str) -> dict[str, Any] | None:

@@ -35,6 +35,9 @@ from ._common import (
     gondolin_bin,
     session_socket,
     start_argv,
+    Change,
+    Mounts,
+    parse_diff,
     wait_gone,
 )
 from .errors import (
@@ -685,6 +688,7 @@ class AsyncSandbox:
         args: Sequence[str] | None = None,
         binary: str | None = None,
         timeout: float | None = 600.0,
+        mounts: Mounts | None = None,
     ) -> AsyncSandbox:
         """Starts a session with ``gondolin start --json`` (run in a thread) and connects."""
         argv = start_argv(
@@ -701,6 +705,7 @@ class AsyncSandbox:
             no_network=no_network,
             plugins=plugins,
             args=args,
+            mounts=mounts,
         )
         info, proc = await asyncio.to_thread(_run_start, argv, timeout)
         try:
@@ -996,6 +1001,23 @@ class AsyncSandbox:
         body = {"op": "logs", "follow": True, "lines": lines}
         r = await self._conn.start(P.Kind.REQUEST, lambda i: P.encode_json(P.T.REQUEST, i, body))
         return AsyncLogTail(self._conn, r)
+
+    async def diff(
+        self,
+        path: str = "/workspace",
+        *,
+        export: str | os.PathLike[str] | None = None,
+        whiteouts: bool = False,
+    ) -> list[Change]:
+        """What the guest changed in the overlay mount holding ``path`` (at or below it),
+        sorted by path: ``Change(kind, path)`` with kind "A" added, "M" modified, "D"
+        deleted. ``export``: also write a tar of the added and modified files there (a
+        host path; ``whiteouts`` adds deleted ones as OCI ``.wh.`` entries)."""
+        fields: dict[str, Any] = {"path": path}
+        if export is not None:
+            fields["export"] = os.path.abspath(os.fspath(export))
+            fields["whiteouts"] = whiteouts
+        return parse_diff(await self.request("fs.diff", **fields))
 
     async def expose(self, listen: str, guest_port: int, *, raw: bool = False) -> str:
         rep = await self.request("expose", listen=listen, guest_port=guest_port, raw=raw)

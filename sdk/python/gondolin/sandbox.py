@@ -43,6 +43,9 @@ from ._common import (
     parse_start_json,
     session_socket,
     start_argv,
+    Change,
+    Mounts,
+    parse_diff,
     start_failed,
     wait_gone,
 )
@@ -810,6 +813,7 @@ class Sandbox:
         args: Sequence[str] | None = None,
         binary: str | None = None,
         timeout: float | None = 600.0,
+        mounts: Mounts | None = None,
     ) -> Sandbox:
         """Starts a session with ``gondolin start --json`` and connects to it.
 
@@ -831,6 +835,7 @@ class Sandbox:
             no_network=no_network,
             plugins=plugins,
             args=args,
+            mounts=mounts,
         )
         info, proc = _run_start(argv, timeout)
         try:
@@ -1151,6 +1156,23 @@ class Sandbox:
         body = {"op": "logs", "follow": True, "lines": lines}
         r = self._conn.start(P.Kind.REQUEST, lambda i: P.encode_json(P.T.REQUEST, i, body))
         return LogTail(self._conn, r)
+
+    def diff(
+        self,
+        path: str = "/workspace",
+        *,
+        export: str | os.PathLike[str] | None = None,
+        whiteouts: bool = False,
+    ) -> list[Change]:
+        """What the guest changed in the overlay mount holding ``path`` (at or below it),
+        sorted by path: ``Change(kind, path)`` with kind "A" added, "M" modified, "D"
+        deleted. ``export``: also write a tar of the added and modified files there (a
+        host path; ``whiteouts`` adds deleted ones as OCI ``.wh.`` entries)."""
+        fields: dict[str, Any] = {"path": path}
+        if export is not None:
+            fields["export"] = os.path.abspath(os.fspath(export))
+            fields["whiteouts"] = whiteouts
+        return parse_diff(self.request("fs.diff", **fields))
 
     def expose(self, listen: str, guest_port: int, *, raw: bool = False) -> str:
         """Forwards ``listen`` (host "ADDR:PORT") to the guest's port; the address bound."""

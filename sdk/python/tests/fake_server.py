@@ -294,6 +294,15 @@ class FakeServer:
                     send(frame(LOG, id_, b" 2\n"))
                 else:
                     send(jframe(REPLY, id_, {"ok": True}))
+            elif op == "fs.diff":
+                if j.get("path") != "/workspace":
+                    send(jframe(REPLY, id_, {"ok": False, "error": "not an overlay mount"}))
+                else:
+                    ch = [{"kind": "A", "path": "/workspace/new"}, {"kind": "D", "path": "/workspace/old"}]
+                    if j.get("export"):
+                        with open(j["export"], "wb") as f:
+                            f.write(b"tar")
+                    send(jframe(REPLY, id_, {"ok": True, "mount": "/workspace", "changes": ch, "count": 2, "truncated": False}))
             elif op == "stop":
                 send(jframe(REPLY, id_, {"ok": True}))
                 self.stopped.set()

@@ -1,0 +1,30 @@
+/* Registers a VFS provider with an ops size no API level has: refused. */
+#include <gondolin/plugin.h>
+#include <gondolin/vfs.h>
+
+#include <stdio.h>
+
+static int factory(void *ud, const char *mount, const char *config, void **p, char *err,
+                   size_t errcap)
+{
+    (void)ud, (void)mount, (void)config, (void)p, (void)err, (void)errcap;
+    return 0;
+}
+
+static const struct gd_vfs_ops ops;
+
+static int init(const struct gd_host_api *api, gd_plugin_host *host, const char *config,
+                void **state, char *err, size_t errcap)
+{
+    (void)config, (void)state;
+    int rc = api->register_vfs_provider(host, "small", &ops, 8, factory, NULL);
+    snprintf(err, errcap, "register_vfs_provider: %d", rc);
+    return rc;
+}
+
+GD_PLUGIN_EXPORT const struct gd_plugin_desc *gondolin_plugin_entry(void)
+{
+    static const struct gd_plugin_desc d = {
+        GONDOLIN_PLUGIN_ABI_VERSION, sizeof(struct gd_plugin_desc), "vfssize", "1", init, 0};
+    return &d;
+}
