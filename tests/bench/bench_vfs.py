@@ -4,7 +4,17 @@ mount (--mount-hostfs), QEMU's built-in 9p (-fsdev local,security_model=none +
 virtio-9p-device, mounted cache=loose) and the guest's own tmpfs (the limit), in one run.
 
     python3 tests/bench/bench_vfs.py [BUILD_DIR] [--files N] [--mib M] [--runs R]
-                                     [--modes ours,9p,tmpfs]
+                                     [--modes ours,serial,9p,tmpfs] [--serial-exclusive]
+
+Mode serial is issue 14's other transport, a prototype measured here only: FUSE over a
+virtio-serial port. A static guest relay (tests/bench/vfs_serial/relay.c, built here with
+musl-gcc and sent ahead of the archive on the guest's stdin) mounts /dev/fuse and passes
+the kernel's requests and the host's replies through a second virtio-serial device
+(gondolin.fuse, added through the GONDOLIN_QEMU wrapper); the host side is
+build/tests/gd-vfs-serial (tests/bench/vfs_serial/server.c): the same FUSE session and
+hostfs provider as our mount, on one thread. --serial-exclusive marks its provider
+GD_VFS_EXCLUSIVE (long TTLs, writeback cache). Its counts (requests, largest READ/WRITE,
+requests waiting at once) go to stderr after each run.
 
 Rows (ms, median of R runs; every run is a fresh VM and a fresh host directory):
   (a) write M MiB (dd bs=1M, fsync), then read it back with the guest's caches dropped
@@ -40,6 +50,7 @@ FILES = int(opt("--files", "10000"))
 MIB = int(opt("--mib", "256"))
 RUNS = int(opt("--runs", "1"))
 MODES = opt("--modes", "ours,9p,tmpfs").split(",")
+SERIAL_EXCLUSIVE = "--serial-exclusive" in args
 G = os.path.join(BUILD, "gondolin")
 IMAGE = "gd-bench-vfs:1"
 
@@ -116,19 +127,52 @@ def make_archive(path):
     shutil.rmtree(src)
 
 
-def qemu_wrapper(tmp, hostdir):
+def qemu_wrapper(tmp, extra):
     real = shutil.which("qemu-system-x86_64")
-    w = os.path.join(tmp, "qemu-9p")
+    w = os.path.join(tmp, "qemu-extra")
     with open(w, "w") as f:
-        f.write("#!/bin/sh\n"
-                f'exec {real} "$@" -fsdev local,id=b9,path={hostdir},security_model=none '
-                "-device virtio-9p-device,fsdev=b9,mount_tag=bench9\n")
+        f.write(f'#!/bin/sh\nexec {real} "$@" {extra}\n')
     os.chmod(w, 0o755)
     return w
 
 
-def one(mode, archive):
+def build_relay(work):
+    """The serial mode's guest relay: a static binary, sent ahead of the archive on the
+    guest's stdin as a 12-byte decimal length and the bytes."""
+    relay = os.path.join(work, "relay")
+    run(["musl-gcc", "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-pthread", "-o", relay,
+         os.path.join(ROOT, "tests/bench/vfs_serial/relay.c")])
+    return relay
+
+
+def serial_stdin(relay, archive, path):
+    with open(path, "wb") as out, open(relay, "rb") as r, open(archive, "rb") as a:
+        data = r.read()
+        out.write(b"%11d\n" % len(data) + data)
+        shutil.copyfileobj(a, out)
+
+
+# read the relay off stdin, mount, and leave the archive for the script's own cat
+SERIAL_PRELUDE = r"""set -e
+n=$(head -c 12 | tr -d ' \n')
+head -c "$n" > /tmp/relay
+[ "$(wc -c < /tmp/relay)" -eq "$n" ]
+chmod +x /tmp/relay
+mkdir -p /mnt/gs
+port= i=0
+while [ -z "$port" ]; do  # the second virtio-serial device may still be probing
+  for p in /sys/class/virtio-ports/*; do
+    if [ "$(cat $p/name)" = gondolin.fuse ]; then port=/dev/${p##*/}; fi
+  done
+  if [ -z "$port" ]; then i=$((i + 1)); [ $i -lt 100 ]; sleep 0.1; fi
+done
+/tmp/relay /mnt/gs $port
+"""
+
+
+def one(mode, archive, serial_in=None):
     tmp = tempfile.mkdtemp(prefix=f"gd-bench-vfs-{mode}-")
+    server = None
     host = os.path.join(tmp, "dir")
     os.mkdir(host)
     env = dict(os.environ)
@@ -138,10 +182,28 @@ def one(mode, archive):
         cmd += ["--mount-hostfs", f"{host}:/mnt/gd"]
         target = "/mnt/gd"
     elif mode == "9p":
-        env["GONDOLIN_QEMU"] = qemu_wrapper(tmp, host)
+        env["GONDOLIN_QEMU"] = qemu_wrapper(
+            tmp, f"-fsdev local,id=b9,path={host},security_model=none "
+            "-device virtio-9p-device,fsdev=b9,mount_tag=bench9")
         script = ("mkdir -p /mnt/b9 && mount -t 9p -o trans=virtio,version=9p2000.L,"
                   "msize=512000,cache=loose bench9 /mnt/b9\n") + script
         target = "/mnt/b9"
+    elif mode == "serial":
+        sock = os.path.join(tmp, "fuse.sock")
+        log = open(os.path.join(tmp, "server.log"), "w")
+        server = subprocess.Popen(
+            [os.path.join(BUILD, "tests", "gd-vfs-serial"), sock, host]
+            + (["--exclusive"] if SERIAL_EXCLUSIVE else []),
+            stdout=subprocess.PIPE, stderr=log, text=True)
+        if server.stdout.readline().strip() != "READY":
+            raise SystemExit(f"serial: gd-vfs-serial did not start:\n{open(log.name).read()}")
+        # QEMU is the client; a second virtio-serial device (the first is the agent's)
+        env["GONDOLIN_QEMU"] = qemu_wrapper(
+            tmp, f"-chardev socket,id=fr,path={sock} -device virtio-serial-device,id=fs0 "
+            "-device virtserialport,bus=fs0.0,chardev=fr,name=gondolin.fuse")
+        script = SERIAL_PRELUDE + script
+        target = "/mnt/gs"
+        archive = serial_in
     else:
         target = "/tmp/bench"
         script = "mkdir -p /tmp/bench\n" + script
@@ -166,6 +228,13 @@ def one(mode, archive):
             raise SystemExit(f"{mode}: the extracted tree is not in the host directory")
         return res
     finally:
+        if server:
+            server.terminate()
+            server.wait()
+            log.close()
+            for line in open(log.name):
+                if line.strip():
+                    print(f"  serial host: {line.rstrip()}", file=sys.stderr, flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -177,22 +246,29 @@ def main():
     work = tempfile.mkdtemp(prefix="gd-bench-vfs-")
     archive = os.path.join(work, "a.tar")
     make_archive(archive)
+    serial_in = None
+    if "serial" in MODES:
+        serial_in = os.path.join(work, "serial-stdin")
+        serial_stdin(build_relay(work), archive, serial_in)
     results = {m: [] for m in MODES}
     try:
         for _ in range(RUNS):
             for m in MODES:
-                results[m].append(one(m, archive))
+                results[m].append(one(m, archive, serial_in))
                 print(f"  {m}: {results[m][-1]}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = {m: {k: statistics.median(r[k] for r in results[m]) for k, _, _ in ROWS}
            for m in MODES}
     names = {"ours": "gondolin virtio-fs", "9p": "QEMU 9p (cache=loose)",
-             "tmpfs": "guest tmpfs (limit)"}
+             "tmpfs": "guest tmpfs (limit)",
+             "serial": "FUSE over virtio-serial (prototype"
+                       + (", exclusive)" if SERIAL_EXCLUSIVE else ")")}
+    vs = [m for m in ("ours", "serial") if m in MODES and "9p" in MODES]
     hdr = "| job | " + " | ".join(names[m] for m in MODES) + \
-          (" | ours vs 9p |" if "ours" in MODES and "9p" in MODES else " |")
+          "".join(f" | {m} vs 9p" for m in vs) + " |"
     print(hdr)
-    print("|---|" + "---:|" * (len(MODES) + ("ours" in MODES and "9p" in MODES)))
+    print("|---|" + "---:|" * (len(MODES) + len(vs)))
     for k, label, unit in ROWS:
         cells, val = [], {}
         for m in MODES:
@@ -204,12 +280,10 @@ def main():
                 val[m] = ms
                 cells.append(f"{ms:.0f} ms")
         line = f"| {label} | " + " | ".join(cells)
-        if "ours" in val and "9p" in val:
-            ratio = val["ours"] / val["9p"] if unit == "MB/s" else val["9p"] / max(val["ours"], 1)
-            line += f" | {ratio:.1f}× |"
-        else:
-            line += " |"
-        print(line)
+        for m in vs:
+            ratio = val[m] / val["9p"] if unit == "MB/s" else val["9p"] / max(val[m], 1)
+            line += f" | {ratio:.1f}×"
+        print(line + " |")
     print(f"\n{RUNS} run(s), fresh VM and host directory per run; "
           f"accel: {os.environ.get('GONDOLIN_ACCEL', 'auto')}")
 
