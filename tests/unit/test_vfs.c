@@ -621,7 +621,8 @@ TEST(vfs_statfs_and_misc_ops)
     memcpy(&lo, c.payload, sizeof(lo));
     CHECK_EQ(lo.offset, 100);
     struct fuse_flush_in fl = {.fh = fh};
-    CHECK_EQ(vc_req(&c, FUSE_FLUSH, f, &fl, sizeof(fl), NULL, NULL, NULL, 0), 0);
+    /* memory has nothing to do at close: ENOSYS, and the kernel stops sending FLUSH */
+    CHECK_EQ(vc_req(&c, FUSE_FLUSH, f, &fl, sizeof(fl), NULL, NULL, NULL, 0), -ENOSYS);
     struct fuse_fsync_in fs = {.fh = fh};
     CHECK_EQ(vc_req(&c, FUSE_FSYNC, f, &fs, sizeof(fs), NULL, NULL, NULL, 0), 0);
     struct fuse_lk_in lk = {.fh = fh};
