@@ -461,6 +461,85 @@ echo ok > /workspace/other.txt && echo wrote-other
 
 
 @test
+def overlay_leaves_the_host_unchanged_and_diff_lists_the_changes():
+    """a session with --mount-overlay: the guest edits, creates, deletes; the host tree is
+    byte-for-byte the same; `gondolin diff` lists exactly the changes, --export has them"""
+    top = tempfile.mkdtemp(prefix="gd-vfs-ovl-")
+    ws = os.path.join(top, "ws")
+    os.makedirs(os.path.join(ws, "sub"))
+    for n, c in {"keep.txt": "keep\n", "mod.txt": "mod\n", "sub/del.txt": "del\n"}.items():
+        with open(os.path.join(ws, n), "w") as f:
+            f.write(c)
+    before = tree_state(ws)
+    r = subprocess.run([G, "start", "--image", IMAGE, "--mount-overlay", f"{ws}:/workspace"],
+                       capture_output=True, text=True, timeout=900)
+    eq(r.returncode, 0, r.stderr)
+    sid = r.stdout.split()[0]
+    try:
+        r = subprocess.run([G, "exec", "--session", sid, "--", "sh", "-ec",
+                            "cd /workspace; echo changed >> mod.txt; echo n > new.txt; "
+                            "rm sub/del.txt; mkdir d2; echo y > d2/f; cat mod.txt keep.txt"],
+                           capture_output=True, text=True, timeout=300)
+        eq((r.returncode, r.stdout), (0, "mod\nchanged\nkeep\n"), r.stderr)
+        r = subprocess.run([G, "diff", f"{sid}:/workspace"], capture_output=True, text=True,
+                           timeout=60)
+        eq(r.returncode, 0, r.stderr)
+        eq(r.stdout.splitlines(), ["A /workspace/d2", "A /workspace/d2/f", "M /workspace/mod.txt",
+                                   "A /workspace/new.txt", "D /workspace/sub/del.txt"], "diff")
+        tar = os.path.join(top, "changes.tar")
+        r = subprocess.run([G, "diff", f"{sid}:/workspace", "--export", tar], capture_output=True,
+                           text=True, timeout=60)
+        eq(r.returncode, 0, r.stderr)
+        with tarfile.open(tar) as t:
+            names = {m.name.strip("/").removeprefix("./") for m in t.getmembers() if m.isfile()}
+            mod = t.extractfile([m for m in t.getmembers() if m.name.endswith("mod.txt")][0])
+            eq(mod.read(), b"mod\nchanged\n", "exported content")
+        expect({"d2/f", "mod.txt", "new.txt"} <= {n.removeprefix("workspace/") for n in names},
+               f"exported files: {names}")
+        eq(tree_state(ws), before, "the host directory under an overlay")
+    finally:
+        subprocess.run([G, "stop", sid], capture_output=True, timeout=60)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@test
+def hidden_files_stay_hidden():
+    """--hide .env --hide '**/*.pem': not listed, not openable, not stat-able, not through
+    a symlink or a hard link the guest makes, not creatable; the host copies untouched"""
+    ws = tempfile.mkdtemp(prefix="gd-vfs-hide-")
+    try:
+        os.makedirs(os.path.join(ws, "deep", "er"))
+        for n, c in {".env": "TOKEN=secret\n", "deep/er/key.pem": "PRIVATE\n",
+                     "ok.txt": "visible\n"}.items():
+            with open(os.path.join(ws, n), "w") as f:
+                f.write(c)
+        before = tree_state(ws)
+        r = gexec(["--mount-hostfs", f"{ws}:/workspace", "--hide", ".env", "--hide", "**/*.pem"],
+                  r"""
+cd /workspace
+echo "ls=[$(ls -A | tr '\n' ' ')] deep=[$(ls -A deep/er | tr '\n' ' ')]"
+cat ok.txt
+if cat .env 2>/dev/null; then echo LEAK-open; fi
+if stat .env >/dev/null 2>&1; then echo LEAK-stat; fi
+if cat deep/er/key.pem 2>/dev/null; then echo LEAK-pem; fi
+ln -s .env link && if cat link 2>/dev/null; then echo LEAK-symlink; fi
+if ln .env hard 2>/dev/null; then echo LEAK-hardlink; fi
+if (echo x > .env) 2>/dev/null; then echo CREATED; fi
+if grep -r secret . 2>/dev/null; then echo LEAK-grep; fi
+echo end
+""")
+        expect("ls=[deep ok.txt ] deep=[]" in r.stdout, r.stdout)
+        expect("visible" in r.stdout and "end" in r.stdout, r.stdout)
+        expect("LEAK" not in r.stdout and "CREATED" not in r.stdout and "secret" not in r.stdout,
+               r.stdout)
+        after = tree_state(ws)
+        after.pop("link", None)
+        eq(after, before, "the hidden files on the host")
+    finally:
+        shutil.rmtree(ws, ignore_errors=True)
+
+
+@test
 def mount_flag_errors():
     """bad mount flags are one-line usage errors before any VM boots"""
     for flags in [["--mount-hostfs", "/nonexistent-dir-xyz:/w"], ["--mount-hostfs", "/tmp:w"],
