@@ -393,3 +393,26 @@ def test_async_create_and_close() -> None:
     sid = asyncio.run(main())
     with pytest.raises(SessionNotFound):
         find_session(sid)
+
+
+def test_mounts_and_diff(tmpdir_short: Path) -> None:
+    """mounts= reaches the guest: a hostfs mount read-write, an overlay whose changes
+    diff() lists while the host directory stays as it was, and a hidden .env."""
+    rw = tmpdir_short / "rw"
+    ov = tmpdir_short / "ov"
+    rw.mkdir()
+    ov.mkdir()
+    (ov / "a.txt").write_text("a\n")
+    (ov / ".env").write_text("TOKEN=x\n")
+    with Sandbox.create(
+        name=uniq("sdk-mounts"),
+        memory=512,
+        mounts={"/rw": {"hostfs": str(rw)}, "/src": {"overlay": str(ov)}, "hide": [".env"]},
+    ) as s:
+        s.exec("echo from-guest > /rw/g.txt; echo b >> /src/a.txt; echo n > /src/new.txt",
+               check=True)
+        assert s.exec("ls -A /src").stdout == b"a.txt\nnew.txt\n"
+        changes = s.diff("/src")
+        assert [(c.kind, c.path) for c in changes] == [("M", "/src/a.txt"), ("A", "/src/new.txt")]
+    assert (rw / "g.txt").read_text() == "from-guest\n"
+    assert (ov / "a.txt").read_text() == "a\n" and not (ov / "new.txt").exists()
