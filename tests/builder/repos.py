@@ -39,10 +39,11 @@ def free_port():
     return p
 
 
-def deb_tree(pattern, dest):
-    """Extracts the first cached .deb whose name starts with pattern."""
+def deb_tree(pattern, dest, contains=""):
+    """Extracts the first cached .deb whose name starts with pattern (and contains
+    `contains`)."""
     for f in sorted(os.listdir(DEBS)):
-        if f.startswith(pattern) and f.endswith(".deb"):
+        if f.startswith(pattern) and contains in f and f.endswith(".deb"):
             os.makedirs(dest, exist_ok=True)
             sh("dpkg-deb", "-x", os.path.join(DEBS, f), dest)
             return dest
@@ -181,7 +182,8 @@ class ApkRepo:
 def kernel_entries(tmp, broken=False):
     """linux-virt from Debian's cloud kernel: /boot/vmlinuz-virt and the modules we boot
     with (gzip-compressed), plus modules.builtin."""
-    kroot = deb_tree("linux-image-", os.path.join(tmp, "kdeb"))
+    # the cloud kernel (ext4 built in), not a generic one another image put in the cache
+    kroot = deb_tree("linux-image-", os.path.join(tmp, "kdeb"), contains="-cloud-")
     mods = os.path.join(kroot, "lib/modules")
     kver = sorted(os.listdir(mods))[0]
     kdir = os.path.join(mods, kver)
