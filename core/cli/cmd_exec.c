@@ -347,6 +347,8 @@ static void exec_usage(int pty)
            "  --mount-hostfs HOST:GUEST[:ro]  a host directory at GUEST (read-write)\n"
            "  --mount-overlay HOST:GUEST      reads from HOST, writes stay in memory\n"
            "                      (`gondolin diff` lists them)\n"
+           "                      either may end in :cache=always when nothing else changes\n"
+           "                      HOST while the sandbox runs (60 s caches, writeback)\n"
            "  --mount-memfs GUEST[:SIZE]      a memory file system (default 64M)\n"
            "  --hide GLOB         hide matching paths of the host mounts (.env, **/*.pem)\n"
            "\npolicy (docs/lua-api.md, docs/plugins.md):\n"

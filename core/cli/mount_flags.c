@@ -1,6 +1,7 @@
-/* mount_flags.c - the file flags of exec/bash/start: --mount-hostfs HOST:GUEST[:ro],
- * --mount-overlay HOST:GUEST, --mount-memfs GUEST[:SIZE] and --hide GLOB (applies to
- * every host-backed mount given on the command line). */
+/* mount_flags.c - the file flags of exec/bash/start: --mount-hostfs
+ * HOST:GUEST[:ro][:cache=always], --mount-overlay HOST:GUEST[:cache=always],
+ * --mount-memfs GUEST[:SIZE] and --hide GLOB (applies to every host-backed mount given on
+ * the command line). */
 #define _GNU_SOURCE
 #include "cli.h"
 

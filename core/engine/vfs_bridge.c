@@ -206,8 +206,9 @@ int gd__vfs_same_mounts(const struct rev *a, const struct rev *b)
     for (size_t i = 0; i < nx; i++) {
         const struct gd_mount *m = &x->mounts[i], *n = &y->mounts[i];
         if (m->kind != n->kind || !same_str(m->guest, n->guest) || !same_str(m->host, n->host) ||
-            m->readonly != n->readonly || m->size != n->size ||
-            !same_str(m->provider, n->provider) || !same_str(m->config, n->config))
+            m->readonly != n->readonly || m->cache_always != n->cache_always ||
+            m->size != n->size || !same_str(m->provider, n->provider) ||
+            !same_str(m->config, n->config))
             return 0;
         size_t h = 0;
         for (; m->hide && n->hide && m->hide[h] && n->hide[h]; h++)

@@ -163,7 +163,7 @@ static void read_mount(lua_State *L, gd_lua *l, const char *guest, int v, struct
                        size_t slot)
 {
     static const char *const keys[] = {"hostfs", "overlay", "memory", "provider", "mode",
-                                       "hide",   "size",    "config", NULL};
+                                       "hide",   "size",    "config", "cache",    NULL};
     char what[MAX_GUEST_PATH + 20];
     snprintf(what, sizeof(what), "mounts['%s']", guest);
     if (!lua_istable(L, v))
@@ -194,7 +194,16 @@ static void read_mount(lua_State *L, gd_lua *l, const char *guest, int v, struct
     lua_getfield(L, v, "hide");
     lua_getfield(L, v, "size");
     lua_getfield(L, v, "config");
-    int mode = kv + 1, hide = kv + 2, size = kv + 3, config = kv + 4;
+    lua_getfield(L, v, "cache");
+    int mode = kv + 1, hide = kv + 2, size = kv + 3, config = kv + 4, cache = kv + 5;
+    if (!lua_isnil(L, cache)) {
+        const char *s = lua_type(L, cache) == LUA_TSTRING ? lua_tostring(L, cache) : "";
+        if (strcmp(s, "auto") && strcmp(s, "always"))
+            merr(L, l, guest, "cache must be \"auto\" or \"always\"");
+        if (kind != 0 && kind != 1)
+            merr(L, l, guest, "cache applies to hostfs and overlay mounts");
+        m->cache_always = !strcmp(s, "always");
+    }
     if (!lua_isnil(L, mode)) {
         const char *s = lua_type(L, mode) == LUA_TSTRING ? lua_tostring(L, mode) : "";
         if (strcmp(s, "rw") && strcmp(s, "ro"))

@@ -140,17 +140,34 @@ int gd_mount_parse(enum gd_mount_kind kind, const char *arg, struct gd_mount *ou
             return gd_err_set(err, -ENAMETOOLONG, "%s: spec too long", flag);
         return 0;
     }
-    /* HOST:GUEST[:ro]: the guest path has no ':', so the last ones split */
-    if (kind == GD_MOUNT_HOSTFS && len > 3 && !strcmp(arg + len - 3, ":ro")) {
-        out->readonly = 1;
-        len -= 3;
-    } else if (kind == GD_MOUNT_HOSTFS && len > 3 && !strcmp(arg + len - 3, ":rw")) {
-        len -= 3;
+    /* HOST:GUEST[:ro][:cache=always]: the guest path has no ':', so the options are
+     * the trailing words that name one */
+    const char *form =
+        kind == GD_MOUNT_HOSTFS ? "HOST:GUEST[:ro][:cache=always]" : "HOST:GUEST[:cache=always]";
+    int seen_mode = 0, seen_cache = 0; /* read from the end: the last word of each wins */
+    for (;;) {
+        const char *c = memrchr(arg, ':', len);
+        if (!c)
+            break;
+        size_t wl = len - (size_t)(c - arg) - 1;
+        const char *w = c + 1;
+        if (kind == GD_MOUNT_HOSTFS && wl == 2 && (!memcmp(w, "ro", 2) || !memcmp(w, "rw", 2))) {
+            if (!seen_mode++)
+                out->readonly = w[1] == 'o';
+        } else if ((wl == 12 && !memcmp(w, "cache=always", 12)) ||
+                   (wl == 10 && !memcmp(w, "cache=auto", 10))) {
+            if (!seen_cache++)
+                out->cache_always = wl == 12;
+        } else if (wl >= 6 && !memcmp(w, "cache=", 6))
+            return gd_err_set(err, -EINVAL, "%s: cache is 'auto' or 'always', got '%.*s'", flag,
+                              (int)(wl - 6), w + 6);
+        else
+            break;
+        len = (size_t)(c - arg);
     }
     const char *colon = memrchr(arg, ':', len);
     if (!colon || colon == arg)
-        return gd_err_set(err, -EINVAL, "%s: expected HOST:GUEST%s, got '%s'", flag,
-                          kind == GD_MOUNT_HOSTFS ? "[:ro]" : "", arg);
+        return gd_err_set(err, -EINVAL, "%s: expected %s, got '%s'", flag, form, arg);
     const char *guest = colon + 1;
     size_t hl = (size_t)(colon - arg), gl = len - hl - 1;
     if ((e = check_guest(flag, guest, gl, err)))
@@ -206,6 +223,8 @@ int gd_mount_provider(const struct gd_mount *m, gd_vfs_provider **out, struct gd
     }
     if (e)
         return e;
+    if (m->cache_always && m->kind != GD_MOUNT_MEMORY)
+        pv->flags |= GD_VFS_EXCLUSIVE; /* the user says nobody else changes HOST */
     if (!m->hide || !m->hide[0]) {
         *out = pv;
         return 0;

@@ -284,6 +284,14 @@ fail:
     return rerr(q, -EIO);
 }
 
+/* An open file handle of node id, for a node whose name is gone and a request that came
+ * without one (the writeback cache flushes times without a handle when only read-only
+ * ones are open; stat of /proc/PID/fd/N). One scan of the handle table (<= 65536). */
+static struct gd__vhandle *handle_of(gd_vfs_session *s, uint64_t id)
+{
+    return gd__vhandles_of_node(&s->handles, id);
+}
+
 /* GETATTR with a file handle on a node whose name is gone (fstat of an unlinked file):
  * the provider's setattr with nothing to set reports the attributes by handle. */
 static int getattr_fh(gd_vfs_session *s, struct gd__vhandle *h, struct stat *st)
@@ -312,7 +320,7 @@ static size_t op_getattr(struct rq *q)
     if (!e)
         e = s->ops->getattr(s->pv->p, s->p1, &st);
     else if (e == -ENOENT)
-        e = getattr_fh(s, h, &st);
+        e = getattr_fh(s, h ? h : handle_of(s, n->by_id.key), &st);
     return e < 0 ? rerr(q, perr(e)) : reply_attr(q, &st);
 }
 
@@ -356,6 +364,8 @@ static size_t op_setattr(struct rq *q)
             return rerr(q, -EBADF);
     }
     int e = path_of(n, s->p1);
+    if (e == -ENOENT && !h)
+        h = handle_of(s, n->by_id.key);
     if (e == -ENOENT && h) { /* ftruncate of an unlinked file: the handle's path */
         snprintf(s->p1, PATH_MAX, "%s", h->path);
         e = 0;
@@ -415,6 +425,18 @@ static size_t op_readlink(struct rq *q)
     if (k < 0 || (size_t)k > room)
         return rerr(q, k < 0 ? perr(k) : -EIO);
     return gd_fuse_reply_hdr(q->out, q->cap, q->r->h.unique, (size_t)k);
+}
+
+/* With the writeback cache the kernel reads through a write-only handle to fill partial
+ * pages and keeps O_APPEND itself: ask for read-write, without O_APPEND (a provider that
+ * refuses reading, EACCES, gets the guest's access mode back). */
+static int writeback_flags(const gd_vfs_session *s, int flags)
+{
+    if (!s->writeback)
+        return flags;
+    if ((flags & O_ACCMODE) == O_WRONLY)
+        flags = (flags & ~O_ACCMODE) | O_RDWR;
+    return flags & ~O_APPEND;
 }
 
 /* ---- new entries: MKNOD, MKDIR, SYMLINK, LINK, CREATE ---- */
@@ -483,13 +505,11 @@ static size_t op_new_entry(struct rq *q)
         e = o->link ? o->link(p, s->p2, s->p1, &st) : -EROFS;
         break;
     default: {
-        int fl = (int)r->in.create.flags;
-        if (s->writeback) { /* the kernel may read through it and keeps O_APPEND itself */
-            if ((fl & O_ACCMODE) == O_WRONLY)
-                fl = (fl & ~O_ACCMODE) | O_RDWR;
-            fl &= ~O_APPEND;
-        }
+        int fl = writeback_flags(s, (int)r->in.create.flags);
         e = o->create ? o->create(p, s->p1, fl, r->in.create.mode & 07777, &h->pfh, &st) : -EROFS;
+        if (e == -EACCES && fl != ((int)r->in.create.flags & ~O_APPEND))
+            e = o->create(p, s->p1, (int)r->in.create.flags & ~O_APPEND, r->in.create.mode & 07777,
+                          &h->pfh, &st);
     }
     }
     e = e < 0 ? perr(e) : 0;
@@ -618,12 +638,10 @@ static size_t op_open(struct rq *q)
     if (dir) {
         e = s->ops->opendir ? s->ops->opendir(s->pv->p, s->p1, &h->pfh) : 0;
     } else {
-        if (s->writeback) {
-            if ((flags & O_ACCMODE) == O_WRONLY)
-                flags = (flags & ~O_ACCMODE) | O_RDWR;
-            flags &= ~O_APPEND;
-        }
-        e = s->ops->open ? s->ops->open(s->pv->p, s->p1, flags, &h->pfh) : -ENOSYS;
+        int fl = writeback_flags(s, flags);
+        e = s->ops->open ? s->ops->open(s->pv->p, s->p1, fl, &h->pfh) : -ENOSYS;
+        if (e == -EACCES && fl != (flags & ~O_APPEND))
+            e = s->ops->open(s->pv->p, s->p1, flags & ~O_APPEND, &h->pfh);
     }
     e = e < 0 ? perr(e) : 0;
     if (!dir)

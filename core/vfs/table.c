@@ -355,3 +355,14 @@ struct gd__vhandle *gd__vhandles_next(const struct gd__vhandles *t, size_t *curs
             return container_of(t->ids.b[*cursor], struct gd__vhandle, by_id);
     return NULL;
 }
+
+struct gd__vhandle *gd__vhandles_of_node(const struct gd__vhandles *t, uint64_t nodeid)
+{
+    for (size_t i = 0; i <= t->ids.mask; i++)
+        for (struct gd__hlink *l = t->ids.b[i]; l; l = l->next) {
+            struct gd__vhandle *h = container_of(l, struct gd__vhandle, by_id);
+            if (!h->dir && h->nodeid == nodeid)
+                return h;
+        }
+    return NULL;
+}

@@ -269,6 +269,10 @@ struct gd_mount {
     const char *guest;       /* absolute guest path, normalised */
     const char *host;        /* hostfs / overlay: the host directory */
     int readonly;            /* hostfs: ro */
+    int cache_always;        /* hostfs / overlay: nothing but this sandbox changes HOST
+                                while it runs (cache=always): the guest caches entries and
+                                attributes for 60 s and writes back (GD_VFS_EXCLUSIVE).
+                                0 (cache=auto): 1 s, host edits show within a second */
     uint64_t size;           /* memory (and overlay writes): the cap in bytes; 0: default */
     const char *const *hide; /* NULL-ended globs hidden from the guest, or NULL */
     const char *provider;    /* GD_MOUNT_PLUGIN: the registered provider name */
@@ -277,7 +281,8 @@ struct gd_mount {
 
 #define GD_VFS_MAX_MOUNTS 8
 
-/* Parses the CLI forms: "HOST:GUEST[:ro]" (hostfs), "HOST:GUEST" (overlay),
+/* Parses the CLI forms: "HOST:GUEST[:ro][:cache=always]" (hostfs),
+ * "HOST:GUEST[:cache=always]" (overlay),
  * "GUEST[:SIZE]" (memory; SIZE like 64M). Strings point into buf (cap bytes). */
 int gd_mount_parse(enum gd_mount_kind kind, const char *arg, struct gd_mount *out, char *buf,
                    size_t cap, struct gd_err *err);

@@ -109,6 +109,8 @@ void gd__vhandles_del(struct gd__vhandles *t, struct gd__vhandle *h);
 /* A handle in a bucket >= *cursor (start at 0), or NULL: to release them all, deleting
  * each before asking for the next. */
 struct gd__vhandle *gd__vhandles_next(const struct gd__vhandles *t, size_t *cursor);
+/* An open file (not directory) handle of nodeid, or NULL: one scan of the table. */
+struct gd__vhandle *gd__vhandles_of_node(const struct gd__vhandles *t, uint64_t nodeid);
 
 /* ---- the session (session.c, session_dir.c) ---- */
 

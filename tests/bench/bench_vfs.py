@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Files: the same host directory and the same guest commands through our virtio-fs
 mount (--mount-hostfs), QEMU's built-in 9p (-fsdev local,security_model=none +
-virtio-9p-device, mounted cache=loose) and the guest's own tmpfs (the limit), in one run.
+virtio-9p-device) mounted with its defaults (cache=none: it sees host changes at once, as
+ours does within 1 s) and mounted cache=loose (it never revalidates: host changes may stay
+unseen), and the guest's own tmpfs (the limit), in one run. Ours runs twice: with its
+default (cache=auto, compared with 9p's default) and with :cache=always (the host leaves
+the directory alone; compared with 9p cache=loose).
 
     python3 tests/bench/bench_vfs.py [BUILD_DIR] [--files N] [--mib M] [--runs R]
-                                     [--modes ours,serial,9p,tmpfs] [--serial-exclusive]
+                                     [--modes ours,ours-always,serial,9p,9p-loose,tmpfs] [--serial-exclusive]
 
 Mode serial is issue 14's other transport, a prototype measured here only: FUSE over a
 virtio-serial port. A static guest relay (tests/bench/vfs_serial/relay.c, built here with
@@ -49,7 +53,7 @@ def opt(name, default):
 FILES = int(opt("--files", "10000"))
 MIB = int(opt("--mib", "256"))
 RUNS = int(opt("--runs", "1"))
-MODES = opt("--modes", "ours,9p,tmpfs").split(",")
+MODES = opt("--modes", "ours,9p,ours-always,9p-loose,tmpfs").split(",")
 SERIAL_EXCLUSIVE = "--serial-exclusive" in args
 G = os.path.join(BUILD, "gondolin")
 IMAGE = "gd-bench-vfs:1"
@@ -178,15 +182,16 @@ def one(mode, archive, serial_in=None):
     env = dict(os.environ)
     cmd = [G, "exec", "--image", IMAGE, "--memory", "1G"]
     script = SCRIPT.replace("__MIB__", str(MIB)).replace("__DIRS__", str(FILES // 100))
-    if mode == "ours":
-        cmd += ["--mount-hostfs", f"{host}:/mnt/gd"]
+    if mode in ("ours", "ours-always"):
+        cmd += ["--mount-hostfs", f"{host}:/mnt/gd" + (":cache=always" if mode != "ours" else "")]
         target = "/mnt/gd"
-    elif mode == "9p":
+    elif mode in ("9p", "9p-loose"):
         env["GONDOLIN_QEMU"] = qemu_wrapper(
             tmp, f"-fsdev local,id=b9,path={host},security_model=none "
             "-device virtio-9p-device,fsdev=b9,mount_tag=bench9")
+        cache = ",cache=loose" if mode == "9p-loose" else ""
         script = ("mkdir -p /mnt/b9 && mount -t 9p -o trans=virtio,version=9p2000.L,"
-                  "msize=512000,cache=loose bench9 /mnt/b9\n") + script
+                  f"msize=512000{cache} bench9 /mnt/b9\n") + script
         target = "/mnt/b9"
     elif mode == "serial":
         sock = os.path.join(tmp, "fuse.sock")
@@ -260,13 +265,16 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     med = {m: {k: statistics.median(r[k] for r in results[m]) for k, _, _ in ROWS}
            for m in MODES}
-    names = {"ours": "gondolin virtio-fs", "9p": "QEMU 9p (cache=loose)",
+    names = {"ours": "gondolin virtio-fs", "ours-always": "gondolin virtio-fs, cache=always",
+             "9p": "QEMU 9p (default: cache=none)",
+             "9p-loose": "QEMU 9p (cache=loose)",
              "tmpfs": "guest tmpfs (limit)",
              "serial": "FUSE over virtio-serial (prototype"
                        + (", exclusive)" if SERIAL_EXCLUSIVE else ")")}
-    vs = [m for m in ("ours", "serial") if m in MODES and "9p" in MODES]
+    vs = [(m, p) for m, p in (("ours", "9p"), ("ours-always", "9p-loose"), ("serial", "9p"))
+          if m in MODES and p in MODES]
     hdr = "| job | " + " | ".join(names[m] for m in MODES) + \
-          "".join(f" | {m} vs 9p" for m in vs) + " |"
+          "".join(f" | {m} vs {p}" for m, p in vs) + " |"
     print(hdr)
     print("|---|" + "---:|" * (len(MODES) + len(vs)))
     for k, label, unit in ROWS:
@@ -280,8 +288,8 @@ def main():
                 val[m] = ms
                 cells.append(f"{ms:.0f} ms")
         line = f"| {label} | " + " | ".join(cells)
-        for m in vs:
-            ratio = val[m] / val["9p"] if unit == "MB/s" else val["9p"] / max(val[m], 1)
+        for m, p in vs:
+            ratio = val[m] / val[p] if unit == "MB/s" else val[p] / max(val[m], 1)
             line += f" | {ratio:.1f}×"
         print(line + " |")
     print(f"\n{RUNS} run(s), fresh VM and host directory per run; "

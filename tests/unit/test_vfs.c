@@ -259,14 +259,26 @@ TEST(vfs_rename_over_open_file)
     CHECK_EQ(e.nodeid, nw); /* the node moved with the file */
     CHECK_EQ(vc_lookup(&c, 1, "b", &e), -ENOENT);
     check_content(&c, 1, "a", "new!");
-    /* the replaced node: no path, but fstat through its handle works */
-    CHECK_EQ(vc_getattr(&c, old, NULL), -ENOENT);
+    /* the replaced node: no path, but fstat through its handle works, and so do requests
+     * without a handle while one is open (the writeback cache's time flush, a stat of
+     * /proc/PID/fd/N): they go through that handle, never the new file at the name */
     struct fuse_getattr_in gi = {.getattr_flags = FUSE_GETATTR_FH, .fh = fh_old};
     CHECK_EQ(vc_req(&c, FUSE_GETATTR, old, &gi, sizeof(gi), NULL, NULL, NULL, 0), 0);
     struct fuse_attr_out ao;
     memcpy(&ao, c.payload, sizeof(ao));
     CHECK_EQ(ao.attr.size, 3);
+    struct fuse_attr oa;
+    CHECK_EQ(vc_getattr(&c, old, &oa), 0);
+    CHECK_EQ(oa.size, 3);
+    struct fuse_setattr_in si = {.valid = FATTR_MTIME, .mtime = 12345};
+    CHECK_EQ(vc_setattr(&c, old, &si, &oa), 0);
+    CHECK_EQ(oa.mtime, 12345);
+    CHECK_EQ(vc_getattr(&c, nw, &oa), 0);
+    CHECK(oa.mtime != 12345);
     CHECK_EQ(vc_release(&c, old, fh_old), 0);
+    /* no handle left: the node is unreachable */
+    CHECK_EQ(vc_getattr(&c, old, NULL), -ENOENT);
+    CHECK_EQ(vc_setattr(&c, old, &si, NULL), -ENOENT);
     /* a directory into itself */
     CHECK_EQ(vc_mkdir(&c, 1, "d", 0755, &e), 0);
     uint64_t d = e.nodeid;
@@ -667,6 +679,24 @@ TEST(vfs_mount_parse)
     CHECK_EQ(m.readonly, 0);
     CHECK_EQ(gd_mount_parse(GD_MOUNT_OVERLAY, "/tmp:/w", &m, buf, sizeof(buf), &err), 0);
     CHECK_EQ(m.kind, GD_MOUNT_OVERLAY);
+    CHECK_EQ(m.cache_always, 0);
+    /* options after the guest path, in any order; the last of each wins */
+    static const struct {
+        enum gd_mount_kind k;
+        const char *arg, *guest;
+        int ro, cache;
+    } opts[] = {
+        {GD_MOUNT_HOSTFS, "/tmp:/w:ro:cache=always", "/w", 1, 1},
+        {GD_MOUNT_HOSTFS, "/tmp:/w:cache=always:ro:rw", "/w", 0, 1},
+        {GD_MOUNT_HOSTFS, "/tmp:/w:cache=always:cache=auto", "/w", 0, 0},
+        {GD_MOUNT_OVERLAY, "/tmp:/src:cache=always", "/src", 0, 1},
+    };
+    for (size_t i = 0; i < sizeof(opts) / sizeof(*opts); i++) {
+        CHECK_EQ(gd_mount_parse(opts[i].k, opts[i].arg, &m, buf, sizeof(buf), &err), 0);
+        CHECK_STR(m.guest, opts[i].guest);
+        CHECK_EQ(m.readonly, opts[i].ro);
+        CHECK_EQ(m.cache_always, opts[i].cache);
+    }
     static const struct {
         enum gd_mount_kind k;
         const char *arg, *msg;
@@ -691,6 +721,10 @@ TEST(vfs_mount_parse)
         {GD_MOUNT_HOSTFS, "/etc/passwd:/w", "not a directory"},
         {GD_MOUNT_HOSTFS, "/tmp:w", "absolute"},
         {GD_MOUNT_HOSTFS, "/tmp:/w:x", "absolute"}, /* the last ':' splits */
+        {GD_MOUNT_HOSTFS, "/tmp:/w:cache=never", "cache is 'auto' or 'always', got 'never'"},
+        {GD_MOUNT_HOSTFS, "/tmp:/w:cache=", "cache is 'auto' or 'always'"},
+        {GD_MOUNT_OVERLAY, "/tmp:/w:ro", "absolute"}, /* ro is hostfs's */
+        {GD_MOUNT_HOSTFS, "/tmp:ro", "expected HOST:GUEST[:ro][:cache=always]"},
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(*bad); i++) {
         err.msg[0] = 0;
@@ -730,6 +764,20 @@ TEST(vfs_mount_provider)
     CHECK_EQ(gd_mount_parse(GD_MOUNT_OVERLAY, "/tmp:/w", &m, buf, sizeof(buf), &err), 0);
     CHECK_EQ(gd_mount_provider(&m, &pv, &err), 0);
     CHECK_STR(pv->name, "overlay");
+    CHECK(!(pv->flags & GD_VFS_EXCLUSIVE));
+    gd_vfs_provider_free(pv);
+    /* cache=always: exclusive (long TTLs, writeback), through the hide wrapper too */
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_OVERLAY, "/tmp:/w:cache=always", &m, buf, sizeof(buf), &err),
+             0);
+    CHECK_EQ(gd_mount_provider(&m, &pv, &err), 0);
+    CHECK(pv->flags & GD_VFS_EXCLUSIVE);
+    gd_vfs_provider_free(pv);
+    CHECK_EQ(gd_mount_parse(GD_MOUNT_HOSTFS, "/tmp:/w:cache=always", &m, buf, sizeof(buf), &err),
+             0);
+    m.hide = hide;
+    CHECK_EQ(gd_mount_provider(&m, &pv, &err), 0);
+    CHECK_STR(pv->name, "shadow");
+    CHECK(pv->flags & GD_VFS_EXCLUSIVE);
     gd_vfs_provider_free(pv);
     gd_vfs_provider_free(NULL);
 }
@@ -777,17 +825,25 @@ static const struct gd_vfs_ops wstub_ops = {
     .fallocate = wstub_fallocate,
 };
 
-/* The open hook saw a read-only open: no WRITE or FALLOCATE may follow on that handle. */
-TEST(vfs_write_through_readonly_handle)
+/* A session over a stub provider; e: the lookup of its file "f". */
+static void stub_session(struct vc *c, const struct gd_vfs_ops *ops, unsigned flags,
+                         struct fuse_entry_out *e)
 {
     gd_vfs_provider *pv = calloc(1, sizeof(*pv));
     CHECK(pv);
-    pv->ops = &wstub_ops;
-    pv->name = "wstub";
+    pv->ops = ops;
+    pv->name = "stub";
+    pv->flags = flags;
+    vc_open(c, pv, NULL);
+    CHECK_EQ(vc_lookup(c, 1, "f", e), 0);
+}
+
+/* The open hook saw a read-only open: no WRITE or FALLOCATE may follow on that handle. */
+TEST(vfs_write_through_readonly_handle)
+{
     struct vc c;
-    vc_open(&c, pv, NULL);
     struct fuse_entry_out e;
-    CHECK_EQ(vc_lookup(&c, 1, "f", &e), 0);
+    stub_session(&c, &wstub_ops, 0, &e);
     uint64_t fh;
     CHECK_EQ(vc_open_file(&c, e.nodeid, O_RDONLY, &fh), 0);
     wstub_writes = 0;
@@ -801,5 +857,47 @@ TEST(vfs_write_through_readonly_handle)
     /* and no READ through a write-only handle (no writeback cache here) */
     char buf[4];
     CHECK_EQ(vc_read(&c, e.nodeid, fh, 0, buf, sizeof(buf)), -EBADF);
+    vc_close(&c);
+}
+
+/* With the writeback cache a write-only open is asked read-write (the kernel fills partial
+ * pages through it); a provider that refuses reading gets the guest's own mode back. */
+static int wo_opens[4], wo_nopens;
+static int wo_open(void *p, const char *path, int flags, uint64_t *fh)
+{
+    (void)p, (void)path;
+    if (wo_nopens < 4)
+        wo_opens[wo_nopens++] = flags;
+    if ((flags & O_ACCMODE) == O_RDWR)
+        return -EACCES; /* a 0200 file on the host */
+    *fh = 9;
+    return 0;
+}
+static const struct gd_vfs_ops wo_ops = {
+    .getattr = wstub_getattr,
+    .read = wstub_read,
+    .open = wo_open,
+    .write = wstub_write,
+};
+
+TEST(vfs_writeback_write_only_file)
+{
+    struct vc c;
+    struct fuse_entry_out e;
+    stub_session(&c, &wo_ops, GD_VFS_EXCLUSIVE, &e);
+    CHECK(c.init_flags & FUSE_WRITEBACK_CACHE);
+    uint64_t fh;
+    wo_nopens = 0;
+    CHECK_EQ(vc_open_file(&c, e.nodeid, O_WRONLY | O_APPEND, &fh), 0);
+    CHECK_EQ(wo_nopens, 2);
+    CHECK_EQ(wo_opens[0], O_RDWR);   /* asked read-write, without O_APPEND */
+    CHECK_EQ(wo_opens[1], O_WRONLY); /* refused: the guest's mode (O_APPEND stays ours) */
+    CHECK_EQ(vc_write(&c, e.nodeid, fh, 0, "x", 1), 1);
+    CHECK_EQ(vc_release(&c, e.nodeid, fh), 0);
+    /* a read-only open is never retried */
+    wo_nopens = 0;
+    CHECK_EQ(vc_open_file(&c, e.nodeid, O_RDONLY, &fh), 0);
+    CHECK_EQ(wo_nopens, 1);
+    CHECK_EQ(vc_release(&c, e.nodeid, fh), 0);
     vc_close(&c);
 }

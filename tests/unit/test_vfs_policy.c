@@ -425,7 +425,7 @@ TEST(vfs_policy_mounts_parsed)
                "return { mounts = {\n"
                "  ['/workspace'] = { hostfs = '.', mode = 'ro', hide = { '.env', '*.pem' } },\n"
                "  ['/data'] = { memory = true, size = '64M' },\n"
-               "  ['/src'] = { overlay = '.', size = 4096 },\n"
+               "  ['/src'] = { overlay = '.', size = 4096, cache = 'always' },\n"
                "  ['/run/task'] = { provider = { getattr = function() end } },\n"
                "} }\n",
                0, &err))
@@ -444,6 +444,8 @@ TEST(vfs_policy_mounts_parsed)
     CHECK_EQ(m[2].kind, GD_MOUNT_OVERLAY);
     CHECK_STR(m[2].host, real);
     CHECK_EQ(m[2].size, 4096);
+    CHECK_EQ(m[2].cache_always, 1);
+    CHECK_EQ(m[3].cache_always, 0);
     CHECK_STR(m[3].guest, "/workspace");
     CHECK_EQ(m[3].kind, GD_MOUNT_HOSTFS);
     CHECK_STR(m[3].host, real);
@@ -478,6 +480,9 @@ TEST(vfs_policy_bad_mounts)
         {"mounts = { ['/a'] = { memory = true, size = 0 } }", "size must be a byte count"},
         {"mounts = { ['/a'] = { hostfs = '.', size = '1M' } }", "size applies to memory"},
         {"mounts = { ['/a'] = { memory = true, hide = '.env' } }", "hide applies to hostfs"},
+        {"mounts = { ['/a'] = { hostfs = '.', cache = 'never' } }",
+         "cache must be \"auto\" or \"always\""},
+        {"mounts = { ['/a'] = { memory = true, cache = 'always' } }", "cache applies to hostfs"},
         {"mounts = { ['/a'] = { hostfs = 'nope' } }", "hostfs: "},
         {"mounts = { ['/a'] = { hostfs = '.', hide = { '' } } }", "hide[1] must be a non-empty"},
         {"mounts = { ['/a'] = { provider = { raed = function() end } } }",

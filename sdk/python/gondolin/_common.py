@@ -251,7 +251,8 @@ def start_argv(
     return argv
 
 
-# mounts=: {"/workspace": {"hostfs": DIR, "mode": "ro"}, "/src": {"overlay": DIR},
+# mounts=: {"/workspace": {"hostfs": DIR, "mode": "ro", "cache": "always"},
+# "/src": {"overlay": DIR},
 # "/data": {"memory": True, "size": "64M"}, "hide": [".env", "**/*.pem"]}, or a list of
 # tuples ("hostfs", DIR, GUEST[, "ro"]), ("overlay", DIR, GUEST), ("memory", GUEST[, SIZE]),
 # ("hide", GLOB). Hide globs apply to every host-backed mount (docs/vfs.md).
@@ -287,17 +288,23 @@ def mounts_argv(mounts: Mounts) -> list[str]:
             kinds = [k for k in ("hostfs", "overlay", "memory") if spec.get(k)]
             if len(kinds) != 1:
                 raise ValueError(f"mounts[{guest!r}]: one of hostfs=, overlay=, memory=")
-            unknown = set(spec) - {"hostfs", "overlay", "memory", "mode", "size"}
+            unknown = set(spec) - {"hostfs", "overlay", "memory", "mode", "size", "cache"}
             if unknown:
                 raise ValueError(f"mounts[{guest!r}]: unknown keys {sorted(unknown)}")
+            cache = spec.get("cache", "auto")
+            if cache not in ("auto", "always"):
+                raise ValueError(f"mounts[{guest!r}]: cache is 'auto' or 'always'")
+            if cache != "auto" and kinds[0] == "memory":
+                raise ValueError(f"mounts[{guest!r}]: cache applies to hostfs and overlay")
+            opt = ":cache=always" if cache == "always" else ""
             if kinds[0] == "hostfs":
                 mode = spec.get("mode", "rw")
                 if mode not in ("rw", "ro"):
                     raise ValueError(f"mounts[{guest!r}]: mode is 'rw' or 'ro'")
                 ro = ":ro" if mode == "ro" else ""
-                out += ["--mount-hostfs", f"{_host_dir(spec['hostfs'])}:{guest}{ro}"]
+                out += ["--mount-hostfs", f"{_host_dir(spec['hostfs'])}:{guest}{ro}{opt}"]
             elif kinds[0] == "overlay":
-                out += ["--mount-overlay", f"{_host_dir(spec['overlay'])}:{guest}"]
+                out += ["--mount-overlay", f"{_host_dir(spec['overlay'])}:{guest}{opt}"]
             else:
                 size = spec.get("size")
                 out += ["--mount-memfs", guest + (f":{_mem(size)}" if size is not None else "")]

@@ -25,6 +25,8 @@ def test_mounts_dict() -> None:
             "/data": {"memory": True, "size": "64M"},
             "/m": {"memory": True, "size": 8},
             "/src": {"overlay": "/proj"},
+            "/w3": {"hostfs": "/src", "mode": "ro", "cache": "always"},
+            "/o2": {"overlay": "/proj", "cache": "always"},
             "hide": [".env", "**/*.pem"],
         }
     )
@@ -34,6 +36,8 @@ def test_mounts_dict() -> None:
         "--mount-memfs", "/data:64M",
         "--mount-memfs", "/m:8M",
         "--mount-overlay", "/proj:/src",
+        "--mount-hostfs", "/src:/w3:ro:cache=always",
+        "--mount-overlay", "/proj:/o2:cache=always",
         "--hide", ".env", "--hide", "**/*.pem",
     ]  # fmt: skip
 
@@ -51,6 +55,8 @@ def test_mounts_tuples_and_relative_dirs() -> None:
         {"/w": {"hostfs": "/a", "overlay": "/b"}},
         {"/w": {"hostfs": "/a", "mode": "x"}},
         {"/w": {"hostfs": "/a", "colour": 1}},
+        {"/w": {"hostfs": "/a", "cache": "never"}},
+        {"/w": {"memory": True, "cache": "always"}},
         {"hide": "!x"},
         [("hostfs", "/a")],
         [("hide", "!x")],
