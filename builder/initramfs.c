@@ -128,18 +128,17 @@ static int write_all(const char *path, const uint8_t *buf, size_t n, unsigned mo
     return close(fd) ? -errno : 0;
 }
 
-int gd_gunzip(const uint8_t *in, size_t n, uint8_t **out, size_t *outn)
+/* One decoder step into out[0..*room): *room is left as the space still free; 1: call
+ * again, 0: the stream ended, -1: corrupt. */
+typedef int (*decode_step)(void *z, uint8_t *out, size_t *room);
+
+/* Runs step into a buffer that doubles as it fills (at most 4 GiB). */
+static int decode_all(size_t n, decode_step step, void *z, uint8_t **out, size_t *outn)
 {
-    z_stream z;
-    memset(&z, 0, sizeof(z));
-    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK)
-        return -ENOMEM;
     size_t cap = n * 4 + 4096, len = 0;
     uint8_t *buf = malloc(cap);
-    int zr = Z_OK;
-    z.next_in = (Bytef *)in;
-    z.avail_in = (uInt)n;
-    while (buf && zr == Z_OK) {
+    int r = 1;
+    while (buf && r == 1) {
         if (len == cap) {
             if (cap > ((size_t)1 << 31))
                 break;
@@ -149,13 +148,11 @@ int gd_gunzip(const uint8_t *in, size_t n, uint8_t **out, size_t *outn)
             buf = nb;
             cap *= 2;
         }
-        z.next_out = buf + len;
-        z.avail_out = (uInt)(cap - len);
-        zr = inflate(&z, Z_NO_FLUSH);
-        len = cap - z.avail_out;
+        size_t room = cap - len;
+        r = step(z, buf + len, &room);
+        len = cap - room;
     }
-    inflateEnd(&z);
-    if (zr != Z_STREAM_END) {
+    if (r != 0) {
         free(buf);
         return -EINVAL;
     }
@@ -164,40 +161,50 @@ int gd_gunzip(const uint8_t *in, size_t n, uint8_t **out, size_t *outn)
     return 0;
 }
 
+static int gunzip_step(void *p, uint8_t *out, size_t *room)
+{
+    z_stream *z = p;
+    z->next_out = out;
+    z->avail_out = (uInt)*room;
+    int zr = inflate(z, Z_NO_FLUSH);
+    *room = z->avail_out;
+    return zr == Z_OK ? 1 : zr == Z_STREAM_END ? 0 : -1;
+}
+
+int gd_gunzip(const uint8_t *in, size_t n, uint8_t **out, size_t *outn)
+{
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    if (inflateInit2(&z, 16 + MAX_WBITS) != Z_OK)
+        return -ENOMEM;
+    z.next_in = (Bytef *)in;
+    z.avail_in = (uInt)n;
+    int rc = decode_all(n, gunzip_step, &z, out, outn);
+    inflateEnd(&z);
+    return rc;
+}
+
+static int unxz_step(void *p, uint8_t *out, size_t *room)
+{
+    lzma_stream *z = p;
+    z->next_out = out;
+    z->avail_out = *room;
+    lzma_ret zr = lzma_code(z, LZMA_RUN);
+    *room = z->avail_out;
+    return zr == LZMA_OK ? 1 : zr == LZMA_STREAM_END ? 0 : -1;
+}
+
 int gd_unxz(const uint8_t *in, size_t n, uint8_t **out, size_t *outn)
 {
     lzma_stream z = LZMA_STREAM_INIT;
     /* one stream: the kernel appends the size after it */
     if (lzma_stream_decoder(&z, UINT64_MAX, 0) != LZMA_OK)
         return -ENOMEM;
-    size_t cap = n * 4 + 4096, len = 0;
-    uint8_t *buf = malloc(cap);
-    lzma_ret zr = LZMA_OK;
     z.next_in = in;
     z.avail_in = n;
-    while (buf && zr == LZMA_OK) {
-        if (len == cap) {
-            if (cap > ((size_t)1 << 31))
-                break;
-            uint8_t *nb = realloc(buf, cap * 2);
-            if (!nb)
-                break;
-            buf = nb;
-            cap *= 2;
-        }
-        z.next_out = buf + len;
-        z.avail_out = cap - len;
-        zr = lzma_code(&z, LZMA_RUN);
-        len = cap - z.avail_out;
-    }
+    int rc = decode_all(n, unxz_step, &z, out, outn);
     lzma_end(&z);
-    if (zr != LZMA_STREAM_END) {
-        free(buf);
-        return -EINVAL;
-    }
-    *out = buf;
-    *outn = len;
-    return 0;
+    return rc;
 }
 
 int gd_kernel_extract_vmlinux(const char *bzimage, const char *out, struct gd_err *err)

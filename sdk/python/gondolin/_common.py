@@ -342,6 +342,15 @@ class Change:
     path: str
 
 
+def diff_fields(path: str, export: str | os.PathLike[str] | None, whiteouts: bool) -> dict[str, Any]:
+    """The fs.diff request's fields."""
+    fields: dict[str, Any] = {"path": path}
+    if export is not None:
+        fields["export"] = os.path.abspath(os.fspath(export))
+        fields["whiteouts"] = whiteouts
+    return fields
+
+
 def parse_diff(rep: Mapping[str, Any]) -> list[Change]:
     out: list[Change] = []
     for c in rep.get("changes") or ():

@@ -37,6 +37,7 @@ from ._common import (
     start_argv,
     Change,
     Mounts,
+    diff_fields,
     parse_diff,
     wait_gone,
 )
@@ -1013,11 +1014,7 @@ class AsyncSandbox:
         sorted by path: ``Change(kind, path)`` with kind "A" added, "M" modified, "D"
         deleted. ``export``: also write a tar of the added and modified files there (a
         host path; ``whiteouts`` adds deleted ones as OCI ``.wh.`` entries)."""
-        fields: dict[str, Any] = {"path": path}
-        if export is not None:
-            fields["export"] = os.path.abspath(os.fspath(export))
-            fields["whiteouts"] = whiteouts
-        return parse_diff(await self.request("fs.diff", **fields))
+        return parse_diff(await self.request("fs.diff", **diff_fields(path, export, whiteouts)))
 
     async def expose(self, listen: str, guest_port: int, *, raw: bool = False) -> str:
         rep = await self.request("expose", listen=listen, guest_port=guest_port, raw=raw)

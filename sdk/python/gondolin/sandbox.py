@@ -45,6 +45,7 @@ from ._common import (
     start_argv,
     Change,
     Mounts,
+    diff_fields,
     parse_diff,
     start_failed,
     wait_gone,
@@ -1168,11 +1169,7 @@ class Sandbox:
         sorted by path: ``Change(kind, path)`` with kind "A" added, "M" modified, "D"
         deleted. ``export``: also write a tar of the added and modified files there (a
         host path; ``whiteouts`` adds deleted ones as OCI ``.wh.`` entries)."""
-        fields: dict[str, Any] = {"path": path}
-        if export is not None:
-            fields["export"] = os.path.abspath(os.fspath(export))
-            fields["whiteouts"] = whiteouts
-        return parse_diff(self.request("fs.diff", **fields))
+        return parse_diff(self.request("fs.diff", **diff_fields(path, export, whiteouts)))
 
     def expose(self, listen: str, guest_port: int, *, raw: bool = False) -> str:
         """Forwards ``listen`` (host "ADDR:PORT") to the guest's port; the address bound."""
