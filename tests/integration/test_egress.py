@@ -10,22 +10,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "proxy"))
 from fixture import Upstreams  # noqa: E402
 
+from harness import TESTS, expect, test  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
 G = os.path.join(BUILD, "gondolin")
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def expect(c, what):
-    if not c:
-        raise AssertionError(what)
-
-
 def gexec(flags, script, timeout=240):
     r = subprocess.run([G, "exec"] + flags + ["--", "sh", "-c", script], capture_output=True,
                        timeout=timeout, text=True)

@@ -14,11 +14,12 @@ import threading
 import time
 import urllib.request
 
+from harness import TESTS, eq, expect, test  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
 G = os.path.join(BUILD, "gondolin")
 DRIVER = os.path.join(BUILD, "tests", "gd-fwd-driver")
-TESTS = []
 BIG = 100 << 20
 
 # the guest's services: http.server on 8000 (127.0.0.1) and 8003 (::1 only), a WebSocket
@@ -108,21 +109,6 @@ PORT = {}
 DRV = None
 LOG = []
 SHA = {}
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def expect(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
-
-def eq(a, b, what=""):
-    if a != b:
-        raise AssertionError(f"{what}: {a!r} != {b!r}")
 
 
 def url(name, path):

@@ -19,27 +19,13 @@ import time
 import urllib.error
 import urllib.request
 
+from harness import TESTS, eq, expect, test  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
 G = os.path.join(BUILD, "gondolin")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-TESTS = []
 BIG = 100 << 20
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def expect(c, what):
-    if not c:
-        raise AssertionError(what)
-
-
-def eq(a, b, what=""):
-    if a != b:
-        raise AssertionError(f"{what}: {a!r} != {b!r}")
 
 
 # guest services: http.server on 8000 (a 100 MiB file and a private file in its dir), a

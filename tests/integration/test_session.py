@@ -23,30 +23,16 @@ import urllib.request
 import fcntl
 import termios
 
+from harness import TESTS, eq, expect, test  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
 G = os.path.join(BUILD, "gondolin")
-TESTS = []
 RT = tempfile.mkdtemp(prefix="gd-sess-")  # XDG_RUNTIME_DIR of every command here
 ENV = dict(os.environ, XDG_RUNTIME_DIR=RT)
 SESS = os.path.join(RT, "gondolin", "sessions")
 POLICY = os.path.join(RT, "policy.lua")
 MAIN = "t-main"
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def expect(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
-
-def eq(a, b, what=""):
-    if a != b:
-        raise AssertionError(f"{what}: {a!r} != {b!r}")
 
 
 def run(args, input=None, timeout=120, check=None):

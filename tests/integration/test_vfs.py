@@ -20,29 +20,13 @@ import tempfile
 import time
 import zipfile
 
+from harness import TESTS, eq, expect, test  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
 G = os.path.join(BUILD, "gondolin")
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 IMAGE = "gd-test-vfs:1"
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
-def expect(c, what):
-    if not c:
-        raise AssertionError(what)
-
-
-def eq(a, b, what=""):
-    if a != b:
-        raise AssertionError(f"{what}: {a!r} != {b!r}")
-
-
 def gexec(flags, script, timeout=900, image=IMAGE, check=True):
     cmd = [G, "exec"] + (["--image", image] if image else []) + flags + \
         ["--", "sh", "-ec", script]

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 
+from harness import eq  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 
 
@@ -54,11 +56,6 @@ def hostfs_and_memfs_from_the_cli():
 def run(args):
     return subprocess.run([os.path.join(BUILD, "gondolin")] + args, capture_output=True,
                           timeout=300)
-
-
-def eq(a, b, what):
-    if a != b:
-        raise AssertionError(f"{what}: {a!r} != {b!r}")
 
 
 def main():

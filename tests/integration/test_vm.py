@@ -15,18 +15,12 @@ import fcntl
 import struct
 import termios
 
+from harness import TESTS, eq, expect, test  # noqa: E402
+
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
 G = os.path.join(BUILD, "gondolin")
 CLIENT = os.path.join(BUILD, "tests", "gd-testclient")
-TESTS = []
-
-
-def test(fn):
-    TESTS.append(fn)
-    return fn
-
-
 def run(args, input=None, timeout=120, env=None):
     e = dict(os.environ)
     if env:
@@ -38,16 +32,6 @@ def client(mode):
     """tests/integration/testclient.c: one API scenario against a real VM."""
     r = subprocess.run([CLIENT, mode], capture_output=True, timeout=120)
     eq(r.returncode, 0, r.stderr.decode() + r.stdout.decode())
-
-
-def expect(cond, what):
-    if not cond:
-        raise AssertionError(what)
-
-
-def eq(a, b, what=""):
-    if a != b:
-        raise AssertionError(f"{what}: {a!r} != {b!r}")
 
 
 def qemu_pids():
