@@ -64,3 +64,9 @@ void gd_iso_time(char *buf, size_t cap)
     snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(tv.tv_usec / 1000));
 }
+
+void gd_hostport(char *out, size_t cap, const char *host, unsigned port)
+{
+    int v6 = strchr(host, ':') != NULL;
+    snprintf(out, cap, "%s%s%s%s%u", v6 ? "[" : "", host, v6 ? "]" : "", *host ? ":" : "", port);
+}

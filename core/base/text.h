@@ -12,6 +12,9 @@ const char *gd_closest(const char *word, const char *const *cands, size_t max_di
  * (then *i advances past it). NULL when argv[*i] is not NAME or its value is missing. */
 const char *gd_flag_value(int argc, char **argv, int *i, const char *name);
 
+/* "HOST:PORT", "[HOST]:PORT" when HOST is an IPv6 address, "PORT" when HOST is "". */
+void gd_hostport(char *out, size_t cap, const char *host, unsigned port);
+
 /* The current UTC time as "2026-01-02T03:04:05.678Z" (audit records); cap >= 32. */
 void gd_iso_time(char *buf, size_t cap);
 

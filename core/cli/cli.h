@@ -31,7 +31,7 @@ int cli_resolve_image(void *ud, const char *ref, char *out, size_t cap, struct g
 void cli_vm_sandbox(struct cli_vm_flags *f, struct gd_sandbox_opts *o);
 int cli_die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Policy flags of exec/bash/run and the policy commands (egress_rt.c): egress flags
+/* Policy flags of exec/bash/run and the policy commands (policy_flags.c): egress flags
  * (parsed into typed rules, the engine's base), --policy, --plugin, --plugin-dir. */
 struct cli_policy {
     const char *policy;

@@ -1,6 +1,7 @@
 /* cmd_ingress.c - `gondolin expose ID` and `gondolin ssh ID`: ingress into a running
  * session, asked of its supervisor over the control socket. */
 #define _GNU_SOURCE
+#include "base/text.h"
 #include "cli.h"
 
 #include <errno.h>
@@ -50,9 +51,7 @@ int cmd_expose(int argc, char **argv)
     if (rc)
         return rc;
     char listen[100];
-    snprintf(listen, sizeof(listen), "%s%s%u", fs.host, fs.host[0] ? ":" : "", fs.port);
-    if (strchr(fs.host, ':'))
-        snprintf(listen, sizeof(listen), "[%s]:%u", fs.host, fs.port);
+    gd_hostport(listen, sizeof(listen), fs.host, fs.port);
     cJSON *p = cJSON_CreateObject(), *reply = NULL;
     cJSON_AddStringToObject(p, "listen", listen);
     cJSON_AddNumberToObject(p, "guest_port", fs.guest_port);

@@ -2,6 +2,7 @@
  * image is resolved (and the default one built) in the foreground, then a daemonised
  * supervisor (core/control/supervisor.c) boots the sandbox and serves its socket. */
 #define _GNU_SOURCE
+#include "base/text.h"
 #include "cli.h"
 
 #include "sandbox/sandbox.h"
@@ -229,9 +230,7 @@ int cmd_start(int argc, char **argv)
     cJSON *ssh = NULL;
     char ssh_listen[100] = "";
     if (sf.ssh_port || sf.ssh_host[0])
-        snprintf(ssh_listen, sizeof(ssh_listen), "%s%s%s%s%u", strchr(sf.ssh_host, ':') ? "[" : "",
-                 sf.ssh_host, strchr(sf.ssh_host, ':') ? "]" : "", sf.ssh_host[0] ? ":" : "",
-                 sf.ssh_port);
+        gd_hostport(ssh_listen, sizeof(ssh_listen), sf.ssh_host, sf.ssh_port);
     if (sf.ssh && (rc = cli_session_ssh(id, sf.ssh_user, ssh_listen, &ssh))) {
         char *stop[] = {"stop", id, "--force", NULL};
         cmd_stop(3, stop); /* no half-made session stays behind */

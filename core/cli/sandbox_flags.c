@@ -77,10 +77,10 @@ void cli_print_forwards(gd_sandbox *sb)
     struct gd_sandbox_forward fw[64];
     size_t n = gd_sandbox_forwards(sb, fw, 64);
     while (n--) { /* in the order they were given */
-        int v6 = strchr(fw[n].host, ':') != NULL;
-        fprintf(stderr, "gondolin: ingress %s://%s%s%s:%u -> guest port %u\n",
-                fw[n].raw ? "tcp" : "http", v6 ? "[" : "", fw[n].host, v6 ? "]" : "", fw[n].port,
-                fw[n].guest_port);
+        char hp[300];
+        gd_hostport(hp, sizeof(hp), fw[n].host, fw[n].port);
+        fprintf(stderr, "gondolin: ingress %s://%s -> guest port %u\n", fw[n].raw ? "tcp" : "http",
+                hp, fw[n].guest_port);
     }
 }
 

@@ -1,6 +1,7 @@
 /* requests.c - the one-shot REQUEST operations (docs/control.md): info, policy.reload,
  * policy.status, logs (logs.c), expose (gd_sandbox_expose), fs.diff (fsdiff.c), stop. */
 #define _GNU_SOURCE
+#include "base/text.h"
 #include "control_int.h"
 
 #include <errno.h>
@@ -16,13 +17,6 @@ static cJSON *fail_reply(const char *msg)
     cJSON_AddBoolToObject(o, "ok", 0);
     cJSON_AddStringToObject(o, "error", msg);
     return o;
-}
-
-/* "HOST:PORT" ("[HOST]:PORT" for IPv6). */
-static void addr(char *out, size_t cap, const char *host, unsigned port)
-{
-    int v6 = strchr(host, ':') != NULL;
-    snprintf(out, cap, "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "", port);
 }
 
 cJSON *gd__control_info(gd_control_server *s)
@@ -57,7 +51,7 @@ cJSON *gd__control_info(gd_control_server *s)
     while (n--) { /* oldest first */
         char a[100];
         cJSON *f = cJSON_CreateObject();
-        addr(a, sizeof(a), fw[n].host, fw[n].port);
+        gd_hostport(a, sizeof(a), fw[n].host, fw[n].port);
         cJSON_AddStringToObject(f, "listen", a);
         cJSON_AddNumberToObject(f, "guest_port", fw[n].guest_port);
         cJSON_AddBoolToObject(f, "raw", fw[n].raw);
@@ -79,7 +73,7 @@ static cJSON *expose(gd_control_server *s, const struct gd_control_request *q)
     snprintf(spec, sizeof(spec), "%s=%u", q->listen, q->guest_port);
     if (gd_forward_parse(spec, &fs, &err) || gd_sandbox_expose(s->sb, &fs, q->raw, &port, &err))
         return fail_reply(err.msg);
-    addr(a, sizeof(a), fs.host[0] ? fs.host : "127.0.0.1", port);
+    gd_hostport(a, sizeof(a), fs.host[0] ? fs.host : "127.0.0.1", port);
     gd__control_log(s, "control: ingress %s://%s -> guest port %u", q->raw ? "tcp" : "http", a,
                     q->guest_port);
     cJSON *o = cJSON_CreateObject();

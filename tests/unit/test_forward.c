@@ -1,4 +1,5 @@
 /* The port-forward spec parser: "[HOST:]PORT=GUESTPORT" and its one-line errors. */
+#include "base/text.h"
 #include "forward/forward.h"
 #include "test.h"
 
@@ -52,4 +53,17 @@ TEST(forward_parse_refuses)
     bad("::1:8080=80", "an IPv6 address in brackets");
     bad("[127.0.0.1]:8080=80", "listen address must be an IP address or localhost");
     bad("[::1:8080=80", "listen address");
+}
+
+TEST(hostport_brackets_ipv6)
+{
+    char b[64];
+    gd_hostport(b, sizeof(b), "127.0.0.1", 8080);
+    CHECK_STR(b, "127.0.0.1:8080");
+    gd_hostport(b, sizeof(b), "::1", 22);
+    CHECK_STR(b, "[::1]:22");
+    gd_hostport(b, sizeof(b), "", 9000);
+    CHECK_STR(b, "9000");
+    gd_hostport(b, sizeof(b), "localhost", 0);
+    CHECK_STR(b, "localhost:0");
 }

@@ -1,4 +1,4 @@
-/* egress_rt.c - the policy flags shared by exec/bash/run/start and `policy`, and how
+/* policy_flags.c - the policy flags shared by exec/bash/run/start and `policy`, and how
  * they become a policy engine or a sandbox's policy options. */
 #define _GNU_SOURCE
 #include "cli.h"
