@@ -445,6 +445,11 @@ def extract_all(tf: tarfile.TarFile, dest: str) -> None:
     tf.extractall(dest, members=members, numeric_owner=True, **kw)
 
 
+# read_file's default cap: the guest decides how much it sends, and read_file holds it all
+# in memory (read_file_to streams without a cap; max_bytes=None lifts it).
+READ_FILE_MAX = 256 << 20
+
+
 class CappedBuffer(io.BytesIO):
     """read_file's buffer: raises once more than ``cap`` bytes arrive (a hostile guest
     may stream without end), so the transfer is cancelled instead of filling memory."""

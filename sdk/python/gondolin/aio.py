@@ -22,6 +22,7 @@ from typing import IO, Any, Literal, cast, overload
 from . import _proto as P
 from ._common import (
     CLIENT_NAME,
+    READ_FILE_MAX,
     CappedBuffer,
     _merge,
     DEFAULT_SHELL,
@@ -884,7 +885,11 @@ class AsyncSandbox:
         _transfer_result(r, what, path)
 
     async def read_file(
-        self, path: str, *, timeout: float | None = None, max_bytes: int | None = None
+        self,
+        path: str,
+        *,
+        timeout: float | None = None,
+        max_bytes: int | None = READ_FILE_MAX,
     ) -> bytes:
         buf = CappedBuffer(max_bytes, path)
         await self.read_file_to(path, buf, timeout=timeout)

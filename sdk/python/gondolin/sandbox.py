@@ -29,6 +29,7 @@ from typing import IO, Any, Literal, cast, overload
 from . import _proto as P
 from ._common import (
     CLIENT_NAME,
+    READ_FILE_MAX,
     CappedBuffer,
     _merge,
     DEFAULT_SHELL,
@@ -1022,10 +1023,15 @@ class Sandbox:
         _transfer_result(r, what, path)
 
     def read_file(
-        self, path: str, *, timeout: float | None = None, max_bytes: int | None = None
+        self,
+        path: str,
+        *,
+        timeout: float | None = None,
+        max_bytes: int | None = READ_FILE_MAX,
     ) -> bytes:
         """A guest file's bytes; GondolinError (the transfer cancelled) past ``max_bytes``
-        when given: the guest decides how much it sends."""
+        (default 256 MiB; None: no cap): the guest decides how much it sends, and it is
+        all held in memory. read_file_to streams instead."""
         buf = CappedBuffer(max_bytes, path)
         self.read_file_to(path, buf, timeout=timeout)
         return buf.getvalue()

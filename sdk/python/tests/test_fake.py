@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import inspect
 import io
 import os
 import shutil
@@ -463,6 +464,10 @@ def test_read_file_max_bytes(sb: Sandbox, server: FakeServer) -> None:
     with pytest.raises(GondolinError, match="max_bytes"):
         sb.read_file("/tmp/big", max_bytes=1 << 20)
     assert sb.read_file("/tmp/big") == big  # the connection is still good
+    # without max_bytes a cap still holds (256 MiB); None lifts it
+    assert sb.read_file("/tmp/big", max_bytes=None) == big
+    for fn in (Sandbox.read_file, AsyncSandbox.read_file):
+        assert inspect.signature(fn).parameters["max_bytes"].default == 256 << 20
 
     async def main() -> None:
         async with await AsyncSandbox.attach(server.path) as asb:
