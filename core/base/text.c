@@ -64,3 +64,15 @@ void gd_iso_time(char *buf, size_t cap)
     snprintf(buf, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(tv.tv_usec / 1000));
 }
+
+int gd_name_ok(const char *s, size_t max, const char *bad_first)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > max || strchr(bad_first, s[0]))
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr("._-", *s)))
+            return 0;
+    return 1;
+}

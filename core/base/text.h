@@ -12,6 +12,10 @@ const char *gd_closest(const char *word, const char *const *cands, size_t max_di
  * (then *i advances past it). NULL when argv[*i] is not NAME or its value is missing. */
 const char *gd_flag_value(int argc, char **argv, int *i, const char *name);
 
+/* Whether s is a name (of a session, a checkpoint, an image ref): 1..max of
+ * [A-Za-z0-9_.-], not starting with one of bad_first. */
+int gd_name_ok(const char *s, size_t max, const char *bad_first);
+
 /* The current UTC time as "2026-01-02T03:04:05.678Z" (audit records); cap >= 32. */
 void gd_iso_time(char *buf, size_t cap);
 
