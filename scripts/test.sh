@@ -65,6 +65,8 @@ python3 tests/integration/test_session.py build
 echo "== a session's supervisor under ASan+UBSan: protocol errors, hang-ups, stop"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   python3 tests/integration/test_session.py build-asan malformed
+echo "== disk checkpoints: rootfs mode cow, snapshot, --resume, the store, SIGKILL, the SDK"
+python3 tests/integration/test_snapshot.py build
 echo "== the Python SDK (sdk/python): codec, fake server, real sandboxes through gondolin start"
 bash sdk/python/run_tests.sh build
 echo "== egress from real guests"

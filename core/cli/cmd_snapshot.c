@@ -6,6 +6,7 @@
 #include "snap/snap.h"
 
 #include <errno.h>
+#include <libgen.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,17 +41,19 @@ int cmd_snapshot(int argc, char **argv)
                        "snapshot: '%s' is not a checkpoint name (1 to 63 of A-Z a-z 0-9 _ . -, "
                        "starting with a letter or a digit)",
                        name);
-    char abs[PATH_MAX + 8];
-    if (output) { /* the supervisor has its own working directory */
-        if (output[0] == '/') {
-            snprintf(abs, sizeof(abs), "%s", output);
-        } else {
-            char cwd[PATH_MAX];
-            if (!getcwd(cwd, sizeof(cwd)))
-                return cli_die(1, "snapshot: getcwd: %s", strerror(errno));
-            if (snprintf(abs, sizeof(abs), "%s/%s", cwd, output) >= (int)sizeof(abs))
-                return cli_die(2, "snapshot: --output path too long");
-        }
+    char abs[PATH_MAX + 300];
+    if (output) { /* absolute: the supervisor has its own working directory */
+        char d[PATH_MAX], b[PATH_MAX];
+        snprintf(d, sizeof(d), "%s", output);
+        snprintf(b, sizeof(b), "%s", output);
+        char *dir = realpath(dirname(d), NULL);
+        const char *base = basename(b);
+        if (!dir)
+            return cli_die(1, "snapshot: %s: %s", output, strerror(errno));
+        int n = snprintf(abs, sizeof(abs), "%s/%s", strcmp(dir, "/") ? dir : "", base);
+        free(dir);
+        if (n < 0 || (size_t)n >= sizeof(abs) || !strcmp(base, ".") || !strcmp(base, ".."))
+            return cli_die(2, "snapshot: --output wants a file name, not '%s'", output);
         if (access(abs, F_OK) == 0)
             return cli_die(1, "snapshot: %s exists already", abs);
     }

@@ -115,11 +115,27 @@ int gd_snap_rm(const char *name, struct gd_err *err)
     return 0;
 }
 
+/* Whether pid runs (a zombie does not: nobody may ever reap it in a container). */
+static int running(long pid)
+{
+    char p[64], buf[512];
+    if (pid <= 0 || (kill((pid_t)pid, 0) && errno != EPERM))
+        return 0;
+    snprintf(p, sizeof(p), "/proc/%ld/stat", pid);
+    FILE *f = fopen(p, "r");
+    if (!f)
+        return 1;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *e = strrchr(buf, ')');
+    return !(e && e[1] == ' ' && (e[2] == 'Z' || e[2] == 'X'));
+}
+
 /* ".tmp-PID-..." of a process that still runs. */
 static int writer_alive(const char *name)
 {
-    long pid = strtol(name + 5, NULL, 10);
-    return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+    return running(strtol(name + 5, NULL, 10));
 }
 
 static void state_root(char *buf, size_t cap)
@@ -155,7 +171,7 @@ static int gc_state(FILE *out, int dry_run)
         return 0;
     for (size_t i = 0; i < nv; i++) {
         long pid = strtol(v[i], NULL, 10);
-        if (pid <= 0 || kill((pid_t)pid, 0) == 0 || errno == EPERM)
+        if (pid <= 0 || running(pid))
             continue;
         char p[1300];
         snprintf(p, sizeof(p), "%s/%s", root, v[i]);
