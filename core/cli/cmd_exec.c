@@ -495,7 +495,9 @@ int cmd_exec(int argc, char **argv, int pty)
     struct gd_err err = {{0}};
     int rc = gd_sandbox_new(r->loop, &so, &r->sb, &err);
     if (rc) {
-        /* a bad policy is a usage error; anything else is the VM's */
+        free(r);
+        free(env);
+        /* a bad policy (or checkpoint) is a usage error; anything else is the VM's */
         return cli_die(rc == -EINVAL ? 2 : 125, "%s", err.msg);
     }
     cli_print_forwards(r->sb);

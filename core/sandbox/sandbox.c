@@ -120,16 +120,19 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
     const char *ref = o->image ? o->image : pc && pc->image ? pc->image : NULL;
     struct gd_snap_trailer st = {0};
     struct gd_snap_meta sm = {0};
-    if (o->resume && !ref)
-        rc = gd__disk_resume_image(sb, o, &st, &sm, err);
-    else if (o->resume && (rc = gd_snap_verify(o->resume, &st, &sm, err)))
-        ;
-    else
+    if (o->resume && !ref) {
+        rc = gd__disk_resume_image(sb, o, &st, &sm, err); /* verifies it too */
+    } else {
+        if (o->resume && gd_snap_verify(o->resume, &st, &sm, err)) {
+            rc = -EINVAL;
+            goto fail;
+        }
         rc = o->resolve_image
                  ? o->resolve_image(o->image_ud, ref, sb->image_dir, sizeof(sb->image_dir), err)
                  : default_resolve(ref, sb->image_dir, sizeof(sb->image_dir), err);
-    if (rc && o->resume) {
-        rc = -EINVAL;
+    }
+    if (rc && o->resume && !ref) {
+        rc = -EINVAL; /* (the checkpoint is bad or its image is gone) */
         goto fail;
     }
     struct gd_image img;

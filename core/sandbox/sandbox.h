@@ -77,9 +77,10 @@ typedef void (*gd_sandbox_ready_cb)(gd_sandbox *sb, int status, void *ud);
 typedef void (*gd_sandbox_exit_cb)(gd_sandbox *sb, const char *reason, void *ud);
 
 /* Builds the policy engine (first revision), resolves the image, prepares the egress
- * stack and the VM; nothing runs yet. Fails with -EINVAL when the policy or its rules
- * are bad, -ENOENT when the image cannot be found (or built), -EIO when the egress
- * stack or the VM cannot be prepared; err says why. After a failure, run the loop once
+ * stack, the disk overlay (cow) and the VM; nothing runs yet. Fails with -EINVAL when
+ * the policy or its rules are bad or the checkpoint to resume is corrupt or does not
+ * fit, -ENOENT when the image cannot be found (or built), -EIO when the egress stack,
+ * the overlay or the VM cannot be prepared; err says why. After a failure, run the loop once
  * so handles the egress stack had opened finish closing. */
 int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox **out,
                    struct gd_err *err);

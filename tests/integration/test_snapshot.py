@@ -174,6 +174,9 @@ def output_path_and_inspect():
     run(["start", "--name", "o", "--rootfs-mode", "cow", "--memory", "768M", "--cpus", "1"],
         check=0)
     sx("o", "echo out > /root/o")
+    r = run(["snapshot", "o", "--name", "ck"])
+    expect(r.returncode == 1 and "exists already" in r.stderr, r.stderr)
+    eq(sx("o", "cat /root/o"), "out\n", "a refused name leaves the session running")
     r = run(["snapshot", "o", "--output", os.path.relpath(out)], check=0)
     eq(r.stdout.strip(), out, "the absolute path")
     eq(os.listdir(os.path.dirname(out)), ["my.gdsnap"], "no temporary left")
@@ -337,7 +340,7 @@ def image_ls_and_gc_of_orphans():
 def sdk_create_resume():
     sys.path.insert(0, os.path.join(ROOT, "sdk", "python"))
     os.environ.update(XDG_CACHE_HOME=CACHE, XDG_RUNTIME_DIR=RT, GONDOLIN_BIN=G)
-    from gondolin import AsyncSandbox, RemoteError, Sandbox
+    from gondolin import AsyncSandbox, RemoteError, Sandbox, StartError
 
     sb = Sandbox.create(rootfs_mode="cow", name="sdk")
     sb.exec("echo from-sdk > /root/sdk")
@@ -347,6 +350,13 @@ def sdk_create_resume():
         eq(r.exec("cat /root/sdk").text, "from-sdk\n", "Sandbox.create(resume=name)")
     with Sandbox.create(resume=path) as r:
         eq(r.exec(["cat", "/root/sdk"]).text, "from-sdk\n", "Sandbox.create(resume=path)")
+    bad = os.path.join(TMP, "bad.gdsnap")  # (corrupt_checkpoint_... made it)
+    if os.path.exists(bad):
+        try:
+            Sandbox.create(resume=bad)
+            raise AssertionError("a corrupt checkpoint was resumed")
+        except StartError as e:
+            expect(bad in str(e), str(e))
     with Sandbox.create() as m:
         try:
             m.snapshot("nope")
