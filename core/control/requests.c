@@ -42,6 +42,7 @@ cJSON *gd__control_info(gd_control_server *s)
     cJSON_AddStringToObject(o, "revision", gd_sandbox_revision(s->sb));
     cJSON_AddNumberToObject(o, "generation", gd_sandbox_generation(s->sb));
     cJSON_AddStringToObject(o, "state", s->stopping ? "stopping" : "running");
+    cJSON_AddBoolToObject(o, "cow", gd_sandbox_cow(s->sb)); /* a checkpoint can be taken */
     int execs = 0, clients = 0;
     for (struct conn *c = s->conns; c; c = c->next) {
         clients += !c->ended;

@@ -301,7 +301,6 @@ void gd_sandbox_free(gd_sandbox *sb)
     gd__ssh_free(sb->ssh);
     gd__mounts_free(sb);
     gd_vm_free(sb->vm);
-    gd__snapshot_free(sb);
     gd__disk_free(sb);
     if (sb->have_ns)
         gd__netstack_free(&sb->ns);

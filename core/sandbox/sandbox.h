@@ -126,13 +126,13 @@ struct gd_sandbox_snapshot_opts {
 /* path and error are borrowed for the call; exactly one of them is NULL. */
 typedef void (*gd_sandbox_snapshot_cb)(gd_sandbox *sb, const char *path, uint64_t size,
                                        const char *error, void *ud);
-/* Syncs the guest's filesystems (and freezes the root where the image has fsfreeze),
+/* Syncs the guest's filesystems (and freezes the root, or remounts it read-only),
  * stops the sandbox, and keeps its disk overlay as a checkpoint at o->path (written as
  * a hidden temporary, fsync'ed and renamed into place: never a partial file under that
  * name). cb fires once, before the sandbox's exit_cb. Fails at once (-ENOTSUP) when
  * the root is not a disk overlay, -EEXIST when the file exists, -EBUSY while stopping
- * or checkpointing; err says why. If the guest's sync fails, the sandbox keeps running
- * and cb reports the error. */
+ * or checkpointing; err says why. If the guest's sync fails (or takes over 120 s), the
+ * sandbox keeps running and cb reports the error. */
 int gd_sandbox_snapshot(gd_sandbox *sb, const struct gd_sandbox_snapshot_opts *o,
                         gd_sandbox_snapshot_cb cb, void *ud, struct gd_err *err);
 

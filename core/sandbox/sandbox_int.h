@@ -68,10 +68,10 @@ int gd__disk_prepare(gd_sandbox *sb, const struct gd_sandbox_opts *o, const stru
                      const struct gd_snap_trailer *t, const struct gd_snap_meta *m,
                      struct gd_err *err);
 void gd__disk_free(gd_sandbox *sb);
-/* A checkpoint in progress (snapshot.c); the VM's exit finishes it. */
+/* A checkpoint in progress (snapshot.c); the VM's exit finishes it at the latest (its
+ * record is freed when its timer has closed, before the sandbox may be freed). */
 struct gd__snap;
 void gd__snapshot_on_exit(gd_sandbox *sb, const char *reason);
-void gd__snapshot_free(gd_sandbox *sb);
 
 struct gd_sandbox {
     uv_loop_t *loop;

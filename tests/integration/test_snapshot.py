@@ -108,6 +108,25 @@ def rewrite_meta(src, dst, **changes):
         f.write(d[:qlen] + mb + t)
 
 
+def fsck(path):
+    """e2fsck -fn of the guest root a checkpoint holds (its qcow2 part over the image,
+    converted to a raw file with qemu-img): 0 when the filesystem is clean."""
+    d = open(path, "rb").read()
+    qlen = struct.unpack("<Q", d[-112:-104])[0]
+    meta = json.loads(run(["image", "inspect", "--snapshot", path], check=0).stdout)["metadata"]
+    spec = {"driver": "qcow2",
+            "backing": {"driver": "raw", "file": {"driver": "file",
+                                                  "filename": meta["image"] + "/rootfs.ext4"}},
+            "file": {"driver": "raw", "size": qlen,
+                     "file": {"driver": "file", "filename": path}}}
+    raw = os.path.join(TMP, "fsck.raw")
+    subprocess.run(["qemu-img", "convert", "-O", "raw", "json:" + json.dumps(spec), raw],
+                   check=True, capture_output=True)
+    r = subprocess.run(["e2fsck", "-fn", raw], capture_output=True, text=True)
+    os.unlink(raw)
+    return r.returncode, r.stdout + r.stderr
+
+
 @test
 def cow_root_is_the_disk_overlay():
     r = run(["exec", "--rootfs-mode", "cow", "--", "sh", "-c",
@@ -125,7 +144,9 @@ def cow_root_is_the_disk_overlay():
 
 @test
 def checkpoint_and_resume_twice_diverging():
-    run(["start", "--name", "src", "--rootfs-mode", "cow"], check=0)
+    info = json.loads(run(["start", "--name", "src", "--rootfs-mode", "cow", "--json"],
+                          check=0).stdout)
+    expect(info["cow"] is True, info)
     sx("src", "echo hello > /root/note; mkdir -p /opt/pkg; echo 1.2.3 > /opt/pkg/VERSION; "
               "echo 'pkg:x:990:990::/opt/pkg:/bin/sh' >> /etc/passwd")
     pid = session_pid("src")
@@ -134,6 +155,10 @@ def checkpoint_and_resume_twice_diverging():
     expect(snap_path("ck") in r.stderr, r.stderr)
     expect(wait_gone(pid), "the session stopped with its checkpoint")
     eq(session_pid("src"), None, "not listed")
+    rc, out = fsck(snap_path("ck"))
+    eq(rc, 0, f"the checkpoint's filesystem is clean: {out}")
+    q = subprocess.run(["qemu-img", "info", snap_path("ck")], capture_output=True, text=True)
+    expect("file format: qcow2" in q.stdout, q.stdout + q.stderr)
     before = sha(snap_path("ck"))
     run(["start", "--name", "r1", "--resume", "ck"], check=0)
     run(["start", "--name", "r2", "--resume", "ck"], check=0)
@@ -194,7 +219,8 @@ def output_path_and_inspect():
 
 @test
 def snapshot_refused_when_not_cow():
-    run(["start", "--name", "mem"], check=0)
+    info = json.loads(run(["start", "--name", "mem", "--json"], check=0).stdout)
+    expect(info["cow"] is False, info)
     r = run(["snapshot", "mem", "--name", "nope"])
     eq(r.returncode, 1, "exit status")
     expect("--rootfs-mode cow" in r.stderr and r.stderr.count("\n") == 1, r.stderr)
