@@ -17,6 +17,8 @@ pkgs=(
   libluajit-5.1-dev libslirp-dev libglib2.0-dev node-llhttp libcurl4-openssl-dev zlib1g-dev liblzma-dev
   # run (openssh-client: ssh-keygen and ssh for --ssh / gondolin ssh)
   "$qemu" ca-certificates openssh-client
+  # run: qemu-img makes the qcow2 overlays of --rootfs-mode cow and disk checkpoints
+  qemu-utils
   # tests: host-side clients of ingress listeners
   curl
   # image builder (apt-get download) and its checks

@@ -22,7 +22,7 @@ if command -v clang >/dev/null; then # build.sh builds build-fuzz/ with clang
   python3 tests/fuzz/test_fuzz_step.py build-fuzz
   echo "== fuzz: control channel (${GD_FUZZ_SECONDS:-30}s)"
   bash scripts/fuzz.sh build-fuzz/tests/fuzz-proto "${GD_FUZZ_SECONDS:-30}" build-fuzz/corpus tests/fuzz/seeds
-  for t in http target dns sni control apk fuse vfs virtq; do
+  for t in http target dns sni control apk fuse vfs virtq snap; do
     echo "== fuzz: $t (${GD_FUZZ_SECONDS_NET:-20}s)"
     bash scripts/fuzz.sh "build-fuzz/tests/fuzz-$t" "${GD_FUZZ_SECONDS_NET:-20}" "build-fuzz/corpus-$t" \
       "tests/fuzz/seeds-$t"
@@ -65,6 +65,8 @@ python3 tests/integration/test_session.py build
 echo "== a session's supervisor under ASan+UBSan: protocol errors, hang-ups, stop"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   python3 tests/integration/test_session.py build-asan malformed
+echo "== disk checkpoints: rootfs mode cow, snapshot, --resume, the store, SIGKILL, the SDK"
+python3 tests/integration/test_snapshot.py build
 echo "== the Python SDK (sdk/python): codec, fake server, real sandboxes through gondolin start"
 bash sdk/python/run_tests.sh build
 echo "== egress from real guests"

@@ -69,4 +69,15 @@ void gd_hostport(char *out, size_t cap, const char *host, unsigned port)
 {
     int v6 = strchr(host, ':') != NULL;
     snprintf(out, cap, "%s%s%s%s%u", v6 ? "[" : "", host, v6 ? "]" : "", *host ? ":" : "", port);
+
+int gd_name_ok(const char *s, size_t max, const char *bad_first)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > max || strchr(bad_first, s[0]))
+        return 0;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              strchr("._-", *s)))
+            return 0;
+    return 1;
 }

@@ -15,6 +15,10 @@ const char *gd_flag_value(int argc, char **argv, int *i, const char *name);
 /* "HOST:PORT", "[HOST]:PORT" when HOST is an IPv6 address, "PORT" when HOST is "". */
 void gd_hostport(char *out, size_t cap, const char *host, unsigned port);
 
+/* Whether s is a name (of a session, a checkpoint, an image ref): 1..max of
+ * [A-Za-z0-9_.-], not starting with one of bad_first. */
+int gd_name_ok(const char *s, size_t max, const char *bad_first);
+
 /* The current UTC time as "2026-01-02T03:04:05.678Z" (audit records); cap >= 32. */
 void gd_iso_time(char *buf, size_t cap);
 

@@ -16,6 +16,7 @@ struct cli_vm_flags {
     unsigned memory_mb;
     unsigned cpus;
     const char *rootfs_mode; /* --rootfs-mode, or NULL: the image's default */
+    char resume[1200];       /* --resume: the checkpoint file (absolute), or "" */
     int verbose;
 };
 
@@ -90,7 +91,8 @@ int cmd_ls(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
 int cmd_logs(int argc, char **argv);
 int cmd_expose(int argc, char **argv);
-int cmd_diff(int argc, char **argv); /* cmd_diff.c */
+int cmd_diff(int argc, char **argv);     /* cmd_diff.c */
+int cmd_snapshot(int argc, char **argv); /* cmd_snapshot.c */
 int cmd_ssh(int argc, char **argv);
 /* Asks the session's supervisor for SSH access (starting sshd on first use); *out is
  * the reply (host, port, user, identity, known_hosts, command). Prints errors. */

@@ -339,7 +339,10 @@ static void exec_usage(int pty)
            "  -e, --env K=V       set an environment variable (repeatable)\n"
            "  -w, --cwd DIR       working directory in the guest\n"
            "  --memory SIZE       guest memory, e.g. 512M, 2G (default 1G)\n"
-           "  --rootfs-mode MODE  memory (tmpfs overlay, default), readonly, cow (= memory)\n"
+           "  --rootfs-mode MODE  memory (tmpfs overlay, default), cow (a qcow2 overlay on\n"
+           "                      disk, can be checkpointed: docs/snapshots.md), readonly\n"
+           "  --resume SNAP       start from a disk checkpoint (a name in the store or a\n"
+           "                      file); its image, memory and cpus unless given\n"
            "  --cpus N            virtual CPUs (default 2)\n"
            "  --accel kvm|tcg|auto  accelerator (default auto: KVM if it really works)\n"
            "  -v, --verbose       print the QEMU command line\n"
@@ -494,7 +497,9 @@ int cmd_exec(int argc, char **argv, int pty)
     struct gd_err err = {{0}};
     int rc = gd_sandbox_new(r->loop, &so, &r->sb, &err);
     if (rc) {
-        /* a bad policy is a usage error; anything else is the VM's */
+        free(r);
+        free(env);
+        /* a bad policy (or checkpoint) is a usage error; anything else is the VM's */
         return cli_die(rc == -EINVAL ? 2 : 125, "%s", err.msg);
     }
     cli_print_forwards(r->sb);

@@ -24,6 +24,8 @@ static void start_usage(void)
            "SDK talk to it (docs/sessions.md). Prints the session id once the guest is ready.\n\n"
            "  --name NAME         a name to use instead of the id (unique among your sessions)\n"
            "  --json              print the session's info as JSON\n"
+           "  --rootfs-mode cow   the root on a disk overlay: `gondolin snapshot` can keep it\n"
+           "  --resume SNAP       start from a disk checkpoint (docs/snapshots.md)\n"
            "  -e, --env K=V       set an environment variable for every exec (repeatable)\n"
            "  --no-network        no network device at all\n"
            "  --listen [HOST:]PORT=GUESTPORT  ingress to a guest port (HTTP-aware;\n"
@@ -182,8 +184,9 @@ int cmd_start(int argc, char **argv)
      * policy's vm.image still counts */
     char image[1024];
     struct gd_err ierr = {{0}};
-    if (cli_resolve_image(&vf.verbose, vf.image, image, sizeof(image), &ierr))
-        return cli_die(125, "%s", ierr.msg);
+    if ((vf.image || !vf.resume[0]) &&
+        cli_resolve_image(&vf.verbose, vf.image, image, sizeof(image), &ierr))
+        return cli_die(125, "%s", ierr.msg); /* (a resume's image is the checkpoint's) */
     if (gd_session_uuid(id))
         return cli_die(1, "cannot generate a session id");
     struct gd_sandbox_opts so = {.no_network = no_network, .env = env};

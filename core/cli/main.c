@@ -6,6 +6,7 @@
 #include "base/fs.h"
 #include "image/image.h"
 #include "image/store.h"
+#include "snap/snap.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -45,10 +46,10 @@ static int parse_size_mb(const char *s, unsigned *out)
 int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f)
 {
     const char *a = argv[*i];
-    const char *names[] = {"--image", "--accel", "--memory", "--cpus", "--rootfs-mode"};
+    const char *names[] = {"--image", "--accel", "--memory", "--cpus", "--rootfs-mode", "--resume"};
     int which = -1;
     const char *val = NULL;
-    for (int k = 0; k < 5; k++) {
+    for (int k = 0; k < 6; k++) {
         size_t l = strlen(names[k]);
         if (!strncmp(a, names[k], l) && (a[l] == 0 || a[l] == '=')) {
             which = k;
@@ -99,11 +100,23 @@ int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f)
     case 4:
         if (strcmp(val, "readonly") && strcmp(val, "memory") && strcmp(val, "cow") &&
             strcmp(val, "rw")) {
-            cli_die(2, "--rootfs-mode must be readonly, memory, cow or rw, not '%s'", val);
+            cli_die(2, "--rootfs-mode must be memory, cow, readonly or rw, not '%s'", val);
             return -1;
         }
         f->rootfs_mode = val;
         break;
+    case 5: {
+        struct gd_err err = {{0}};
+        char p[1200];
+        if (gd_snap_resolve(val, p, sizeof(p), &err)) {
+            cli_die(2, "--resume: %s", err.msg);
+            return -1;
+        }
+        char *abs = realpath(p, NULL); /* a supervisor does not share our cwd */
+        snprintf(f->resume, sizeof(f->resume), "%s", abs ? abs : p);
+        free(abs);
+        break;
+    }
     }
     return 1;
 }
@@ -117,6 +130,7 @@ void cli_vm_sandbox(struct cli_vm_flags *f, struct gd_sandbox_opts *o)
     o->memory_mb = f->memory_mb;
     o->cpus = f->cpus;
     o->rootfs_mode = f->rootfs_mode;
+    o->resume = f->resume[0] ? f->resume : NULL;
     o->verbose = f->verbose;
     o->append = getenv("GONDOLIN_APPEND");
 }
@@ -177,6 +191,7 @@ static void usage(FILE *f)
                "  expose ID [--raw] [HOST:]PORT=GUESTPORT  a host port into the session\n"
                "  ssh ID [--user U] [-- CMD]      log into the session with OpenSSH\n"
                "  diff ID:/GUEST [--export F.tar] what the guest changed in an overlay mount\n"
+               "  snapshot ID [--name N]         stop a session, keep its disk as a checkpoint\n"
                "  policy reload ID                reload a session's policy\n"
                "  build --config FILE [--output DIR | --tag REF]  build a guest image\n"
                "  build --init-config | --validate FILE | --verify DIR | --default\n"
@@ -229,6 +244,8 @@ int main(int argc, char **argv)
         return cmd_expose(argc - 1, argv + 1);
     if (!strcmp(c, "diff"))
         return cmd_diff(argc - 1, argv + 1);
+    if (!strcmp(c, "snapshot"))
+        return cmd_snapshot(argc - 1, argv + 1);
     if (!strcmp(c, "ssh"))
         return cmd_ssh(argc - 1, argv + 1);
     return cli_die(2, "unknown command '%s' (see gondolin --help)", c);

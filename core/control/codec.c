@@ -509,6 +509,16 @@ int gd_control_parse_request(const void *b, size_t n, struct gd_control_request 
         bad(why, cap, "%s must be strings of at most 1023 bytes", "\"path\" and \"export\"");
         goto out;
     }
+    const char *name = NULL, *output = NULL;
+    if (get_str(d, "name", &name) < 0 || get_str(d, "output", &output) < 0 ||
+        (name && strlen(name) >= sizeof(o->name)) ||
+        (output && strlen(output) >= sizeof(o->output))) {
+        bad(why, cap, "%s must be strings of at most 127 and 1023 bytes",
+            "\"name\" and \"output\"");
+        goto out;
+    }
+    snprintf(o->name, sizeof(o->name), "%s", name ? name : "");
+    snprintf(o->output, sizeof(o->output), "%s", output ? output : "");
     snprintf(o->path, sizeof(o->path), "%s", path ? path : "");
     snprintf(o->export_, sizeof(o->export_), "%s", exp ? exp : "");
     snprintf(o->op, sizeof(o->op), "%s", op);

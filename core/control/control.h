@@ -153,6 +153,8 @@ struct gd_control_request {
     char path[1024];    /* fs.diff: an absolute guest path */
     char export_[1024]; /* fs.diff: an absolute host path for the tar, or "" */
     int whiteouts;      /* fs.diff: deleted paths as OCI whiteouts in the tar */
+    char name[128];     /* snapshot: the checkpoint's name in the store, or "" */
+    char output[1024];  /* snapshot: an absolute host path instead of the store, or "" */
 };
 int gd_control_parse_request(const void *b, size_t n, struct gd_control_request *o, char *why,
                              size_t cap);

@@ -100,11 +100,15 @@ void gd__control_req_done(struct req *r);
 void gd__control_tick_update(gd_control_server *s);
 
 /* requests.c */
+cJSON *gd__control_fail_reply(const char *msg); /* {"ok": false, "error": msg} */
 struct conn *gd__control_conn(gd_control_server *s, uint64_t serial); /* live, or NULL */
 cJSON *gd__control_info(gd_control_server *s);
 /* fs.diff (fsdiff.c): the changes of an overlay mount, and its export to a host file */
 cJSON *gd__control_fs_diff(gd_control_server *s, const struct gd_control_request *q);
 void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_t n);
+
+/* checkpoint.c: snapshot (gd_sandbox_snapshot); NULL when the REPLY comes later */
+cJSON *gd__control_snapshot(struct conn *c, uint32_t id, const struct gd_control_request *q);
 
 /* transfer.c: PUT and GET as guest processes */
 void gd__control_put(struct conn *c, uint32_t id, const uint8_t *body, size_t n);

@@ -1,5 +1,6 @@
 /* requests.c - the one-shot REQUEST operations (docs/control.md): info, policy.reload,
- * policy.status, logs (logs.c), expose (gd_sandbox_expose), fs.diff (fsdiff.c), stop. */
+ * policy.status, logs (logs.c), expose (gd_sandbox_expose), fs.diff (fsdiff.c), snapshot
+ * (checkpoint.c), stop. */
 #define _GNU_SOURCE
 #include "base/text.h"
 #include "control_int.h"
@@ -11,7 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static cJSON *fail_reply(const char *msg)
+cJSON *gd__control_fail_reply(const char *msg)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddBoolToObject(o, "ok", 0);
@@ -35,6 +36,7 @@ cJSON *gd__control_info(gd_control_server *s)
     cJSON_AddStringToObject(o, "revision", gd_sandbox_revision(s->sb));
     cJSON_AddNumberToObject(o, "generation", gd_sandbox_generation(s->sb));
     cJSON_AddStringToObject(o, "state", s->stopping ? "stopping" : "running");
+    cJSON_AddBoolToObject(o, "cow", gd_sandbox_cow(s->sb)); /* a checkpoint can be taken */
     int execs = 0, clients = 0;
     for (struct conn *c = s->conns; c; c = c->next) {
         clients += !c->ended;
@@ -69,10 +71,10 @@ static cJSON *expose(gd_control_server *s, const struct gd_control_request *q)
     struct gd_err err = {{0}};
     unsigned port;
     if (!q->listen[0] || !q->guest_port)
-        return fail_reply("expose needs \"listen\" ([HOST:]PORT) and \"guest_port\"");
+        return gd__control_fail_reply("expose needs \"listen\" ([HOST:]PORT) and \"guest_port\"");
     snprintf(spec, sizeof(spec), "%s=%u", q->listen, q->guest_port);
     if (gd_forward_parse(spec, &fs, &err) || gd_sandbox_expose(s->sb, &fs, q->raw, &port, &err))
-        return fail_reply(err.msg);
+        return gd__control_fail_reply(err.msg);
     gd_hostport(a, sizeof(a), fs.host[0] ? fs.host : "127.0.0.1", port);
     gd__control_log(s, "control: ingress %s://%s -> guest port %u", q->raw ? "tcp" : "http", a,
                     q->guest_port);
@@ -108,7 +110,7 @@ static void on_ssh(gd_sandbox *sb, const struct gd_ssh_access *a, const char *er
     if (c) {
         cJSON *o;
         if (!a) {
-            o = fail_reply(error);
+            o = gd__control_fail_reply(error);
         } else {
             o = cJSON_CreateObject();
             cJSON_AddBoolToObject(o, "ok", 1);
@@ -131,13 +133,13 @@ static cJSON *ssh(struct conn *c, uint32_t id, const struct gd_control_request *
     snprintf(dir, sizeof(dir), "%s", s->meta.socket);
     char *dot = strrchr(dir, '.');
     if (!dot)
-        return fail_reply("no place for the ssh keys");
+        return gd__control_fail_reply("no place for the ssh keys");
     strcpy(dot, ".ssh");
     if (mkdir(dir, 0700) && errno != EEXIST)
-        return fail_reply("cannot create the directory for the ssh keys");
+        return gd__control_fail_reply("cannot create the directory for the ssh keys");
     struct ssh_wait *w = calloc(1, sizeof(*w));
     if (!w)
-        return fail_reply("out of memory");
+        return gd__control_fail_reply("out of memory");
     *w = (struct ssh_wait){s, c->serial, id};
     struct gd_ssh_opts so = {.user = q->user[0] ? q->user : NULL, .key_dir = dir};
     struct gd_forward_spec fs = {0};
@@ -147,7 +149,7 @@ static cJSON *ssh(struct conn *c, uint32_t id, const struct gd_control_request *
         snprintf(spec, sizeof(spec), "%s=22", q->listen);
         if (gd_forward_parse(spec, &fs, &err)) {
             free(w);
-            return fail_reply(err.msg);
+            return gd__control_fail_reply(err.msg);
         }
         so.listen_host = fs.host[0] ? fs.host : NULL;
         so.listen_port = fs.port;
@@ -155,7 +157,7 @@ static cJSON *ssh(struct conn *c, uint32_t id, const struct gd_control_request *
     int rc = gd_sandbox_ssh(s->sb, &so, on_ssh, w);
     if (rc) {
         free(w);
-        return fail_reply(rc == -EINVAL ? "bad user name" : strerror(-rc));
+        return gd__control_fail_reply(rc == -EINVAL ? "bad user name" : strerror(-rc));
     }
     return NULL; /* on_ssh answers */
 }
@@ -182,8 +184,8 @@ void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_
     } else if (!strcmp(q.op, "policy.reload") || !strcmp(q.op, "policy.status")) {
         struct gd_err err = {{0}};
         if (q.op[7] == 'r' && gd_sandbox_reload(s->sb, &err))
-            return gd__control_reply(c, id, fail_reply(err.msg[0] ? err.msg : "the reload failed"),
-                                     0);
+            return gd__control_reply(
+                c, id, gd__control_fail_reply(err.msg[0] ? err.msg : "the reload failed"), 0);
         o = cJSON_CreateObject();
         cJSON_AddBoolToObject(o, "ok", 1);
         if (q.op[7] == 's')
@@ -196,6 +198,9 @@ void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_
         o = expose(s, &q);
     } else if (!strcmp(q.op, "fs.diff")) {
         o = gd__control_fs_diff(s, &q);
+    } else if (!strcmp(q.op, "snapshot")) {
+        if (!(o = gd__control_snapshot(c, id, &q)))
+            return;
     } else if (!strcmp(q.op, "ssh")) {
         if (!(o = ssh(c, id, &q)))
             return;
@@ -206,7 +211,7 @@ void gd__control_request(struct conn *c, uint32_t id, const uint8_t *body, size_
         return gd__control_reply(c, id, o, q.force ? 2 : 1);
     } else {
         snprintf(why, sizeof(why), "unknown op '%s'", q.op);
-        o = fail_reply(why);
+        o = gd__control_fail_reply(why);
     }
     gd__control_reply(c, id, o, 0);
 }

@@ -3,6 +3,7 @@
 #include "control.h"
 
 #include "base/fs.h"
+#include "base/text.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -86,13 +87,7 @@ static int is_uuid(const char *s)
 
 int gd_session_name_ok(const char *s)
 {
-    size_t n = strlen(s);
-    if (n < 1 || n > 63 || !isalnum((unsigned char)s[0]))
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)s[i]) && !strchr("_.-", s[i]))
-            return 0;
-    return 1;
+    return gd_name_ok(s, 63, "._-");
 }
 
 /* The state (field 3) and start time (field 22) of /proc/PID/stat. */

@@ -3,6 +3,7 @@
 #include "image/store.h"
 
 #include "base/fs.h"
+#include "base/text.h"
 #include "image/image.h"
 
 #include <cjson/cJSON.h>
@@ -36,14 +37,7 @@ void gd_store_default_dir(const char *arch, char *buf, size_t cap)
 
 static int name_ok(const char *s, size_t max)
 {
-    size_t l = strlen(s);
-    if (!l || l > max || s[0] == '.' || s[0] == '-')
-        return 0;
-    for (; *s; s++)
-        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
-              strchr("._-", *s)))
-            return 0;
-    return 1;
+    return gd_name_ok(s, max, ".-");
 }
 
 int gd_store_parse_ref(const char *ref, char *name, size_t ncap, char *tag, size_t tcap)
@@ -428,7 +422,7 @@ int gd_store_list(FILE *out, int json, struct gd_err *err)
     return 0;
 }
 
-int gd_store_gc(FILE *out, int dry_run, struct gd_err *err)
+int gd_store_gc(FILE *out, int dry_run, const char *const *keep, struct gd_err *err)
 {
     char store[1024], p[1400];
     gd_store_dir(store, sizeof(store));
@@ -447,6 +441,8 @@ int gd_store_gc(FILE *out, int dry_run, struct gd_err *err)
             int used = 0;
             for (size_t k = 0; k < nr && !used; k++)
                 used = !strcmp(refs[k].id, v[i]);
+            for (const char *const *k = keep; k && *k && !used; k++)
+                used = !strcmp(*k, v[i]);
             if (v[i][0] == '.') {
                 /* .tmp-<pid>-..., .build-<pid>: in flight, or left by one that died */
                 const char *dg = v[i] + strcspn(v[i], "0123456789");

@@ -40,8 +40,10 @@ int gd_store_adopt(const char *dir, const char *ref, char id[64], struct gd_err 
 int gd_store_tag(const char *selector, const char *ref, const char *arch, struct gd_err *err);
 /* Removes a ref; the image itself stays until gc. */
 int gd_store_rm(const char *ref, const char *arch, struct gd_err *err);
-/* Removes objects no ref points to, and leftovers of interrupted writes. Prints them. */
-int gd_store_gc(FILE *out, int dry_run, struct gd_err *err);
+/* Removes objects no ref points to (except the buildIds in keep, NULL-ended, may be
+ * NULL: the images of disk checkpoints), and leftovers of interrupted writes. Prints
+ * them. */
+int gd_store_gc(FILE *out, int dry_run, const char *const *keep, struct gd_err *err);
 /* Prints refs and images (ls), or JSON with json. */
 int gd_store_list(FILE *out, int json, struct gd_err *err);
 

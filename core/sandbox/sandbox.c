@@ -59,6 +59,27 @@ static int default_resolve(const char *ref, char *out, size_t cap, struct gd_err
     return gd_store_resolve(ref, gd_host_arch(), out, cap, err);
 }
 
+/* What a checkpoint of this sandbox will record (besides memory and cpus). */
+static void record(gd_sandbox *sb, const struct gd_sandbox_opts *o, const struct gd_image *img)
+{
+    struct gd_snap_meta *m = &sb->meta;
+    snprintf(m->build_id, sizeof(m->build_id), "%s", img->build_id);
+    snprintf(m->arch, sizeof(m->arch), "%s", img->arch);
+    snprintf(m->image, sizeof(m->image), "%s", sb->image_dir);
+    static const char *const kinds[] = {"hostfs", "overlay", "memory"};
+    for (size_t i = 0; i < o->nmounts && m->nmounts < GD_SNAP_MAX_MOUNTS; i++) {
+        const struct gd_mount *x = &o->mounts[i];
+        if (x->kind > GD_MOUNT_MEMORY)
+            continue;
+        struct gd_snap_mount *y = &m->mounts[m->nmounts++];
+        snprintf(y->kind, sizeof(y->kind), "%s", kinds[x->kind]);
+        snprintf(y->guest, sizeof(y->guest), "%s", x->guest);
+        snprintf(y->host, sizeof(y->host), "%s", x->host ? x->host : "");
+        y->readonly = x->readonly;
+        y->size = x->size;
+    }
+}
+
 int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox **out,
                    struct gd_err *err)
 {
@@ -94,17 +115,36 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
         if (o->policy && !(sb->policy = strdup(o->policy)))
             goto oom;
     }
-    /* the image: the caller's choice, else the policy's, else the default */
+    /* the image: the caller's choice, else the policy's, else the checkpoint's being
+     * resumed, else the default */
     const char *ref = o->image ? o->image : pc && pc->image ? pc->image : NULL;
-    rc = o->resolve_image
-             ? o->resolve_image(o->image_ud, ref, sb->image_dir, sizeof(sb->image_dir), err)
-             : default_resolve(ref, sb->image_dir, sizeof(sb->image_dir), err);
+    struct gd_snap_trailer st = {0};
+    struct gd_snap_meta sm = {0};
+    if (o->resume && !ref) {
+        rc = gd__disk_resume_image(sb, o, &st, &sm, err); /* verifies it too */
+    } else {
+        if (o->resume && gd_snap_verify(o->resume, &st, &sm, err)) {
+            rc = -EINVAL;
+            goto fail;
+        }
+        rc = o->resolve_image
+                 ? o->resolve_image(o->image_ud, ref, sb->image_dir, sizeof(sb->image_dir), err)
+                 : default_resolve(ref, sb->image_dir, sizeof(sb->image_dir), err);
+    }
+    if (rc && o->resume && !ref) {
+        rc = -EINVAL; /* (the checkpoint is bad or its image is gone) */
+        goto fail;
+    }
     struct gd_image img;
     if (rc || gd_image_load(sb->image_dir, 0, &img, err)) {
         rc = -ENOENT;
         goto fail;
     }
     snprintf(sb->build_id, sizeof(sb->build_id), "%s", img.build_id);
+    if (o->resume && gd_snap_compatible(o->resume, &sm, img.build_id, err)) {
+        rc = -EINVAL;
+        goto fail;
+    }
 
     /* the egress stack; its kernel arguments go after the caller's */
     size_t ne = 0;
@@ -134,17 +174,23 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
         rc = rc == -ENOMEM ? -EIO : -EINVAL;
         goto fail;
     }
+    if ((rc = gd__disk_prepare(sb, o, &img, &st, &sm, err))) {
+        rc = -EIO;
+        goto fail;
+    }
+    record(sb, o, &img);
     struct gd_vm_opts vo = {.image_dir = sb->image_dir,
                             .accel = o->accel,
                             .memory_mb = o->memory_mb ? o->memory_mb
                                          : pc         ? pc->memory_mb
-                                                      : 0,
+                                                      : sm.memory_mb,
                             .cpus = o->cpus ? o->cpus
                                     : pc    ? pc->cpus
-                                            : 0,
+                                            : sm.cpus,
                             .start_timeout_ms = o->start_timeout_ms,
                             .append = sb->append[0] ? sb->append : NULL,
-                            .rootfs_mode = o->rootfs_mode,
+                            .rootfs_mode = gd_sandbox_cow(sb) ? "cow" : o->rootfs_mode,
+                            .disk = gd_sandbox_cow(sb) ? sb->disk.path : NULL,
                             .verbose = o->verbose,
                             .net_fd = sb->have_ns ? sb->ns.qemu_fd : 0,
                             .fs = sb->vmfs,
@@ -153,6 +199,8 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
         rc = -EIO;
         goto fail;
     }
+    sb->meta.memory_mb = vo.memory_mb ? vo.memory_mb : 1024; /* the VM layer's defaults */
+    sb->meta.cpus = vo.cpus ? vo.cpus : 2;
     for (size_t i = 0; i < o->nlisten; i++)
         if (gd_sandbox_expose(sb, &o->listen[i].spec, o->listen[i].raw, NULL, err)) {
             gd__sandbox_close_forwards(sb);
@@ -186,6 +234,7 @@ static void on_vm_exit(gd_vm *vm, const char *reason, void *ud)
         gd_engine_close(sb->eng);
     if (sb->have_ns)
         gd__netstack_stop(&sb->ns);
+    gd__snapshot_on_exit(sb, reason); /* QEMU is gone: the overlay is complete */
     if (sb->exit_cb)
         sb->exit_cb(sb, reason, sb->ud);
 }
@@ -252,6 +301,7 @@ void gd_sandbox_free(gd_sandbox *sb)
     gd__ssh_free(sb->ssh);
     gd__mounts_free(sb);
     gd_vm_free(sb->vm);
+    gd__disk_free(sb);
     if (sb->have_ns)
         gd__netstack_free(&sb->ns);
     gd_engine_free(sb->eng);

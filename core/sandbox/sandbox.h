@@ -29,9 +29,16 @@ struct gd_sandbox_opts {
     const char *image;
     int (*resolve_image)(void *ud, const char *ref, char *out, size_t cap, struct gd_err *err);
     void *image_ud;
-    const char *accel;         /* "kvm", "tcg", NULL/"auto" */
-    unsigned memory_mb, cpus;  /* 0 = the policy's vm settings, else 1024 / 2 */
-    const char *rootfs_mode;   /* NULL = the image's default */
+    const char *accel;        /* "kvm", "tcg", NULL/"auto" */
+    unsigned memory_mb, cpus; /* 0 = the policy's vm settings, else 1024 / 2 */
+    const char *rootfs_mode;  /* NULL = the image's default; "cow": the root is a qcow2
+                                 overlay on disk (needs qemu-img), which a checkpoint can
+                                 keep (gd_sandbox_snapshot) */
+    /* A disk checkpoint file to resume (docs/snapshots.md): verified (checksums, this
+     * gondolin's version, the image's buildId) before use, never written; the root is
+     * a new overlay over it. The image defaults to the checkpoint's, memory and cpus
+     * to its; the rootfs mode is cow. */
+    const char *resume;
     unsigned start_timeout_ms; /* 0 = the VM layer's default */
     int verbose;               /* print the QEMU command line */
     const char *append;        /* extra kernel arguments, or NULL */
@@ -70,9 +77,10 @@ typedef void (*gd_sandbox_ready_cb)(gd_sandbox *sb, int status, void *ud);
 typedef void (*gd_sandbox_exit_cb)(gd_sandbox *sb, const char *reason, void *ud);
 
 /* Builds the policy engine (first revision), resolves the image, prepares the egress
- * stack and the VM; nothing runs yet. Fails with -EINVAL when the policy or its rules
- * are bad, -ENOENT when the image cannot be found (or built), -EIO when the egress
- * stack or the VM cannot be prepared; err says why. After a failure, run the loop once
+ * stack, the disk overlay (cow) and the VM; nothing runs yet. Fails with -EINVAL when
+ * the policy or its rules are bad or the checkpoint to resume is corrupt or does not
+ * fit, -ENOENT when the image cannot be found (or built), -EIO when the egress stack,
+ * the overlay or the VM cannot be prepared; err says why. After a failure, run the loop once
  * so handles the egress stack had opened finish closing. */
 int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox **out,
                    struct gd_err *err);
@@ -105,6 +113,28 @@ const char *gd_sandbox_policy(const gd_sandbox *sb); /* the policy path, or NULL
  * root itself). NULL when no mount holds it. Providers are used from their transport's
  * thread: only the thread-safe calls (gd_vfs_overlay_changes, _export) may be made. */
 gd_vfs_provider *gd_sandbox_mount_provider(gd_sandbox *sb, const char *guest, const char **rel);
+
+/* ---- disk checkpoints (snapshot.c, docs/snapshots.md) ---- */
+
+/* Whether the guest's root is a disk overlay (rootfs mode cow, or a resume). */
+int gd_sandbox_cow(const gd_sandbox *sb);
+struct gd_sandbox_snapshot_opts {
+    const char *path;    /* the checkpoint file to create; must not exist (copied) */
+    const char *name;    /* recorded in its metadata, or NULL (copied) */
+    const char *session; /* the session's id, recorded, or NULL (copied) */
+};
+/* path and error are borrowed for the call; exactly one of them is NULL. */
+typedef void (*gd_sandbox_snapshot_cb)(gd_sandbox *sb, const char *path, uint64_t size,
+                                       const char *error, void *ud);
+/* Syncs the guest's filesystems (and freezes the root, or remounts it read-only),
+ * stops the sandbox, and keeps its disk overlay as a checkpoint at o->path (written as
+ * a hidden temporary, fsync'ed and renamed into place: never a partial file under that
+ * name). cb fires once, before the sandbox's exit_cb. Fails at once (-ENOTSUP) when
+ * the root is not a disk overlay, -EEXIST when the file exists, -EBUSY while stopping
+ * or checkpointing; err says why. If the guest's sync fails (or takes over 120 s), the
+ * sandbox keeps running and cb reports the error. */
+int gd_sandbox_snapshot(gd_sandbox *sb, const struct gd_sandbox_snapshot_opts *o,
+                        gd_sandbox_snapshot_cb cb, void *ud, struct gd_err *err);
 
 /* ---- ingress (expose.c) ---- */
 

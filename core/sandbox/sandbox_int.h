@@ -3,8 +3,10 @@
 #define GD_SANDBOX_INT_H
 
 #include "http/http.h"
+#include "image/image.h"
 #include "net/net.h"
 #include "sandbox/sandbox.h"
+#include "snap/snap.h"
 #include "tls/tls.h"
 
 /* The egress stack of one sandbox (netstack.c): MITM CA, proxy, guest network. */
@@ -49,6 +51,28 @@ void gd__mounts_stop(gd_sandbox *sb); /* joins the back-ends' threads */
 void gd__mounts_free(gd_sandbox *sb);
 void gd__sandbox_log(gd_sandbox *sb, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* The root disk in rootfs mode cow (disk.c): a qcow2 overlay in a private state
+ * directory, removed with the sandbox unless a checkpoint took it. */
+struct gd__disk {
+    char state[1100];  /* "" when the root is not a disk overlay */
+    char path[1200];   /* state/disk.qcow2; "" once a checkpoint took it */
+    char rootfs[1200]; /* the image's rootfs.ext4 */
+    int resumed;       /* its backing is a checkpoint */
+};
+/* Resolves the image of a resume (o->resume verified into *t, *m) when none was given,
+ * and checks the checkpoint fits it. */
+int gd__disk_resume_image(gd_sandbox *sb, const struct gd_sandbox_opts *o,
+                          struct gd_snap_trailer *t, struct gd_snap_meta *m, struct gd_err *err);
+/* In rootfs mode cow (or a resume), makes the overlay; sb->disk says where. */
+int gd__disk_prepare(gd_sandbox *sb, const struct gd_sandbox_opts *o, const struct gd_image *img,
+                     const struct gd_snap_trailer *t, const struct gd_snap_meta *m,
+                     struct gd_err *err);
+void gd__disk_free(gd_sandbox *sb);
+/* A checkpoint in progress (snapshot.c); the VM's exit finishes it at the latest (its
+ * record is freed when its timer has closed, before the sandbox may be freed). */
+struct gd__snap;
+void gd__snapshot_on_exit(gd_sandbox *sb, const char *reason);
+
 struct gd_sandbox {
     uv_loop_t *loop;
     gd_engine *eng;
@@ -72,6 +96,9 @@ struct gd_sandbox {
     struct gd__mount *mounts;
     size_t nmounts;
     struct gd_vm_fs vmfs[GD_VFS_MAX_MOUNTS];
+    struct gd__disk disk;
+    struct gd__snap *snap;
+    struct gd_snap_meta meta; /* what a checkpoint records: image, shape, mounts */
 };
 
 #endif

@@ -52,6 +52,7 @@ struct gd_vm {
     struct gd_image img;
     char *append;
     char qemu[256];
+    char disk[1200]; /* cow: the qcow2 overlay (opts.disk) */
     char accel[8];
     int accel_auto;    /* KVM being tried under the watchdog */
     char kvm_why[512]; /* KVM was tried and failed: what happened (notice and verdict wait
@@ -333,6 +334,18 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
     if (rc)
         goto fail;
     vm->o.image_dir = vm->img.dir;
+    const char *mode = o->rootfs_mode ? o->rootfs_mode : vm->img.rootfs_mode;
+    if (mode && !strcmp(mode, "cow")) {
+        /* the guest's root is the overlay itself, read-write */
+        if (!o->disk || !*o->disk || strlen(o->disk) >= sizeof(vm->disk) || strchr(o->disk, ',')) {
+            rc = gd_err_set(err, -EINVAL,
+                            "rootfs mode cow needs a qcow2 overlay (gd_sandbox makes one)%s",
+                            o->disk && strchr(o->disk, ',') ? ": its path has a ','" : "");
+            goto fail;
+        }
+        snprintf(vm->disk, sizeof(vm->disk), "%s", o->disk);
+    }
+    vm->o.disk = vm->disk[0] ? vm->disk : NULL;
     if (!vm->o.memory_mb)
         vm->o.memory_mb = 1024;
     if (!vm->o.cpus)
@@ -1014,8 +1027,8 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
     if (khz > 0)
         snprintf(tsc, sizeof(tsc), " tsc_early_khz=%ld", khz);
     const char *mode = vm->o.rootfs_mode ? vm->o.rootfs_mode : vm->img.rootfs_mode;
-    int rw = mode && !strcmp(mode, "rw");
-    const char *rootarg = rw                                  ? " gondolin.rootfs=rw"
+    int rw = mode && !strcmp(mode, "rw"), cow = vm->o.disk != NULL;
+    const char *rootarg = rw || cow                           ? " gondolin.rootfs=rw"
                           : mode && !strcmp(mode, "readonly") ? " gondolin.rootfs=readonly"
                                                               : "";
     /* " gondolin.mounts=gdfs0:/a,gdfs1:/a/b": tags and paths, parents first */
@@ -1039,7 +1052,9 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
     ARG("-serial");
     ARG("chardev:con");
     ARG("-drive");
-    if (rw)
+    if (cow) /* its backing chain (the image, a checkpoint) is opened read-only */
+        ARG("file=%s,format=qcow2,if=none,id=root,cache=writeback,discard=unmap", vm->o.disk);
+    else if (rw)
         ARG("file=%s,format=raw,if=none,id=root,cache=writeback", vm->img.rootfs);
     else
         ARG("file=%s,format=raw,if=none,id=root,readonly=on,cache=unsafe", vm->img.rootfs);

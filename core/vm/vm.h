@@ -44,9 +44,12 @@ struct gd_vm_opts {
     int rawecho;               /* benchmark: the agent echoes raw bytes, no protocol */
     int bare;                  /* benchmark: the guest powers off at once */
     int verbose;               /* print the QEMU command line */
-    const char *rootfs_mode;   /* "readonly", "memory" (tmpfs overlay), "cow" (= memory),
-                                  "rw" (build VMs: the image itself is written), or
-                                  NULL: the image's runtimeDefaults, else memory */
+    const char *rootfs_mode;   /* "readonly", "memory" (tmpfs overlay), "cow" (the root is
+                                  the qcow2 overlay `disk`, read-write), "rw" (build VMs:
+                                  the image itself is written), or NULL: the image's
+                                  runtimeDefaults, else memory */
+    const char *disk;          /* cow: the qcow2 overlay over the image's rootfs.ext4 (made
+                                  by gd_sandbox, core/snap); copied. Ignored otherwise */
     int net_fd;                /* > 0: a stream socket carrying the guest NIC's frames
                                   (QEMU socket netdev); borrowed, dup'ed into QEMU */
     /* virtio-fs mounts (at most GD_VM_MAX_FS); the guest mounts them parents first. With

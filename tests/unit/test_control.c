@@ -234,6 +234,19 @@ TEST(control_parse_small_messages)
         -EBADMSG);
     CHECK_EQ(gd_control_parse_request(J("{\"op\":\"logs\",\"lines\":-1}"), &q, why, sizeof(why)),
              -EBADMSG);
+    CHECK_EQ(gd_control_parse_request(J("{\"op\":\"snapshot\",\"name\":\"ck\","
+                                        "\"output\":\"/a/b.gdsnap\"}"),
+                                      &q, why, sizeof(why)),
+             0);
+    CHECK_STR(q.name, "ck");
+    CHECK_STR(q.output, "/a/b.gdsnap");
+    CHECK_EQ(gd_control_parse_request(J("{\"op\":\"snapshot\",\"name\":1}"), &q, why, sizeof(why)),
+             -EBADMSG);
+    char long_name[300];
+    snprintf(long_name, sizeof(long_name), "{\"op\":\"snapshot\",\"name\":\"%0200d\"}", 0);
+    CHECK_EQ(gd_control_parse_request(long_name, strlen(long_name), &q, why, sizeof(why)),
+             -EBADMSG);
+    CHECK_CONTAINS(why, "\"name\"");
 }
 
 TEST(control_parse_transfers)

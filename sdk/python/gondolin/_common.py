@@ -216,6 +216,8 @@ def start_argv(
     plugins: Iterable[str] | None = None,
     args: Iterable[str] | None = None,
     mounts: Mounts | None = None,
+    resume: str | os.PathLike[str] | None = None,
+    rootfs_mode: str | None = None,
 ) -> list[str]:
     """`gondolin start --json ...` for these options (memory as int = MiB)."""
     argv = [binary, "start", "--json"]
@@ -247,8 +249,23 @@ def start_argv(
         argv.append("--no-network")
     if mounts is not None:
         argv += mounts_argv(mounts)
+    if rootfs_mode is not None:
+        argv += ["--rootfs-mode", rootfs_mode]
+    if resume is not None:
+        r = os.fspath(resume)
+        argv += ["--resume", os.path.abspath(r) if os.sep in r or r.endswith(".gdsnap") else r]
     argv += list(args or ())
     return argv
+
+
+def snapshot_fields(name: str | None, output: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """The REQUEST fields of ``snapshot``."""
+    fields: dict[str, Any] = {}
+    if name is not None:
+        fields["name"] = name
+    if output is not None:
+        fields["output"] = os.path.abspath(os.fspath(output))
+    return fields
 
 
 # mounts=: {"/workspace": {"hostfs": DIR, "mode": "ro", "cache": "always"},

@@ -35,6 +35,7 @@ from ._common import (
     find_session,
     gondolin_bin,
     session_socket,
+    snapshot_fields,
     start_argv,
     Change,
     Mounts,
@@ -691,6 +692,8 @@ class AsyncSandbox:
         binary: str | None = None,
         timeout: float | None = 600.0,
         mounts: Mounts | None = None,
+        resume: str | os.PathLike[str] | None = None,
+        rootfs_mode: str | None = None,
     ) -> AsyncSandbox:
         """Starts a session with ``gondolin start --json`` (run in a thread) and connects."""
         argv = start_argv(
@@ -708,6 +711,8 @@ class AsyncSandbox:
             plugins=plugins,
             args=args,
             mounts=mounts,
+            resume=resume,
+            rootfs_mode=rootfs_mode,
         )
         info, proc = await asyncio.to_thread(_run_start, argv, timeout)
         try:
@@ -1026,6 +1031,18 @@ class AsyncSandbox:
         return str(rep.get("listen", listen))
 
     # -- lifecycle
+    async def snapshot(
+        self,
+        name: str | None = None,
+        *,
+        output: str | os.PathLike[str] | None = None,
+        timeout: float | None = 300.0,
+    ) -> str:
+        """A disk checkpoint; see Sandbox.snapshot. The session stops."""
+        rep = await self.request("snapshot", timeout=timeout, **snapshot_fields(name, output))
+        await self._finish_stop(timeout)
+        return str(rep["path"])
+
     async def stop(self, force: bool = False, timeout: float | None = 30.0) -> None:
         if self._stopped:
             return
@@ -1033,6 +1050,9 @@ class AsyncSandbox:
             await self.request("stop", timeout=timeout, force=force)
         except ConnectionLost:
             pass
+        await self._finish_stop(timeout)
+
+    async def _finish_stop(self, timeout: float | None) -> None:
         self._stopped = True
         d = _deadline(timeout)
         await self._conn.wait_closed(timeout)

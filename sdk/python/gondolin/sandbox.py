@@ -43,6 +43,7 @@ from ._common import (
     gondolin_bin,
     parse_start_json,
     session_socket,
+    snapshot_fields,
     start_argv,
     Change,
     Mounts,
@@ -816,12 +817,17 @@ class Sandbox:
         binary: str | None = None,
         timeout: float | None = 600.0,
         mounts: Mounts | None = None,
+        resume: str | os.PathLike[str] | None = None,
+        rootfs_mode: str | None = None,
     ) -> Sandbox:
         """Starts a session with ``gondolin start --json`` and connects to it.
 
         ``memory`` is MiB (int) or a size string ("2G"); ``allow_hosts`` are
         ``--allow-host`` rules; ``host_secrets`` ``NAME@HOST[,HOST][=VALUE]``; ``args``
-        extra command-line flags. StartError (its stderr) when it fails.
+        extra command-line flags. ``rootfs_mode="cow"`` puts the root on a disk overlay
+        that ``snapshot`` can keep; ``resume`` (a checkpoint's name in the image store or
+        its path) starts from one (docs/snapshots.md). StartError (its stderr) when it
+        fails.
         """
         argv = start_argv(
             gondolin_bin(binary),
@@ -838,6 +844,8 @@ class Sandbox:
             plugins=plugins,
             args=args,
             mounts=mounts,
+            resume=resume,
+            rootfs_mode=rootfs_mode,
         )
         info, proc = _run_start(argv, timeout)
         try:
@@ -1183,6 +1191,21 @@ class Sandbox:
         return str(rep.get("listen", listen))
 
     # -- lifecycle
+    def snapshot(
+        self,
+        name: str | None = None,
+        *,
+        output: str | os.PathLike[str] | None = None,
+        timeout: float | None = 300.0,
+    ) -> str:
+        """A disk checkpoint (``gondolin snapshot``): syncs the guest, stops the session
+        and keeps its disk in the image store as ``name`` (or at ``output``); returns the
+        checkpoint's path. The session must have been created with ``rootfs_mode="cow"``
+        or ``resume``; RemoteError otherwise (and the session keeps running)."""
+        rep = self.request("snapshot", timeout=timeout, **snapshot_fields(name, output))
+        self._finish_stop(timeout)
+        return str(rep["path"])
+
     def stop(self, force: bool = False, timeout: float | None = 30.0) -> None:
         """Stops the session (the VM and its supervisor) and waits for it to go."""
         if self._stopped:
@@ -1191,6 +1214,9 @@ class Sandbox:
             self.request("stop", timeout=timeout, force=force)
         except ConnectionLost:
             pass  # already gone
+        self._finish_stop(timeout)
+
+    def _finish_stop(self, timeout: float | None) -> None:
         self._stopped = True
         d = _deadline(timeout)
         self._conn.wait_closed(timeout)
