@@ -69,6 +69,7 @@ void gd_hostport(char *out, size_t cap, const char *host, unsigned port)
 {
     int v6 = strchr(host, ':') != NULL;
     snprintf(out, cap, "%s%s%s%s%u", v6 ? "[" : "", host, v6 ? "]" : "", *host ? ":" : "", port);
+}
 
 int gd_name_ok(const char *s, size_t max, const char *bad_first)
 {
