@@ -4,6 +4,7 @@
 
 #include "image/image.h"
 #include "image/store.h"
+#include "vm/snapshot.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -18,10 +19,45 @@ static void image_usage(void)
            "  import DIR [--tag NAME[:TAG]]    copy a built image into the store\n"
            "  tag SELECTOR NAME[:TAG] [--arch A]  point a ref at an image\n"
            "  rm NAME[:TAG] [--arch A]         remove a ref (the image stays until gc)\n"
-           "  gc [--dry-run]                   remove images no ref points to\n\n"
+           "  gc [--dry-run]                   remove images no ref points to, and booted\n"
+           "                                   snapshots of removed images or other versions\n\n"
            "The store is GONDOLIN_IMAGE_STORE or ~/.cache/gondolin/images. Anywhere an image\n"
            "is chosen (--image, GONDOLIN_DEFAULT_IMAGE) a selector is a directory, a ref or a\n"
            "buildId (or a unique prefix of 8+ characters).\n");
+}
+
+/* The store's listing, then the booted snapshots (docs/snapshots.md): a section of
+ * their own in text, "bootSnapshots" in JSON. */
+static int image_ls(int json)
+{
+    struct gd_err err = {{0}};
+    if (!json) {
+        if (gd_store_list(stdout, 0, &err))
+            return cli_die(1, "image ls: %s", err.msg);
+        gd_snap_boot_list(stdout);
+        return 0;
+    }
+    char *text = NULL;
+    size_t n = 0;
+    FILE *m = open_memstream(&text, &n);
+    if (!m)
+        return cli_die(1, "image ls: out of memory");
+    int rc = gd_store_list(m, 1, &err);
+    fclose(m);
+    cJSON *o = rc ? NULL : cJSON_Parse(text);
+    free(text);
+    if (rc)
+        return cli_die(1, "image ls: %s", err.msg);
+    if (!cJSON_IsObject(o)) {
+        cJSON_Delete(o);
+        return cli_die(1, "image ls: the store listing is not a JSON object");
+    }
+    cJSON_AddItemToObject(o, "bootSnapshots", gd_snap_boot_list_json());
+    char *out = cJSON_Print(o);
+    cJSON_Delete(o);
+    printf("%s\n", out ? out : "{}");
+    free(out);
+    return 0;
 }
 
 int cmd_image(int argc, char **argv)
@@ -54,9 +90,12 @@ int cmd_image(int argc, char **argv)
         return cli_die(2, "image: --arch must be x86_64 or aarch64, not '%s'", arch);
     struct gd_err err = {{0}};
     if (!strcmp(sub, "ls") || !strcmp(sub, "list"))
-        return gd_store_list(stdout, json, &err) ? cli_die(1, "image ls: %s", err.msg) : 0;
-    if (!strcmp(sub, "gc"))
-        return gd_store_gc(stdout, dry, &err) ? cli_die(1, "image gc: %s", err.msg) : 0;
+        return image_ls(json);
+    if (!strcmp(sub, "gc")) {
+        if (gd_store_gc(stdout, dry, &err))
+            return cli_die(1, "image gc: %s", err.msg);
+        return gd_snap_boot_gc(stdout, dry, &err) ? cli_die(1, "image gc: %s", err.msg) : 0;
+    }
     if (!strcmp(sub, "inspect")) {
         if (npos != 1)
             return cli_die(2, "usage: gondolin image inspect SELECTOR [--arch A]");

@@ -1,0 +1,989 @@
+/* snapshot.c - booted-image snapshots (see snapshot.h and docs/snapshots.md).
+ *
+ * Save (the first start of a VM shape): the guest boots, its agent says HELLO; QEMU is
+ * stopped and migrates into a temporary file of ours (QMP getfd + migrate fd:), then
+ * continues; a thread hashes the stream, writes the header, fsyncs and renames the file
+ * into place while the first command runs. The running VM gets RESUME like a restored
+ * one (its clock stood still during the save).
+ *
+ * Restore: QEMU starts with the same command line plus -S -incoming fd:N where N is a
+ * socketpair; the loop reads the file, hashes it and feeds QEMU. Only when the whole
+ * stream went through and its SHA-256 matches the header does QMP `cont` run the guest;
+ * then RESUME (fresh entropy, the host's clock) and the agent's new HELLO make the VM
+ * ready. Any failure before that discards the file with a one-line notice and the VM
+ * boots instead. */
+#define _GNU_SOURCE
+#include "snapshot.h"
+
+#include "base/fs.h"
+#include "ctl/proto.h"
+#include "image/image.h"
+#include "image/store.h"
+#include "vm_int.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef GD_VERSION
+#define GD_VERSION "dev"
+#endif
+
+#define MAGIC "GDSNAPB\x01"
+#define CHUNK (1u << 20)
+#define FEED_PER_CALLBACK (8u << 20) /* yield to the loop between slices */
+
+enum snap_mode { SNAP_BOOT, SNAP_SAVE, SNAP_RESTORE };
+enum snap_phase {
+    PH_NONE,
+    PH_WARMUP,      /* a warm-up command runs before the save */
+    PH_SAVING,      /* stop + migrate in flight */
+    PH_CONT,        /* cont sent */
+    PH_RESUME_SENT, /* waiting for the HELLO that answers RESUME */
+    PH_DONE,
+};
+
+struct gd__snap {
+    gd_vm *vm;
+    enum snap_mode mode;
+    enum snap_phase phase;
+    int disabled; /* a restore failed in this VM: boot from now on */
+    char build_id[65];
+    unsigned memory_mb, cpus;
+    char dir[1200], path[1300];
+    uint8_t key[32];
+    uint64_t t0;
+    /* restore */
+    int file_fd;
+    struct gd_snap_hdr hdr;
+    int feed_fd;
+    uv_poll_t feed_poll;
+    int feed_open;
+    EVP_MD_CTX *md;
+    uint8_t *chunk;
+    size_t chunk_len, chunk_off;
+    uint64_t fed;
+    int fed_ok, loaded; /* the stream went through with the right checksum; QEMU loaded it */
+    /* save */
+    char tmp[1300];
+    int tmp_fd;
+    struct gd_snap_hdr save_hdr;
+    pthread_t th;
+    int th_started;
+};
+
+#define DBG(...)                                                                                   \
+    do {                                                                                           \
+        if (getenv("GONDOLIN_SNAP_DEBUG"))                                                         \
+            fprintf(stderr, "snap %.0f ms: ", (double)(uv_hrtime() - s->t0) / 1e6),                \
+                fprintf(stderr, __VA_ARGS__), fputc('\n', stderr);                                 \
+    } while (0)
+
+/* ---- header ---- */
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static void put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+static uint32_t get32(const uint8_t *p)
+{
+    uint32_t v = 0;
+    for (int i = 3; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+static uint64_t get64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* layout: magic 0, format 8, header length 12, key 16, stream length 48, sha256 56,
+ * created 88, memory 96, cpus 100, agent minor 104, version 112 (32), buildId 144 (80),
+ * agent 224 (64), zeros to 512 */
+void gd_snap_hdr_write(uint8_t *b, const struct gd_snap_hdr *h)
+{
+    memset(b, 0, GD_SNAP_HDR_LEN);
+    memcpy(b, MAGIC, 8);
+    put32(b + 8, GD_SNAP_FORMAT);
+    put32(b + 12, GD_SNAP_HDR_LEN);
+    memcpy(b + 16, h->key, 32);
+    put64(b + 48, h->stream_len);
+    memcpy(b + 56, h->sha256, 32);
+    put64(b + 88, h->created);
+    put32(b + 96, h->memory_mb);
+    put32(b + 100, h->cpus);
+    put32(b + 104, h->agent_minor);
+    snprintf((char *)b + 112, 32, "%s", h->version);
+    snprintf((char *)b + 144, 80, "%s", h->build_id);
+    snprintf((char *)b + 224, 64, "%s", h->agent);
+}
+
+/* A NUL-terminated field of printable ASCII, zero-filled after it, copied out. */
+static int field(const uint8_t *p, size_t cap, char *out, size_t ocap)
+{
+    const uint8_t *nul = memchr(p, 0, cap);
+    if (!nul || (size_t)(nul - p) >= ocap)
+        return -1;
+    for (const uint8_t *c = nul; c < p + cap; c++)
+        if (*c)
+            return -1;
+    for (const uint8_t *c = p; c < nul; c++)
+        if (*c < 0x20 || *c > 0x7e)
+            return -1;
+    memcpy(out, p, (size_t)(nul - p) + 1);
+    return 0;
+}
+
+int gd_snap_hdr_parse(const uint8_t *b, size_t len, struct gd_snap_hdr *h)
+{
+    memset(h, 0, sizeof(*h));
+    if (len < GD_SNAP_HDR_LEN || memcmp(b, MAGIC, 8) || get32(b + 8) != GD_SNAP_FORMAT ||
+        get32(b + 12) != GD_SNAP_HDR_LEN)
+        return -EBADMSG;
+    memcpy(h->key, b + 16, 32);
+    h->stream_len = get64(b + 48);
+    memcpy(h->sha256, b + 56, 32);
+    h->created = get64(b + 88);
+    h->memory_mb = get32(b + 96);
+    h->cpus = get32(b + 100);
+    h->agent_minor = get32(b + 104);
+    if (h->stream_len == 0 || h->stream_len > GD_SNAP_MAX_STREAM)
+        return -EBADMSG;
+    if (field(b + 112, 32, h->version, sizeof(h->version)) ||
+        field(b + 144, 80, h->build_id, sizeof(h->build_id)) ||
+        field(b + 224, 64, h->agent, sizeof(h->agent)))
+        return -EBADMSG;
+    for (size_t i = 288; i < GD_SNAP_HDR_LEN; i++)
+        if (b[i])
+            return -EBADMSG;
+    return 0;
+}
+
+void gd_snap_boot_dir(char *buf, size_t cap)
+{
+    char store[1024];
+    gd_store_dir(store, sizeof(store));
+    snprintf(buf, cap, "%s/snapshots/boot", store);
+}
+
+/* ---- the key ---- */
+
+static void compute_key(struct gd__snap *s, char *const *argv, const char *qemu)
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    unsigned int n = 32;
+    if (!c) {
+        memset(s->key, 0, sizeof(s->key));
+        return;
+    }
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    char line[1600];
+    int l = snprintf(line, sizeof(line), "gondolin boot snapshot %u\n%s\n%s\n", GD_SNAP_FORMAT,
+                     GD_VERSION, s->build_id);
+    EVP_DigestUpdate(c, line, (size_t)l);
+    /* the QEMU binary: another build may not load this one's stream */
+    struct stat st;
+    char path[1100];
+    const char *q = qemu;
+    if (!strchr(qemu, '/')) { /* from PATH, as execvp finds it */
+        const char *p = getenv("PATH");
+        q = qemu;
+        for (; p && *p;) {
+            size_t k = strcspn(p, ":");
+            snprintf(path, sizeof(path), "%.*s/%s", (int)k, p, qemu);
+            if (access(path, X_OK) == 0) {
+                q = path;
+                break;
+            }
+            p += k + (p[k] == ':');
+        }
+    }
+    if (stat(q, &st) == 0)
+        l = snprintf(line, sizeof(line), "%s %lld %lld\n", q, (long long)st.st_size,
+                     (long long)st.st_mtime);
+    else
+        l = snprintf(line, sizeof(line), "%s\n", q);
+    EVP_DigestUpdate(c, line, (size_t)l);
+    for (char *const *a = argv; *a; a++) {
+        /* tsc_early_khz comes from /proc/cpuinfo, which may move with frequency scaling:
+         * the same host's snapshot stays valid, so the key skips that one argument */
+        const char *t = strstr(*a, " tsc_early_khz=");
+        if (t) {
+            EVP_DigestUpdate(c, *a, (size_t)(t - *a));
+            const char *rest = strchr(t + 1, ' ');
+            if (rest)
+                EVP_DigestUpdate(c, rest, strlen(rest));
+        } else {
+            EVP_DigestUpdate(c, *a, strlen(*a));
+        }
+        EVP_DigestUpdate(c, "", 1);
+    }
+    EVP_DigestFinal_ex(c, s->key, &n);
+    EVP_MD_CTX_free(c);
+}
+
+/* ---- lifecycle ---- */
+
+int gd__snap_new(gd_vm *vm, const char *build_id, unsigned memory_mb, unsigned cpus,
+                 struct gd__snap **out)
+{
+    struct gd__snap *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->vm = vm;
+    snprintf(s->build_id, sizeof(s->build_id), "%s", build_id);
+    s->memory_mb = memory_mb;
+    s->cpus = cpus;
+    s->file_fd = s->feed_fd = s->tmp_fd = -1;
+    char base[1100];
+    gd_snap_boot_dir(base, sizeof(base));
+    snprintf(s->dir, sizeof(s->dir), "%s/%s", base, build_id);
+    *out = s;
+    return 0;
+}
+
+static void restore_cleanup(struct gd__snap *s)
+{
+    if (s->file_fd >= 0)
+        close(s->file_fd);
+    s->file_fd = -1;
+    if (s->feed_fd >= 0 && !s->feed_open)
+        close(s->feed_fd);
+    if (!s->feed_open)
+        s->feed_fd = -1;
+    EVP_MD_CTX_free(s->md);
+    s->md = NULL;
+    free(s->chunk);
+    s->chunk = NULL;
+}
+
+void gd__snap_free(struct gd__snap *s)
+{
+    if (!s)
+        return;
+    if (s->th_started)
+        pthread_join(s->th, NULL);
+    restore_cleanup(s);
+    if (s->feed_fd >= 0)
+        close(s->feed_fd);
+    if (s->tmp_fd >= 0) {
+        close(s->tmp_fd);
+        if (s->tmp[0])
+            unlink(s->tmp);
+    }
+    free(s);
+}
+
+const char *gd__snap_mode(const struct gd__snap *s)
+{
+    return !s                        ? "boot"
+           : s->mode == SNAP_RESTORE ? "restore"
+           : s->mode == SNAP_SAVE    ? "boot+save"
+                                     : "boot";
+}
+
+/* One line on stderr, and the file goes. */
+static void discard(struct gd__snap *s, const char *why)
+{
+    fprintf(stderr, "gondolin: booted snapshot %s %s; discarded, booting instead\n", s->path, why);
+    unlink(s->path);
+}
+
+int gd__snap_prepare(struct gd__snap *s, char *const *argv, const char *qemu)
+{
+    s->phase = PH_NONE;
+    s->t0 = uv_hrtime();
+    restore_cleanup(s);
+    compute_key(s, argv, qemu);
+    char hex[65];
+    gd_hex(s->key, 16, hex);
+    snprintf(s->path, sizeof(s->path), "%s/%s.gdsnap", s->dir, hex);
+    s->mode = s->disabled ? SNAP_BOOT : SNAP_SAVE;
+    if (s->disabled)
+        return -1;
+    int fd = open(s->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1; /* none yet: boot and save */
+    uint8_t b[GD_SNAP_HDR_LEN];
+    struct stat st;
+    const char *bad = NULL;
+    if (pread(fd, b, sizeof(b), 0) != (ssize_t)sizeof(b) ||
+        gd_snap_hdr_parse(b, sizeof(b), &s->hdr))
+        bad = "has no valid header";
+    else if (memcmp(s->hdr.key, s->key, 32) || strcmp(s->hdr.version, GD_VERSION) ||
+             strcmp(s->hdr.build_id, s->build_id))
+        bad = "was made for another image, gondolin version or VM shape";
+    else if (fstat(fd, &st) || (uint64_t)st.st_size != GD_SNAP_HDR_LEN + s->hdr.stream_len)
+        bad = "is truncated";
+    int sp[2];
+    if (!bad && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp))
+        bad = "cannot be fed to QEMU";
+    if (!bad && (!(s->md = EVP_MD_CTX_new()) || !(s->chunk = malloc(CHUNK)) ||
+                 !EVP_DigestInit_ex(s->md, EVP_sha256(), NULL))) {
+        close(sp[0]);
+        close(sp[1]);
+        bad = "cannot be read (out of memory)";
+    }
+    if (bad) {
+        close(fd);
+        restore_cleanup(s);
+        discard(s, bad);
+        return -1;
+    }
+    int big = 4 << 20;
+    setsockopt(sp[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    setsockopt(sp[1], SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    fcntl(sp[0], F_SETFL, fcntl(sp[0], F_GETFL) | O_NONBLOCK);
+    s->file_fd = fd;
+    s->feed_fd = sp[0];
+    s->fed = 0;
+    s->fed_ok = s->loaded = 0;
+    s->chunk_len = s->chunk_off = 0;
+    s->mode = SNAP_RESTORE;
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    return sp[1];
+}
+
+/* Restoring failed: drop the file (once), boot instead. */
+static void restore_failed(struct gd__snap *s, const char *why)
+{
+    if (s->mode != SNAP_RESTORE || s->disabled)
+        return;
+    s->disabled = 1;
+    discard(s, why);
+    gd__vm_restart(s->vm);
+}
+
+int gd__snap_on_start_failure(struct gd__snap *s, const char *why)
+{
+    if (!s || s->mode != SNAP_RESTORE || s->disabled)
+        return 0;
+    char w[600];
+    snprintf(w, sizeof(w), "could not be restored (%s)", why);
+    s->disabled = 1;
+    discard(s, w);
+    return 1;
+}
+
+static void send_resume(struct gd__snap *s)
+{
+    uint8_t buf[GD_PROTO_HDR_LEN + 12 + 64];
+    uint8_t rnd[64];
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        if (s->mode == SNAP_RESTORE)
+            restore_failed(s, "could not be reseeded (no host randomness)");
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    struct gd_enc e;
+    gd_enc_init(&e, buf, sizeof(buf), GD_MSG_RESUME, 0, 0);
+    gd_enc_u32(&e, 0);
+    gd_enc_u32(&e, (uint32_t)(ns >> 32));
+    gd_enc_u32(&e, (uint32_t)ns);
+    gd_enc_bytes(&e, rnd, sizeof(rnd));
+    long n = gd_enc_finish(&e);
+    OPENSSL_cleanse(rnd, sizeof(rnd));
+    s->phase = PH_RESUME_SENT;
+    if (n < 0 || gd__vm_send_starting(s->vm, buf, (size_t)n))
+        restore_failed(s, "could not be resumed (control channel)");
+    OPENSSL_cleanse(buf, sizeof(buf));
+}
+
+static void on_cont(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
+{
+    (void)q;
+    (void)ret;
+    struct gd__snap *s = ud;
+    if (status == -ECANCELED)
+        return;
+    if (status) {
+        char w[400];
+        snprintf(w, sizeof(w), "could not be started (QMP cont: %s)", err ? err : "?");
+        if (s->mode == SNAP_RESTORE)
+            restore_failed(s, w);
+        else
+            gd__vm_restart(s->vm); /* cannot happen short of QEMU trouble: boot again */
+        return;
+    }
+    DBG("cont answered");
+    send_resume(s);
+}
+
+static void run_guest(struct gd__snap *s)
+{
+    gd_qmp *q = gd__vm_qmp(s->vm);
+    s->phase = PH_CONT;
+    if (!q || gd_qmp_cmd(q, "cont", NULL, -1, on_cont, s)) {
+        if (s->mode == SNAP_RESTORE)
+            restore_failed(s, "could not be started (QMP)");
+        else
+            gd__vm_restart(s->vm);
+    }
+}
+
+/* ---- restore: feed the stream ---- */
+
+static void feed_done(struct gd__snap *s)
+{
+    DBG("fed %llu bytes", (unsigned long long)s->fed);
+    gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
+    /* the fd goes with the handle's close: see gd__snap_stop */
+    uint8_t md[32];
+    unsigned int n = 32;
+    EVP_DigestFinal_ex(s->md, md, &n);
+    if (memcmp(md, s->hdr.sha256, 32)) {
+        restore_failed(s, "failed its checksum (corrupted)");
+        return;
+    }
+    s->fed_ok = 1;
+    if (s->loaded)
+        run_guest(s);
+}
+
+static void on_feed(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    struct gd__snap *s = h->data;
+    if (status < 0) {
+        restore_failed(s, "could not be fed to QEMU");
+        return;
+    }
+    size_t budget = FEED_PER_CALLBACK;
+    while (budget) {
+        if (s->chunk_off == s->chunk_len) {
+            if (s->fed == s->hdr.stream_len) {
+                feed_done(s);
+                return;
+            }
+            uint64_t left = s->hdr.stream_len - s->fed;
+            size_t want = left < CHUNK ? (size_t)left : CHUNK;
+            ssize_t r = pread(s->file_fd, s->chunk, want, (off_t)(GD_SNAP_HDR_LEN + s->fed));
+            if (r <= 0) {
+                restore_failed(s, r == 0 ? "is truncated" : "could not be read");
+                return;
+            }
+            EVP_DigestUpdate(s->md, s->chunk, (size_t)r);
+            s->fed += (uint64_t)r;
+            s->chunk_len = (size_t)r;
+            s->chunk_off = 0;
+        }
+        ssize_t w = send(s->feed_fd, s->chunk + s->chunk_off, s->chunk_len - s->chunk_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (w <= 0) {
+            /* QEMU stopped reading: it failed to load (its exit says why) */
+            gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
+            return;
+        }
+        s->chunk_off += (size_t)w;
+        budget = (size_t)w > budget ? 0 : budget - (size_t)w;
+    }
+}
+
+static cJSON *caps_args(void);
+
+static void on_restore_step(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
+{
+    (void)q;
+    (void)ret;
+    struct gd__snap *s = ud;
+    if (status == -ECANCELED || !status)
+        return;
+    char w[400];
+    snprintf(w, sizeof(w), "could not be loaded (QMP: %s)", err ? err : "channel closed");
+    restore_failed(s, w);
+}
+
+void gd__snap_launched(struct gd__snap *s)
+{
+    if (!s || s->mode != SNAP_RESTORE)
+        return;
+    if (uv_poll_init(gd__vm_loop(s->vm), &s->feed_poll, s->feed_fd)) {
+        restore_failed(s, "could not be fed to QEMU");
+        return;
+    }
+    s->feed_poll.data = s;
+    s->feed_open = 1;
+    uv_poll_start(&s->feed_poll, UV_WRITABLE, on_feed);
+    /* the source was paused, so the loaded VM stays paused: `cont` once QEMU says the
+     * load completed (MIGRATION event) and the checksum matched, whichever comes last */
+    cJSON *inc = cJSON_CreateObject();
+    char uri[16];
+    snprintf(uri, sizeof(uri), "fd:%d", GD__VM_INCOMING_FD);
+    cJSON_AddStringToObject(inc, "uri", uri);
+    gd_qmp *q = gd__vm_qmp(s->vm);
+    if (!q || gd_qmp_cmd(q, "migrate-set-capabilities", caps_args(), -1, on_restore_step, s) ||
+        gd_qmp_cmd(q, "migrate-incoming", inc, -1, on_restore_step, s))
+        restore_failed(s, "could not be loaded (QMP)");
+}
+
+void gd__snap_stop(struct gd__snap *s)
+{
+    if (s)
+        gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
+}
+
+/* ---- save ---- */
+
+/* Thread: hash the stream QEMU wrote, put the header in front, fsync, rename into
+ * place. Readers only ever see complete files; a crash leaves a .tmp- file that the
+ * next save (or gc) removes. */
+static void *save_finish(void *arg)
+{
+    struct gd__snap *s = arg;
+    struct stat st;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    uint8_t *buf = malloc(CHUNK);
+    int ok = c && buf && fstat(s->tmp_fd, &st) == 0 && st.st_size > GD_SNAP_HDR_LEN &&
+             EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    uint64_t len = ok ? (uint64_t)st.st_size - GD_SNAP_HDR_LEN : 0;
+    for (uint64_t off = 0; ok && off < len;) {
+        ssize_t r = pread(s->tmp_fd, buf, CHUNK, (off_t)(GD_SNAP_HDR_LEN + off));
+        if (r <= 0) {
+            ok = 0;
+            break;
+        }
+        EVP_DigestUpdate(c, buf, (size_t)r);
+        off += (uint64_t)r;
+    }
+    unsigned int n = 32;
+    if (ok) {
+        EVP_DigestFinal_ex(c, s->save_hdr.sha256, &n);
+        s->save_hdr.stream_len = len;
+        gd_snap_hdr_write(buf, &s->save_hdr);
+        ok = pwrite(s->tmp_fd, buf, GD_SNAP_HDR_LEN, 0) == GD_SNAP_HDR_LEN && fsync(s->tmp_fd) == 0;
+    }
+    if (ok && !s->tmp[0]) {
+        /* an unnamed file (O_TMPFILE) gets its name only now, complete: a crash before
+         * leaves nothing behind. EEXIST: a concurrent start saved the same snapshot. */
+        char self[64];
+        snprintf(self, sizeof(self), "/proc/self/fd/%d", s->tmp_fd);
+        ok = linkat(AT_FDCWD, self, AT_FDCWD, s->path, AT_SYMLINK_FOLLOW) == 0 || errno == EEXIST;
+    } else if (ok) {
+        ok = rename(s->tmp, s->path) == 0;
+    }
+    if (ok) {
+        int d = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (d >= 0) {
+            fsync(d);
+            close(d);
+        }
+    } else if (s->tmp[0]) {
+        unlink(s->tmp);
+    }
+    close(s->tmp_fd);
+    s->tmp_fd = -1;
+    free(buf);
+    EVP_MD_CTX_free(c);
+    return NULL;
+}
+
+static int pid_alive(long pid)
+{
+    return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+}
+
+/* Leftovers of saves whose process is gone (SIGKILL, power loss). */
+static void remove_stale_tmp(const char *dir, FILE *out, int dry_run)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid;
+        if (strncmp(e->d_name, ".tmp-", 5) || sscanf(e->d_name + 5, "%ld-", &pid) != 1 ||
+            pid_alive(pid))
+            continue;
+        if (out)
+            fprintf(out, "%s %s/%s (interrupted save)\n", dry_run ? "would remove" : "removed", dir,
+                    e->d_name);
+        if (!dry_run)
+            unlinkat(dirfd(d), e->d_name, 0);
+    }
+    closedir(d);
+}
+
+static void save_abort(struct gd__snap *s, const char *why)
+{
+    if (s->tmp_fd >= 0) {
+        close(s->tmp_fd);
+        s->tmp_fd = -1;
+        if (s->tmp[0])
+            unlink(s->tmp);
+    }
+    fprintf(stderr, "gondolin: could not save a booted snapshot: %s\n", why);
+    s->mode = SNAP_BOOT;
+    run_guest(s); /* cont (harmless if it never stopped), then RESUME */
+}
+
+static void on_save_step(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
+{
+    (void)q;
+    (void)ret;
+    struct gd__snap *s = ud;
+    if (status == -ECANCELED || s->mode != SNAP_SAVE || s->phase != PH_SAVING)
+        return;
+    if (status) {
+        char w[400];
+        snprintf(w, sizeof(w), "QMP: %s", err ? err : "channel closed");
+        save_abort(s, w);
+    }
+}
+
+void gd__snap_on_event(struct gd__snap *s, const char *name, const cJSON *data)
+{
+    if (!s || strcmp(name, "MIGRATION"))
+        return;
+    const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(data, "status"));
+    if (!st)
+        return;
+    if (s->mode == SNAP_RESTORE && s->phase == PH_NONE) {
+        DBG("incoming migration: %s", st);
+        if (!strcmp(st, "failed"))
+            restore_failed(s, "could not be loaded by QEMU");
+        else if (!strcmp(st, "completed") && !s->loaded) {
+            s->loaded = 1;
+            if (s->fed_ok)
+                run_guest(s);
+        }
+        return;
+    }
+    if (s->mode != SNAP_SAVE || s->phase != PH_SAVING)
+        return;
+    if (!strcmp(st, "failed") || !strcmp(st, "cancelled")) {
+        save_abort(s, "QEMU's migration failed");
+        return;
+    }
+    if (strcmp(st, "completed"))
+        return;
+    struct gd_snap_hdr *h = &s->save_hdr;
+    memset(h, 0, sizeof(*h));
+    memcpy(h->key, s->key, 32);
+    h->created = (uint64_t)time(NULL);
+    h->memory_mb = s->memory_mb;
+    h->cpus = s->cpus;
+    h->agent_minor = gd__vm_agent_minor(s->vm);
+    snprintf(h->version, sizeof(h->version), "%s", GD_VERSION);
+    snprintf(h->build_id, sizeof(h->build_id), "%s", s->build_id);
+    snprintf(h->agent, sizeof(h->agent), "%s", gd_vm_agent(s->vm));
+    if (pthread_create(&s->th, NULL, save_finish, s) == 0) {
+        s->th_started = 1;
+    } else {
+        close(s->tmp_fd);
+        s->tmp_fd = -1;
+        if (s->tmp[0])
+            unlink(s->tmp);
+    }
+    run_guest(s);
+}
+
+static cJSON *caps_args(void)
+{
+    cJSON *a = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(a, "capabilities");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddStringToObject(c, "capability", "events");
+    cJSON_AddBoolToObject(c, "state", 1);
+    cJSON_AddItemToArray(arr, c);
+    return a;
+}
+
+static void save_start(struct gd__snap *s)
+{
+    gd_qmp *q = gd__vm_qmp(s->vm);
+    if (!q) {
+        s->mode = SNAP_BOOT;
+        return;
+    }
+    int rc = gd_mkdir_p(s->dir, 0700);
+    if (rc) {
+        fprintf(stderr, "gondolin: could not save a booted snapshot: %s: %s\n", s->dir,
+                strerror(-rc));
+        s->mode = SNAP_BOOT;
+        return;
+    }
+    remove_stale_tmp(s->dir, NULL, 0);
+    /* unnamed until complete; where the file system has no O_TMPFILE, a .tmp- name
+     * that the next save or gc removes once its process is gone */
+    s->tmp[0] = 0;
+    s->tmp_fd = open(s->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (s->tmp_fd < 0) {
+        unsigned r = 0;
+        RAND_bytes((unsigned char *)&r, sizeof(r));
+        snprintf(s->tmp, sizeof(s->tmp), "%s/.tmp-%ld-%08x.gdsnap", s->dir, (long)getpid(), r);
+        s->tmp_fd = open(s->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    }
+    if (s->tmp_fd < 0 || lseek(s->tmp_fd, GD_SNAP_HDR_LEN, SEEK_SET) != GD_SNAP_HDR_LEN) {
+        fprintf(stderr, "gondolin: could not save a booted snapshot: %s: %s\n", s->dir,
+                strerror(errno));
+        if (s->tmp_fd >= 0)
+            close(s->tmp_fd);
+        s->tmp_fd = -1;
+        s->mode = SNAP_BOOT;
+        return;
+    }
+    s->phase = PH_SAVING;
+    /* the guest is idle at HELLO: stop it and write everything in one pass, unthrottled
+     * (QEMU's default bandwidth cap is for live migration over a network) */
+    cJSON *bw = cJSON_CreateObject();
+    cJSON_AddNumberToObject(bw, "max-bandwidth", (double)(16ull << 30));
+    cJSON *fdn = cJSON_CreateObject();
+    cJSON_AddStringToObject(fdn, "fdname", "gdsnap");
+    cJSON *mig = cJSON_CreateObject();
+    cJSON_AddStringToObject(mig, "uri", "fd:gdsnap");
+    if (gd_qmp_cmd(q, "migrate-set-capabilities", caps_args(), -1, on_save_step, s) ||
+        gd_qmp_cmd(q, "migrate-set-parameters", bw, -1, on_save_step, s) ||
+        gd_qmp_cmd(q, "stop", NULL, -1, on_save_step, s) ||
+        gd_qmp_cmd(q, "getfd", fdn, s->tmp_fd, on_save_step, s) ||
+        gd_qmp_cmd(q, "migrate", mig, -1, on_save_step, s))
+        save_abort(s, "QMP channel");
+}
+
+/* The warm-up ran: what a first command needs (the shell, the dynamic loader and libc,
+ * coreutils) is now in the guest's page cache, so a restored guest does not read it
+ * through virtio-blk again. (QEMU's translated code cannot be saved: under TCG the
+ * first command after a restore still pays for translating the paths it runs.) */
+static void on_warm_exit(gd_exec *x, const struct gd_exec_result *r, void *ud)
+{
+    (void)x;
+    struct gd__snap *s = ud;
+    if (r->error == GD_EXEC_VM_GONE || s->phase != PH_WARMUP)
+        return;
+    DBG("warm-up done (%d)", r->exit_code);
+    gd__vm_hold_exec(s->vm, 0);
+    save_start(s);
+    if (s->mode != SNAP_SAVE)
+        run_guest(s);
+}
+
+static void warm_up(struct gd__snap *s)
+{
+    static const char *const argv[] = {
+        "/bin/sh", "-c",
+        "true; /usr/bin/env true; command -v bash >/dev/null 2>&1 && bash -lc true; exit 0", NULL};
+    struct gd_exec_opts o = {.argv = argv};
+    struct gd_exec_cbs cbs = {.on_exit = on_warm_exit};
+    s->phase = PH_WARMUP;
+    gd__vm_hold_exec(s->vm, 1);
+    if (gd_exec_start(s->vm, &o, &cbs, s, NULL)) {
+        gd__vm_hold_exec(s->vm, 0);
+        s->phase = PH_NONE;
+        save_start(s);
+    }
+}
+
+int gd__snap_on_hello(struct gd__snap *s)
+{
+    if (!s)
+        return 0;
+    DBG("HELLO in phase %d", (int)s->phase);
+    if (s->phase == PH_RESUME_SENT) {
+        s->phase = PH_DONE;
+        return 0;
+    }
+    if (s->phase != PH_NONE)
+        return 1; /* a HELLO while saving: the agent restarted? hold until resumed */
+    if (s->mode == SNAP_SAVE) {
+        if (gd__vm_agent_minor(s->vm) < 2) { /* no RESUME in this agent: no snapshot */
+            s->mode = SNAP_BOOT;
+            return 0;
+        }
+        warm_up(s);
+        return s->mode == SNAP_SAVE;
+    }
+    if (s->mode == SNAP_RESTORE)
+        return 1; /* the template's HELLO cannot come again; wait for RESUME's */
+    return 0;
+}
+
+/* ---- store: list and gc ---- */
+
+struct entry {
+    char path[1400];
+    struct gd_snap_hdr h;
+    long long size;
+    int valid;
+};
+
+/* Calls fn for every snapshot file (and leftovers, with valid 0). */
+static void walk(void (*fn)(const struct entry *e, void *ud), void *ud)
+{
+    char base[1100];
+    gd_snap_boot_dir(base, sizeof(base));
+    char **ids;
+    size_t nid;
+    if (gd_dir_list(base, &ids, &nid))
+        return;
+    for (size_t i = 0; i < nid; i++) {
+        char dir[1250];
+        snprintf(dir, sizeof(dir), "%s/%s", base, ids[i]);
+        char **files;
+        size_t nf;
+        if (gd_dir_list(dir, &files, &nf))
+            continue;
+        for (size_t j = 0; j < nf; j++) {
+            struct entry e = {0};
+            snprintf(e.path, sizeof(e.path), "%s/%s", dir, files[j]);
+            size_t l = strlen(files[j]);
+            if (files[j][0] == '.' || l < 7 || strcmp(files[j] + l - 7, ".gdsnap"))
+                continue;
+            int fd = open(e.path, O_RDONLY | O_CLOEXEC);
+            uint8_t b[GD_SNAP_HDR_LEN];
+            struct stat st;
+            if (fd >= 0 && fstat(fd, &st) == 0) {
+                e.size = (long long)st.st_size;
+                e.valid = pread(fd, b, sizeof(b), 0) == (ssize_t)sizeof(b) &&
+                          gd_snap_hdr_parse(b, sizeof(b), &e.h) == 0 &&
+                          (uint64_t)st.st_size == GD_SNAP_HDR_LEN + e.h.stream_len &&
+                          !strcmp(e.h.build_id, ids[i]);
+            }
+            if (fd >= 0)
+                close(fd);
+            fn(&e, ud);
+        }
+        gd_dir_list_free(files, nf);
+    }
+    gd_dir_list_free(ids, nid);
+}
+
+static void print_one(const struct entry *e, void *ud)
+{
+    FILE *out = ((FILE **)ud)[0];
+    int *n = (int *)((FILE **)ud)[1];
+    if (!(*n)++)
+        fprintf(out,
+                "\nbooted snapshots (memory + devices after boot; restored by every start)\n"
+                "  %-14s %-34s %9s %7s %5s  %s\n",
+                "IMAGE", "KEY", "SIZE", "MEMORY", "CPUS", "VERSION");
+    const char *slash = strrchr(e->path, '/');
+    char key[40];
+    snprintf(key, sizeof(key), "%.32s", slash ? slash + 1 : e->path);
+    if (!e->valid) {
+        fprintf(out, "  %-14s %-34s %8.1fM  (unreadable: removed by gc)\n", "?", key,
+                (double)e->size / (1 << 20));
+        return;
+    }
+    fprintf(out, "  %-14.12s %-34s %8.1fM %6uM %5u  %s%s\n", e->h.build_id, key,
+            (double)e->size / (1 << 20), e->h.memory_mb, e->h.cpus, e->h.version,
+            strcmp(e->h.version, GD_VERSION) ? " (other version: removed by gc)" : "");
+}
+
+void gd_snap_boot_list(FILE *out)
+{
+    int n = 0;
+    void *ud[2] = {out, &n};
+    walk(print_one, ud);
+}
+
+static void json_one(const struct entry *e, void *ud)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "path", e->path);
+    cJSON_AddNumberToObject(o, "size", (double)e->size);
+    cJSON_AddBoolToObject(o, "valid", e->valid);
+    if (e->valid) {
+        char key[65];
+        gd_hex(e->h.key, 32, key);
+        cJSON_AddStringToObject(o, "buildId", e->h.build_id);
+        cJSON_AddStringToObject(o, "key", key);
+        cJSON_AddNumberToObject(o, "memoryMb", e->h.memory_mb);
+        cJSON_AddNumberToObject(o, "cpus", e->h.cpus);
+        cJSON_AddStringToObject(o, "version", e->h.version);
+        cJSON_AddNumberToObject(o, "created", (double)e->h.created);
+    }
+    cJSON_AddItemToArray((cJSON *)ud, o);
+}
+
+void *gd_snap_boot_list_json(void)
+{
+    cJSON *a = cJSON_CreateArray();
+    if (a)
+        walk(json_one, a);
+    return a;
+}
+
+struct gc {
+    FILE *out;
+    int dry_run;
+    char defaults[4][65]; /* buildIds of the default images */
+};
+
+static int image_present(const struct gc *g, const char *id)
+{
+    for (int i = 0; i < 4; i++)
+        if (g->defaults[i][0] && !strcmp(g->defaults[i], id))
+            return 1;
+    char store[1024], p[1200];
+    gd_store_dir(store, sizeof(store));
+    snprintf(p, sizeof(p), "%s/objects/%s/manifest.json", store, id);
+    return access(p, F_OK) == 0;
+}
+
+static void gc_one(const struct entry *e, void *ud)
+{
+    struct gc *g = ud;
+    const char *why = !e->valid                          ? "unreadable"
+                      : strcmp(e->h.version, GD_VERSION) ? "another gondolin version"
+                      : !image_present(g, e->h.build_id) ? "its image is gone"
+                                                         : NULL;
+    if (!why)
+        return;
+    fprintf(g->out, "%s %s (%s)\n", g->dry_run ? "would remove" : "removed", e->path, why);
+    if (!g->dry_run)
+        unlink(e->path);
+}
+
+int gd_snap_boot_gc(FILE *out, int dry_run, struct gd_err *err)
+{
+    (void)err;
+    struct gc g = {.out = out, .dry_run = dry_run};
+    static const char *const arches[] = {"x86_64", "aarch64"};
+    for (int i = 0; i < 2; i++) {
+        char dir[1100];
+        struct gd_image img;
+        gd_store_default_dir(arches[i], dir, sizeof(dir));
+        if (gd_image_load(dir, 0, &img, NULL) == 0)
+            snprintf(g.defaults[i], sizeof(g.defaults[i]), "%s", img.build_id);
+    }
+    walk(gc_one, &g);
+    char base[1100];
+    gd_snap_boot_dir(base, sizeof(base));
+    char **ids;
+    size_t nid;
+    if (gd_dir_list(base, &ids, &nid) == 0) {
+        for (size_t i = 0; i < nid; i++) {
+            char dir[1250];
+            snprintf(dir, sizeof(dir), "%s/%s", base, ids[i]);
+            remove_stale_tmp(dir, out, dry_run);
+            if (!dry_run)
+                rmdir(dir); /* only when empty */
+        }
+        gd_dir_list_free(ids, nid);
+    }
+    return 0;
+}
