@@ -60,6 +60,8 @@ echo "== virtio-fs transport: a real guest reads a directory our vhost-user back
 python3 tests/integration/test_vfs_driver.py build
 echo "== files: host directories and providers mounted in real guests, used by real tools"
 python3 tests/integration/test_vfs.py build
+echo "== booted-image snapshots: save, restore, reseed, clock, network, refusals, SIGKILL mid-save"
+python3 tests/integration/test_boot_snapshot.py build
 echo "== long-lived sessions: start, exec --session, attach, cp, logs, policy reload, stop"
 python3 tests/integration/test_session.py build
 echo "== a session's supervisor under ASan+UBSan: protocol errors, hang-ups, stop"

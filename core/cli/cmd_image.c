@@ -27,7 +27,7 @@ static void image_usage(void)
 }
 
 /* The store's listing, then the booted snapshots (docs/snapshots.md): a section of
- * their own in text, "bootSnapshots" in JSON. */
+ * their own in text; in JSON, elements of the same array with "kind": "bootSnapshot". */
 static int image_ls(int json)
 {
     struct gd_err err = {{0}};
@@ -48,11 +48,14 @@ static int image_ls(int json)
     free(text);
     if (rc)
         return cli_die(1, "image ls: %s", err.msg);
-    if (!cJSON_IsObject(o)) {
+    if (!cJSON_IsArray(o)) {
         cJSON_Delete(o);
-        return cli_die(1, "image ls: the store listing is not a JSON object");
+        return cli_die(1, "image ls: the store listing is not a JSON array");
     }
-    cJSON_AddItemToObject(o, "bootSnapshots", gd_snap_boot_list_json());
+    cJSON *snaps = gd_snap_boot_list_json(), *e;
+    while (snaps && (e = cJSON_DetachItemFromArray(snaps, 0)))
+        cJSON_AddItemToArray(o, e);
+    cJSON_Delete(snaps);
     char *out = cJSON_Print(o);
     cJSON_Delete(o);
     printf("%s\n", out ? out : "{}");

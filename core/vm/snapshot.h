@@ -49,7 +49,8 @@ void gd_snap_boot_dir(char *buf, size_t cap);
 /* Prints the booted snapshots (buildId, key, size, memory, cpus, age) under a heading;
  * nothing when there are none. */
 void gd_snap_boot_list(FILE *out);
-/* The same as a JSON array (returned owned, a cJSON *), for `image ls --json`. */
+/* The same as a JSON array of objects with "kind": "bootSnapshot" (returned owned, a
+ * cJSON *), for `image ls --json`. */
 void *gd_snap_boot_list_json(void);
 /* Removes booted snapshots of images that are gone (no objects/<buildId> and not a
  * default image), of another gondolin version or format, unreadable ones, and

@@ -5,6 +5,7 @@
 #include "ctl/proto.h"
 #include "image/image.h"
 #include "vm_int.h"
+#include "vm_tail.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,19 +20,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define TAIL_CAP 8192
 #define DEFAULT_WINDOW (256u * 1024u)
 #define MAX_STDIN_CREDIT (4u << 20)
 #define KVM_WATCHDOG_MS 8000     /* a real KVM boot takes well under a second */
 #define RESTORE_TIMEOUT_MS 20000 /* a restore takes well under a second even under TCG */
 
 enum vm_state { VM_NEW, VM_STARTING, VM_READY, VM_STOPPING, VM_DEAD };
-
-struct tail {
-    char buf[TAIL_CAP];
-    size_t len; /* ring: the last TAIL_CAP bytes */
-    size_t pos;
-};
 
 struct gd_exec {
     gd_vm *vm;
@@ -103,81 +97,6 @@ static unsigned kvm_watchdog_ms(void)
 }
 static int launch(gd_vm *vm);
 
-static void tail_add(struct tail *t, const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        t->buf[t->pos] = p[i];
-        t->pos = (t->pos + 1) % TAIL_CAP;
-        if (t->len < TAIL_CAP)
-            t->len++;
-    }
-}
-
-/* The ring's content, oldest byte first, into lin (TAIL_CAP bytes); returns its length. */
-static size_t tail_linear(const struct tail *t, char *lin)
-{
-    size_t start = (t->pos + TAIL_CAP - t->len) % TAIL_CAP;
-    for (size_t i = 0; i < t->len; i++)
-        lin[i] = t->buf[(start + i) % TAIL_CAP];
-    return t->len;
-}
-
-/* Last `lines` lines of the ring, sanitized, in dst. */
-static void tail_get(const struct tail *t, char *dst, size_t cap, int lines)
-{
-    char lin[TAIL_CAP];
-    size_t end = tail_linear(t, lin);
-    while (end && (lin[end - 1] == '\n' || lin[end - 1] == '\r'))
-        end--;
-    size_t b = end;
-    int seen = 0;
-    while (b > 0) {
-        if (lin[b - 1] == '\n' && ++seen >= lines)
-            break;
-        b--;
-    }
-    gd_sanitize(dst, cap, lin + b, end - b);
-}
-
-/* The line of the ring that explains most, sanitized: the first naming an error, else the
- * first naming KVM, else the last non-empty one. */
-static void tail_relevant(const struct tail *t, char *dst, size_t cap)
-{
-    char lin[TAIL_CAP + 1];
-    size_t n = tail_linear(t, lin);
-    lin[n] = 0;
-    const char *best = NULL;
-    size_t best_len = 0;
-    int best_score = 0;
-    for (char *l = lin; l < lin + n;) {
-        char *e = memchr(l, '\n', (size_t)(lin + n - l));
-        size_t len = e ? (size_t)(e - l) : (size_t)(lin + n - l);
-        char save = l[len];
-        l[len] = 0;
-        int score = strcasestr(l, "error") || strstr(l, "Assertion") ? 3
-                    : strcasestr(l, "kvm")                           ? 2
-                    : strspn(l, " \t\r") < len                       ? 1
-                                                                     : 0;
-        l[len] = save;
-        if (score > best_score || (score == 1 && best_score == 1)) {
-            best = l;
-            best_len = len;
-            best_score = score;
-        }
-        l += len + 1;
-    }
-    if (best)
-        gd_sanitize(dst, cap, best, best_len);
-    else if (cap)
-        dst[0] = 0;
-}
-
-static int tail_contains(const struct tail *t, const char *needle)
-{
-    char lin[TAIL_CAP];
-    return memmem(lin, tail_linear(t, lin), needle, strlen(needle)) != NULL;
-}
-
 const char *gd_vm_error(const gd_vm *vm)
 {
     return vm->errmsg;
@@ -198,7 +117,7 @@ int gd_vm_raw_fd(gd_vm *vm)
 const char *gd_vm_console_tail(const gd_vm *vm)
 {
     gd_vm *m = (gd_vm *)vm;
-    tail_get(&m->con_tail, m->console_clean, sizeof(m->console_clean), 12);
+    gd__tail_get(&m->con_tail, m->console_clean, sizeof(m->console_clean), 12);
     return m->console_clean;
 }
 
@@ -603,7 +522,7 @@ static void drain_into(uv_pipe_t *p, struct tail *t)
     char buf[4096];
     ssize_t n;
     for (int i = 0; i < 64 && (n = read(fd, buf, sizeof(buf))) > 0; i++)
-        tail_add(t, buf, (size_t)n);
+        gd__tail_add(t, buf, (size_t)n);
 }
 
 static void on_pid_exit(uv_poll_t *p, int status, int events)
@@ -624,7 +543,7 @@ static void on_pid_exit(uv_poll_t *p, int status, int events)
          * internal error"): say how, with the line of its stderr that explains it */
         char line[320];
         drain_into(vm->errp_open ? &vm->errp : NULL, &vm->err_tail);
-        tail_relevant(&vm->err_tail, line, sizeof(line));
+        gd__tail_relevant(&vm->err_tail, line, sizeof(line));
         const char *sig = WIFSIGNALED(st) ? sigabbrev_np(WTERMSIG(st)) : NULL;
         if (WIFSIGNALED(st))
             snprintf(vm->kvm_why, sizeof(vm->kvm_why), "QEMU crashed under KVM (SIG%s)%s%s",
@@ -643,7 +562,7 @@ static void on_pid_exit(uv_poll_t *p, int status, int events)
     drain_into(vm->conp_open ? &vm->conp : NULL, &vm->con_tail);
     if (vm->state == VM_STARTING) {
         char tail[1024], why[1100];
-        tail_get(&vm->err_tail, tail, sizeof(tail), 2);
+        gd__tail_get(&vm->err_tail, tail, sizeof(tail), 2);
         snprintf(why, sizeof(why), "QEMU exited%s%s", tail[0] ? ": " : "", tail);
         if (gd__snap_on_start_failure(vm->snap, why)) {
             vm->relaunch = 1;
@@ -655,8 +574,8 @@ static void on_pid_exit(uv_poll_t *p, int status, int events)
     }
     if (vm->state != VM_STOPPING) {
         char tail[1024];
-        tail_get(&vm->err_tail, tail, sizeof(tail), 6);
-        const char *what = tail_contains(&vm->con_tail, "Kernel panic")
+        gd__tail_get(&vm->err_tail, tail, sizeof(tail), 6);
+        const char *what = gd__tail_contains(&vm->con_tail, "Kernel panic")
                                ? "the guest kernel panicked"
                            : vm->state == VM_STARTING ? "QEMU exited during boot"
                                                       : "the VM stopped (guest powered off)";
@@ -686,7 +605,7 @@ static void on_err_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     gd_vm *vm = s->data;
     if (n > 0)
-        tail_add(&vm->err_tail, b->base, (size_t)n);
+        gd__tail_add(&vm->err_tail, b->base, (size_t)n);
     else if (n < 0)
         close_handle(vm, (uv_handle_t *)&vm->errp, &vm->errp_open);
 }
@@ -695,7 +614,7 @@ static void on_con_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     gd_vm *vm = s->data;
     if (n > 0) {
-        tail_add(&vm->con_tail, b->base, (size_t)n);
+        gd__tail_add(&vm->con_tail, b->base, (size_t)n);
         if (getenv("GONDOLIN_CONSOLE"))
             fwrite(b->base, 1, (size_t)n, stderr);
     } else if (n < 0) {
@@ -1024,7 +943,7 @@ static void on_start_timeout(uv_timer_t *t)
         return;
     }
     char tail[1024];
-    tail_get(&vm->err_tail, tail, sizeof(tail), 6);
+    gd__tail_get(&vm->err_tail, tail, sizeof(tail), 6);
     vm_fail(vm, "the VM did not start within %u ms (accel %s)%s%s", vm->o.start_timeout_ms,
             vm->accel, tail[0] ? "; qemu: " : "", tail);
 }
