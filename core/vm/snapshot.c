@@ -75,6 +75,7 @@ struct gd__snap {
     char tmp[1300];
     int tmp_fd;
     uint64_t t_save; /* when the guest was stopped for the save */
+    unsigned status_tries;
     struct gd_snap_hdr save_hdr;
     pthread_t th;
     int th_started;
@@ -324,8 +325,13 @@ static void on_cont(gd_qmp *q, int status, const cJSON *ret, const char *err, vo
         snprintf(w, sizeof(w), "could not be started (QMP cont: %s)", err ? err : "?");
         if (s->mode == SNAP_RESTORE)
             restore_failed(s, w);
-        else
-            gd__vm_restart(s->vm); /* cannot happen short of QEMU trouble: boot again */
+        else {
+            fprintf(stderr,
+                    "gondolin: QEMU failed after saving a booted snapshot (%s); booting "
+                    "again\n",
+                    err ? err : "?");
+            gd__vm_restart(s->vm);
+        }
         return;
     }
     DBG("cont answered");
@@ -342,6 +348,42 @@ static void run_guest(struct gd__snap *s)
         else
             gd__vm_restart(s->vm);
     }
+}
+
+/* QEMU emits MIGRATION "completed" from its migration thread before that thread moves
+ * the run state from finish-migrate to postmigrate; a `cont` in between races with it
+ * (QEMU aborts on the invalid transition running -> postmigrate). So after a save the
+ * guest is continued only once query-status says postmigrate (a few round trips). */
+#define POSTMIGRATE_TRIES 500
+
+static void wait_postmigrate(struct gd__snap *s);
+
+static void on_status(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
+{
+    (void)q;
+    (void)err;
+    struct gd__snap *s = ud;
+    if (status == -ECANCELED)
+        return;
+    const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ret, "status"));
+    if (!status && st && strcmp(st, "finish-migrate")) {
+        run_guest(s);
+        return;
+    }
+    if (status || ++s->status_tries >= POSTMIGRATE_TRIES) {
+        fprintf(stderr, "gondolin: QEMU did not leave the migration state after saving a booted "
+                        "snapshot; booting again\n");
+        gd__vm_restart(s->vm);
+        return;
+    }
+    wait_postmigrate(s);
+}
+
+static void wait_postmigrate(struct gd__snap *s)
+{
+    gd_qmp *q = gd__vm_qmp(s->vm);
+    if (!q || gd_qmp_cmd(q, "query-status", NULL, -1, on_status, s))
+        gd__vm_restart(s->vm);
 }
 
 /* ---- restore: feed the stream ---- */
@@ -578,7 +620,8 @@ void gd__snap_on_event(struct gd__snap *s, const char *name, const cJSON *data)
         if (s->tmp[0])
             unlink(s->tmp);
     }
-    run_guest(s);
+    s->status_tries = 0;
+    wait_postmigrate(s);
 }
 
 static cJSON *caps_args(void)
@@ -662,9 +705,7 @@ static void on_warm_exit(gd_exec *x, const struct gd_exec_result *r, void *ud)
 
 static void warm_up(struct gd__snap *s)
 {
-    static const char *const argv[] = {
-        "/bin/sh", "-c",
-        "true; /usr/bin/env true; command -v bash >/dev/null 2>&1 && bash -lc true; exit 0", NULL};
+    static const char *const argv[] = {"/bin/sh", "-c", "true; /usr/bin/env true; exit 0", NULL};
     struct gd_exec_opts o = {.argv = argv};
     struct gd_exec_cbs cbs = {.on_exit = on_warm_exit};
     s->phase = PH_WARMUP;

@@ -935,8 +935,9 @@ static void on_start_timeout(uv_timer_t *t)
         return;
     }
     char why[64];
-    snprintf(why, sizeof(why), "no answer within %.1f s",
-             (double)uv_timer_get_due_in(t) / 1e3 + (double)RESTORE_TIMEOUT_MS / 1e3);
+    unsigned ms =
+        vm->o.start_timeout_ms < RESTORE_TIMEOUT_MS ? vm->o.start_timeout_ms : RESTORE_TIMEOUT_MS;
+    snprintf(why, sizeof(why), "no answer within %.1f s", (double)ms / 1e3);
     if (gd__snap_on_start_failure(vm->snap, why)) {
         vm->relaunch = 1;
         vm_stop(vm, SIGKILL);
