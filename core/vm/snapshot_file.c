@@ -97,8 +97,8 @@ int gd_snap_hdr_parse(const uint8_t *b, size_t len, struct gd_snap_hdr *h)
     h->memory_mb = get32(b + 96);
     h->cpus = get32(b + 100);
     h->agent_minor = get32(b + 104);
-    if (h->stream_len == 0 || h->stream_len > GD_SNAP_MAX_STREAM)
-        return -EBADMSG;
+    if (h->stream_len == 0 || h->stream_len > GD_SNAP_MAX_STREAM || get32(b + 108) != 0)
+        return -EBADMSG; /* 108: reserved, zero */
     if (field(b + 112, 32, h->version, sizeof(h->version)) ||
         field(b + 144, 80, h->build_id, sizeof(h->build_id)) ||
         field(b + 224, 64, h->agent, sizeof(h->agent)))

@@ -298,8 +298,10 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
         goto fail;
     }
     const char *mode = vm->o.rootfs_mode ? vm->o.rootfs_mode : vm->img.rootfs_mode;
+    /* rw writes the image, cow will give each sandbox its own disk (a guest that wrote
+     * to its disk before the save would not match another sandbox's fresh disk) */
     if (o->boot_snapshot && !vm->o.rawecho && !vm->o.bare && !vm->o.nfs &&
-        !(mode && !strcmp(mode, "rw")) &&
+        !(mode && (!strcmp(mode, "rw") || !strcmp(mode, "cow"))) &&
         (rc = gd__snap_new(vm, vm->img.build_id, vm->o.memory_mb, vm->o.cpus, &vm->snap))) {
         rc = gd_err_set(err, rc, "out of memory");
         goto fail;

@@ -58,7 +58,7 @@ struct gd_vm_opts {
      * image store instead of booting, or boot and save one at the agent's HELLO when
      * there is none yet. A snapshot that fails to load is discarded with a one-line
      * notice on stderr and the VM boots. Ignored with fs mounts (vhost-user-fs is not
-     * migratable), rootfs "rw", rawecho, bare, and while KVM is on trial. */
+     * migratable), rootfs "rw" and "cow", rawecho, bare, and while KVM is on trial. */
     int boot_snapshot;
 };
 
