@@ -237,19 +237,25 @@ int gd__snap_prepare(struct gd__snap *s, char *const *argv, const char *qemu)
         bad = "was made for another image, gondolin version or VM shape";
     else if (fstat(fd, &st) || (uint64_t)st.st_size != GD_SNAP_HDR_LEN + s->hdr.stream_len)
         bad = "is truncated";
-    int sp[2];
-    if (!bad && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp))
-        bad = "cannot be fed to QEMU";
-    if (!bad && (!(s->md = EVP_MD_CTX_new()) || !(s->chunk = malloc(CHUNK)) ||
-                 !EVP_DigestInit_ex(s->md, EVP_sha256(), NULL))) {
-        close(sp[0]);
-        close(sp[1]);
-        bad = "cannot be read (out of memory)";
-    }
     if (bad) {
         close(fd);
-        restore_cleanup(s);
         discard(s, bad);
+        return -1;
+    }
+    /* our own trouble (fds, memory) is not the file's: boot, keep it */
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp)) {
+        close(fd);
+        s->mode = SNAP_BOOT;
+        return -1;
+    }
+    if (!(s->md = EVP_MD_CTX_new()) || !(s->chunk = malloc(CHUNK)) ||
+        !EVP_DigestInit_ex(s->md, EVP_sha256(), NULL)) {
+        close(sp[0]);
+        close(sp[1]);
+        close(fd);
+        restore_cleanup(s);
+        s->mode = SNAP_BOOT;
         return -1;
     }
     int big = 4 << 20;
