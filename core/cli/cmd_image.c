@@ -34,7 +34,7 @@ static int image_ls(int json)
     if (!json) {
         if (gd_store_list(stdout, 0, &err))
             return cli_die(1, "image ls: %s", err.msg);
-        gd_snap_boot_list(stdout);
+        gd_bootsnap_list(stdout);
         return 0;
     }
     char *text = NULL;
@@ -52,7 +52,7 @@ static int image_ls(int json)
         cJSON_Delete(o);
         return cli_die(1, "image ls: the store listing is not a JSON array");
     }
-    cJSON *snaps = gd_snap_boot_list_json(), *e;
+    cJSON *snaps = gd_bootsnap_list_json(), *e;
     while (snaps && (e = cJSON_DetachItemFromArray(snaps, 0)))
         cJSON_AddItemToArray(o, e);
     cJSON_Delete(snaps);
@@ -97,7 +97,7 @@ int cmd_image(int argc, char **argv)
     if (!strcmp(sub, "gc")) {
         if (gd_store_gc(stdout, dry, &err))
             return cli_die(1, "image gc: %s", err.msg);
-        return gd_snap_boot_gc(stdout, dry, &err) ? cli_die(1, "image gc: %s", err.msg) : 0;
+        return gd_bootsnap_gc(stdout, dry, &err) ? cli_die(1, "image gc: %s", err.msg) : 0;
     }
     if (!strcmp(sub, "inspect")) {
         if (npos != 1)

@@ -50,7 +50,7 @@ enum snap_phase {
     PH_DONE,
 };
 
-struct gd__snap {
+struct gd__bootsnap {
     gd_vm *vm;
     enum snap_mode mode;
     enum snap_phase phase;
@@ -62,7 +62,7 @@ struct gd__snap {
     uint64_t t0;
     /* restore */
     int file_fd;
-    struct gd_snap_hdr hdr;
+    struct gd_bootsnap_hdr hdr;
     int feed_fd;
     uv_poll_t feed_poll;
     int feed_open;
@@ -76,7 +76,7 @@ struct gd__snap {
     int tmp_fd;
     uint64_t t_save; /* when the guest was stopped for the save */
     unsigned status_tries;
-    struct gd_snap_hdr save_hdr;
+    struct gd_bootsnap_hdr save_hdr;
     pthread_t th;
     int th_started;
 };
@@ -90,7 +90,7 @@ struct gd__snap {
 
 /* ---- the key ---- */
 
-static void compute_key(struct gd__snap *s, char *const *argv, const char *qemu)
+static void compute_key(struct gd__bootsnap *s, char *const *argv, const char *qemu)
 {
     EVP_MD_CTX *c = EVP_MD_CTX_new();
     unsigned int n = 32;
@@ -100,7 +100,7 @@ static void compute_key(struct gd__snap *s, char *const *argv, const char *qemu)
     }
     EVP_DigestInit_ex(c, EVP_sha256(), NULL);
     char line[1600];
-    int l = snprintf(line, sizeof(line), "gondolin boot snapshot %u\n%s\n%s\n", GD_SNAP_FORMAT,
+    int l = snprintf(line, sizeof(line), "gondolin boot snapshot %u\n%s\n%s\n", GD_BOOTSNAP_FORMAT,
                      GD_VERSION, s->build_id);
     EVP_DigestUpdate(c, line, (size_t)l);
     /* the QEMU binary: another build may not load this one's stream */
@@ -146,10 +146,10 @@ static void compute_key(struct gd__snap *s, char *const *argv, const char *qemu)
 
 /* ---- lifecycle ---- */
 
-int gd__snap_new(gd_vm *vm, const char *build_id, unsigned memory_mb, unsigned cpus,
-                 struct gd__snap **out)
+int gd__bootsnap_new(gd_vm *vm, const char *build_id, unsigned memory_mb, unsigned cpus,
+                     struct gd__bootsnap **out)
 {
-    struct gd__snap *s = calloc(1, sizeof(*s));
+    struct gd__bootsnap *s = calloc(1, sizeof(*s));
     if (!s)
         return -ENOMEM;
     s->vm = vm;
@@ -158,13 +158,13 @@ int gd__snap_new(gd_vm *vm, const char *build_id, unsigned memory_mb, unsigned c
     s->cpus = cpus;
     s->file_fd = s->feed_fd = s->tmp_fd = -1;
     char base[1100];
-    gd_snap_boot_dir(base, sizeof(base));
+    gd_bootsnap_dir(base, sizeof(base));
     snprintf(s->dir, sizeof(s->dir), "%s/%s", base, build_id);
     *out = s;
     return 0;
 }
 
-static void restore_cleanup(struct gd__snap *s)
+static void restore_cleanup(struct gd__bootsnap *s)
 {
     if (s->file_fd >= 0)
         close(s->file_fd);
@@ -179,7 +179,7 @@ static void restore_cleanup(struct gd__snap *s)
     s->chunk = NULL;
 }
 
-void gd__snap_free(struct gd__snap *s)
+void gd__bootsnap_free(struct gd__bootsnap *s)
 {
     if (!s)
         return;
@@ -196,7 +196,7 @@ void gd__snap_free(struct gd__snap *s)
     free(s);
 }
 
-const char *gd__snap_mode(const struct gd__snap *s)
+const char *gd__bootsnap_mode(const struct gd__bootsnap *s)
 {
     return !s                        ? "boot"
            : s->mode == SNAP_RESTORE ? "restore"
@@ -205,13 +205,13 @@ const char *gd__snap_mode(const struct gd__snap *s)
 }
 
 /* One line on stderr, and the file goes. */
-static void discard(struct gd__snap *s, const char *why)
+static void discard(struct gd__bootsnap *s, const char *why)
 {
     fprintf(stderr, "gondolin: booted snapshot %s %s; discarded, booting instead\n", s->path, why);
     unlink(s->path);
 }
 
-int gd__snap_prepare(struct gd__snap *s, char *const *argv, const char *qemu)
+int gd__bootsnap_prepare(struct gd__bootsnap *s, char *const *argv, const char *qemu)
 {
     s->phase = PH_NONE;
     s->t0 = uv_hrtime();
@@ -226,16 +226,16 @@ int gd__snap_prepare(struct gd__snap *s, char *const *argv, const char *qemu)
     int fd = open(s->path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -1; /* none yet: boot and save */
-    uint8_t b[GD_SNAP_HDR_LEN];
+    uint8_t b[GD_BOOTSNAP_HDR_LEN];
     struct stat st;
     const char *bad = NULL;
     if (pread(fd, b, sizeof(b), 0) != (ssize_t)sizeof(b) ||
-        gd_snap_hdr_parse(b, sizeof(b), &s->hdr))
+        gd_bootsnap_hdr_parse(b, sizeof(b), &s->hdr))
         bad = "has no valid header";
     else if (memcmp(s->hdr.key, s->key, 32) || strcmp(s->hdr.version, GD_VERSION) ||
              strcmp(s->hdr.build_id, s->build_id))
         bad = "was made for another image, gondolin version or VM shape";
-    else if (fstat(fd, &st) || (uint64_t)st.st_size != GD_SNAP_HDR_LEN + s->hdr.stream_len)
+    else if (fstat(fd, &st) || (uint64_t)st.st_size != GD_BOOTSNAP_HDR_LEN + s->hdr.stream_len)
         bad = "is truncated";
     if (bad) {
         close(fd);
@@ -273,7 +273,7 @@ int gd__snap_prepare(struct gd__snap *s, char *const *argv, const char *qemu)
 }
 
 /* Restoring failed: drop the file (once), boot instead. */
-static void restore_failed(struct gd__snap *s, const char *why)
+static void restore_failed(struct gd__bootsnap *s, const char *why)
 {
     if (s->mode != SNAP_RESTORE || s->disabled)
         return;
@@ -282,7 +282,7 @@ static void restore_failed(struct gd__snap *s, const char *why)
     gd__vm_restart(s->vm);
 }
 
-int gd__snap_on_start_failure(struct gd__snap *s, const char *why)
+int gd__bootsnap_on_start_failure(struct gd__bootsnap *s, const char *why)
 {
     if (!s || s->mode != SNAP_RESTORE || s->disabled)
         return 0;
@@ -293,7 +293,7 @@ int gd__snap_on_start_failure(struct gd__snap *s, const char *why)
     return 1;
 }
 
-static void send_resume(struct gd__snap *s)
+static void send_resume(struct gd__bootsnap *s)
 {
     uint8_t buf[GD_PROTO_HDR_LEN + 12 + 64];
     uint8_t rnd[64];
@@ -323,7 +323,7 @@ static void on_cont(gd_qmp *q, int status, const cJSON *ret, const char *err, vo
 {
     (void)q;
     (void)ret;
-    struct gd__snap *s = ud;
+    struct gd__bootsnap *s = ud;
     if (status == -ECANCELED)
         return;
     if (status) {
@@ -344,7 +344,7 @@ static void on_cont(gd_qmp *q, int status, const cJSON *ret, const char *err, vo
     send_resume(s);
 }
 
-static void run_guest(struct gd__snap *s)
+static void run_guest(struct gd__bootsnap *s)
 {
     gd_qmp *q = gd__vm_qmp(s->vm);
     s->phase = PH_CONT;
@@ -362,13 +362,13 @@ static void run_guest(struct gd__snap *s)
  * guest is continued only once query-status says postmigrate (a few round trips). */
 #define POSTMIGRATE_TRIES 500
 
-static void wait_postmigrate(struct gd__snap *s);
+static void wait_postmigrate(struct gd__bootsnap *s);
 
 static void on_status(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
 {
     (void)q;
     (void)err;
-    struct gd__snap *s = ud;
+    struct gd__bootsnap *s = ud;
     if (status == -ECANCELED)
         return;
     const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ret, "status"));
@@ -385,7 +385,7 @@ static void on_status(gd_qmp *q, int status, const cJSON *ret, const char *err, 
     wait_postmigrate(s);
 }
 
-static void wait_postmigrate(struct gd__snap *s)
+static void wait_postmigrate(struct gd__bootsnap *s)
 {
     gd_qmp *q = gd__vm_qmp(s->vm);
     if (!q || gd_qmp_cmd(q, "query-status", NULL, -1, on_status, s))
@@ -394,11 +394,11 @@ static void wait_postmigrate(struct gd__snap *s)
 
 /* ---- restore: feed the stream ---- */
 
-static void feed_done(struct gd__snap *s)
+static void feed_done(struct gd__bootsnap *s)
 {
     DBG("fed %llu bytes", (unsigned long long)s->fed);
     gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
-    /* the fd goes with the handle's close: see gd__snap_stop */
+    /* the fd goes with the handle's close: see gd__bootsnap_stop */
     uint8_t md[32];
     unsigned int n = 32;
     EVP_DigestFinal_ex(s->md, md, &n);
@@ -414,7 +414,7 @@ static void feed_done(struct gd__snap *s)
 static void on_feed(uv_poll_t *h, int status, int events)
 {
     (void)events;
-    struct gd__snap *s = h->data;
+    struct gd__bootsnap *s = h->data;
     if (status < 0) {
         restore_failed(s, "could not be fed to QEMU");
         return;
@@ -428,7 +428,7 @@ static void on_feed(uv_poll_t *h, int status, int events)
             }
             uint64_t left = s->hdr.stream_len - s->fed;
             size_t want = left < CHUNK ? (size_t)left : CHUNK;
-            ssize_t r = pread(s->file_fd, s->chunk, want, (off_t)(GD_SNAP_HDR_LEN + s->fed));
+            ssize_t r = pread(s->file_fd, s->chunk, want, (off_t)(GD_BOOTSNAP_HDR_LEN + s->fed));
             if (r <= 0) {
                 restore_failed(s, r == 0 ? "is truncated" : "could not be read");
                 return;
@@ -460,7 +460,7 @@ static void on_restore_step(gd_qmp *q, int status, const cJSON *ret, const char 
 {
     (void)q;
     (void)ret;
-    struct gd__snap *s = ud;
+    struct gd__bootsnap *s = ud;
     if (status == -ECANCELED || !status)
         return;
     char w[400];
@@ -468,7 +468,7 @@ static void on_restore_step(gd_qmp *q, int status, const cJSON *ret, const char 
     restore_failed(s, w);
 }
 
-void gd__snap_launched(struct gd__snap *s)
+void gd__bootsnap_launched(struct gd__bootsnap *s)
 {
     if (!s || s->mode != SNAP_RESTORE)
         return;
@@ -491,7 +491,7 @@ void gd__snap_launched(struct gd__snap *s)
         restore_failed(s, "could not be loaded (QMP)");
 }
 
-void gd__snap_stop(struct gd__snap *s)
+void gd__bootsnap_stop(struct gd__bootsnap *s)
 {
     if (s)
         gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
@@ -504,15 +504,15 @@ void gd__snap_stop(struct gd__snap *s)
  * next save (or gc) removes. */
 static void *save_finish(void *arg)
 {
-    struct gd__snap *s = arg;
+    struct gd__bootsnap *s = arg;
     struct stat st;
     EVP_MD_CTX *c = EVP_MD_CTX_new();
     uint8_t *buf = malloc(CHUNK);
-    int ok = c && buf && fstat(s->tmp_fd, &st) == 0 && st.st_size > GD_SNAP_HDR_LEN &&
+    int ok = c && buf && fstat(s->tmp_fd, &st) == 0 && st.st_size > GD_BOOTSNAP_HDR_LEN &&
              EVP_DigestInit_ex(c, EVP_sha256(), NULL);
-    uint64_t len = ok ? (uint64_t)st.st_size - GD_SNAP_HDR_LEN : 0;
+    uint64_t len = ok ? (uint64_t)st.st_size - GD_BOOTSNAP_HDR_LEN : 0;
     for (uint64_t off = 0; ok && off < len;) {
-        ssize_t r = pread(s->tmp_fd, buf, CHUNK, (off_t)(GD_SNAP_HDR_LEN + off));
+        ssize_t r = pread(s->tmp_fd, buf, CHUNK, (off_t)(GD_BOOTSNAP_HDR_LEN + off));
         if (r <= 0) {
             ok = 0;
             break;
@@ -524,8 +524,9 @@ static void *save_finish(void *arg)
     if (ok) {
         EVP_DigestFinal_ex(c, s->save_hdr.sha256, &n);
         s->save_hdr.stream_len = len;
-        gd_snap_hdr_write(buf, &s->save_hdr);
-        ok = pwrite(s->tmp_fd, buf, GD_SNAP_HDR_LEN, 0) == GD_SNAP_HDR_LEN && fsync(s->tmp_fd) == 0;
+        gd_bootsnap_hdr_write(buf, &s->save_hdr);
+        ok = pwrite(s->tmp_fd, buf, GD_BOOTSNAP_HDR_LEN, 0) == GD_BOOTSNAP_HDR_LEN &&
+             fsync(s->tmp_fd) == 0;
     }
     if (ok && !s->tmp[0]) {
         /* an unnamed file (O_TMPFILE) gets its name only now, complete: a crash before
@@ -543,7 +544,8 @@ static void *save_finish(void *arg)
             close(d);
         }
         DBG("file complete: %llu bytes, %.0f ms after the guest was paused",
-            (unsigned long long)(len + GD_SNAP_HDR_LEN), (double)(uv_hrtime() - s->t_save) / 1e6);
+            (unsigned long long)(len + GD_BOOTSNAP_HDR_LEN),
+            (double)(uv_hrtime() - s->t_save) / 1e6);
     } else if (s->tmp[0]) {
         unlink(s->tmp);
     }
@@ -554,7 +556,7 @@ static void *save_finish(void *arg)
     return NULL;
 }
 
-static void save_abort(struct gd__snap *s, const char *why)
+static void save_abort(struct gd__bootsnap *s, const char *why)
 {
     if (s->tmp_fd >= 0) {
         close(s->tmp_fd);
@@ -571,7 +573,7 @@ static void on_save_step(gd_qmp *q, int status, const cJSON *ret, const char *er
 {
     (void)q;
     (void)ret;
-    struct gd__snap *s = ud;
+    struct gd__bootsnap *s = ud;
     if (status == -ECANCELED || s->mode != SNAP_SAVE || s->phase != PH_SAVING)
         return;
     if (status) {
@@ -581,7 +583,7 @@ static void on_save_step(gd_qmp *q, int status, const cJSON *ret, const char *er
     }
 }
 
-void gd__snap_on_event(struct gd__snap *s, const char *name, const cJSON *data)
+void gd__bootsnap_on_event(struct gd__bootsnap *s, const char *name, const cJSON *data)
 {
     if (!s || strcmp(name, "MIGRATION"))
         return;
@@ -608,7 +610,7 @@ void gd__snap_on_event(struct gd__snap *s, const char *name, const cJSON *data)
     if (strcmp(st, "completed"))
         return;
     DBG("saved: guest paused %.0f ms for the stream", (double)(uv_hrtime() - s->t_save) / 1e6);
-    struct gd_snap_hdr *h = &s->save_hdr;
+    struct gd_bootsnap_hdr *h = &s->save_hdr;
     memset(h, 0, sizeof(*h));
     memcpy(h->key, s->key, 32);
     h->created = (uint64_t)time(NULL);
@@ -640,7 +642,7 @@ static cJSON *caps_args(void)
     return a;
 }
 
-static void save_start(struct gd__snap *s)
+static void save_start(struct gd__bootsnap *s)
 {
     gd_qmp *q = gd__vm_qmp(s->vm);
     if (!q) {
@@ -654,7 +656,7 @@ static void save_start(struct gd__snap *s)
         s->mode = SNAP_BOOT;
         return;
     }
-    gd__snap_remove_stale(s->dir, NULL, 0);
+    gd__bootsnap_remove_stale(s->dir, NULL, 0);
     /* unnamed until complete; where the file system has no O_TMPFILE, a .tmp- name
      * that the next save or gc removes once its process is gone */
     s->tmp[0] = 0;
@@ -665,7 +667,7 @@ static void save_start(struct gd__snap *s)
         snprintf(s->tmp, sizeof(s->tmp), "%s/.tmp-%ld-%08x.gdsnap", s->dir, (long)getpid(), r);
         s->tmp_fd = open(s->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     }
-    if (s->tmp_fd < 0 || lseek(s->tmp_fd, GD_SNAP_HDR_LEN, SEEK_SET) != GD_SNAP_HDR_LEN) {
+    if (s->tmp_fd < 0 || lseek(s->tmp_fd, GD_BOOTSNAP_HDR_LEN, SEEK_SET) != GD_BOOTSNAP_HDR_LEN) {
         fprintf(stderr, "gondolin: could not save a booted snapshot: %s: %s\n", s->dir,
                 strerror(errno));
         if (s->tmp_fd >= 0)
@@ -699,7 +701,7 @@ static void save_start(struct gd__snap *s)
 static void on_warm_exit(gd_exec *x, const struct gd_exec_result *r, void *ud)
 {
     (void)x;
-    struct gd__snap *s = ud;
+    struct gd__bootsnap *s = ud;
     if (r->error == GD_EXEC_VM_GONE || s->phase != PH_WARMUP)
         return;
     DBG("warm-up done (%d)", r->exit_code);
@@ -709,7 +711,7 @@ static void on_warm_exit(gd_exec *x, const struct gd_exec_result *r, void *ud)
         run_guest(s);
 }
 
-static void warm_up(struct gd__snap *s)
+static void warm_up(struct gd__bootsnap *s)
 {
     static const char *const argv[] = {"/bin/sh", "-c", "true; /usr/bin/env true; exit 0", NULL};
     struct gd_exec_opts o = {.argv = argv};
@@ -723,7 +725,7 @@ static void warm_up(struct gd__snap *s)
     }
 }
 
-int gd__snap_on_hello(struct gd__snap *s)
+int gd__bootsnap_on_hello(struct gd__bootsnap *s)
 {
     if (!s)
         return 0;

@@ -50,12 +50,12 @@ static uint64_t get64(const uint8_t *p)
 /* layout: magic 0, format 8, header length 12, key 16, stream length 48, sha256 56,
  * created 88, memory 96, cpus 100, agent minor 104, version 112 (32), buildId 144 (80),
  * agent 224 (64), zeros to 512 */
-void gd_snap_hdr_write(uint8_t *b, const struct gd_snap_hdr *h)
+void gd_bootsnap_hdr_write(uint8_t *b, const struct gd_bootsnap_hdr *h)
 {
-    memset(b, 0, GD_SNAP_HDR_LEN);
+    memset(b, 0, GD_BOOTSNAP_HDR_LEN);
     memcpy(b, MAGIC, 8);
-    put32(b + 8, GD_SNAP_FORMAT);
-    put32(b + 12, GD_SNAP_HDR_LEN);
+    put32(b + 8, GD_BOOTSNAP_FORMAT);
+    put32(b + 12, GD_BOOTSNAP_HDR_LEN);
     memcpy(b + 16, h->key, 32);
     put64(b + 48, h->stream_len);
     memcpy(b + 56, h->sha256, 32);
@@ -84,11 +84,11 @@ static int field(const uint8_t *p, size_t cap, char *out, size_t ocap)
     return 0;
 }
 
-int gd_snap_hdr_parse(const uint8_t *b, size_t len, struct gd_snap_hdr *h)
+int gd_bootsnap_hdr_parse(const uint8_t *b, size_t len, struct gd_bootsnap_hdr *h)
 {
     memset(h, 0, sizeof(*h));
-    if (len < GD_SNAP_HDR_LEN || memcmp(b, MAGIC, 8) || get32(b + 8) != GD_SNAP_FORMAT ||
-        get32(b + 12) != GD_SNAP_HDR_LEN)
+    if (len < GD_BOOTSNAP_HDR_LEN || memcmp(b, MAGIC, 8) || get32(b + 8) != GD_BOOTSNAP_FORMAT ||
+        get32(b + 12) != GD_BOOTSNAP_HDR_LEN)
         return -EBADMSG;
     memcpy(h->key, b + 16, 32);
     h->stream_len = get64(b + 48);
@@ -97,19 +97,19 @@ int gd_snap_hdr_parse(const uint8_t *b, size_t len, struct gd_snap_hdr *h)
     h->memory_mb = get32(b + 96);
     h->cpus = get32(b + 100);
     h->agent_minor = get32(b + 104);
-    if (h->stream_len == 0 || h->stream_len > GD_SNAP_MAX_STREAM || get32(b + 108) != 0)
+    if (h->stream_len == 0 || h->stream_len > GD_BOOTSNAP_MAX_STREAM || get32(b + 108) != 0)
         return -EBADMSG; /* 108: reserved, zero */
     if (field(b + 112, 32, h->version, sizeof(h->version)) ||
         field(b + 144, 80, h->build_id, sizeof(h->build_id)) ||
         field(b + 224, 64, h->agent, sizeof(h->agent)))
         return -EBADMSG;
-    for (size_t i = 288; i < GD_SNAP_HDR_LEN; i++)
+    for (size_t i = 288; i < GD_BOOTSNAP_HDR_LEN; i++)
         if (b[i])
             return -EBADMSG;
     return 0;
 }
 
-void gd_snap_boot_dir(char *buf, size_t cap)
+void gd_bootsnap_dir(char *buf, size_t cap)
 {
     char store[1024];
     gd_store_dir(store, sizeof(store));
@@ -122,7 +122,7 @@ static int pid_alive(long pid)
 }
 
 /* Leftovers of saves whose process is gone (SIGKILL, power loss). */
-void gd__snap_remove_stale(const char *dir, FILE *out, int dry_run)
+void gd__bootsnap_remove_stale(const char *dir, FILE *out, int dry_run)
 {
     DIR *d = opendir(dir);
     if (!d)
@@ -146,7 +146,7 @@ void gd__snap_remove_stale(const char *dir, FILE *out, int dry_run)
 
 struct entry {
     char path[1400];
-    struct gd_snap_hdr h;
+    struct gd_bootsnap_hdr h;
     long long size;
     int valid;
 };
@@ -155,7 +155,7 @@ struct entry {
 static void walk(void (*fn)(const struct entry *e, void *ud), void *ud)
 {
     char base[1100];
-    gd_snap_boot_dir(base, sizeof(base));
+    gd_bootsnap_dir(base, sizeof(base));
     char **ids;
     size_t nid;
     if (gd_dir_list(base, &ids, &nid))
@@ -174,13 +174,13 @@ static void walk(void (*fn)(const struct entry *e, void *ud), void *ud)
             if (files[j][0] == '.' || l < 7 || strcmp(files[j] + l - 7, ".gdsnap"))
                 continue;
             int fd = open(e.path, O_RDONLY | O_CLOEXEC);
-            uint8_t b[GD_SNAP_HDR_LEN];
+            uint8_t b[GD_BOOTSNAP_HDR_LEN];
             struct stat st;
             if (fd >= 0 && fstat(fd, &st) == 0) {
                 e.size = (long long)st.st_size;
                 e.valid = pread(fd, b, sizeof(b), 0) == (ssize_t)sizeof(b) &&
-                          gd_snap_hdr_parse(b, sizeof(b), &e.h) == 0 &&
-                          (uint64_t)st.st_size == GD_SNAP_HDR_LEN + e.h.stream_len &&
+                          gd_bootsnap_hdr_parse(b, sizeof(b), &e.h) == 0 &&
+                          (uint64_t)st.st_size == GD_BOOTSNAP_HDR_LEN + e.h.stream_len &&
                           !strcmp(e.h.build_id, ids[i]);
             }
             if (fd >= 0)
@@ -214,7 +214,7 @@ static void print_one(const struct entry *e, void *ud)
             strcmp(e->h.version, GD_VERSION) ? " (other version: removed by gc)" : "");
 }
 
-void gd_snap_boot_list(FILE *out)
+void gd_bootsnap_list(FILE *out)
 {
     int n = 0;
     void *ud[2] = {out, &n};
@@ -241,7 +241,7 @@ static void json_one(const struct entry *e, void *ud)
     cJSON_AddItemToArray((cJSON *)ud, o);
 }
 
-void *gd_snap_boot_list_json(void)
+void *gd_bootsnap_list_json(void)
 {
     cJSON *a = cJSON_CreateArray();
     if (a)
@@ -280,7 +280,7 @@ static void gc_one(const struct entry *e, void *ud)
         unlink(e->path);
 }
 
-int gd_snap_boot_gc(FILE *out, int dry_run, struct gd_err *err)
+int gd_bootsnap_gc(FILE *out, int dry_run, struct gd_err *err)
 {
     (void)err;
     struct gc g = {.out = out, .dry_run = dry_run};
@@ -294,14 +294,14 @@ int gd_snap_boot_gc(FILE *out, int dry_run, struct gd_err *err)
     }
     walk(gc_one, &g);
     char base[1100];
-    gd_snap_boot_dir(base, sizeof(base));
+    gd_bootsnap_dir(base, sizeof(base));
     char **ids;
     size_t nid;
     if (gd_dir_list(base, &ids, &nid) == 0) {
         for (size_t i = 0; i < nid; i++) {
             char dir[1250];
             snprintf(dir, sizeof(dir), "%s/%s", base, ids[i]);
-            gd__snap_remove_stale(dir, out, dry_run);
+            gd__bootsnap_remove_stale(dir, out, dry_run);
             if (!dry_run)
                 rmdir(dir); /* only when empty */
         }

@@ -10,6 +10,6 @@
 
 /* Removes the .tmp- leftovers of saves whose process is gone (SIGKILL, power loss),
  * printing each to out (if not NULL); dry_run only prints. */
-void gd__snap_remove_stale(const char *dir, FILE *out, int dry_run);
+void gd__bootsnap_remove_stale(const char *dir, FILE *out, int dry_run);
 
 #endif

@@ -84,7 +84,7 @@ struct gd_vm {
     void *ping_ud;
     gd_qmp *qmp; /* QEMU's monitor (snapshot.c drives it) */
     int qmp_open;
-    struct gd__snap *snap; /* booted snapshot: restore, or save after boot; NULL: off */
+    struct gd__bootsnap *snap; /* booted snapshot: restore, or save after boot; NULL: off */
 };
 
 static void vm_fail(gd_vm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -302,7 +302,7 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
      * to its disk before the save would not match another sandbox's fresh disk) */
     if (o->boot_snapshot && !vm->o.rawecho && !vm->o.bare && !vm->o.nfs &&
         !(mode && (!strcmp(mode, "rw") || !strcmp(mode, "cow"))) &&
-        (rc = gd__snap_new(vm, vm->img.build_id, vm->o.memory_mb, vm->o.cpus, &vm->snap))) {
+        (rc = gd__bootsnap_new(vm, vm->img.build_id, vm->o.memory_mb, vm->o.cpus, &vm->snap))) {
         rc = gd_err_set(err, rc, "out of memory");
         goto fail;
     }
@@ -458,7 +458,7 @@ static void vm_stop(gd_vm *vm, int sig)
         gd_qmp_close(vm->qmp, on_qmp_closed, vm);
         vm->qmp = NULL;
     }
-    gd__snap_stop(vm->snap);
+    gd__bootsnap_stop(vm->snap);
     close_handle(vm, (uv_handle_t *)&vm->raw_poll, &vm->raw_poll_open);
     if (vm->raw_fd >= 0) {
         close(vm->raw_fd);
@@ -504,7 +504,7 @@ void gd_vm_free(gd_vm *vm)
         return;
     if (vm->pidfd >= 0)
         close(vm->pidfd);
-    gd__snap_free(vm->snap);
+    gd__bootsnap_free(vm->snap);
     free(vm->rbuf);
     free(vm->append);
     for (size_t i = 0; i < vm->o.nfs; i++) {
@@ -566,7 +566,7 @@ static void on_pid_exit(uv_poll_t *p, int status, int events)
         char tail[1024], why[1100];
         gd__tail_get(&vm->err_tail, tail, sizeof(tail), 2);
         snprintf(why, sizeof(why), "QEMU exited%s%s", tail[0] ? ": " : "", tail);
-        if (gd__snap_on_start_failure(vm->snap, why)) {
+        if (gd__bootsnap_on_start_failure(vm->snap, why)) {
             vm->relaunch = 1;
             close_handle(vm, (uv_handle_t *)&vm->errp, &vm->errp_open);
             close_handle(vm, (uv_handle_t *)&vm->conp, &vm->conp_open);
@@ -747,7 +747,7 @@ static int handle_frame(gd_vm *vm, const struct gd_hdr *h, const uint8_t *body)
             send_frame_in(vm, buf, (size_t)fl, 1);
         /* a booted snapshot may hold the start: saving one, or the restored guest's
          * HELLO answering RESUME still to come */
-        if (gd__snap_on_hello(vm->snap))
+        if (gd__bootsnap_on_hello(vm->snap))
             return 0;
         vm->state = VM_READY;
         close_handle(vm, (uv_handle_t *)&vm->timer, &vm->timer_open);
@@ -940,7 +940,8 @@ static void on_start_timeout(uv_timer_t *t)
     snprintf(why, sizeof(why), "no answer within %.1f s", RESTORE_TIMEOUT_MS / 1e3);
     /* only the restore's own limit condemns the snapshot; a shorter start timeout is the
      * caller's and fails the start as it would a boot */
-    if (vm->o.start_timeout_ms > RESTORE_TIMEOUT_MS && gd__snap_on_start_failure(vm->snap, why)) {
+    if (vm->o.start_timeout_ms > RESTORE_TIMEOUT_MS &&
+        gd__bootsnap_on_start_failure(vm->snap, why)) {
         vm->relaunch = 1;
         vm_stop(vm, SIGKILL);
         return;
@@ -1086,7 +1087,7 @@ static void on_qmp_event(gd_qmp *q, const char *name, const cJSON *data, void *u
 {
     (void)q;
     gd_vm *vm = ud;
-    gd__snap_on_event(vm->snap, name, data);
+    gd__bootsnap_on_event(vm->snap, name, data);
 }
 
 static int launch(gd_vm *vm)
@@ -1102,7 +1103,7 @@ static int launch(gd_vm *vm)
     }
     /* a booted snapshot of this very command line: restore it (-S: the guest runs only
      * once the stream is in and its checksum matched). Not while KVM is on trial. */
-    int inc = vm->snap && !vm->accel_auto ? gd__snap_prepare(vm->snap, argv, vm->qemu) : -1;
+    int inc = vm->snap && !vm->accel_auto ? gd__bootsnap_prepare(vm->snap, argv, vm->qemu) : -1;
     if (inc >= 0) {
         size_t n = 0;
         while (argv[n])
@@ -1257,7 +1258,7 @@ static int launch(gd_vm *vm)
         vm->ctl_open = 1;
         uv_read_start((uv_stream_t *)&vm->ctl, alloc_ctl, on_ctl_read);
     }
-    gd__snap_launched(vm->snap);
+    gd__bootsnap_launched(vm->snap);
     return 0;
 }
 
@@ -1277,7 +1278,7 @@ int gd_vm_start(gd_vm *vm, gd_vm_ready_cb ready, gd_vm_exit_cb exit_cb, void *ud
     vm->timer.data = vm;
     vm->timer_open = 1;
     unsigned ms = vm->accel_auto ? kvm_watchdog_ms() : vm->o.start_timeout_ms;
-    if (!strcmp(gd__snap_mode(vm->snap), "restore") && ms > RESTORE_TIMEOUT_MS)
+    if (!strcmp(gd__bootsnap_mode(vm->snap), "restore") && ms > RESTORE_TIMEOUT_MS)
         ms = RESTORE_TIMEOUT_MS; /* then boot: the start still succeeds */
     uv_timer_start(&vm->timer, on_start_timeout, ms, 0);
     return 0;
@@ -1285,7 +1286,7 @@ int gd_vm_start(gd_vm *vm, gd_vm_ready_cb ready, gd_vm_exit_cb exit_cb, void *ud
 
 const char *gd_vm_start_mode(const gd_vm *vm)
 {
-    return gd__snap_mode(vm->snap);
+    return gd__bootsnap_mode(vm->snap);
 }
 
 /* ---- for snapshot.c ---- */

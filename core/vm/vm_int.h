@@ -27,27 +27,27 @@ void gd__vm_restart(gd_vm *vm);
 void gd__vm_close_handle(gd_vm *vm, uv_handle_t *h, int *flag);
 
 /* ---- snapshot.c, for vm.c ---- */
-struct gd__snap;
+struct gd__bootsnap;
 /* NULL (and errno-free) when o asks for no booted snapshot. */
-int gd__snap_new(gd_vm *vm, const char *build_id, unsigned memory_mb, unsigned cpus,
-                 struct gd__snap **out);
-void gd__snap_free(struct gd__snap *s); /* waits for a save still being written */
+int gd__bootsnap_new(gd_vm *vm, const char *build_id, unsigned memory_mb, unsigned cpus,
+                     struct gd__bootsnap **out);
+void gd__bootsnap_free(struct gd__bootsnap *s); /* waits for a save still being written */
 /* Before QEMU is spawned with argv (NULL-terminated, without the -incoming arguments):
  * decides restore or boot (+ save). Returns the fd QEMU gets as GD__VM_INCOMING_FD
  * (the caller closes it once QEMU has it), -1 for a boot. */
-int gd__snap_prepare(struct gd__snap *s, char *const *argv, const char *qemu);
+int gd__bootsnap_prepare(struct gd__bootsnap *s, char *const *argv, const char *qemu);
 /* QEMU runs: start feeding the stream (restore). */
-void gd__snap_launched(struct gd__snap *s);
+void gd__bootsnap_launched(struct gd__bootsnap *s);
 /* The agent said HELLO: 1 when the snapshot holds the start back (saving, or waiting
  * for the HELLO that answers RESUME), 0 when the VM may be ready. */
-int gd__snap_on_hello(struct gd__snap *s);
-void gd__snap_on_event(struct gd__snap *s, const char *name, const cJSON *data);
+int gd__bootsnap_on_hello(struct gd__bootsnap *s);
+void gd__bootsnap_on_event(struct gd__bootsnap *s, const char *name, const cJSON *data);
 /* QEMU died or the start timed out before ready: 1 when the snapshot was the cause
  * (restoring: discarded with a notice; the caller boots again), 0 otherwise. */
-int gd__snap_on_start_failure(struct gd__snap *s, const char *why);
+int gd__bootsnap_on_start_failure(struct gd__bootsnap *s, const char *why);
 /* The VM is stopping: close handles (through gd__vm_close_handle). */
-void gd__snap_stop(struct gd__snap *s);
+void gd__bootsnap_stop(struct gd__bootsnap *s);
 /* "restore", "boot+save", "boot": what this start did (for -v and the benchmark). */
-const char *gd__snap_mode(const struct gd__snap *s);
+const char *gd__bootsnap_mode(const struct gd__bootsnap *s);
 
 #endif

@@ -13,7 +13,7 @@ import glob, json, os, re, signal, struct, subprocess, sys, time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "proxy"))
 from fixture import Upstreams  # noqa: E402
-from harness import Suite, expect  # noqa: E402
+from suite import Suite, expect  # noqa: E402
 
 SUITE = Suite("booted snapshot tests")
 G = SUITE.g

@@ -12,7 +12,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-static void sample(struct gd_snap_hdr *h)
+static void sample(struct gd_bootsnap_hdr *h)
 {
     memset(h, 0, sizeof(*h));
     for (int i = 0; i < 32; i++)
@@ -29,11 +29,11 @@ static void sample(struct gd_snap_hdr *h)
 
 TEST(snap_header_roundtrip)
 {
-    struct gd_snap_hdr h, g;
-    uint8_t b[GD_SNAP_HDR_LEN];
+    struct gd_bootsnap_hdr h, g;
+    uint8_t b[GD_BOOTSNAP_HDR_LEN];
     sample(&h);
-    gd_snap_hdr_write(b, &h);
-    CHECK_EQ(gd_snap_hdr_parse(b, sizeof(b), &g), 0);
+    gd_bootsnap_hdr_write(b, &h);
+    CHECK_EQ(gd_bootsnap_hdr_parse(b, sizeof(b), &g), 0);
     CHECK(!memcmp(g.key, h.key, 32) && !memcmp(g.sha256, h.sha256, 32));
     CHECK_EQ(g.stream_len, h.stream_len);
     CHECK_EQ(g.memory_mb, 1024);
@@ -45,29 +45,29 @@ TEST(snap_header_roundtrip)
 
 TEST(snap_header_rejects_damage)
 {
-    struct gd_snap_hdr h, g;
-    uint8_t b[GD_SNAP_HDR_LEN];
+    struct gd_bootsnap_hdr h, g;
+    uint8_t b[GD_BOOTSNAP_HDR_LEN];
     sample(&h);
-    gd_snap_hdr_write(b, &h);
-    CHECK_EQ(gd_snap_hdr_parse(b, GD_SNAP_HDR_LEN - 1, &g), -EBADMSG); /* short */
+    gd_bootsnap_hdr_write(b, &h);
+    CHECK_EQ(gd_bootsnap_hdr_parse(b, GD_BOOTSNAP_HDR_LEN - 1, &g), -EBADMSG); /* short */
     size_t must[] = {0, 7, 8, 12, 112 + 31, 144 + 79, 224 + 63, 300, 511};
     for (size_t i = 0; i < sizeof(must) / sizeof(must[0]); i++) {
-        uint8_t c[GD_SNAP_HDR_LEN];
+        uint8_t c[GD_BOOTSNAP_HDR_LEN];
         memcpy(c, b, sizeof(c));
         c[must[i]] ^= 0x5a; /* magic, format, length, a string's terminator, padding */
-        CHECK_EQ(gd_snap_hdr_parse(c, sizeof(c), &g), -EBADMSG);
+        CHECK_EQ(gd_bootsnap_hdr_parse(c, sizeof(c), &g), -EBADMSG);
     }
     h.stream_len = 0;
-    gd_snap_hdr_write(b, &h);
-    CHECK_EQ(gd_snap_hdr_parse(b, sizeof(b), &g), -EBADMSG);
+    gd_bootsnap_hdr_write(b, &h);
+    CHECK_EQ(gd_bootsnap_hdr_parse(b, sizeof(b), &g), -EBADMSG);
     sample(&h);
-    h.stream_len = GD_SNAP_MAX_STREAM + 1;
-    gd_snap_hdr_write(b, &h);
-    CHECK_EQ(gd_snap_hdr_parse(b, sizeof(b), &g), -EBADMSG);
+    h.stream_len = GD_BOOTSNAP_MAX_STREAM + 1;
+    gd_bootsnap_hdr_write(b, &h);
+    CHECK_EQ(gd_bootsnap_hdr_parse(b, sizeof(b), &g), -EBADMSG);
     sample(&h);
-    gd_snap_hdr_write(b, &h);
+    gd_bootsnap_hdr_write(b, &h);
     b[150] = '\n'; /* a control character in the buildId */
-    CHECK_EQ(gd_snap_hdr_parse(b, sizeof(b), &g), -EBADMSG);
+    CHECK_EQ(gd_bootsnap_hdr_parse(b, sizeof(b), &g), -EBADMSG);
 }
 
 TEST(resume_decode)

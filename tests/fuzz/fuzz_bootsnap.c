@@ -10,12 +10,12 @@
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n);
 int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 {
-    struct gd_snap_hdr h;
-    if (gd_snap_hdr_parse(d, n, &h) == 0) {
+    struct gd_bootsnap_hdr h;
+    if (gd_bootsnap_hdr_parse(d, n, &h) == 0) {
         /* what parses re-encodes to the same bytes */
-        uint8_t b[GD_SNAP_HDR_LEN];
-        gd_snap_hdr_write(b, &h);
-        if (memcmp(b, d, GD_SNAP_HDR_LEN))
+        uint8_t b[GD_BOOTSNAP_HDR_LEN];
+        gd_bootsnap_hdr_write(b, &h);
+        if (memcmp(b, d, GD_BOOTSNAP_HDR_LEN))
             __builtin_trap();
         if (strlen(h.version) >= sizeof(h.version) || strlen(h.build_id) >= sizeof(h.build_id))
             __builtin_trap();
