@@ -297,11 +297,11 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
         rc = gd_err_set(err, -EINVAL, "unknown accelerator '%s' (use kvm, tcg or auto)", accel);
         goto fail;
     }
-    const char *mode = vm->o.rootfs_mode ? vm->o.rootfs_mode : vm->img.rootfs_mode;
-    /* rw writes the image, cow will give each sandbox its own disk (a guest that wrote
-     * to its disk before the save would not match another sandbox's fresh disk) */
+    const char *rootfs = vm->o.rootfs_mode ? vm->o.rootfs_mode : vm->img.rootfs_mode;
+    /* rw writes the image, cow gives each sandbox its own disk (a guest that wrote to its
+     * disk before the save would not match another sandbox's fresh disk) */
     if (o->boot_snapshot && !vm->o.rawecho && !vm->o.bare && !vm->o.nfs &&
-        !(mode && (!strcmp(mode, "rw") || !strcmp(mode, "cow"))) &&
+        !(rootfs && (!strcmp(rootfs, "rw") || !strcmp(rootfs, "cow"))) &&
         (rc = gd__bootsnap_new(vm, vm->img.build_id, vm->o.memory_mb, vm->o.cpus, &vm->snap))) {
         rc = gd_err_set(err, rc, "out of memory");
         goto fail;
