@@ -34,6 +34,10 @@
 #include <time.h>
 #include <unistd.h>
 
+/* <linux/random.h> (the musl toolchain has no kernel headers) */
+#define RNDADDENTROPY _IOW('R', 0x03, int[2])
+#define RNDRESEEDCRNG _IO('R', 0x07)
+
 #define AGENT_VERSION "sandboxd 0.1.0"
 #define PORT_NAME "gondolin.ctl"
 #define MAX_SESS 256
@@ -740,6 +744,48 @@ static void handle_stdin(uint32_t id, uint8_t flags, const uint8_t *body, uint32
     stdin_flush(s);
 }
 
+static void send_hello(void)
+{
+    struct gd_enc e;
+    gd_enc_init(&e, outq_reserve(256), 256, GD_MSG_HELLO, 0, 0);
+    gd_enc_u16(&e, GD_PROTO_MAJOR);
+    gd_enc_u16(&e, GD_PROTO_MINOR);
+    gd_enc_u32(&e, 0);
+    gd_enc_str(&e, AGENT_VERSION, strlen(AGENT_VERSION));
+    send_enc(&e);
+}
+
+/* This guest was restored from a memory snapshot (or just saved into one): everything
+ * it shares with its other copies must diverge before any command runs. The host's
+ * bytes are credited to the pool and a CRNG reseed is forced, so getrandom() and
+ * /dev/urandom of each copy differ at once; the wall clock jumps to the host's (the
+ * guest's clocks stood still while the snapshot was on disk). Then HELLO again: the
+ * host takes no command before it. */
+static void handle_resume(const uint8_t *body, uint32_t len)
+{
+    struct gd_msg_resume m;
+    if (gd_dec_resume(body, len, &m)) {
+        send_error(0, GD_ERR_INVALID, "malformed RESUME");
+        return;
+    }
+    /* struct rand_pool_info: int entropy_count (bits), int buf_size, then the bytes */
+    static int pool[2 + GD_RESUME_MAX_ENTROPY / sizeof(int)];
+    pool[0] = (int)(m.entropy_len * 8);
+    pool[1] = (int)m.entropy_len;
+    memcpy(pool + 2, m.entropy, m.entropy_len);
+    int fd = open("/dev/urandom", O_RDWR | O_CLOEXEC);
+    if (fd < 0 || ioctl(fd, RNDADDENTROPY, pool) || ioctl(fd, RNDRESEEDCRNG, 0))
+        send_error(0, GD_ERR_INTERNAL, "reseeding the guest CRNG: %s", strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    memset(pool, 0, sizeof(pool));
+    struct timespec ts = {.tv_sec = (time_t)(m.realtime_ns / 1000000000u),
+                          .tv_nsec = (long)(m.realtime_ns % 1000000000u)};
+    if (clock_settime(CLOCK_REALTIME, &ts))
+        send_error(0, GD_ERR_INTERNAL, "setting the guest clock: %s", strerror(errno));
+    send_hello();
+}
+
 static void handle_frame(const struct gd_hdr *h, const uint8_t *body)
 {
     struct sess *s;
@@ -792,6 +838,9 @@ static void handle_frame(const struct gd_hdr *h, const uint8_t *body)
         send_enc(&e);
         break;
     }
+    case GD_MSG_RESUME:
+        handle_resume(body, h->len);
+        break;
     case GD_MSG_SHUTDOWN:
         outq_flush();
         for (int i = 0; i < MAX_SESS; i++)
@@ -981,13 +1030,7 @@ int main(void)
         power_off();
     gd_reader_init(&rd, rbuf, sizeof(rbuf));
 
-    struct gd_enc e;
-    gd_enc_init(&e, outq_reserve(256), 256, GD_MSG_HELLO, 0, 0);
-    gd_enc_u16(&e, GD_PROTO_MAJOR);
-    gd_enc_u16(&e, GD_PROTO_MINOR);
-    gd_enc_u32(&e, 0);
-    gd_enc_str(&e, AGENT_VERSION, strlen(AGENT_VERSION));
-    send_enc(&e);
+    send_hello();
 
     static struct pollfd pfd[2 + MAX_SESS * 3];
     static struct sess *owner[2 + MAX_SESS * 3];

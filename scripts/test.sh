@@ -22,7 +22,7 @@ if command -v clang >/dev/null; then # build.sh builds build-fuzz/ with clang
   python3 tests/fuzz/test_fuzz_step.py build-fuzz
   echo "== fuzz: control channel (${GD_FUZZ_SECONDS:-30}s)"
   bash scripts/fuzz.sh build-fuzz/tests/fuzz-proto "${GD_FUZZ_SECONDS:-30}" build-fuzz/corpus tests/fuzz/seeds
-  for t in http target dns sni control apk fuse vfs virtq snap known-hosts gitcmd; do
+  for t in http target dns sni control apk fuse vfs virtq snap bootsnap known-hosts gitcmd; do
     echo "== fuzz: $t (${GD_FUZZ_SECONDS_NET:-20}s)"
     bash scripts/fuzz.sh "build-fuzz/tests/fuzz-$t" "${GD_FUZZ_SECONDS_NET:-20}" "build-fuzz/corpus-$t" \
       "tests/fuzz/seeds-$t"
@@ -60,6 +60,8 @@ echo "== virtio-fs transport: a real guest reads a directory our vhost-user back
 python3 tests/integration/test_vfs_driver.py build
 echo "== files: host directories and providers mounted in real guests, used by real tools"
 python3 tests/integration/test_vfs.py build
+echo "== booted-image snapshots: save, restore, reseed, clock, network, refusals, SIGKILL mid-save"
+python3 tests/integration/test_boot_snapshot.py build
 echo "== long-lived sessions: start, exec --session, attach, cp, logs, policy reload, stop"
 python3 tests/integration/test_session.py build
 echo "== a session's supervisor under ASan+UBSan: protocol errors, hang-ups, stop"

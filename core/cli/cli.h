@@ -18,6 +18,7 @@ struct cli_vm_flags {
     const char *rootfs_mode; /* --rootfs-mode, or NULL: the image's default */
     char resume[1200];       /* --resume: the checkpoint file (absolute), or "" */
     int verbose;
+    int cold_boot; /* --cold-boot (or GONDOLIN_COLD_BOOT=1): no booted snapshot */
 };
 
 /* Parses a VM flag at argv[*i] (advancing *i past its value). 1 if consumed, 0 if not

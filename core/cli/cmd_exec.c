@@ -188,6 +188,9 @@ static void on_exit_cb(gd_exec *x, const struct gd_exec_result *res, void *ud)
     struct run *r = ud;
     r->x = NULL;
     restore_tty(r);
+    if (getenv("GONDOLIN_TIMING"))
+        fprintf(stderr, "gondolin: timing: command done after %.0f ms\n",
+                (double)(uv_hrtime() - r->t0) / 1e6);
     if (r->signals > 1) {
         /* we stopped the VM on a second signal: keep 128+N, no VM error */
     } else if (res->error) {
@@ -288,8 +291,9 @@ static void on_ready(gd_sandbox *sb, int status, void *ud)
     if (status)
         return; /* on_sb_exit reports */
     if (getenv("GONDOLIN_TIMING"))
-        fprintf(stderr, "gondolin: timing: agent ready after %.0f ms (accel %s)\n",
-                (double)(uv_hrtime() - r->t0) / 1e6, gd_vm_accel(gd_sandbox_vm(sb)));
+        fprintf(stderr, "gondolin: timing: agent ready after %.0f ms (accel %s, %s)\n",
+                (double)(uv_hrtime() - r->t0) / 1e6, gd_vm_accel(gd_sandbox_vm(sb)),
+                gd_vm_start_mode(gd_sandbox_vm(sb)));
     if (!r->sf->ssh) {
         start_command(sb, r);
         return;
@@ -345,6 +349,8 @@ static void exec_usage(int pty)
            "                      file); its image, memory and cpus unless given\n"
            "  --cpus N            virtual CPUs (default 2)\n"
            "  --accel kvm|tcg|auto  accelerator (default auto: KVM if it really works)\n"
+           "  --cold-boot         boot the VM instead of restoring the image's booted\n"
+           "                      snapshot (docs/snapshots.md; also GONDOLIN_COLD_BOOT=1)\n"
            "  -v, --verbose       print the QEMU command line\n"
            "\nfiles (docs/vfs.md):\n"
            "  --mount-hostfs HOST:GUEST[:ro]  a host directory at GUEST (read-write)\n"

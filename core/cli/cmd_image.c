@@ -5,6 +5,7 @@
 #include "image/image.h"
 #include "image/store.h"
 #include "snap/snap.h"
+#include "vm/snapshot.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -21,7 +22,9 @@ static void image_usage(void)
            "  tag SELECTOR NAME[:TAG] [--arch A]  point a ref at an image\n"
            "  rm NAME[:TAG] [--arch A]         remove a ref (the image stays until gc)\n"
            "  gc [--dry-run]                   remove images no ref or checkpoint needs,\n"
-           "                                   and checkpoints whose image is gone\n"
+           "                                   and checkpoints whose image is gone;\n"
+           "                                   booted snapshots of removed images or\n"
+           "                                   other versions\n"
            "  inspect --snapshot NAME|FILE     verify a disk checkpoint, print its metadata\n"
            "  rm --snapshot NAME               remove a disk checkpoint\n\n"
            "`ls` lists disk checkpoints (gondolin snapshot, docs/snapshots.md) too.\n"
@@ -73,6 +76,10 @@ static int list(int json)
             arr = cJSON_CreateArray();
         for (size_t i = 0; i < n; i++)
             snap_json(arr, &v[i]);
+        cJSON *boot = gd_bootsnap_list_json(), *e;
+        while (boot && (e = cJSON_DetachItemFromArray(boot, 0)))
+            cJSON_AddItemToArray(arr, e);
+        cJSON_Delete(boot);
         char *out = cJSON_Print(arr);
         printf("%s\n", out ? out : "[]");
         free(out);
@@ -91,6 +98,8 @@ static int list(int json)
                    v[i].ok ? "" : "  unreadable: ", v[i].ok ? "" : v[i].error);
         }
     }
+    if (!json)
+        gd_bootsnap_list(stdout);
     free(v);
     return 0;
 }
@@ -125,7 +134,9 @@ static int gc(int dry)
     int rc = gd_store_gc(stdout, dry, keep, &err);
     free(keep);
     free(v);
-    return rc ? cli_die(1, "image gc: %s", err.msg) : 0;
+    if (rc)
+        return cli_die(1, "image gc: %s", err.msg);
+    return gd_bootsnap_gc(stdout, dry, &err) ? cli_die(1, "image gc: %s", err.msg) : 0;
 }
 
 static int inspect_snapshot(const char *sel)

@@ -57,6 +57,10 @@ int cli_vm_flag(int argc, char **argv, int *i, struct cli_vm_flags *f)
                 val = a + l + 1;
         }
     }
+    if (!strcmp(a, "--cold-boot")) {
+        f->cold_boot = 1;
+        return 1;
+    }
     if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
         f->verbose = 1;
         return 1;
@@ -133,6 +137,8 @@ void cli_vm_sandbox(struct cli_vm_flags *f, struct gd_sandbox_opts *o)
     o->resume = f->resume[0] ? f->resume : NULL;
     o->verbose = f->verbose;
     o->append = getenv("GONDOLIN_APPEND");
+    const char *cb = getenv("GONDOLIN_COLD_BOOT");
+    o->cold_boot = f->cold_boot || (cb && *cb && strcmp(cb, "0"));
 }
 
 int cli_resolve_image(void *ud, const char *ref, char *out, size_t cap, struct gd_err *err)

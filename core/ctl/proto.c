@@ -256,6 +256,23 @@ int gd_dec_u32x2(const uint8_t *body, uint32_t len, uint32_t *a, uint32_t *b)
     return cur_end(&c);
 }
 
+int gd_dec_resume(const uint8_t *body, uint32_t len, struct gd_msg_resume *out)
+{
+    struct cur c = {body, len, 0};
+    uint32_t hi = 0, lo = 0;
+    cur_u32(&c, &out->flags);
+    cur_u32(&c, &hi);
+    cur_u32(&c, &lo);
+    if (c.err || out->flags != 0)
+        return -EBADMSG;
+    out->realtime_ns = ((uint64_t)hi << 32) | lo;
+    out->entropy = body + 12;
+    out->entropy_len = len - 12;
+    if (out->entropy_len < GD_RESUME_MIN_ENTROPY || out->entropy_len > GD_RESUME_MAX_ENTROPY)
+        return -EBADMSG;
+    return 0;
+}
+
 int gd_dec_resize(const uint8_t *body, uint32_t len, uint16_t *rows, uint16_t *cols)
 {
     struct cur c = {body, len, 0};
@@ -336,7 +353,7 @@ const char *gd_msg_type_name(unsigned type)
 {
     static const char *const names[] = {
         "?",      "HELLO",  "EXEC", "STARTED", "STDIN", "STDIN_WINDOW", "OUTPUT",   "WINDOW",
-        "RESIZE", "SIGNAL", "EXIT", "ERROR",   "PING",  "PONG",         "SHUTDOWN",
+        "RESIZE", "SIGNAL", "EXIT", "ERROR",   "PING",  "PONG",         "SHUTDOWN", "RESUME",
     };
     return type <= GD_MSG_TYPE_MAX ? names[type] : "?";
 }

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #define GD_PROTO_MAJOR 1
-#define GD_PROTO_MINOR 1
+#define GD_PROTO_MINOR 2
 
 #define GD_PROTO_HDR_LEN 12u
 /* Largest body a peer may send; a bigger length field is a protocol error. */
@@ -40,7 +40,9 @@ enum gd_msg_type {
     GD_MSG_PING = 12,        /* h->g: echo request */
     GD_MSG_PONG = 13,        /* g->h: echo reply */
     GD_MSG_SHUTDOWN = 14,    /* h->g: sync and power off */
-    GD_MSG_TYPE_MAX = 14,
+    GD_MSG_RESUME = 15,      /* h->g: restored from a snapshot (1.2): reseed, set the clock,
+                                answer with a new HELLO */
+    GD_MSG_TYPE_MAX = 15,
 };
 
 /* EXEC flags */
@@ -98,6 +100,19 @@ struct gd_msg_exec {
     struct gd_str cwd;
 };
 
+/* RESUME: the host's wall clock and fresh random bytes. Sent as the first frame after
+ * a VM was restored from a memory snapshot (and after a snapshot was saved from a
+ * running one): the agent mixes the bytes into the kernel's entropy pool, forces a CRNG
+ * reseed, sets CLOCK_REALTIME, then says HELLO again. */
+#define GD_RESUME_MIN_ENTROPY 32u
+#define GD_RESUME_MAX_ENTROPY 512u
+struct gd_msg_resume {
+    uint32_t flags; /* 0 */
+    uint64_t realtime_ns;
+    const uint8_t *entropy; /* borrowed */
+    uint32_t entropy_len;   /* GD_RESUME_MIN_ENTROPY..GD_RESUME_MAX_ENTROPY */
+};
+
 struct gd_msg_exit {
     int32_t code;
     uint32_t signal; /* nonzero when the process was killed by a signal */
@@ -135,6 +150,7 @@ int gd_dec_exec(const uint8_t *body, uint32_t len, struct gd_msg_exec *out, uint
 int gd_dec_u32(const uint8_t *body, uint32_t len, uint32_t *out);
 int gd_dec_u32x2(const uint8_t *body, uint32_t len, uint32_t *a, uint32_t *b);
 int gd_dec_resize(const uint8_t *body, uint32_t len, uint16_t *rows, uint16_t *cols);
+int gd_dec_resume(const uint8_t *body, uint32_t len, struct gd_msg_resume *out);
 int gd_dec_exit(const uint8_t *body, uint32_t len, struct gd_msg_exit *out);
 int gd_dec_error(const uint8_t *body, uint32_t len, struct gd_msg_error *out);
 /* A CONNECT session's port: decimal digits only, 1..65535. 0 or -EBADMSG. */

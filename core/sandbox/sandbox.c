@@ -194,7 +194,8 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
                             .verbose = o->verbose,
                             .net_fd = sb->have_ns ? sb->ns.qemu_fd : 0,
                             .fs = sb->vmfs,
-                            .nfs = sb->nmounts};
+                            .nfs = sb->nmounts,
+                            .boot_snapshot = !o->cold_boot};
     if (gd_vm_new(loop, &vo, &sb->vm, err)) {
         rc = -EIO;
         goto fail;

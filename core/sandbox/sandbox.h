@@ -42,6 +42,9 @@ struct gd_sandbox_opts {
     unsigned start_timeout_ms; /* 0 = the VM layer's default */
     int verbose;               /* print the QEMU command line */
     const char *append;        /* extra kernel arguments, or NULL */
+    /* Boot instead of restoring the image's booted snapshot (docs/snapshots.md). Runs
+     * with mounts always boot: vhost-user-fs devices cannot be migrated. */
+    int cold_boot;
 
     /* Egress. no_network: no guest NIC at all (no policy may be given then). */
     int no_network;

@@ -4,6 +4,8 @@
 
 #include "ctl/proto.h"
 #include "image/image.h"
+#include "vm_int.h"
+#include "vm_tail.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -18,18 +20,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define TAIL_CAP 8192
 #define DEFAULT_WINDOW (256u * 1024u)
 #define MAX_STDIN_CREDIT (4u << 20)
-#define KVM_WATCHDOG_MS 8000 /* a real KVM boot takes well under a second */
+#define KVM_WATCHDOG_MS 8000     /* a real KVM boot takes well under a second */
+#define RESTORE_TIMEOUT_MS 20000 /* a restore takes well under a second even under TCG */
 
 enum vm_state { VM_NEW, VM_STARTING, VM_READY, VM_STOPPING, VM_DEAD };
-
-struct tail {
-    char buf[TAIL_CAP];
-    size_t len; /* ring: the last TAIL_CAP bytes */
-    size_t pos;
-};
 
 struct gd_exec {
     gd_vm *vm;
@@ -87,6 +83,9 @@ struct gd_vm {
     unsigned agent_notes;
     void (*ping_cb)(gd_vm *, int, void *);
     void *ping_ud;
+    gd_qmp *qmp; /* QEMU's monitor (snapshot.c drives it) */
+    int qmp_open;
+    struct gd__bootsnap *snap; /* booted snapshot: restore, or save after boot; NULL: off */
 };
 
 static void vm_fail(gd_vm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -98,81 +97,6 @@ static unsigned kvm_watchdog_ms(void)
     return v ? v : KVM_WATCHDOG_MS;
 }
 static int launch(gd_vm *vm);
-
-static void tail_add(struct tail *t, const char *p, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        t->buf[t->pos] = p[i];
-        t->pos = (t->pos + 1) % TAIL_CAP;
-        if (t->len < TAIL_CAP)
-            t->len++;
-    }
-}
-
-/* The ring's content, oldest byte first, into lin (TAIL_CAP bytes); returns its length. */
-static size_t tail_linear(const struct tail *t, char *lin)
-{
-    size_t start = (t->pos + TAIL_CAP - t->len) % TAIL_CAP;
-    for (size_t i = 0; i < t->len; i++)
-        lin[i] = t->buf[(start + i) % TAIL_CAP];
-    return t->len;
-}
-
-/* Last `lines` lines of the ring, sanitized, in dst. */
-static void tail_get(const struct tail *t, char *dst, size_t cap, int lines)
-{
-    char lin[TAIL_CAP];
-    size_t end = tail_linear(t, lin);
-    while (end && (lin[end - 1] == '\n' || lin[end - 1] == '\r'))
-        end--;
-    size_t b = end;
-    int seen = 0;
-    while (b > 0) {
-        if (lin[b - 1] == '\n' && ++seen >= lines)
-            break;
-        b--;
-    }
-    gd_sanitize(dst, cap, lin + b, end - b);
-}
-
-/* The line of the ring that explains most, sanitized: the first naming an error, else the
- * first naming KVM, else the last non-empty one. */
-static void tail_relevant(const struct tail *t, char *dst, size_t cap)
-{
-    char lin[TAIL_CAP + 1];
-    size_t n = tail_linear(t, lin);
-    lin[n] = 0;
-    const char *best = NULL;
-    size_t best_len = 0;
-    int best_score = 0;
-    for (char *l = lin; l < lin + n;) {
-        char *e = memchr(l, '\n', (size_t)(lin + n - l));
-        size_t len = e ? (size_t)(e - l) : (size_t)(lin + n - l);
-        char save = l[len];
-        l[len] = 0;
-        int score = strcasestr(l, "error") || strstr(l, "Assertion") ? 3
-                    : strcasestr(l, "kvm")                           ? 2
-                    : strspn(l, " \t\r") < len                       ? 1
-                                                                     : 0;
-        l[len] = save;
-        if (score > best_score || (score == 1 && best_score == 1)) {
-            best = l;
-            best_len = len;
-            best_score = score;
-        }
-        l += len + 1;
-    }
-    if (best)
-        gd_sanitize(dst, cap, best, best_len);
-    else if (cap)
-        dst[0] = 0;
-}
-
-static int tail_contains(const struct tail *t, const char *needle)
-{
-    char lin[TAIL_CAP];
-    return memmem(lin, tail_linear(t, lin), needle, strlen(needle)) != NULL;
-}
 
 const char *gd_vm_error(const gd_vm *vm)
 {
@@ -194,7 +118,7 @@ int gd_vm_raw_fd(gd_vm *vm)
 const char *gd_vm_console_tail(const gd_vm *vm)
 {
     gd_vm *m = (gd_vm *)vm;
-    tail_get(&m->con_tail, m->console_clean, sizeof(m->console_clean), 12);
+    gd__tail_get(&m->con_tail, m->console_clean, sizeof(m->console_clean), 12);
     return m->console_clean;
 }
 
@@ -386,6 +310,15 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
         rc = gd_err_set(err, -EINVAL, "unknown accelerator '%s' (use kvm, tcg or auto)", accel);
         goto fail;
     }
+    const char *rootfs = vm->o.rootfs_mode ? vm->o.rootfs_mode : vm->img.rootfs_mode;
+    /* rw writes the image, cow gives each sandbox its own disk (a guest that wrote to its
+     * disk before the save would not match another sandbox's fresh disk) */
+    if (o->boot_snapshot && !vm->o.rawecho && !vm->o.bare && !vm->o.nfs &&
+        !(rootfs && (!strcmp(rootfs, "rw") || !strcmp(rootfs, "cow"))) &&
+        (rc = gd__bootsnap_new(vm, vm->img.build_id, vm->o.memory_mb, vm->o.cpus, &vm->snap))) {
+        rc = gd_err_set(err, rc, "out of memory");
+        goto fail;
+    }
     *out = vm;
     return 0;
 fail:
@@ -476,7 +409,8 @@ static void fire_ready(gd_vm *vm, int status)
 static void maybe_finish(gd_vm *vm)
 {
     if (vm->pending_close || !vm->reaped || vm->ctl_open || vm->errp_open || vm->conp_open ||
-        vm->pid_poll_open || vm->timer_open || vm->kill_timer_open || vm->raw_poll_open)
+        vm->pid_poll_open || vm->timer_open || vm->kill_timer_open || vm->raw_poll_open ||
+        vm->qmp_open)
         return;
     if (vm->state == VM_DEAD)
         return;
@@ -491,8 +425,7 @@ static void maybe_finish(gd_vm *vm)
         int rc = gd_vm_start(vm, vm->ready_cb, vm->exit_cb, vm->ud);
         if (rc == 0)
             return;
-        snprintf(vm->errmsg, sizeof(vm->errmsg), "cannot restart QEMU under TCG: %s",
-                 strerror(-rc));
+        snprintf(vm->errmsg, sizeof(vm->errmsg), "cannot restart QEMU: %s", strerror(-rc));
         vm->reaped = 1;
     }
     vm->state = VM_DEAD;
@@ -518,6 +451,13 @@ static void on_kill_timer(uv_timer_t *t)
     kill_qemu(vm, SIGKILL);
 }
 
+static void on_qmp_closed(void *ud)
+{
+    gd_vm *vm = ud;
+    vm->pending_close--;
+    maybe_finish(vm);
+}
+
 /* Begin stopping: close the channel, terminate QEMU; maybe_finish completes it. */
 static void vm_stop(gd_vm *vm, int sig)
 {
@@ -525,6 +465,13 @@ static void vm_stop(gd_vm *vm, int sig)
         return;
     vm->state = VM_STOPPING;
     close_handle(vm, (uv_handle_t *)&vm->ctl, &vm->ctl_open);
+    if (vm->qmp_open) {
+        vm->qmp_open = 0;
+        vm->pending_close++;
+        gd_qmp_close(vm->qmp, on_qmp_closed, vm);
+        vm->qmp = NULL;
+    }
+    gd__bootsnap_stop(vm->snap);
     close_handle(vm, (uv_handle_t *)&vm->raw_poll, &vm->raw_poll_open);
     if (vm->raw_fd >= 0) {
         close(vm->raw_fd);
@@ -570,6 +517,7 @@ void gd_vm_free(gd_vm *vm)
         return;
     if (vm->pidfd >= 0)
         close(vm->pidfd);
+    gd__bootsnap_free(vm->snap);
     free(vm->rbuf);
     free(vm->append);
     for (size_t i = 0; i < vm->o.nfs; i++) {
@@ -589,7 +537,7 @@ static void drain_into(uv_pipe_t *p, struct tail *t)
     char buf[4096];
     ssize_t n;
     for (int i = 0; i < 64 && (n = read(fd, buf, sizeof(buf))) > 0; i++)
-        tail_add(t, buf, (size_t)n);
+        gd__tail_add(t, buf, (size_t)n);
 }
 
 static void on_pid_exit(uv_poll_t *p, int status, int events)
@@ -610,7 +558,7 @@ static void on_pid_exit(uv_poll_t *p, int status, int events)
          * internal error"): say how, with the line of its stderr that explains it */
         char line[320];
         drain_into(vm->errp_open ? &vm->errp : NULL, &vm->err_tail);
-        tail_relevant(&vm->err_tail, line, sizeof(line));
+        gd__tail_relevant(&vm->err_tail, line, sizeof(line));
         const char *sig = WIFSIGNALED(st) ? sigabbrev_np(WTERMSIG(st)) : NULL;
         if (WIFSIGNALED(st))
             snprintf(vm->kvm_why, sizeof(vm->kvm_why), "QEMU crashed under KVM (SIG%s)%s%s",
@@ -627,10 +575,22 @@ static void on_pid_exit(uv_poll_t *p, int status, int events)
     /* QEMU is gone, so all it wrote is in the pipes: take it before explaining */
     drain_into(vm->errp_open ? &vm->errp : NULL, &vm->err_tail);
     drain_into(vm->conp_open ? &vm->conp : NULL, &vm->con_tail);
+    if (vm->state == VM_STARTING) {
+        char tail[1024], why[1100];
+        gd__tail_get(&vm->err_tail, tail, sizeof(tail), 2);
+        snprintf(why, sizeof(why), "QEMU exited%s%s", tail[0] ? ": " : "", tail);
+        if (gd__bootsnap_on_start_failure(vm->snap, why)) {
+            vm->relaunch = 1;
+            close_handle(vm, (uv_handle_t *)&vm->errp, &vm->errp_open);
+            close_handle(vm, (uv_handle_t *)&vm->conp, &vm->conp_open);
+            vm_stop(vm, SIGKILL);
+            return;
+        }
+    }
     if (vm->state != VM_STOPPING) {
         char tail[1024];
-        tail_get(&vm->err_tail, tail, sizeof(tail), 6);
-        const char *what = tail_contains(&vm->con_tail, "Kernel panic")
+        gd__tail_get(&vm->err_tail, tail, sizeof(tail), 6);
+        const char *what = gd__tail_contains(&vm->con_tail, "Kernel panic")
                                ? "the guest kernel panicked"
                            : vm->state == VM_STARTING ? "QEMU exited during boot"
                                                       : "the VM stopped (guest powered off)";
@@ -660,7 +620,7 @@ static void on_err_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     gd_vm *vm = s->data;
     if (n > 0)
-        tail_add(&vm->err_tail, b->base, (size_t)n);
+        gd__tail_add(&vm->err_tail, b->base, (size_t)n);
     else if (n < 0)
         close_handle(vm, (uv_handle_t *)&vm->errp, &vm->errp_open);
 }
@@ -669,7 +629,7 @@ static void on_con_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     gd_vm *vm = s->data;
     if (n > 0) {
-        tail_add(&vm->con_tail, b->base, (size_t)n);
+        gd__tail_add(&vm->con_tail, b->base, (size_t)n);
         if (getenv("GONDOLIN_CONSOLE"))
             fwrite(b->base, 1, (size_t)n, stderr);
     } else if (n < 0) {
@@ -692,10 +652,10 @@ static void on_written(uv_write_t *r, int status)
         vm_fail(vm, "control channel write failed: %s", uv_strerror(status));
 }
 
-/* Sends an encoded frame (copied). */
-static int send_frame(gd_vm *vm, const uint8_t *frame, size_t n)
+/* Sends an encoded frame (copied); starting: also before the VM is ready. */
+static int send_frame_in(gd_vm *vm, const uint8_t *frame, size_t n, int starting)
 {
-    if (!vm->ctl_open || vm->state != VM_READY)
+    if (!vm->ctl_open || !(vm->state == VM_READY || (starting && vm->state == VM_STARTING)))
         return -EPIPE;
     struct wreq *w = malloc(sizeof(*w) + n);
     if (!w)
@@ -708,6 +668,11 @@ static int send_frame(gd_vm *vm, const uint8_t *frame, size_t n)
         return rc;
     }
     return 0;
+}
+
+static int send_frame(gd_vm *vm, const uint8_t *frame, size_t n)
+{
+    return send_frame_in(vm, frame, n, 0);
 }
 
 static int send_enc(gd_vm *vm, struct gd_enc *e)
@@ -757,7 +722,9 @@ static int handle_frame(gd_vm *vm, const struct gd_hdr *h, const uint8_t *body)
 {
     struct gd_exec *x = h->id ? find_exec(vm, h->id) : NULL;
     const char *tn = gd_msg_type_name(h->type);
-    if (vm->state == VM_STARTING && h->type != GD_MSG_HELLO) {
+    /* before HELLO only a channel-level ERROR (a note: e.g. RESUME could not reseed) */
+    if (vm->state == VM_STARTING && h->type != GD_MSG_HELLO &&
+        !(h->type == GD_MSG_ERROR && h->id == 0)) {
         vm_fail(vm, "guest protocol error: %s before HELLO", tn);
         return -1;
     }
@@ -781,8 +748,6 @@ static int handle_frame(gd_vm *vm, const struct gd_hdr *h, const uint8_t *body)
         }
         gd_sanitize(vm->agent, sizeof(vm->agent), m.agent.p, m.agent.len > 100 ? 100 : m.agent.len);
         vm->agent_minor = m.minor;
-        vm->state = VM_READY;
-        close_handle(vm, (uv_handle_t *)&vm->timer, &vm->timer_open);
         uint8_t buf[128];
         struct gd_enc e;
         gd_enc_init(&e, buf, sizeof(buf), GD_MSG_HELLO, 0, 0);
@@ -790,7 +755,15 @@ static int handle_frame(gd_vm *vm, const struct gd_hdr *h, const uint8_t *body)
         gd_enc_u16(&e, GD_PROTO_MINOR);
         gd_enc_u32(&e, 0);
         gd_enc_str(&e, "gondolin-host", 13);
-        send_enc(vm, &e);
+        long fl = gd_enc_finish(&e);
+        if (fl > 0)
+            send_frame_in(vm, buf, (size_t)fl, 1);
+        /* a booted snapshot may hold the start: saving one, or the restored guest's
+         * HELLO answering RESUME still to come */
+        if (gd__bootsnap_on_hello(vm->snap))
+            return 0;
+        vm->state = VM_READY;
+        close_handle(vm, (uv_handle_t *)&vm->timer, &vm->timer_open);
         fire_ready(vm, 0);
         return 0;
     }
@@ -976,8 +949,18 @@ static void on_start_timeout(uv_timer_t *t)
         vm_stop(vm, SIGKILL);
         return;
     }
+    char why[64];
+    snprintf(why, sizeof(why), "no answer within %.1f s", RESTORE_TIMEOUT_MS / 1e3);
+    /* only the restore's own limit condemns the snapshot; a shorter start timeout is the
+     * caller's and fails the start as it would a boot */
+    if (vm->o.start_timeout_ms > RESTORE_TIMEOUT_MS &&
+        gd__bootsnap_on_start_failure(vm->snap, why)) {
+        vm->relaunch = 1;
+        vm_stop(vm, SIGKILL);
+        return;
+    }
     char tail[1024];
-    tail_get(&vm->err_tail, tail, sizeof(tail), 6);
+    gd__tail_get(&vm->err_tail, tail, sizeof(tail), 6);
     vm_fail(vm, "the VM did not start within %u ms (accel %s)%s%s", vm->o.start_timeout_ms,
             vm->accel, tail[0] ? "; qemu: " : "", tail);
 }
@@ -1004,6 +987,10 @@ static int build_args(gd_vm *vm, char **argv, size_t cap, char *bufs, size_t bca
     ARG("-no-reboot");
     ARG("-monitor");
     ARG("none");
+    ARG("-chardev"); /* QMP (snapshots) on a socketpair, like the control channel */
+    ARG("socket,id=qmp,fd=%d", GD__VM_QMP_FD);
+    ARG("-mon");
+    ARG("chardev=qmp,mode=control");
     size_t nfs = vm->o.nfs;
     if (nfs) {
         /* vhost-user back-ends map guest RAM: it must be a shared memfd */
@@ -1103,6 +1090,21 @@ static int open_pipe(gd_vm *vm, uv_pipe_t *p, int fd, int *flag, uv_read_cb cb)
     return 0;
 }
 
+static void close_pair(int *p, int other)
+{
+    close(p[0]);
+    close(p[1]);
+    if (other >= 0)
+        close(other);
+}
+
+static void on_qmp_event(gd_qmp *q, const char *name, const cJSON *data, void *ud)
+{
+    (void)q;
+    gd_vm *vm = ud;
+    gd__bootsnap_on_event(vm->snap, name, data);
+}
+
 static int launch(gd_vm *vm)
 {
     char *argv[96]; /* 40 without mounts; 4 more with any, and 4 per mount */
@@ -1114,19 +1116,46 @@ static int launch(gd_vm *vm)
         free(bufs);
         return rc;
     }
+    /* a booted snapshot of this very command line: restore it (-S: the guest runs only
+     * once the stream is in and its checksum matched). Not while KVM is on trial. */
+    int inc = vm->snap && !vm->accel_auto ? gd__bootsnap_prepare(vm->snap, argv, vm->qemu) : -1;
+    if (inc >= 0) {
+        size_t n = 0;
+        while (argv[n])
+            n++;
+        /* defer: snapshot.c turns on migration events first, then migrate-incoming */
+        static char incoming[] = "-incoming", paused[] = "-S", defer[] = "defer";
+        argv[n++] = paused;
+        argv[n++] = incoming;
+        argv[n++] = defer;
+        argv[n] = NULL;
+    }
     if (vm->o.verbose) {
         fprintf(stderr, "gondolin: qemu:");
         for (char **a = argv; *a; a++)
             fprintf(stderr, " %s", *a);
         fputc('\n', stderr);
     }
-    int sp[2], ep[2], cp[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp)) {
+    int sp[2], ep[2], cp[2], qp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, qp)) {
+        rc = -errno;
+        if (inc >= 0)
+            close(inc);
         free(bufs);
-        return -errno;
+        return rc;
+    }
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp)) {
+        rc = -errno;
+        close(qp[0]);
+        close(qp[1]);
+        if (inc >= 0)
+            close(inc);
+        free(bufs);
+        return rc;
     }
     if (pipe2(ep, O_CLOEXEC)) {
         rc = -errno;
+        close_pair(qp, inc);
         close(sp[0]);
         close(sp[1]);
         free(bufs);
@@ -1134,6 +1163,7 @@ static int launch(gd_vm *vm)
     }
     if (pipe2(cp, O_CLOEXEC)) {
         rc = -errno;
+        close_pair(qp, inc);
         close(sp[0]);
         close(sp[1]);
         close(ep[0]);
@@ -1148,6 +1178,7 @@ static int launch(gd_vm *vm)
     pid_t pid = fork();
     if (pid < 0) {
         rc = -errno;
+        close_pair(qp, inc);
         close(sp[0]);
         close(sp[1]);
         close(ep[0]);
@@ -1171,6 +1202,8 @@ static int launch(gd_vm *vm)
         int ffd[GD_VM_MAX_FS];
         for (size_t i = 0; i < vm->o.nfs; i++)
             ffd[i] = fcntl(vm->fs[i].fd, F_DUPFD, 100);
+        int qfd = fcntl(qp[1], F_DUPFD, 200);
+        int ifd = inc >= 0 ? fcntl(inc, F_DUPFD, 200) : -1;
         int nul = open("/dev/null", O_RDWR);
         dup2(nul, 0);
         dup2(cp[1], 1);
@@ -1182,7 +1215,15 @@ static int launch(gd_vm *vm)
             close(4);
         for (size_t i = 0; i < vm->o.nfs; i++)
             dup2(ffd[i], (int)(5 + i)); /* QEMU's -chardev socket,fd=5+i */
-        syscall(SYS_close_range, vm->o.nfs ? (unsigned)(5 + vm->o.nfs) : nfd >= 0 ? 5 : 4, ~0u, 0);
+        dup2(qfd, GD__VM_QMP_FD);
+        if (ifd >= 0)
+            dup2(ifd, GD__VM_INCOMING_FD);
+        syscall(SYS_close_range,
+                vm->o.nfs  ? (unsigned)(5 + vm->o.nfs)
+                : nfd >= 0 ? 5
+                           : 4,
+                GD__VM_QMP_FD - 1, 0);
+        syscall(SYS_close_range, ifd >= 0 ? GD__VM_INCOMING_FD + 1 : GD__VM_QMP_FD + 1, ~0u, 0);
         execvp(argv[0], argv);
         dprintf(2, "cannot execute %s: %s\n", argv[0], strerror(errno));
         _exit(127);
@@ -1191,6 +1232,9 @@ static int launch(gd_vm *vm)
     close(sp[1]);
     close(ep[1]);
     close(cp[1]);
+    close(qp[1]);
+    if (inc >= 0)
+        close(inc);
     vm->pid = pid;
     vm->reaped = 0;
     vm->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
@@ -1198,6 +1242,7 @@ static int launch(gd_vm *vm)
         rc = -errno;
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
+        close(qp[0]);
         close(sp[0]);
         close(ep[0]);
         close(cp[0]);
@@ -1207,6 +1252,8 @@ static int launch(gd_vm *vm)
     vm->pid_poll.data = vm;
     vm->pid_poll_open = 1;
     uv_poll_start(&vm->pid_poll, UV_READABLE, on_pid_exit);
+    if (gd_qmp_new(vm->loop, qp[0], on_qmp_event, vm, &vm->qmp) == 0)
+        vm->qmp_open = 1;
     open_pipe(vm, &vm->errp, ep[0], &vm->errp_open, on_err_read);
     open_pipe(vm, &vm->conp, cp[0], &vm->conp_open, on_con_read);
     gd_reader_init(&vm->rd, vm->rbuf, GD_PROTO_HDR_LEN + GD_PROTO_MAX_BODY);
@@ -1226,6 +1273,7 @@ static int launch(gd_vm *vm)
         vm->ctl_open = 1;
         uv_read_start((uv_stream_t *)&vm->ctl, alloc_ctl, on_ctl_read);
     }
+    gd__bootsnap_launched(vm->snap);
     return 0;
 }
 
@@ -1244,9 +1292,53 @@ int gd_vm_start(gd_vm *vm, gd_vm_ready_cb ready, gd_vm_exit_cb exit_cb, void *ud
     uv_timer_init(vm->loop, &vm->timer);
     vm->timer.data = vm;
     vm->timer_open = 1;
-    uv_timer_start(&vm->timer, on_start_timeout,
-                   vm->accel_auto ? kvm_watchdog_ms() : vm->o.start_timeout_ms, 0);
+    unsigned ms = vm->accel_auto ? kvm_watchdog_ms() : vm->o.start_timeout_ms;
+    if (!strcmp(gd__bootsnap_mode(vm->snap), "restore") && ms > RESTORE_TIMEOUT_MS)
+        ms = RESTORE_TIMEOUT_MS; /* then boot: the start still succeeds */
+    uv_timer_start(&vm->timer, on_start_timeout, ms, 0);
     return 0;
+}
+
+const char *gd_vm_start_mode(const gd_vm *vm)
+{
+    return gd__bootsnap_mode(vm->snap);
+}
+
+/* ---- for snapshot.c ---- */
+
+uv_loop_t *gd__vm_loop(gd_vm *vm)
+{
+    return vm->loop;
+}
+gd_qmp *gd__vm_qmp(gd_vm *vm)
+{
+    return vm->qmp_open ? vm->qmp : NULL;
+}
+unsigned gd__vm_agent_minor(const gd_vm *vm)
+{
+    return vm->agent_minor;
+}
+int gd__vm_send_starting(gd_vm *vm, const uint8_t *frame, size_t n)
+{
+    return send_frame_in(vm, frame, n, 1);
+}
+void gd__vm_hold_exec(gd_vm *vm, int on)
+{
+    if (on && vm->state == VM_STARTING)
+        vm->state = VM_READY;
+    else if (!on && vm->state == VM_READY)
+        vm->state = VM_STARTING;
+}
+void gd__vm_restart(gd_vm *vm)
+{
+    if (vm->state != VM_STARTING)
+        return;
+    vm->relaunch = 1;
+    vm_stop(vm, SIGKILL);
+}
+void gd__vm_close_handle(gd_vm *vm, uv_handle_t *h, int *flag)
+{
+    close_handle(vm, h, flag);
 }
 
 int gd_vm_ping(gd_vm *vm, const void *data, size_t n, void (*cb)(gd_vm *, int, void *), void *ud)

@@ -57,6 +57,12 @@ struct gd_vm_opts {
      * modern mode. */
     const struct gd_vm_fs *fs;
     size_t nfs;
+    /* Booted snapshot (docs/snapshots.md): restore this VM shape's snapshot from the
+     * image store instead of booting, or boot and save one at the agent's HELLO when
+     * there is none yet. A snapshot that fails to load is discarded with a one-line
+     * notice on stderr and the VM boots. Ignored with fs mounts (vhost-user-fs is not
+     * migratable), rootfs "rw" and "cow", rawecho, bare, and while KVM is on trial. */
+    int boot_snapshot;
 };
 
 /* status 0: the agent said HELLO (or, for rawecho, its ready byte); negative: boot
@@ -81,6 +87,9 @@ const char *gd_vm_error(const gd_vm *vm);        /* last error, "" if none */
 const char *gd_vm_accel(const gd_vm *vm);        /* "kvm" or "tcg" once started */
 const char *gd_vm_agent(const gd_vm *vm);        /* agent version from HELLO */
 const char *gd_vm_console_tail(const gd_vm *vm); /* sanitized guest console tail */
+/* How the last start went: "restore" (a booted snapshot), "boot+save" (booted and saved
+ * one), "boot". */
+const char *gd_vm_start_mode(const gd_vm *vm);
 int gd_vm_raw_fd(gd_vm *vm); /* rawecho mode, once ready: the channel fd (blocking) */
 
 /* Echo round trip through the agent (framing + dispatch); cb(status) when PONG

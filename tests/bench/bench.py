@@ -4,8 +4,11 @@ physical limit measured in the same run. Not part of pass/fail.
 
     python3 tests/bench/bench.py [BUILD_DIR] [--quick]
 """
+import glob
+import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -24,10 +27,91 @@ def bench(*args):
     return {k: float(v) for k, v in (l.split() for l in out.splitlines())}
 
 
-def cli_true_ms():
+def cli_true_ms(cold=True):
+    """`gondolin exec -- true` wall time; cold: GONDOLIN_COLD_BOOT=1 (no booted snapshot)."""
+    return cli_run(cold)["wall_ms"]
+
+
+def cli_run(cold, debug=False):
+    """One `gondolin exec -- true`: wall time, VM start to agent ready and to the exit of
+    `true` (GONDOLIN_TIMING), how the VM started, and with debug the save's figures."""
+    env = dict(os.environ, GONDOLIN_TIMING="1")
+    env.pop("GONDOLIN_COLD_BOOT", None)
+    if cold:
+        env["GONDOLIN_COLD_BOOT"] = "1"
+    if debug:
+        env["GONDOLIN_SNAP_DEBUG"] = "1"
     s = time.monotonic()
-    subprocess.run([G, "exec", "--", "true"], check=True, capture_output=True)
-    return (time.monotonic() - s) * 1000
+    r = subprocess.run([G, "exec", "--", "true"], check=True, capture_output=True, text=True, env=env)
+    out = {"wall_ms": (time.monotonic() - s) * 1000}
+    m = re.search(r"agent ready after (\d+) ms \(accel \w+, ([a-z+]+)\)", r.stderr)
+    out["ready_ms"], out["mode"] = float(m.group(1)), m.group(2)
+    out["first_exec_ms"] = float(re.search(r"command done after (\d+) ms", r.stderr).group(1))
+    m = re.search(r"guest paused (\d+) ms", r.stderr)
+    if m:
+        out["paused_ms"] = float(m.group(1))
+    m = re.search(r"file complete: (\d+) bytes, (\d+) ms", r.stderr)
+    if m:
+        out["size"], out["file_ms"] = int(m.group(1)), float(m.group(2))
+    return out
+
+
+def snap_files(mem=1024):
+    """The booted snapshots of the default image for a VM shape with this memory."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    st = os.environ.get("GONDOLIN_IMAGE_STORE") or os.path.join(cache, "gondolin", "images")
+    bid = json.load(open(os.path.join(st, "default-x86_64", "manifest.json")))["buildId"]
+    out = []
+    for p in glob.glob(os.path.join(st, "snapshots", "boot", bid, "*.gdsnap")):
+        with open(p, "rb") as f:
+            b = f.read(512)
+        if int.from_bytes(b[96:100], "little") == mem:
+            out.append(p)
+    return out
+
+
+def snapshot_rounds(bare):
+    """Booted snapshots: per round one cold boot, one restore and one bare QEMU boot,
+    interleaved; then saves (the first start of a shape: boot, warm-up, save)."""
+    cold, rest, brs = [], [], []
+    for f in snap_files():
+        os.unlink(f)
+    save = [cli_run(cold=False, debug=True) for _ in range(1)]
+    for _ in range(N_BOOT):
+        brs.append(bench("bare", 1)["bare_boot_poweroff_ms"])
+        cold.append(cli_run(cold=True))
+        rest.append(cli_run(cold=False))
+    for _ in range(2 if QUICK else 3):
+        for f in snap_files():
+            os.unlink(f)
+        save.append(cli_run(cold=False, debug=True))
+    modes = {r["mode"] for r in rest}
+    assert modes == {"restore"}, f"restores took {modes}"
+    m = statistics.median
+    bm = m(brs + [bare])
+    c = {k: m(r[k] for r in cold) for k in ("wall_ms", "ready_ms", "first_exec_ms")}
+    r = {k: m(x[k] for x in rest) for k in ("wall_ms", "ready_ms", "first_exec_ms")}
+    s = {k: m(x[k] for x in save if k in x) for k in ("wall_ms", "paused_ms", "size", "file_ms")}
+    n = len(rest)
+    tgt = "<= 300 ms and <= 0.2x cold"
+    met = "met" if r["wall_ms"] <= 300 and r["wall_ms"] <= 0.2 * c["wall_ms"] else "not met"
+    return [
+        ("(e) `gondolin exec -- true` from a booted snapshot, process start to exit (median of %d)" % n,
+         "%.0f ms" % r["wall_ms"], "cold boot: %.0f ms; bare QEMU boot: %.0f ms" % (c["wall_ms"], bm),
+         "%.2fx cold" % (r["wall_ms"] / c["wall_ms"]), "%s (%s)" % (tgt, met)),
+        ("(e) VM start to first exec reply: restore / cold boot",
+         "%.0f ms" % r["first_exec_ms"], "cold: %.0f ms; bare boot to poweroff: %.0f ms" % (c["first_exec_ms"], bm),
+         "%.2fx cold" % (r["first_exec_ms"] / c["first_exec_ms"]), ""),
+        ("(e) VM start to agent ready (RESUME answered): restore / cold boot",
+         "%.0f ms" % r["ready_ms"], "cold: %.0f ms" % c["ready_ms"],
+         "%.2fx cold" % (r["ready_ms"] / c["ready_ms"]), ""),
+        ("(e) first start of a VM shape: boot + warm-up + save, `exec -- true` (median of %d)" % len(save),
+         "%.0f ms" % s["wall_ms"], "cold boot: %.0f ms" % c["wall_ms"],
+         "%.2fx cold" % (s["wall_ms"] / c["wall_ms"]), ""),
+        ("(e) snapshot save: guest paused / file complete (hash, fsync) / size",
+         "%.0f ms / %.0f ms / %.1f MiB" % (s["paused_ms"], s["file_ms"], s["size"] / (1 << 20)),
+         "", "", ""),
+    ]
 
 
 def boot_rounds():
@@ -36,7 +120,7 @@ def boot_rounds():
     bare, cli, ready, first = [], [], [], []
     for _ in range(N_BOOT):
         bare.append(bench("bare", 1)["bare_boot_poweroff_ms"])
-        cli.append(cli_true_ms())
+        cli.append(cli_true_ms(cold=True))
         b = bench("boot", 1)
         ready.append(b["boot_ready_ms"])
         first.append(b["boot_first_exec_ms"])
@@ -49,6 +133,7 @@ def main():
     accel = subprocess.run([G, "doctor"], capture_output=True, text=True).stdout
     accel = "TCG" if "TCG" in accel or "hung" in accel else "KVM"
     bare, cli, boot = boot_rounds()
+    snap_rows = snapshot_rounds(bare)
     raw = bench("raw", N_RTT)
     rtt = bench("rtt", N_RTT)
     tput = bench("tput", 256)
@@ -62,7 +147,7 @@ def main():
     guest_fork_exec_us = float(loop.strip())
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     rows = [
-        ("(a) `gondolin exec -- true`, process start to exit (median of %d)" % N_BOOT,
+        ("(a) `gondolin exec --cold-boot -- true`, process start to exit (median of %d)" % N_BOOT,
          "%.0f ms" % cli, "bare QEMU, same kernel+initramfs, init powers off at once: %.0f ms" % bare,
          "%.2fx" % (cli / bare), "<= 1.15x"),
         ("(a) VM start to first exec reply (C API, median of %d)" % N_BOOT,
@@ -83,7 +168,7 @@ def main():
         ("(d) host process RSS per running VM (1 VM / 4 VMs)",
          "%.1f / %.1f MiB" % (rss1["rss_per_vm_kb"] / 1024, rss4["rss_per_vm_kb"] / 1024),
          "process base %.1f MiB" % (rss1["rss_base_kb"] / 1024), "", "<= 20 MiB"),
-    ]
+    ] + snap_rows
     print(f"machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}; accel {accel}")
     print()
     print("| measurement | gondolin | peer / limit (same run) | ratio | target |")

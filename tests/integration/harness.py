@@ -19,3 +19,24 @@ def expect(cond, what):
 def eq(a, b, what=""):
     if a != b:
         raise AssertionError(f"{what}: {a!r} != {b!r}")
+
+
+def run(title, name_filter, *args):
+    """Runs the registered tests whose function name contains name_filter, passing args;
+    prints one line per test and a total; returns the number that failed."""
+    import time
+    passed = failed = 0
+    for fn in TESTS:
+        if name_filter and name_filter not in fn.__name__:
+            continue
+        doc = (fn.__doc__ or fn.__name__).strip().splitlines()[0]
+        t = time.time()
+        try:
+            fn(*args)
+            print(f"ok   {fn.__name__}: {doc} ({time.time() - t:.0f} s)", flush=True)
+            passed += 1
+        except Exception as e:  # noqa: BLE001
+            print(f"FAIL {fn.__name__}: {doc}: {e}", flush=True)
+            failed += 1
+    print(f"{title}: {passed} passed, {failed} failed")
+    return failed

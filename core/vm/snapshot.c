@@ -1,0 +1,750 @@
+/* snapshot.c - booted-image snapshots (see snapshot.h and docs/snapshots.md).
+ *
+ * Save (the first start of a VM shape): the guest boots, its agent says HELLO; QEMU is
+ * stopped and migrates into a temporary file of ours (QMP getfd + migrate fd:), then
+ * continues; a thread hashes the stream, writes the header, fsyncs and renames the file
+ * into place while the first command runs. The running VM gets RESUME like a restored
+ * one (its clock stood still during the save).
+ *
+ * Restore: QEMU starts with the same command line plus -S -incoming fd:N where N is a
+ * socketpair; the loop reads the file, hashes it and feeds QEMU. Only when the whole
+ * stream went through and its SHA-256 matches the header does QMP `cont` run the guest;
+ * then RESUME (fresh entropy, the host's clock) and the agent's new HELLO make the VM
+ * ready. Any failure before that discards the file with a one-line notice and the VM
+ * boots instead. */
+#define _GNU_SOURCE
+#include "snapshot.h"
+
+#include "base/fs.h"
+#include "ctl/proto.h"
+#include "image/image.h"
+#include "image/store.h"
+#include "snapshot_int.h"
+#include "vm_int.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHUNK (1u << 20)
+#define FEED_PER_CALLBACK (8u << 20) /* yield to the loop between slices */
+
+enum snap_mode { SNAP_BOOT, SNAP_SAVE, SNAP_RESTORE };
+enum snap_phase {
+    PH_NONE,
+    PH_WARMUP,      /* a warm-up command runs before the save */
+    PH_SAVING,      /* stop + migrate in flight */
+    PH_CONT,        /* cont sent */
+    PH_RESUME_SENT, /* waiting for the HELLO that answers RESUME */
+    PH_DONE,
+};
+
+struct gd__bootsnap {
+    gd_vm *vm;
+    enum snap_mode mode;
+    enum snap_phase phase;
+    int disabled; /* a restore failed in this VM: boot from now on */
+    char build_id[65];
+    unsigned memory_mb, cpus;
+    char dir[1200], path[1300];
+    uint8_t key[32];
+    uint64_t t0;
+    /* restore */
+    int file_fd;
+    struct gd_bootsnap_hdr hdr;
+    int feed_fd;
+    uv_poll_t feed_poll;
+    int feed_open;
+    EVP_MD_CTX *md;
+    uint8_t *chunk;
+    size_t chunk_len, chunk_off;
+    uint64_t fed;
+    int fed_ok, loaded; /* the stream went through with the right checksum; QEMU loaded it */
+    /* save */
+    char tmp[1300];
+    int tmp_fd;
+    uint64_t t_save; /* when the guest was stopped for the save */
+    unsigned status_tries;
+    struct gd_bootsnap_hdr save_hdr;
+    pthread_t th;
+    int th_started;
+};
+
+#define DBG(...)                                                                                   \
+    do {                                                                                           \
+        if (getenv("GONDOLIN_SNAP_DEBUG"))                                                         \
+            fprintf(stderr, "snap %.0f ms: ", (double)(uv_hrtime() - s->t0) / 1e6),                \
+                fprintf(stderr, __VA_ARGS__), fputc('\n', stderr);                                 \
+    } while (0)
+
+/* ---- the key ---- */
+
+static void compute_key(struct gd__bootsnap *s, char *const *argv, const char *qemu)
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    unsigned int n = 32;
+    if (!c) {
+        memset(s->key, 0, sizeof(s->key));
+        return;
+    }
+    EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    char line[1600];
+    int l = snprintf(line, sizeof(line), "gondolin boot snapshot %u\n%s\n%s\n", GD_BOOTSNAP_FORMAT,
+                     GD_VERSION, s->build_id);
+    EVP_DigestUpdate(c, line, (size_t)l);
+    /* the QEMU binary: another build may not load this one's stream */
+    struct stat st;
+    char path[1100];
+    const char *q = qemu;
+    if (!strchr(qemu, '/')) { /* from PATH, as execvp finds it */
+        const char *p = getenv("PATH");
+        q = qemu;
+        for (; p && *p;) {
+            size_t k = strcspn(p, ":");
+            snprintf(path, sizeof(path), "%.*s/%s", (int)k, p, qemu);
+            if (access(path, X_OK) == 0) {
+                q = path;
+                break;
+            }
+            p += k + (p[k] == ':');
+        }
+    }
+    if (stat(q, &st) == 0)
+        l = snprintf(line, sizeof(line), "%s %lld %lld\n", q, (long long)st.st_size,
+                     (long long)st.st_mtime);
+    else
+        l = snprintf(line, sizeof(line), "%s\n", q);
+    EVP_DigestUpdate(c, line, (size_t)l);
+    for (char *const *a = argv; *a; a++) {
+        /* tsc_early_khz comes from /proc/cpuinfo, which may move with frequency scaling:
+         * the same host's snapshot stays valid, so the key skips that one argument */
+        const char *t = strstr(*a, " tsc_early_khz=");
+        if (t) {
+            EVP_DigestUpdate(c, *a, (size_t)(t - *a));
+            const char *rest = strchr(t + 1, ' ');
+            if (rest)
+                EVP_DigestUpdate(c, rest, strlen(rest));
+        } else {
+            EVP_DigestUpdate(c, *a, strlen(*a));
+        }
+        EVP_DigestUpdate(c, "", 1);
+    }
+    EVP_DigestFinal_ex(c, s->key, &n);
+    EVP_MD_CTX_free(c);
+}
+
+/* ---- lifecycle ---- */
+
+int gd__bootsnap_new(gd_vm *vm, const char *build_id, unsigned memory_mb, unsigned cpus,
+                     struct gd__bootsnap **out)
+{
+    struct gd__bootsnap *s = calloc(1, sizeof(*s));
+    if (!s)
+        return -ENOMEM;
+    s->vm = vm;
+    snprintf(s->build_id, sizeof(s->build_id), "%s", build_id);
+    s->memory_mb = memory_mb;
+    s->cpus = cpus;
+    s->file_fd = s->feed_fd = s->tmp_fd = -1;
+    char base[1100];
+    gd_bootsnap_dir(base, sizeof(base));
+    snprintf(s->dir, sizeof(s->dir), "%s/%s", base, build_id);
+    *out = s;
+    return 0;
+}
+
+static void restore_cleanup(struct gd__bootsnap *s)
+{
+    if (s->file_fd >= 0)
+        close(s->file_fd);
+    s->file_fd = -1;
+    if (s->feed_fd >= 0 && !s->feed_open)
+        close(s->feed_fd);
+    if (!s->feed_open)
+        s->feed_fd = -1;
+    EVP_MD_CTX_free(s->md);
+    s->md = NULL;
+    free(s->chunk);
+    s->chunk = NULL;
+}
+
+void gd__bootsnap_free(struct gd__bootsnap *s)
+{
+    if (!s)
+        return;
+    if (s->th_started)
+        pthread_join(s->th, NULL);
+    restore_cleanup(s);
+    if (s->feed_fd >= 0)
+        close(s->feed_fd);
+    if (s->tmp_fd >= 0) {
+        close(s->tmp_fd);
+        if (s->tmp[0])
+            unlink(s->tmp);
+    }
+    free(s);
+}
+
+const char *gd__bootsnap_mode(const struct gd__bootsnap *s)
+{
+    return !s                        ? "boot"
+           : s->mode == SNAP_RESTORE ? "restore"
+           : s->mode == SNAP_SAVE    ? "boot+save"
+                                     : "boot";
+}
+
+/* One line on stderr, and the file goes. */
+static void discard(struct gd__bootsnap *s, const char *why)
+{
+    fprintf(stderr, "gondolin: booted snapshot %s %s; discarded, booting instead\n", s->path, why);
+    unlink(s->path);
+}
+
+int gd__bootsnap_prepare(struct gd__bootsnap *s, char *const *argv, const char *qemu)
+{
+    s->phase = PH_NONE;
+    s->t0 = uv_hrtime();
+    restore_cleanup(s);
+    compute_key(s, argv, qemu);
+    char hex[65];
+    gd_hex(s->key, 16, hex);
+    snprintf(s->path, sizeof(s->path), "%s/%s.gdsnap", s->dir, hex);
+    s->mode = s->disabled ? SNAP_BOOT : SNAP_SAVE;
+    if (s->disabled)
+        return -1;
+    int fd = open(s->path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1; /* none yet: boot and save */
+    uint8_t b[GD_BOOTSNAP_HDR_LEN];
+    struct stat st;
+    const char *bad = NULL;
+    if (pread(fd, b, sizeof(b), 0) != (ssize_t)sizeof(b) ||
+        gd_bootsnap_hdr_parse(b, sizeof(b), &s->hdr))
+        bad = "has no valid header";
+    else if (memcmp(s->hdr.key, s->key, 32) || strcmp(s->hdr.version, GD_VERSION) ||
+             strcmp(s->hdr.build_id, s->build_id))
+        bad = "was made for another image, gondolin version or VM shape";
+    else if (fstat(fd, &st) || (uint64_t)st.st_size != GD_BOOTSNAP_HDR_LEN + s->hdr.stream_len)
+        bad = "is truncated";
+    if (bad) {
+        close(fd);
+        discard(s, bad);
+        return -1;
+    }
+    /* our own trouble (fds, memory) is not the file's: boot, keep it */
+    int sp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp)) {
+        close(fd);
+        s->mode = SNAP_BOOT;
+        return -1;
+    }
+    if (!(s->md = EVP_MD_CTX_new()) || !(s->chunk = malloc(CHUNK)) ||
+        !EVP_DigestInit_ex(s->md, EVP_sha256(), NULL)) {
+        close(sp[0]);
+        close(sp[1]);
+        close(fd);
+        restore_cleanup(s);
+        s->mode = SNAP_BOOT;
+        return -1;
+    }
+    int big = 4 << 20;
+    setsockopt(sp[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    setsockopt(sp[1], SOL_SOCKET, SO_RCVBUF, &big, sizeof(big));
+    fcntl(sp[0], F_SETFL, fcntl(sp[0], F_GETFL) | O_NONBLOCK);
+    s->file_fd = fd;
+    s->feed_fd = sp[0];
+    s->fed = 0;
+    s->fed_ok = s->loaded = 0;
+    s->chunk_len = s->chunk_off = 0;
+    s->mode = SNAP_RESTORE;
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    return sp[1];
+}
+
+/* Restoring failed: drop the file (once), boot instead. */
+static void restore_failed(struct gd__bootsnap *s, const char *why)
+{
+    if (s->mode != SNAP_RESTORE || s->disabled)
+        return;
+    s->disabled = 1;
+    discard(s, why);
+    gd__vm_restart(s->vm);
+}
+
+int gd__bootsnap_on_start_failure(struct gd__bootsnap *s, const char *why)
+{
+    if (!s || s->mode != SNAP_RESTORE || s->disabled)
+        return 0;
+    char w[600];
+    snprintf(w, sizeof(w), "could not be restored (%s)", why);
+    s->disabled = 1;
+    discard(s, w);
+    return 1;
+}
+
+static void send_resume(struct gd__bootsnap *s)
+{
+    uint8_t buf[GD_PROTO_HDR_LEN + 12 + 64];
+    uint8_t rnd[64];
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        if (s->mode == SNAP_RESTORE)
+            restore_failed(s, "could not be reseeded (no host randomness)");
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    struct gd_enc e;
+    gd_enc_init(&e, buf, sizeof(buf), GD_MSG_RESUME, 0, 0);
+    gd_enc_u32(&e, 0);
+    gd_enc_u32(&e, (uint32_t)(ns >> 32));
+    gd_enc_u32(&e, (uint32_t)ns);
+    gd_enc_bytes(&e, rnd, sizeof(rnd));
+    long n = gd_enc_finish(&e);
+    OPENSSL_cleanse(rnd, sizeof(rnd));
+    s->phase = PH_RESUME_SENT;
+    if (n < 0 || gd__vm_send_starting(s->vm, buf, (size_t)n))
+        restore_failed(s, "could not be resumed (control channel)");
+    OPENSSL_cleanse(buf, sizeof(buf));
+}
+
+static void on_cont(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
+{
+    (void)q;
+    (void)ret;
+    struct gd__bootsnap *s = ud;
+    if (status == -ECANCELED)
+        return;
+    if (status) {
+        char w[400];
+        snprintf(w, sizeof(w), "could not be started (QMP cont: %s)", err ? err : "?");
+        if (s->mode == SNAP_RESTORE)
+            restore_failed(s, w);
+        else {
+            fprintf(stderr,
+                    "gondolin: QEMU failed after saving a booted snapshot (%s); booting "
+                    "again\n",
+                    err ? err : "?");
+            gd__vm_restart(s->vm);
+        }
+        return;
+    }
+    DBG("cont answered");
+    send_resume(s);
+}
+
+static void run_guest(struct gd__bootsnap *s)
+{
+    gd_qmp *q = gd__vm_qmp(s->vm);
+    s->phase = PH_CONT;
+    if (!q || gd_qmp_cmd(q, "cont", NULL, -1, on_cont, s)) {
+        if (s->mode == SNAP_RESTORE)
+            restore_failed(s, "could not be started (QMP)");
+        else
+            gd__vm_restart(s->vm);
+    }
+}
+
+/* QEMU emits MIGRATION "completed" from its migration thread before that thread moves
+ * the run state from finish-migrate to postmigrate; a `cont` in between races with it
+ * (QEMU aborts on the invalid transition running -> postmigrate). So after a save the
+ * guest is continued only once query-status says postmigrate (a few round trips). */
+#define POSTMIGRATE_TRIES 500
+
+static void wait_postmigrate(struct gd__bootsnap *s);
+
+static void on_status(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
+{
+    (void)q;
+    (void)err;
+    struct gd__bootsnap *s = ud;
+    if (status == -ECANCELED)
+        return;
+    const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ret, "status"));
+    if (!status && st && strcmp(st, "finish-migrate")) {
+        run_guest(s);
+        return;
+    }
+    if (status || ++s->status_tries >= POSTMIGRATE_TRIES) {
+        fprintf(stderr, "gondolin: QEMU did not leave the migration state after saving a booted "
+                        "snapshot; booting again\n");
+        gd__vm_restart(s->vm);
+        return;
+    }
+    wait_postmigrate(s);
+}
+
+static void wait_postmigrate(struct gd__bootsnap *s)
+{
+    gd_qmp *q = gd__vm_qmp(s->vm);
+    if (!q || gd_qmp_cmd(q, "query-status", NULL, -1, on_status, s))
+        gd__vm_restart(s->vm);
+}
+
+/* ---- restore: feed the stream ---- */
+
+static void feed_done(struct gd__bootsnap *s)
+{
+    DBG("fed %llu bytes", (unsigned long long)s->fed);
+    gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
+    /* the fd goes with the handle's close: see gd__bootsnap_stop */
+    uint8_t md[32];
+    unsigned int n = 32;
+    EVP_DigestFinal_ex(s->md, md, &n);
+    if (memcmp(md, s->hdr.sha256, 32)) {
+        restore_failed(s, "failed its checksum (corrupted)");
+        return;
+    }
+    s->fed_ok = 1;
+    if (s->loaded)
+        run_guest(s);
+}
+
+static void on_feed(uv_poll_t *h, int status, int events)
+{
+    (void)events;
+    struct gd__bootsnap *s = h->data;
+    if (status < 0) {
+        restore_failed(s, "could not be fed to QEMU");
+        return;
+    }
+    size_t budget = FEED_PER_CALLBACK;
+    while (budget) {
+        if (s->chunk_off == s->chunk_len) {
+            if (s->fed == s->hdr.stream_len) {
+                feed_done(s);
+                return;
+            }
+            uint64_t left = s->hdr.stream_len - s->fed;
+            size_t want = left < CHUNK ? (size_t)left : CHUNK;
+            ssize_t r = pread(s->file_fd, s->chunk, want, (off_t)(GD_BOOTSNAP_HDR_LEN + s->fed));
+            if (r <= 0) {
+                restore_failed(s, r == 0 ? "is truncated" : "could not be read");
+                return;
+            }
+            EVP_DigestUpdate(s->md, s->chunk, (size_t)r);
+            s->fed += (uint64_t)r;
+            s->chunk_len = (size_t)r;
+            s->chunk_off = 0;
+        }
+        ssize_t w = send(s->feed_fd, s->chunk + s->chunk_off, s->chunk_len - s->chunk_off,
+                         MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (w <= 0) {
+            /* QEMU stopped reading: it failed to load (its exit says why) */
+            gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
+            return;
+        }
+        s->chunk_off += (size_t)w;
+        budget = (size_t)w > budget ? 0 : budget - (size_t)w;
+    }
+}
+
+static cJSON *caps_args(void);
+
+static void on_restore_step(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
+{
+    (void)q;
+    (void)ret;
+    struct gd__bootsnap *s = ud;
+    if (status == -ECANCELED || !status)
+        return;
+    char w[400];
+    snprintf(w, sizeof(w), "could not be loaded (QMP: %s)", err ? err : "channel closed");
+    restore_failed(s, w);
+}
+
+void gd__bootsnap_launched(struct gd__bootsnap *s)
+{
+    if (!s || s->mode != SNAP_RESTORE)
+        return;
+    if (uv_poll_init(gd__vm_loop(s->vm), &s->feed_poll, s->feed_fd)) {
+        restore_failed(s, "could not be fed to QEMU");
+        return;
+    }
+    s->feed_poll.data = s;
+    s->feed_open = 1;
+    uv_poll_start(&s->feed_poll, UV_WRITABLE, on_feed);
+    /* the source was paused, so the loaded VM stays paused: `cont` once QEMU says the
+     * load completed (MIGRATION event) and the checksum matched, whichever comes last */
+    cJSON *inc = cJSON_CreateObject();
+    char uri[16];
+    snprintf(uri, sizeof(uri), "fd:%d", GD__VM_INCOMING_FD);
+    cJSON_AddStringToObject(inc, "uri", uri);
+    gd_qmp *q = gd__vm_qmp(s->vm);
+    if (!q || gd_qmp_cmd(q, "migrate-set-capabilities", caps_args(), -1, on_restore_step, s) ||
+        gd_qmp_cmd(q, "migrate-incoming", inc, -1, on_restore_step, s))
+        restore_failed(s, "could not be loaded (QMP)");
+}
+
+void gd__bootsnap_stop(struct gd__bootsnap *s)
+{
+    if (s)
+        gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
+}
+
+/* ---- save ---- */
+
+/* Thread: hash the stream QEMU wrote, put the header in front, fsync, rename into
+ * place. Readers only ever see complete files; a crash leaves a .tmp- file that the
+ * next save (or gc) removes. */
+static void *save_finish(void *arg)
+{
+    struct gd__bootsnap *s = arg;
+    struct stat st;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    uint8_t *buf = malloc(CHUNK);
+    int ok = c && buf && fstat(s->tmp_fd, &st) == 0 && st.st_size > GD_BOOTSNAP_HDR_LEN &&
+             EVP_DigestInit_ex(c, EVP_sha256(), NULL);
+    uint64_t len = ok ? (uint64_t)st.st_size - GD_BOOTSNAP_HDR_LEN : 0;
+    for (uint64_t off = 0; ok && off < len;) {
+        ssize_t r = pread(s->tmp_fd, buf, CHUNK, (off_t)(GD_BOOTSNAP_HDR_LEN + off));
+        if (r <= 0) {
+            ok = 0;
+            break;
+        }
+        EVP_DigestUpdate(c, buf, (size_t)r);
+        off += (uint64_t)r;
+    }
+    unsigned int n = 32;
+    if (ok) {
+        EVP_DigestFinal_ex(c, s->save_hdr.sha256, &n);
+        s->save_hdr.stream_len = len;
+        gd_bootsnap_hdr_write(buf, &s->save_hdr);
+        ok = pwrite(s->tmp_fd, buf, GD_BOOTSNAP_HDR_LEN, 0) == GD_BOOTSNAP_HDR_LEN &&
+             fsync(s->tmp_fd) == 0;
+    }
+    if (ok && !s->tmp[0]) {
+        /* an unnamed file (O_TMPFILE) gets its name only now, complete: a crash before
+         * leaves nothing behind. EEXIST: a concurrent start saved the same snapshot. */
+        char self[64];
+        snprintf(self, sizeof(self), "/proc/self/fd/%d", s->tmp_fd);
+        ok = linkat(AT_FDCWD, self, AT_FDCWD, s->path, AT_SYMLINK_FOLLOW) == 0 || errno == EEXIST;
+    } else if (ok) {
+        ok = rename(s->tmp, s->path) == 0;
+    }
+    if (ok) {
+        int d = open(s->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (d >= 0) {
+            fsync(d);
+            close(d);
+        }
+        DBG("file complete: %llu bytes, %.0f ms after the guest was paused",
+            (unsigned long long)(len + GD_BOOTSNAP_HDR_LEN),
+            (double)(uv_hrtime() - s->t_save) / 1e6);
+    } else if (s->tmp[0]) {
+        unlink(s->tmp);
+    }
+    close(s->tmp_fd);
+    s->tmp_fd = -1;
+    free(buf);
+    EVP_MD_CTX_free(c);
+    return NULL;
+}
+
+static void save_abort(struct gd__bootsnap *s, const char *why)
+{
+    if (s->tmp_fd >= 0) {
+        close(s->tmp_fd);
+        s->tmp_fd = -1;
+        if (s->tmp[0])
+            unlink(s->tmp);
+    }
+    fprintf(stderr, "gondolin: could not save a booted snapshot: %s\n", why);
+    s->mode = SNAP_BOOT;
+    run_guest(s); /* cont (harmless if it never stopped), then RESUME */
+}
+
+static void on_save_step(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
+{
+    (void)q;
+    (void)ret;
+    struct gd__bootsnap *s = ud;
+    if (status == -ECANCELED || s->mode != SNAP_SAVE || s->phase != PH_SAVING)
+        return;
+    if (status) {
+        char w[400];
+        snprintf(w, sizeof(w), "QMP: %s", err ? err : "channel closed");
+        save_abort(s, w);
+    }
+}
+
+void gd__bootsnap_on_event(struct gd__bootsnap *s, const char *name, const cJSON *data)
+{
+    if (!s || strcmp(name, "MIGRATION"))
+        return;
+    const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(data, "status"));
+    if (!st)
+        return;
+    if (s->mode == SNAP_RESTORE && s->phase == PH_NONE) {
+        DBG("incoming migration: %s", st);
+        if (!strcmp(st, "failed"))
+            restore_failed(s, "could not be loaded by QEMU");
+        else if (!strcmp(st, "completed") && !s->loaded) {
+            s->loaded = 1;
+            if (s->fed_ok)
+                run_guest(s);
+        }
+        return;
+    }
+    if (s->mode != SNAP_SAVE || s->phase != PH_SAVING)
+        return;
+    if (!strcmp(st, "failed") || !strcmp(st, "cancelled")) {
+        save_abort(s, "QEMU's migration failed");
+        return;
+    }
+    if (strcmp(st, "completed"))
+        return;
+    DBG("saved: guest paused %.0f ms for the stream", (double)(uv_hrtime() - s->t_save) / 1e6);
+    struct gd_bootsnap_hdr *h = &s->save_hdr;
+    memset(h, 0, sizeof(*h));
+    memcpy(h->key, s->key, 32);
+    h->created = (uint64_t)time(NULL);
+    h->memory_mb = s->memory_mb;
+    h->cpus = s->cpus;
+    h->agent_minor = gd__vm_agent_minor(s->vm);
+    snprintf(h->version, sizeof(h->version), "%s", GD_VERSION);
+    snprintf(h->build_id, sizeof(h->build_id), "%s", s->build_id);
+    snprintf(h->agent, sizeof(h->agent), "%s", gd_vm_agent(s->vm));
+    if (pthread_create(&s->th, NULL, save_finish, s) == 0) {
+        s->th_started = 1;
+    } else {
+        close(s->tmp_fd);
+        s->tmp_fd = -1;
+        if (s->tmp[0])
+            unlink(s->tmp);
+    }
+    s->status_tries = 0;
+    wait_postmigrate(s);
+}
+
+static cJSON *caps_args(void)
+{
+    cJSON *a = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(a, "capabilities");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddStringToObject(c, "capability", "events");
+    cJSON_AddBoolToObject(c, "state", 1);
+    cJSON_AddItemToArray(arr, c);
+    return a;
+}
+
+static void save_start(struct gd__bootsnap *s)
+{
+    gd_qmp *q = gd__vm_qmp(s->vm);
+    if (!q) {
+        s->mode = SNAP_BOOT;
+        return;
+    }
+    int rc = gd_mkdir_p(s->dir, 0700);
+    if (rc) {
+        fprintf(stderr, "gondolin: could not save a booted snapshot: %s: %s\n", s->dir,
+                strerror(-rc));
+        s->mode = SNAP_BOOT;
+        return;
+    }
+    gd__bootsnap_remove_stale(s->dir, NULL, 0);
+    /* unnamed until complete; where the file system has no O_TMPFILE, a .tmp- name
+     * that the next save or gc removes once its process is gone */
+    s->tmp[0] = 0;
+    s->tmp_fd = open(s->dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (s->tmp_fd < 0) {
+        unsigned r = 0;
+        RAND_bytes((unsigned char *)&r, sizeof(r));
+        snprintf(s->tmp, sizeof(s->tmp), "%s/.tmp-%ld-%08x.gdsnap", s->dir, (long)getpid(), r);
+        s->tmp_fd = open(s->tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    }
+    if (s->tmp_fd < 0 || lseek(s->tmp_fd, GD_BOOTSNAP_HDR_LEN, SEEK_SET) != GD_BOOTSNAP_HDR_LEN) {
+        fprintf(stderr, "gondolin: could not save a booted snapshot: %s: %s\n", s->dir,
+                strerror(errno));
+        if (s->tmp_fd >= 0)
+            close(s->tmp_fd);
+        s->tmp_fd = -1;
+        s->mode = SNAP_BOOT;
+        return;
+    }
+    s->phase = PH_SAVING;
+    s->t_save = uv_hrtime();
+    /* the guest is idle at HELLO: stop it and write everything in one pass, unthrottled
+     * (QEMU's default bandwidth cap is for live migration over a network) */
+    cJSON *bw = cJSON_CreateObject();
+    cJSON_AddNumberToObject(bw, "max-bandwidth", (double)(16ull << 30));
+    cJSON *fdn = cJSON_CreateObject();
+    cJSON_AddStringToObject(fdn, "fdname", "gdsnap");
+    cJSON *mig = cJSON_CreateObject();
+    cJSON_AddStringToObject(mig, "uri", "fd:gdsnap");
+    if (gd_qmp_cmd(q, "migrate-set-capabilities", caps_args(), -1, on_save_step, s) ||
+        gd_qmp_cmd(q, "migrate-set-parameters", bw, -1, on_save_step, s) ||
+        gd_qmp_cmd(q, "stop", NULL, -1, on_save_step, s) ||
+        gd_qmp_cmd(q, "getfd", fdn, s->tmp_fd, on_save_step, s) ||
+        gd_qmp_cmd(q, "migrate", mig, -1, on_save_step, s))
+        save_abort(s, "QMP channel");
+}
+
+/* The warm-up ran: what a first command needs (the shell, the dynamic loader and libc,
+ * coreutils) is now in the guest's page cache, so a restored guest does not read it
+ * through virtio-blk again. (QEMU's translated code cannot be saved: under TCG the
+ * first command after a restore still pays for translating the paths it runs.) */
+static void on_warm_exit(gd_exec *x, const struct gd_exec_result *r, void *ud)
+{
+    (void)x;
+    struct gd__bootsnap *s = ud;
+    if (r->error == GD_EXEC_VM_GONE || s->phase != PH_WARMUP)
+        return;
+    DBG("warm-up done (%d)", r->exit_code);
+    gd__vm_hold_exec(s->vm, 0);
+    save_start(s);
+    if (s->mode != SNAP_SAVE)
+        run_guest(s);
+}
+
+static void warm_up(struct gd__bootsnap *s)
+{
+    static const char *const argv[] = {"/bin/sh", "-c", "true; /usr/bin/env true; exit 0", NULL};
+    struct gd_exec_opts o = {.argv = argv};
+    struct gd_exec_cbs cbs = {.on_exit = on_warm_exit};
+    s->phase = PH_WARMUP;
+    gd__vm_hold_exec(s->vm, 1);
+    if (gd_exec_start(s->vm, &o, &cbs, s, NULL)) {
+        gd__vm_hold_exec(s->vm, 0);
+        s->phase = PH_NONE;
+        save_start(s);
+    }
+}
+
+int gd__bootsnap_on_hello(struct gd__bootsnap *s)
+{
+    if (!s)
+        return 0;
+    DBG("HELLO in phase %d", (int)s->phase);
+    if (s->phase == PH_RESUME_SENT) {
+        s->phase = PH_DONE;
+        return 0;
+    }
+    if (s->phase != PH_NONE)
+        return 1; /* a HELLO while saving: the agent restarted? hold until resumed */
+    if (s->mode == SNAP_SAVE) {
+        if (gd__vm_agent_minor(s->vm) < 2) { /* no RESUME in this agent: no snapshot */
+            s->mode = SNAP_BOOT;
+            return 0;
+        }
+        warm_up(s);
+        return s->mode == SNAP_SAVE;
+    }
+    if (s->mode == SNAP_RESTORE)
+        return 1; /* the template's HELLO cannot come again; wait for RESUME's */
+    return 0;
+}
