@@ -9,11 +9,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -85,7 +87,12 @@ struct gd_vm {
     void *ping_ud;
     gd_qmp *qmp; /* QEMU's monitor (snapshot.c drives it) */
     int qmp_open;
-    struct gd__bootsnap *snap; /* booted snapshot: restore, or save after boot; NULL: off */
+    struct gd__bootsnap *snap;  /* booted snapshot: restore, or save after boot; NULL: off */
+    struct gd__memsave *msave;  /* a memory snapshot being saved (memsave.c), or NULL */
+    uint8_t resync[64];         /* a resumed guest: bytes before this mark are skipped */
+    struct gd_vm_resume resume; /* o.resume's copy */
+    char resume_path[1200];
+    size_t resync_len;
 };
 
 static void vm_fail(gd_vm *vm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -313,9 +320,19 @@ int gd_vm_new(uv_loop_t *loop, const struct gd_vm_opts *o, gd_vm **out, struct g
     const char *rootfs = vm->o.rootfs_mode ? vm->o.rootfs_mode : vm->img.rootfs_mode;
     /* rw writes the image, cow gives each sandbox its own disk (a guest that wrote to its
      * disk before the save would not match another sandbox's fresh disk) */
-    if (o->boot_snapshot && !vm->o.rawecho && !vm->o.bare && !vm->o.nfs &&
-        !(rootfs && (!strcmp(rootfs, "rw") || !strcmp(rootfs, "cow"))) &&
-        (rc = gd__bootsnap_new(vm, vm->img.build_id, vm->o.memory_mb, vm->o.cpus, &vm->snap))) {
+    if (o->resume) {
+        vm->resume = *o->resume;
+        snprintf(vm->resume_path, sizeof(vm->resume_path), "%s", o->resume->path);
+        vm->resume.path = vm->resume_path;
+        vm->o.resume = &vm->resume;
+        if ((rc = gd__bootsnap_new_resume(vm, vm->img.build_id, &vm->resume, &vm->snap))) {
+            rc = gd_err_set(err, rc, "memory snapshot %s: bad stream bounds", o->resume->path);
+            goto fail;
+        }
+    } else if (o->boot_snapshot && !vm->o.rawecho && !vm->o.bare && !vm->o.nfs &&
+               !(rootfs && (!strcmp(rootfs, "rw") || !strcmp(rootfs, "cow"))) &&
+               (rc = gd__bootsnap_new(vm, vm->img.build_id, vm->o.memory_mb, vm->o.cpus,
+                                      &vm->snap))) {
         rc = gd_err_set(err, rc, "out of memory");
         goto fail;
     }
@@ -472,6 +489,7 @@ static void vm_stop(gd_vm *vm, int sig)
         vm->qmp = NULL;
     }
     gd__bootsnap_stop(vm->snap);
+    gd__memsave_stop(vm);
     close_handle(vm, (uv_handle_t *)&vm->raw_poll, &vm->raw_poll_open);
     if (vm->raw_fd >= 0) {
         close(vm->raw_fd);
@@ -852,6 +870,11 @@ static void process_input(gd_vm *vm)
     struct gd_hdr h;
     const uint8_t *body;
     int rc;
+    if (vm->resync_len) { /* the old host's frames (or the tail of one) come first */
+        if (!gd_reader_skip_to(&vm->rd, vm->resync, vm->resync_len))
+            return;
+        vm->resync_len = 0;
+    }
     while (vm->state == VM_STARTING || vm->state == VM_READY) {
         rc = gd_reader_next(&vm->rd, &h, &body);
         if (rc == 0)
@@ -1103,6 +1126,7 @@ static void on_qmp_event(gd_qmp *q, const char *name, const cJSON *data, void *u
     (void)q;
     gd_vm *vm = ud;
     gd__bootsnap_on_event(vm->snap, name, data);
+    gd__memsave_on_event(vm, name, data);
 }
 
 static int launch(gd_vm *vm)
@@ -1118,7 +1142,14 @@ static int launch(gd_vm *vm)
     }
     /* a booted snapshot of this very command line: restore it (-S: the guest runs only
      * once the stream is in and its checksum matched). Not while KVM is on trial. */
-    int inc = vm->snap && !vm->accel_auto ? gd__bootsnap_prepare(vm->snap, argv, vm->qemu) : -1;
+    int inc = vm->snap && (!vm->accel_auto || vm->o.resume)
+                  ? gd__bootsnap_prepare(vm->snap, argv, vm->qemu)
+                  : -1;
+    if (inc == -2) { /* a memory snapshot that does not fit: the start fails */
+        snprintf(vm->errmsg, sizeof(vm->errmsg), "%s", gd__bootsnap_refusal(vm->snap));
+        free(bufs);
+        return -EINVAL;
+    }
     if (inc >= 0) {
         size_t n = 0;
         while (argv[n])
@@ -1318,6 +1349,10 @@ unsigned gd__vm_agent_minor(const gd_vm *vm)
 {
     return vm->agent_minor;
 }
+unsigned gd_vm_agent_minor(const gd_vm *vm)
+{
+    return vm->agent_minor;
+}
 int gd__vm_send_starting(gd_vm *vm, const uint8_t *frame, size_t n)
 {
     return send_frame_in(vm, frame, n, 1);
@@ -1339,6 +1374,53 @@ void gd__vm_restart(gd_vm *vm)
 void gd__vm_close_handle(gd_vm *vm, uv_handle_t *h, int *flag)
 {
     close_handle(vm, h, flag);
+}
+void gd__vm_fail(gd_vm *vm, const char *why)
+{
+    vm_fail(vm, "%s", why);
+}
+int gd__vm_is_ready(const gd_vm *vm)
+{
+    return vm->state == VM_READY;
+}
+struct gd__memsave **gd__vm_msave(gd_vm *vm)
+{
+    return &vm->msave;
+}
+void gd__vm_resync(gd_vm *vm, const uint8_t *mark, size_t n)
+{
+    if (n <= sizeof(vm->resync)) {
+        memcpy(vm->resync, mark, n);
+        vm->resync_len = n;
+    }
+}
+size_t gd__vm_ctl_pending(gd_vm *vm)
+{
+    if (!vm->ctl_open)
+        return 0;
+    size_t n = uv_stream_get_write_queue_size((uv_stream_t *)&vm->ctl);
+    uv_os_fd_t fd;
+    int q = 0;
+    if (uv_fileno((uv_handle_t *)&vm->ctl, &fd) == 0 && ioctl(fd, SIOCOUTQ, &q) == 0 && q > 0)
+        n += (size_t)q;
+    return n;
+}
+size_t gd__vm_nfs(const gd_vm *vm)
+{
+    return vm->o.nfs;
+}
+
+int gd_vm_shape(gd_vm *vm, uint8_t shape[32])
+{
+    char *argv[96];
+    char *bufs = malloc(16384);
+    if (!bufs)
+        return -ENOMEM;
+    int rc = build_args(vm, argv, 96, bufs, 16384);
+    if (!rc)
+        gd__vm_argv_key(vm->img.build_id, argv, vm->qemu, 1, shape);
+    free(bufs);
+    return rc;
 }
 
 int gd_vm_ping(gd_vm *vm, const void *data, size_t n, void (*cb)(gd_vm *, int, void *), void *ud)
