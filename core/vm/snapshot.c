@@ -518,6 +518,8 @@ static void feed_done(struct gd__bootsnap *s)
         return;
     }
     s->fed_ok = 1;
+    if (!s->resume)
+        futimens(s->file_fd, NULL); /* used now: gc keeps what is used (snapshot.h) */
     if (s->loaded)
         run_guest(s);
 }
