@@ -42,7 +42,9 @@ def cli_run(cold, debug=False):
     if debug:
         env["GONDOLIN_SNAP_DEBUG"] = "1"
     s = time.monotonic()
-    r = subprocess.run([G, "exec", "--", "true"], check=True, capture_output=True, text=True, env=env)
+    r = subprocess.run([G, "exec", "--", "true"], capture_output=True, text=True, env=env)
+    if r.returncode:
+        sys.exit(f"gondolin exec -- true failed ({r.returncode}): {r.stderr.strip()}")
     out = {"wall_ms": (time.monotonic() - s) * 1000}
     m = re.search(r"agent ready after (\d+) ms \(accel \w+, ([a-z+]+)\)", r.stderr)
     out["ready_ms"], out["mode"] = float(m.group(1)), m.group(2)
