@@ -22,7 +22,7 @@ if command -v clang >/dev/null; then # build.sh builds build-fuzz/ with clang
   python3 tests/fuzz/test_fuzz_step.py build-fuzz
   echo "== fuzz: control channel (${GD_FUZZ_SECONDS:-30}s)"
   bash scripts/fuzz.sh build-fuzz/tests/fuzz-proto "${GD_FUZZ_SECONDS:-30}" build-fuzz/corpus tests/fuzz/seeds
-  for t in http target dns sni control apk fuse vfs virtq snap bootsnap known-hosts gitcmd; do
+  for t in http target dns sni control apk fuse vfs virtq snap bootsnap known-hosts gitcmd bundle; do
     echo "== fuzz: $t (${GD_FUZZ_SECONDS_NET:-20}s)"
     bash scripts/fuzz.sh "build-fuzz/tests/fuzz-$t" "${GD_FUZZ_SECONDS_NET:-20}" "build-fuzz/corpus-$t" \
       "tests/fuzz/seeds-$t"

@@ -44,14 +44,52 @@ struct cli_policy {
     int stub_secrets;
     struct gd_egress egress; /* the egress flags, typed */
     const char **dirs;       /* every plugin directory, in engine order (built once) */
+    /* signed bundles (bundle_flags.c, docs/bundles.md) */
+    const char *bundle;    /* --bundle FILE (or a --policy naming a .gdb file) */
+    const char **trust;    /* --trust DIR, NULL-ended: replaces the default trust roots */
+    unsigned threshold;    /* --threshold N: trusted signatures needed (0 = 1) */
+    int allow_downgrade;   /* --allow-downgrade */
+    int keep_extracted;    /* start: the supervisor outlives this process */
+    int resolved;          /* cli_policy_resolve ran */
+    char bundle_dir[1200]; /* the verified files, or "" */
+    char **bundle_owned;   /* NULL-ended strings the bundle put into policy/plugins */
+    char **bundle_tests;   /* NULL-ended: paths of the bundle's test case files */
 };
 /* 1 consumed (advancing *i), 0 not a policy flag, -1 bad value (message printed). */
 int cli_policy_flag(struct cli_policy *p, int argc, char **argv, int *i);
 /* Builds the engine; prints a one-line error and returns its exit code on failure. */
 int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out);
 void cli_policy_free(struct cli_policy *p);
-/* Fills the policy part of a sandbox's options (borrowing from p). */
-void cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o);
+/* Fills the policy part of a sandbox's options (borrowing from p). A bundle (or the
+ * drop-in one) is verified and its revision recorded first: 0, or an exit code after a
+ * one-line error. */
+int cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o);
+
+/* Bundles on the running side (bundle_flags.c). --bundle, --trust, --threshold,
+ * --allow-downgrade: like cli_policy_flag. */
+int cli_bundle_flag(struct cli_policy *p, int argc, char **argv, int *i);
+int cli_policy_is_bundle(const struct cli_policy *p);
+/* Verifies the bundle (or, run = 1 and no --policy, the one drop-in bundle of
+ * $GONDOLIN_POLICIES_DIR or /etc/gondolin/policies.d), checks (run = 1) and records
+ * its revision, writes its files to a private directory and points p->policy and
+ * p->plugins at them. Nothing to do without a bundle. 0, or an exit code after a
+ * one-line error. */
+int cli_policy_resolve(struct cli_policy *p, int run);
+/* Runs every test case file of the resolved bundle: 0 all passed, 1 otherwise. */
+int cli_bundle_run_tests(struct cli_policy *p);
+void cli_bundle_free(struct cli_policy *p);
+/* The trust roots: dirs (NULL-ended) if given, else /etc/gondolin/trust.d and
+ * $XDG_CONFIG_HOME/gondolin/trust.d (~/.config). 0, or an exit code after an error. */
+struct gd_bundle_trust;
+int cli_bundle_trust(const char *const *dirs, struct gd_bundle_trust *t);
+/* Opens and verifies path against p's trust roots and threshold, now and this version. */
+typedef struct gd_bundle gd_bundle;
+int cli_bundle_open(const struct cli_policy *p, const char *path, gd_bundle **b,
+                    struct gd_err *err);
+/* Runs the cases of cases_path against p's policy (no VM) and prints the table:
+ * 0 all passed, 1 a case failed or the policy did not load, 2 bad case file. */
+int cli_policy_test(struct cli_policy *p, const char *cases_path);
+int cmd_bundle(int argc, char **argv);
 
 /* Ingress and SSH flags of exec/bash/start (sandbox_flags.c). */
 struct cli_sandbox_flags {

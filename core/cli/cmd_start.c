@@ -194,8 +194,9 @@ int cmd_start(int argc, char **argv)
     if (vf.image)
         so.image = image;
     cli_sandbox_opts(&sf, &so); /* --listen: opened with the sandbox */
-    if (!no_network)
-        cli_policy_sandbox(&pol, &so); /* its log/on_reload are the supervisor's */
+    pol.keep_extracted = 1;     /* the bundle's files serve the supervisor */
+    if (!no_network && (rc = cli_policy_sandbox(&pol, &so))) /* log: the supervisor's */
+        return rc;
 
     char log[1200];
     snprintf(log, sizeof(log), "%s/%s.log", dir, id);
