@@ -117,8 +117,7 @@ static void state_path(char *out, size_t cap)
         snprintf(out, cap, "%s/.local/state/gondolin/bundles.json", home ? home : "/");
 }
 
-int cli_bundle_open(const struct cli_policy *p, const char *path, gd_bundle **b,
-                    struct gd_err *err)
+int cli_bundle_open(const struct cli_policy *p, const char *path, gd_bundle **b, struct gd_err *err)
 {
     struct gd_bundle_trust t = {0};
     int rc = cli_bundle_trust(p->trust, &t);
