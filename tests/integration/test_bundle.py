@@ -78,7 +78,7 @@ def src(name, allow=("good.test",), cases=None):
     with open(os.path.join(d, name + ".lua"), "w") as f:
         f.write(POLICY.format(name=name, allow=", ".join(f'"{a}"' for a in allow)))
     if cases is None:
-        cases = [{"name": "allowed", "request": f"GET https://{allow[0].split(':')[0]}/",
+        cases = [{"name": "allowed", "request": f"GET http://{allow[0]}/",
                   "expect": {"decision": "allow"}},
                  {"name": "other host", "request": "GET https://example.com/",
                   "expect": {"decision": "deny", "status": 403}}]
@@ -317,7 +317,7 @@ def run_in_guest_with_audit(up):
     ok("bundle", "verify", p, "--trust", t)
     audit = os.path.join(W, "audit.jsonl")
     script = (f"curl -sS -m 20 http://good.test:{H}/bytes?n=4; echo; "
-              f"curl -sS -m 20 -o /dev/null -w 'OTHER %{{http_code}}\\n' http://other.test:{H}/")
+              f"curl -sS -m 20 -o /dev/null -w 'OTHER %{{http_code}}\\n' http://other.test/")
     rc, out, err = g("exec", "--policy", p, "--trust", t, "--audit", audit,
                      *guest_flags(up), "--", "sh", "-c", script)
     expect(rc == 0, f"rc {rc}: {err}")
@@ -371,7 +371,7 @@ def dropin_bundle_used_without_policy(up):
     os.makedirs(os.path.join(W, "config", "gondolin", "trust.d"), exist_ok=True)
     shutil.copy(key("alice")[1], os.path.join(W, "config", "gondolin", "trust.d"))
     script = (f"curl -sS -m 20 http://good.test:{H}/bytes?n=3; echo; "
-              f"curl -sS -m 20 -o /dev/null -w 'OTHER %{{http_code}}\\n' http://other.test:{H}/")
+              f"curl -sS -m 20 -o /dev/null -w 'OTHER %{{http_code}}\\n' http://other.test/")
     rc, out, err = g("exec", *guest_flags(up), "--", "sh", "-c", script)
     expect(rc == 0, f"rc {rc}: {err}")
     eq(out.splitlines()[:2], ["xxx", "OTHER 403"], "guest output under the drop-in bundle")
