@@ -2,6 +2,7 @@
  * image is resolved (and the default one built) in the foreground, then a daemonised
  * supervisor (core/control/supervisor.c) boots the sandbox and serves its socket. */
 #define _GNU_SOURCE
+#include "base/fs.h"
 #include "base/text.h"
 #include "cli.h"
 
@@ -213,7 +214,10 @@ int cmd_start(int argc, char **argv)
         daemonise(pfd[1], logfd);
         struct gd_control_supervise_opts o = {
             .sandbox = &so, .dir = dir, .id = id, .name = name, .ready_fd = pfd[1]};
-        _exit(gd_control_supervise(&o));
+        int src = gd_control_supervise(&o);
+        if (pol.bundle_dir[0]) /* the verified bundle's files, ours alone */
+            gd_rm_rf(pol.bundle_dir);
+        _exit(src);
     }
     close(pfd[1]);
     close(logfd);

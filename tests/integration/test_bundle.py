@@ -360,6 +360,36 @@ def rollback_refused_unless_allowed(up):
 
 
 @test
+def session_runs_a_bundle(up):
+    """gondolin start --bundle: the session's policy is the bundle's; exec --session
+    through it; the files it runs from stay while the session lives, go with stop"""
+    H = up.http_port
+    t = trust("alice")
+    p = bundle("sess", 1, allow=(f"good.test:{H}",))
+    sessions = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
+                            "gondolin", "sessions")
+    before = {n for n in os.listdir(sessions) if n.startswith(".bundle-")}
+    sid = ok("start", "--bundle", p, "--trust", t, *guest_flags(up)).strip()
+    mine = {n for n in os.listdir(sessions) if n.startswith(".bundle-")} - before
+    eq(len(mine), 1, "the session's bundle directory")
+    try:
+        rc, out, err = g("exec", "--session", sid, "--", "sh", "-c",
+                         f"curl -sS -m 20 http://good.test:{H}/bytes?n=2; echo; "
+                         "curl -sS -m 20 -o /dev/null -w 'OTHER %{http_code}' http://other.test/")
+        expect(rc == 0, f"rc {rc}: {err}")
+        eq(out.splitlines()[:2], ["xx", "OTHER 403"], "session output")
+    finally:
+        ok("stop", sid)
+    import time
+    for _ in range(50):  # the supervisor removes it as it exits
+        if not os.path.exists(os.path.join(sessions, list(mine)[0])):
+            break
+        time.sleep(0.1)
+    expect(not os.path.exists(os.path.join(sessions, list(mine)[0])),
+           "the bundle directory outlived its session")
+
+
+@test
 def dropin_bundle_used_without_policy(up):
     """a bundle in the drop-in directory is what exec uses when no --policy is given;
     an untrusted one there is refused"""
