@@ -40,8 +40,8 @@ int cli_bundle_flag(struct cli_policy *p, int argc, char **argv, int *i)
         p->allow_downgrade = 1;
         return 1;
     }
-    static const char *const own[] = {"--bundle", "--trust", "--threshold"};
-    for (int k = 0; k < 3; k++) {
+    static const char *const own[] = {"--bundle", "--trust", "--threshold", "--bundle-interval"};
+    for (int k = 0; k < 4; k++) {
         size_t l = strlen(own[k]);
         if (strncmp(a, own[k], l) || (a[l] && a[l] != '='))
             continue;
@@ -66,6 +66,14 @@ int cli_bundle_flag(struct cli_policy *p, int argc, char **argv, int *i)
             q[n] = v;
             q[n + 1] = NULL;
             p->trust = q;
+        } else if (k == 3) {
+            char *end;
+            double sec = strtod(v, &end);
+            if (*end || !*v || sec < 0.2 || sec > 86400) {
+                cli_die(2, "--bundle-interval must be seconds from 0.2 to 86400, not '%s'", v);
+                return -1;
+            }
+            p->bundle_interval_ms = (unsigned)(sec * 1000);
         } else {
             char *end;
             unsigned long t = strtoul(v, &end, 10);
@@ -108,7 +116,7 @@ int cli_bundle_trust(const char *const *dirs, struct gd_bundle_trust *t)
     return 0;
 }
 
-static void state_path(char *out, size_t cap)
+void cli_bundle_state_path(char *out, size_t cap)
 {
     const char *xdg = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
     if (xdg && *xdg)
@@ -117,7 +125,7 @@ static void state_path(char *out, size_t cap)
         snprintf(out, cap, "%s/.local/state/gondolin/bundles.json", home ? home : "/");
 }
 
-int cli_bundle_open(const struct cli_policy *p, const char *path, gd_bundle **b, struct gd_err *err)
+int cli_bundle_open(struct cli_policy *p, const char *path, gd_bundle **b, struct gd_err *err)
 {
     struct gd_bundle_trust t = {0};
     int rc = cli_bundle_trust(p->trust, &t);
@@ -127,7 +135,17 @@ int cli_bundle_open(const struct cli_policy *p, const char *path, gd_bundle **b,
                                  .threshold = p->threshold,
                                  .now = (long long)time(NULL),
                                  .version = GD_VERSION};
-    rc = gd_bundle_open(path, &v, b, err);
+    if (cli_bundle_is_url(path)) {
+        char *buf;
+        size_t n;
+        if (!(rc = cli_bundle_fetch(path, &buf, &n, p->bundle_etag, err))) {
+            if ((rc = gd_bundle_open_mem(buf, n, &v, b, err)))
+                gd_err_prefix(err, "%s: ", path);
+            free(buf);
+        }
+    } else {
+        rc = gd_bundle_open(path, &v, b, err);
+    }
     gd_bundle_trust_free(&t);
     return rc;
 }
@@ -184,6 +202,16 @@ static void remove_at_exit(const char *dir)
         }
 }
 
+void cli_bundle_signers(const struct gd_bundle_info *in, char *out, size_t cap)
+{
+    out[0] = 0;
+    for (size_t i = 0; i < in->nsigners; i++) {
+        size_t l = strlen(out);
+        if (in->signers[i].trusted && l + 18 < cap)
+            snprintf(out + l, cap - l, "%s%.16s", l ? "," : "", in->signers[i].key_id);
+    }
+}
+
 /* the bundle's entry, host-arch plugins and test files become paths in p */
 static int point_at(struct cli_policy *p, gd_bundle *b)
 {
@@ -193,6 +221,8 @@ static int point_at(struct cli_policy *p, gd_bundle *b)
     if (asprintf(&s, "%s/%s", p->bundle_dir, in->entry) < 0 || push(&p->bundle_owned, &no, s))
         return -1;
     p->policy = s;
+    free(p->bundle_entry);
+    p->bundle_entry = strdup(in->entry);
     for (size_t i = 0; i < in->nfiles; i++) {
         const struct gd_bundle_file *f = &in->files[i];
         if (!f->test && strcmp(f->arch, gd_host_arch()))
@@ -203,6 +233,8 @@ static int point_at(struct cli_policy *p, gd_bundle *b)
             push(&p->bundle_tests, &nt, strdup(s));
             continue;
         }
+        size_t nn = count(p->bundle_plugin_names);
+        push(&p->bundle_plugin_names, &nn, strdup(f->path));
         const char **q = realloc(p->plugins, (np + 2) * sizeof(*q));
         if (!q)
             return -1;
@@ -212,13 +244,7 @@ static int point_at(struct cli_policy *p, gd_bundle *b)
     }
     snprintf(p->egress.bundle_name, sizeof(p->egress.bundle_name), "%s", in->name);
     p->egress.bundle_revision = in->revision;
-    p->egress.bundle_signers[0] = 0;
-    for (size_t i = 0; i < in->nsigners; i++) {
-        size_t l = strlen(p->egress.bundle_signers);
-        if (in->signers[i].trusted && l + 18 < sizeof(p->egress.bundle_signers))
-            snprintf(p->egress.bundle_signers + l, sizeof(p->egress.bundle_signers) - l, "%s%.16s",
-                     l ? "," : "", in->signers[i].key_id);
-    }
+    cli_bundle_signers(in, p->egress.bundle_signers, sizeof(p->egress.bundle_signers));
     return 0;
 }
 
@@ -245,7 +271,7 @@ int cli_policy_resolve(struct cli_policy *p, int run)
     if (rc)
         return cli_die(2, "refusing bundle %s", err.msg);
     char st[4200], base[1024];
-    state_path(st, sizeof(st));
+    cli_bundle_state_path(st, sizeof(st));
     if (run && (rc = gd_bundle_state_check(st, b, p->allow_downgrade, &err))) {
         gd_bundle_free(b);
         return cli_die(2, "refusing bundle %s: %s", path, err.msg);
@@ -278,6 +304,12 @@ void cli_bundle_free(struct cli_policy *p)
         free(*s);
     for (char **s = p->bundle_tests; s && *s; s++)
         free(*s);
+    for (char **s = p->bundle_plugin_names; s && *s; s++)
+        free(*s);
+    free(p->bundle_plugin_names);
+    free(p->bundle_entry);
+    p->bundle_plugin_names = NULL;
+    p->bundle_entry = NULL;
     free(p->bundle_owned);
     free(p->bundle_tests);
     free(p->trust);

@@ -21,7 +21,8 @@ static void usage(void)
            "                             [--expires UNIX|+DAYSd] [--min-gondolin V]\n"
            "       gondolin bundle sign FILE --key KEY [--key KEY]...\n"
            "       gondolin bundle verify FILE [--trust DIR]... [--threshold N]\n"
-           "       gondolin bundle inspect FILE [--trust DIR]...\n\n"
+           "       gondolin bundle inspect FILE [--trust DIR]...\n"
+           "       gondolin bundle serve DIR [--port N]\n\n"
            "keygen   write NAME.key (private, 0600) and NAME.pub; print the key id\n"
            "build    pack DIR (every regular file; DIR/bundle.json may name the entry,\n"
            "         tests and plugins by arch) after `policy check` and every test case\n"
@@ -29,7 +30,9 @@ static void usage(void)
            "sign     add a signature (several keys may sign one bundle)\n"
            "verify   check signatures against the trust roots (/etc/gondolin/trust.d,\n"
            "         ~/.config/gondolin/trust.d, or --trust), expiry and min_gondolin\n"
-           "inspect  manifest, signers, expiry and the bundle's test results\n");
+           "inspect  manifest, signers, expiry and the bundle's test results\n"
+           "serve    serve DIR's bundles on 127.0.0.1 with ETags, for --bundle URL live\n"
+           "         updates (run --bundle http://127.0.0.1:PORT/NAME.gdb --bundle-interval S)\n");
 }
 
 static int cmd_keygen(int argc, char **argv)
@@ -466,5 +469,8 @@ int cmd_bundle(int argc, char **argv)
         return cmd_verify(argc - 1, argv + 1);
     if (!strcmp(sub, "inspect"))
         return cmd_inspect(argc - 1, argv + 1);
-    return cli_die(2, "bundle: unknown command '%s' (keygen, build, sign, verify, inspect)", sub);
+    if (!strcmp(sub, "serve"))
+        return cli_bundle_serve(argc - 1, argv + 1);
+    return cli_die(2, "bundle: unknown command '%s' (keygen, build, sign, verify, inspect, serve)",
+                   sub);
 }

@@ -511,6 +511,7 @@ int cmd_exec(int argc, char **argv, int pty)
         return cli_die(rc == -EINVAL ? 2 : 125, "%s", err.msg);
     }
     cli_print_forwards(r->sb);
+    cli_bundle_live_start(&pol, r->loop, r->sb); /* --bundle URL: (prints why it cannot) */
 
     if (r->xo.stdin_stream) {
         if (uv_poll_init(r->loop, &r->in_poll, 0) == 0) {
@@ -544,6 +545,7 @@ int cmd_exec(int argc, char **argv, int pty)
     }
     uv_run(r->loop, UV_RUN_DEFAULT);
     restore_tty(r);
+    cli_bundle_live_stop(&pol);
     int code = r->code < 0 ? 125 : r->code;
     uv_run(r->loop, UV_RUN_DEFAULT); /* let the network and proxy finish closing */
     gd_sandbox_free(r->sb);

@@ -389,6 +389,83 @@ def session_runs_a_bundle(up):
            "the bundle directory outlived its session")
 
 
+def publish(path, srv, name):
+    """an atomic rename into the served directory, as a release would do"""
+    tmp = os.path.join(srv, "." + name + ".tmp")
+    shutil.copy(path, tmp)
+    os.rename(tmp, os.path.join(srv, name))
+
+
+@test
+def live_update_under_load(up):
+    """--bundle URL from `bundle serve` on loopback while the guest keeps sending
+    requests: revision 2 is swapped in live, no request fails, each is decided by one
+    revision and the audit shows 1 then 2; a tampered revision 3 served next is refused
+    and logged, and revision 2 keeps deciding"""
+    import threading, time
+    H = up.http_port
+    t = trust("alice")
+    srv = os.path.join(W, "served")
+    os.makedirs(srv, exist_ok=True)
+    publish(bundle("live", 1, allow=(f"good.test:{H}",)), srv, "live.gdb")
+    server = subprocess.Popen([G, "bundle", "serve", srv], stdout=subprocess.PIPE, text=True,
+                              env=ENV)
+    try:
+        url = server.stdout.readline().split()[-1] + "live.gdb"
+        audit = os.path.join(W, "live-audit.jsonl")
+        script = (f"for i in $(seq 1 120); do curl -sS -m 20 -o /dev/null -w '%{{http_code}}\\n' "
+                  f"http://good.test:{H}/bytes?n=1 & curl -sS -m 20 -o /dev/null "
+                  f"-w '%{{http_code}}\\n' http://good.test:{H}/bytes?n=2; wait; done")
+        proc = subprocess.Popen([G, "exec", "--bundle", url, "--trust", t, "--bundle-interval",
+                                 "0.5", "--audit", audit, *guest_flags(up), "--", "sh", "-c",
+                                 script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=ENV, cwd=W)
+        out = {}
+        reader = threading.Thread(target=lambda: out.update(
+            zip(("stdout", "stderr"), proc.communicate(timeout=600))))
+        reader.start()
+
+        def revs():
+            try:
+                return [json.loads(x)["bundle_revision"] for x in open(audit)]
+            except (OSError, ValueError):
+                return []
+
+        def wait_for(cond, what):
+            for _ in range(600):
+                if cond():
+                    return
+                if not reader.is_alive():
+                    break
+                time.sleep(0.1)
+            raise AssertionError(f"timed out waiting for {what}: {revs()[-10:]}")
+
+        wait_for(lambda: len(revs()) >= 10, "requests under revision 1")
+        publish(bundle("live", 2, allow=(f"good.test:{H}",)), srv, "live.gdb")
+        wait_for(lambda: revs().count(2) >= 10, "requests under revision 2")
+        p3 = bundle("live", 3, allow=(f"good.test:{H}",))
+        publish(flipped(p3, layout(p3)["data"], "tampered"), srv, "live.gdb")
+        n = len(revs())
+        wait_for(lambda: len(revs()) >= n + 20, "requests after the tampered update")
+        reader.join()
+        eq(proc.returncode, 0, f"exec: {out.get('stderr')}")
+        codes = out["stdout"].split()
+        expect(len(codes) == 240 and set(codes) == {"200"},
+               f"{len(codes)} requests, codes {sorted(set(codes))}")
+        recs = [json.loads(x) for x in open(audit)]
+        seq = [r["bundle_revision"] for r in recs]
+        expect(seq == sorted(seq) and set(seq) == {1, 2}, f"revisions in audit order: {seq}")
+        for rev in (1, 2):
+            hashes = {r["policy"] for r in recs if r["bundle_revision"] == rev}
+            expect(len(hashes) == 1, f"revision {rev} decided under {hashes}")
+        err = out["stderr"]
+        expect("bundle live revision 2 is running (was 1" in err, err)
+        expect("refused, revision 2 keeps running" in err and "sha256" in err, err)
+    finally:
+        server.kill()
+        server.wait()
+
+
 @test
 def dropin_bundle_used_without_policy(up):
     """a bundle in the drop-in directory is what exec uses when no --policy is given;
