@@ -19,6 +19,8 @@ from harness import eq, expect, test  # noqa: E402
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
 G = os.path.join(BUILD, "gondolin")
+SESSIONS = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"),
+                        "gondolin", "sessions")
 W = tempfile.mkdtemp(prefix="gd-bundle-test-")
 # trust roots, rollback state and the drop-in directory of this test only
 ENV = dict(os.environ, XDG_CONFIG_HOME=os.path.join(W, "config"),
@@ -253,9 +255,7 @@ def traversal_and_link_entries_refused_without_writing(up):
     t = trust("alice")
     cwd = os.path.join(W, "cwd")
     os.makedirs(cwd, exist_ok=True)
-    sessions = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                            "gondolin", "sessions")
-    before = set(os.listdir(sessions)) if os.path.isdir(sessions) else set()
+    before = set(os.listdir(SESSIONS)) if os.path.isdir(SESSIONS) else set()
     d = b"return {}"
     bad = [([("../x", d)], [entry("../x", d)], "not a plain relative name"),
            ([("/tmp/gd-bundle-abs-x", d)], [entry("/tmp/gd-bundle-abs-x", d)],
@@ -272,7 +272,7 @@ def traversal_and_link_entries_refused_without_writing(up):
     ok("bundle", "verify", p, "--trust", t)
     expect(not os.path.exists(os.path.join(W, "x")), "../x was written")
     expect(not os.path.exists("/tmp/gd-bundle-abs-x"), "an absolute entry was written")
-    after = set(os.listdir(sessions)) if os.path.isdir(sessions) else set()
+    after = set(os.listdir(SESSIONS)) if os.path.isdir(SESSIONS) else set()
     expect(not [n for n in after - before if n.startswith(".bundle-")],
            f"left in the sessions directory: {after - before}")
 
@@ -316,6 +316,7 @@ def run_in_guest_with_audit(up):
     p = bundle("guest", 3, allow=(f"good.test:{H}",))
     ok("bundle", "verify", p, "--trust", t)
     audit = os.path.join(W, "audit.jsonl")
+    before = set(os.listdir(SESSIONS)) if os.path.isdir(SESSIONS) else set()
     script = (f"curl -sS -m 20 http://good.test:{H}/bytes?n=4; echo; "
               f"curl -sS -m 20 -o /dev/null -w 'OTHER %{{http_code}}\\n' http://other.test/")
     rc, out, err = g("exec", "--policy", p, "--trust", t, "--audit", audit,
@@ -330,10 +331,8 @@ def run_in_guest_with_audit(up):
         eq((r.get("bundle"), r.get("bundle_revision"), r.get("bundle_signers")),
            ("guest", 3, vid), "audit record's bundle")
     # the extracted files are gone when exec ends
-    sessions = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                            "gondolin", "sessions")
-    expect(not [n for n in os.listdir(sessions) if n.startswith(".bundle-")],
-           "exec left its bundle directory")
+    left = [n for n in set(os.listdir(SESSIONS)) - before if n.startswith(".bundle-")]
+    expect(not left, f"exec left its bundle directory: {left}")
 
 
 @test
@@ -366,11 +365,9 @@ def session_runs_a_bundle(up):
     H = up.http_port
     t = trust("alice")
     p = bundle("sess", 1, allow=(f"good.test:{H}",))
-    sessions = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
-                            "gondolin", "sessions")
-    before = {n for n in os.listdir(sessions) if n.startswith(".bundle-")}
+    before = {n for n in os.listdir(SESSIONS) if n.startswith(".bundle-")}
     sid = ok("start", "--bundle", p, "--trust", t, *guest_flags(up)).strip()
-    mine = {n for n in os.listdir(sessions) if n.startswith(".bundle-")} - before
+    mine = {n for n in os.listdir(SESSIONS) if n.startswith(".bundle-")} - before
     eq(len(mine), 1, "the session's bundle directory")
     try:
         rc, out, err = g("exec", "--session", sid, "--", "sh", "-c",
@@ -382,10 +379,10 @@ def session_runs_a_bundle(up):
         ok("stop", sid)
     import time
     for _ in range(50):  # the supervisor removes it as it exits
-        if not os.path.exists(os.path.join(sessions, list(mine)[0])):
+        if not os.path.exists(os.path.join(SESSIONS, list(mine)[0])):
             break
         time.sleep(0.1)
-    expect(not os.path.exists(os.path.join(sessions, list(mine)[0])),
+    expect(not os.path.exists(os.path.join(SESSIONS, list(mine)[0])),
            "the bundle directory outlived its session")
 
 
@@ -432,7 +429,7 @@ def live_update_under_load(up):
                 return []
 
         def wait_for(cond, what):
-            for _ in range(600):
+            for _ in range(1800):
                 if cond():
                     return
                 if not reader.is_alive():
