@@ -257,7 +257,7 @@ int cli_policy_resolve(struct cli_policy *p, int run)
     if (p->bundle)
         snprintf(path, sizeof(path), "%s", p->bundle);
     else if (p->policy && ends_with(p->policy, ".gdb"))
-        snprintf(path, sizeof(path), "%s", p->policy);
+        snprintf(path, sizeof(path), "%s", p->bundle = p->policy);
     else if (run && !p->policy) {
         int rc = dropin(path, sizeof(path));
         if (rc)

@@ -496,8 +496,12 @@ int cmd_exec(int argc, char **argv, int pty)
     struct gd_sandbox_opts so = {.no_network = no_network};
     cli_vm_sandbox(&vf, &so);
     int prc = cli_policy_sandbox(&pol, &so);
-    if (prc)
+    if (prc) {
+        free(r);
+        free(env);
+        cli_policy_free(&pol);
         return prc;
+    }
     cli_sandbox_opts(&sf, &so);
     r->sf = &sf;
     if (sf.ssh && cli_private_dir("ssh", r->ssh_dir, sizeof(r->ssh_dir)))

@@ -88,7 +88,7 @@ static int cmd_check(int argc, char **argv)
     }
     const struct gd_lua_conf *c = gd_engine_policy_conf(e);
     struct gd_egress *eg = gd_engine_egress(e);
-    printf("%s: ok (revision %s)\n", p.policy, gd_engine_revision(e));
+    printf("%s: ok (revision %s)\n", argv[1], gd_engine_revision(e));
     if (c && c->name)
         printf("  name:     %s\n", c->name);
     printf("  allow:    %zu rule%s\n", eg->nallow, eg->nallow == 1 ? "" : "s");
@@ -438,7 +438,7 @@ static int explain_fs(int argc, char **argv)
     }
     int rc = cli_fs_decide(e, &ev, rule, sizeof(rule), reason, sizeof(reason));
     const char *b = gd_engine_fs_hook_site(e, 0);
-    printf("fs %s (policy %s, revision %s)\n", spec, p.policy, gd_engine_revision(e));
+    printf("fs %s (policy %s, revision %s)\n", spec, argv[1], gd_engine_revision(e));
     printf("mount:    %s\n", ev.mount);
     printf("chain:    plugin fs hooks -> lua on_fs (%s)\n", b ? b : "none");
     if (!rc) {
@@ -492,7 +492,7 @@ static int cmd_explain(int argc, char **argv)
     const char *rule, *reason;
     enum gd_decision d = gd_txn_decision(t, &status, &rule, &reason);
     const struct gd_lua_conf *c = gd_engine_policy_conf(e);
-    printf("%s %s (policy %s, revision %s)\n", argv[2], argv[3], p.policy, gd_engine_revision(e));
+    printf("%s %s (policy %s, revision %s)\n", argv[2], argv[3], argv[1], gd_engine_revision(e));
     printf("chain:    allow-host -> internal-ranges (at connect) -> plugins -> lua (%s) -> "
            "secrets\n",
            phase_list(c ? c->hook_phases : 0));

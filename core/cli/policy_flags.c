@@ -120,6 +120,8 @@ int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
 
 int cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o)
 {
+    if (o->no_network && cli_policy_is_bundle(p))
+        return cli_die(2, "--no-network cannot be combined with --bundle or a bundle --policy");
     int brc = o->no_network ? 0 : cli_policy_resolve(p, 1);
     if (brc)
         return brc;
