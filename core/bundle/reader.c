@@ -336,7 +336,9 @@ static int read_entries(gd_bundle *b, size_t off, struct gd_err *err)
             return gd_err_set(err, -EBADMSG, "bundle entry %s is not in the manifest", name);
         if (f->data)
             return gd_err_set(err, -EBADMSG, "bundle entry %s appears twice", name);
-        if (size != f->size || size > b->len - off)
+        if (size <= f->size && size > b->len - off)
+            return gd_err_set(err, -EBADMSG, "bundle entry %s is cut short", name);
+        if (size != f->size)
             return gd_err_set(err, -EBADMSG,
                               "bundle entry %s has size %llu, the manifest says %llu", name,
                               (unsigned long long)size, (unsigned long long)f->size);

@@ -255,6 +255,122 @@ TEST(bundle_refuses_extra_missing_duplicate_and_link_entries)
     teardown();
 }
 
+/* a signed manifest that breaks one rule each: refused, naming the rule */
+TEST(bundle_refuses_each_bad_manifest)
+{
+    setup();
+    static const char H[] = "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881";
+    static const struct {
+        const char *manifest, *why;
+    } bad[] = {
+        {"[1]", "manifest is not a JSON object"},
+        {"{\"format\":1", "manifest is not a JSON object"},
+        {"{\"format\":2}", "manifest format 2 is not supported"},
+        {"{\"format\":1,\"name\":\"a b\"}", "\"name\" must be"},
+        {"{\"format\":1,\"name\":\".x\"}", "\"name\" must be"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":-1}", "\"revision\" must be"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1.5}", "\"revision\" must be"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1}", "\"expires\" must be"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1,\"expires\":9000,"
+         "\"min_gondolin\":\"one\"}",
+         "\"min_gondolin\" must be"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1,\"expires\":9000,"
+         "\"min_gondolin\":\"0.1\",\"files\":{}}",
+         "\"files\" must be an array"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1,\"expires\":9000,"
+         "\"min_gondolin\":\"0.1\",\"files\":[]}",
+         "manifest lists 0 files"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1,\"expires\":9000,"
+         "\"min_gondolin\":\"0.1\",\"files\":[{\"path\":\"a\",\"size\":1,\"sha256\":\"AB\"}]}",
+         "a has no valid sha256"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1,\"expires\":9000,"
+         "\"min_gondolin\":\"0.1\",\"files\":[{\"path\":\"a\",\"size\":99999999999,\"sha256\":"
+         "\"%s\"}]}",
+         "a is too large"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1,\"expires\":9000,"
+         "\"min_gondolin\":\"0.1\",\"files\":[{\"path\":\"a\",\"size\":1,\"sha256\":\"%s\"},"
+         "{\"path\":\"a\",\"size\":1,\"sha256\":\"%s\"}]}",
+         "manifest lists a twice"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1,\"expires\":9000,"
+         "\"min_gondolin\":\"0.1\",\"files\":[{\"path\":\"a\",\"size\":1,\"sha256\":\"%s\"}],"
+         "\"plugins\":{\"x86_64\":[\"b.so\"]}}",
+         "plugin 'b.so' is not a file of the bundle"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1,\"expires\":9000,"
+         "\"min_gondolin\":\"0.1\",\"files\":[{\"path\":\"a\",\"size\":1,\"sha256\":\"%s\"}],"
+         "\"tests\":[\"t.json\"]}",
+         "test file 't.json' is not a file of the bundle"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1,\"expires\":9000,"
+         "\"min_gondolin\":\"0.1\",\"files\":[{\"path\":\"a\",\"size\":1,\"sha256\":\"%s\"}],"
+         "\"entry\":\"b\"}",
+         "entry 'b' is not a policy file of the bundle"},
+        {"{\"format\":1,\"name\":\"x\",\"revision\":1,\"created\":1,\"expires\":9000,"
+         "\"min_gondolin\":\"0.1\",\"files\":[{\"path\":\"a\",\"size\":1,\"sha256\":\"%s\"}],"
+         "\"tests\":[\"a\"],\"entry\":\"a\"}",
+         "entry 'a' is not a policy file of the bundle"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char m[1024];
+        size_t o = 0; /* each "%s" of the template becomes a valid sha256 */
+        for (const char *c = bad[i].manifest; *c && o + 65 < sizeof(m); c++)
+            if (c[0] == '%' && c[1] == 's') {
+                memcpy(m + o, H, 64);
+                o += 64;
+                c++;
+            } else {
+                m[o++] = *c;
+            }
+        m[o] = 0;
+        struct ent e = {"a", 0, "a"};
+        crafted_refused(m, &e, 1, bad[i].why);
+    }
+    teardown();
+}
+
+/* the archive's own framing, before and around the signatures */
+TEST(bundle_refuses_bad_framing)
+{
+    setup();
+    struct gd_bundle_verify v = {.trust = &trust_a, .now = 2000, .version = "0.1.0"};
+    gd_bundle *b = NULL;
+    struct gd_err err = {{0}};
+    uint8_t buf[8192] = "GDBUNDL\x02";
+    CHECK(gd_bundle_open_mem(buf, 100, &v, &b, &err) < 0);
+    CHECK_CONTAINS(err.msg, "bad magic");
+    memcpy(buf, GD_BUNDLE_MAGIC, 8);
+    gd__be_put(buf + 8, 5000, 4); /* longer than the file */
+    CHECK(gd_bundle_open_mem(buf, 100, &v, &b, &err) < 0);
+    CHECK_CONTAINS(err.msg, "manifest length out of range");
+    gd__be_put(buf + 8, 0, 4);
+    CHECK(gd_bundle_open_mem(buf, 100, &v, &b, &err) < 0);
+    CHECK_CONTAINS(err.msg, "manifest length out of range");
+    gd__be_put(buf + 8, 2, 4);
+    memcpy(buf + 12, "{}", 2);
+    buf[14] = 17;
+    CHECK(gd_bundle_open_mem(buf, 100, &v, &b, &err) < 0);
+    CHECK_CONTAINS(err.msg, "17 signatures (at most 16)");
+    buf[14] = 2;
+    CHECK(gd_bundle_open_mem(buf, 15 + 96, &v, &b, &err) < 0);
+    CHECK_CONTAINS(err.msg, "truncated in its signatures");
+    /* the same key twice */
+    char *m = manifest_for("p.lua", "x");
+    struct ent ok = {"p.lua", 0, "x"};
+    size_t n = craft(m, key_a, &ok, 1, buf), ml = strlen(m);
+    memmove(buf + 13 + ml + 192, buf + 13 + ml + 96, n - 13 - ml - 96);
+    memcpy(buf + 13 + ml + 96, buf + 13 + ml, 96);
+    buf[12 + ml] = 2;
+    CHECK(gd_bundle_open_mem(buf, n + 96, &v, &b, &err) < 0);
+    CHECK_CONTAINS(err.msg, "signed the bundle twice");
+    /* an entry header that runs past the end */
+    n = craft(m, key_a, &ok, 1, buf);
+    CHECK(gd_bundle_open_mem(buf, n - 1, &v, &b, &err) < 0);
+    CHECK_CONTAINS(err.msg, "entry p.lua is cut short");
+    buf[n] = 0;
+    CHECK(gd_bundle_open_mem(buf, n + 1, &v, &b, &err) < 0);
+    CHECK_CONTAINS(err.msg, "truncated in an entry header");
+    free(m);
+    teardown();
+}
+
 TEST(bundle_refuses_traversal_names_in_a_signed_manifest_without_writing)
 {
     setup();
