@@ -280,7 +280,7 @@ def traversal_and_link_entries_refused_without_writing(up):
 @test
 def policies_ship_as_signed_bundles(up):
     """every policies/*.lua with its test cases builds into a bundle, signed with a test
-    key, verifies, and its own cases pass from the bundle"""
+    key, verifies, and its own cases pass from the bundle; deny-all runs in a guest"""
     t = trust("ci")
     n = 0
     for lua in sorted(glob.glob(os.path.join(ROOT, "policies", "*.lua"))):
@@ -298,6 +298,12 @@ def policies_ship_as_signed_bundles(up):
         expect(" 0 failed" in out, out)
         n += 1
     expect(n >= 5, f"only {n} policies")
+    # and one runs from its bundle in a real guest: deny-all refuses
+    rc, out, err = g("exec", "--policy", os.path.join(W, "deny-all-1.gdb"), "--trust", t,
+                     *guest_flags(up), "--", "sh", "-c",
+                     "curl -sS -m 20 -o /dev/null -w '%{http_code}' http://example.com/")
+    expect(rc == 0 and out.strip() == "403", f"rc {rc}: {out} {err}")
+    expect("denied GET http://example.com" in err, err)
 
 
 # ---- real guests ----
