@@ -227,6 +227,16 @@ def expired_and_too_new(up):
 
 
 @test
+def url_bundles_need_tls(up):
+    """a bundle URL in plain http to anything but loopback is refused before any fetch;
+    an unreachable https URL fails with one line"""
+    t = trust("alice")
+    refused(["exec", "--bundle", "http://example.com/x.gdb", "--trust", t, "--", "true"],
+            "bundles are fetched over https (http only from loopback)", rc_want=2)
+    refused(["policy", "check", "https://127.0.0.1:1/x.gdb", "--trust", t], "cannot fetch")
+
+
+@test
 def failing_case_blocks_build(up):
     """a failing test case (or a policy that does not load, or a symlink in the
     directory) stops bundle build, and no bundle file is written"""
@@ -415,6 +425,16 @@ def live_update_under_load(up):
                               env=ENV)
     try:
         url = server.stdout.readline().split()[-1] + "live.gdb"
+        import urllib.error, urllib.request
+        with urllib.request.urlopen(url, timeout=10) as r:
+            etag = r.headers["ETag"]
+            eq(r.read(), open(os.path.join(srv, "live.gdb"), "rb").read(), "served bytes")
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers={"If-None-Match": etag}),
+                                   timeout=10)
+            raise AssertionError("If-None-Match with the current ETag was not a 304")
+        except urllib.error.HTTPError as e:
+            eq(e.code, 304, "conditional GET")
         audit = os.path.join(W, "live-audit.jsonl")
         script = (f"for i in $(seq 1 120); do curl -sS -m 20 -o /dev/null -w '%{{http_code}}\\n' "
                   f"http://good.test:{H}/bytes?n=1 & curl -sS -m 20 -o /dev/null "
