@@ -49,7 +49,7 @@ struct cli_policy {
     const char **trust;          /* --trust DIR, NULL-ended: replaces the default trust roots */
     unsigned threshold;          /* --threshold N: trusted signatures needed (0 = 1) */
     int allow_downgrade;         /* --allow-downgrade */
-    int keep_extracted;          /* start: the supervisor outlives this process */
+    int keep_extracted;          /* 1: one supervisor removes them; 2: forks share them */
     int resolved;                /* cli_policy_resolve ran */
     char bundle_dir[1200];       /* the verified files, or "" */
     char **bundle_owned;         /* NULL-ended strings the bundle put into policy/plugins */
@@ -143,6 +143,25 @@ int cmd_exec(int argc, char **argv, int pty);
 /* Sessions (docs/sessions.md): start (cmd_start.c); ls, stop, logs (cmd_session.c);
  * exec --session and attach (cmd_sexec.c); cp (cmd_cp.c). */
 int cmd_start(int argc, char **argv);
+/* What `start` and `fork` share (cmd_start.c): the flags, one supervisor spawned and
+ * waited for, the new session printed. */
+struct cli_start {
+    struct cli_vm_flags vf;
+    struct cli_policy pol;
+    struct cli_sandbox_flags sf;
+    const char **env; /* NULL-ended */
+    size_t nenv;
+    const char *name;
+    int json, no_network;
+};
+/* 1 consumed (advancing *i), 0 not a start flag, -1 bad value (message printed). */
+int cli_start_flag(struct cli_start *st, int argc, char **argv, int *i);
+/* The flags' combinations: 0, or the exit code (message printed). */
+int cli_start_check(const struct cli_start *st);
+/* A session from st named name (or NULL), ready: 0 and its id, or the exit code. */
+int cli_start_spawn(struct cli_start *st, const char *name, char id[37]);
+int cli_start_print(const char *id, int json);
+int cmd_fork(int argc, char **argv); /* cmd_fork.c */
 int cmd_ls(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
 int cmd_logs(int argc, char **argv);

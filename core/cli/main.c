@@ -197,7 +197,9 @@ static void usage(FILE *f)
                "  expose ID [--raw] [HOST:]PORT=GUESTPORT  a host port into the session\n"
                "  ssh ID [--user U] [-- CMD]      log into the session with OpenSSH\n"
                "  diff ID:/GUEST [--export F.tar] what the guest changed in an overlay mount\n"
-               "  snapshot ID [--name N]         stop a session, keep its disk as a checkpoint\n"
+               "  snapshot ID [--name N]          stop a session, keep its disk as a checkpoint\n"
+               "  snapshot ID --memory [--stop]   save a session's memory too; it runs on\n"
+               "  fork ID [-n N]                  N new sessions from a session's memory\n"
                "  policy reload ID                reload a session's policy\n"
                "  bundle keygen|build|sign|verify|inspect  signed policy bundles\n"
                "  build --config FILE [--output DIR | --tag REF]  build a guest image\n"
@@ -253,6 +255,8 @@ int main(int argc, char **argv)
         return cmd_diff(argc - 1, argv + 1);
     if (!strcmp(c, "snapshot"))
         return cmd_snapshot(argc - 1, argv + 1);
+    if (!strcmp(c, "fork"))
+        return cmd_fork(argc - 1, argv + 1);
     if (!strcmp(c, "ssh"))
         return cmd_ssh(argc - 1, argv + 1);
     if (!strcmp(c, "bundle"))
