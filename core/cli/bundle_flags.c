@@ -283,6 +283,11 @@ int cli_policy_resolve(struct cli_policy *p, int run)
     }
     if (!p->keep_extracted)
         remove_at_exit(p->bundle_dir);
+    else if (p->bundle_interval_ms) /* (a session's supervisor has no poller yet) */
+        fprintf(stderr,
+                "gondolin: --bundle-interval: sessions do not poll for updates yet; "
+                "revision %lld stays until the session restarts\n",
+                gd_bundle_info(b)->revision);
     rc = point_at(p, b);
     gd_bundle_free(b);
     return rc ? cli_die(125, "out of memory") : 0;
