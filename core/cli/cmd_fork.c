@@ -105,6 +105,7 @@ int cmd_fork(int argc, char **argv)
         !pol->egress.nmaps && s.policy[0])
         st.pol.policy = s.policy; /* the session's own policy file */
     snprintf(st.vf.resume, sizeof(st.vf.resume), "%s", path);
+    st.pol.keep_extracted = 2; /* a bundle's files serve every fork: none removes them */
     char ids[MAX_FORKS][37];
     long made = 0;
     for (; made < n; made++) {

@@ -2,6 +2,7 @@
  * image is resolved (and the default one built) in the foreground, then a daemonised
  * supervisor (core/control/supervisor.c) boots the sandbox and serves its socket. */
 #define _GNU_SOURCE
+#include "base/fs.h"
 #include "base/text.h"
 #include "cli.h"
 
@@ -191,8 +192,10 @@ int cli_start_spawn(struct cli_start *st, const char *name, char id[37])
     if (st->vf.image)
         so.image = image;
     cli_sandbox_opts(&st->sf, &so); /* --listen: opened with the sandbox */
-    if (!st->no_network)
-        cli_policy_sandbox(&st->pol, &so); /* its log/on_reload are the supervisor's */
+    if (!st->pol.keep_extracted)
+        st->pol.keep_extracted = 1; /* the bundle's files serve the supervisor */
+    if (!st->no_network && (rc = cli_policy_sandbox(&st->pol, &so))) /* log: the supervisor's */
+        return rc;
 
     char log[1200];
     snprintf(log, sizeof(log), "%s/%s.log", dir, id);
@@ -209,7 +212,10 @@ int cli_start_spawn(struct cli_start *st, const char *name, char id[37])
         daemonise(pfd[1], logfd);
         struct gd_control_supervise_opts o = {
             .sandbox = &so, .dir = dir, .id = id, .name = name, .ready_fd = pfd[1]};
-        _exit(gd_control_supervise(&o));
+        int src = gd_control_supervise(&o);
+        if (st->pol.keep_extracted == 1 && st->pol.bundle_dir[0]) /* ours alone */
+            gd_rm_rf(st->pol.bundle_dir);
+        _exit(src);
     }
     close(pfd[1]);
     close(logfd);

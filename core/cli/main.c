@@ -201,6 +201,7 @@ static void usage(FILE *f)
                "  snapshot ID --memory [--stop]   save a session's memory too; it runs on\n"
                "  fork ID [-n N]                  N new sessions from a session's memory\n"
                "  policy reload ID                reload a session's policy\n"
+               "  bundle keygen|build|sign|verify|inspect  signed policy bundles\n"
                "  build --config FILE [--output DIR | --tag REF]  build a guest image\n"
                "  build --init-config | --validate FILE | --verify DIR | --default\n"
                "  image ls|inspect|import|tag|rm|gc  the local image store\n"
@@ -258,5 +259,7 @@ int main(int argc, char **argv)
         return cmd_fork(argc - 1, argv + 1);
     if (!strcmp(c, "ssh"))
         return cmd_ssh(argc - 1, argv + 1);
+    if (!strcmp(c, "bundle"))
+        return cmd_bundle(argc - 1, argv + 1);
     return cli_die(2, "unknown command '%s' (see gondolin --help)", c);
 }
