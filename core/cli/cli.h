@@ -178,6 +178,14 @@ int cmd_cp(int argc, char **argv);
 /* Finds a live session by id, id prefix or name and (c not NULL) connects to it. 0, or
  * an exit code after a one-line error. */
 int cli_session_open(const char *key, struct gd_session *s, gd_control_client **c);
+/* One REQUEST to the session named by key: opens its socket, sends op with params
+ * (taken; may be NULL), closes. 0 with *reply (owned, "ok" true or false: see
+ * cli_reply_error), or the exit code with the reason printed. s (optional) gets the
+ * session. */
+int cli_session_request(const char *key, const char *op, cJSON *params, struct gd_session *s,
+                        cJSON **reply);
+/* NULL when a REPLY says ok, else its "error" (borrowed; "failed" when it has none). */
+const char *cli_reply_error(const cJSON *reply);
 /* The ID|NAME argument (and -h) of a session command: -1 consumed, else the exit code
  * to return (the usage was printed, or a one-line error naming its first line). */
 int cli_session_arg(const char *a, const char **key, const char *usage);

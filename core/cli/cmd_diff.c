@@ -57,27 +57,19 @@ int cmd_diff(int argc, char **argv)
         else
             return cli_die(1, "diff: getcwd: %s", strerror(errno));
     }
-    struct gd_session s;
-    gd_control_client *c;
-    int rc = cli_session_open(key, &s, &c);
-    if (rc)
-        return rc;
-    struct gd_err err = {{0}};
     cJSON *p = cJSON_CreateObject(), *reply = NULL;
     cJSON_AddStringToObject(p, "path", colon + 1);
     if (export) {
         cJSON_AddStringToObject(p, "export", abs);
         cJSON_AddBoolToObject(p, "whiteouts", whiteouts);
     }
-    rc = gd_control_client_request(c, "fs.diff", p, &reply, &err);
-    gd_control_client_close(c);
-    if (!rc && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(reply, "error");
-        rc = gd_err_set(&err, -EIO, "%s", cJSON_IsString(e) ? e->valuestring : "failed");
-    }
-    if (rc) {
+    int rc = cli_session_request(key, "fs.diff", p, NULL, &reply);
+    if (rc)
+        return rc;
+    if (cli_reply_error(reply)) {
+        rc = cli_die(1, "diff: %s", cli_reply_error(reply));
         cJSON_Delete(reply);
-        return cli_die(1, "diff: %s", err.msg);
+        return rc;
     }
     if (json) {
         cJSON_DeleteItemFromObjectCaseSensitive(reply, "ok");

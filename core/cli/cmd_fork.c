@@ -33,23 +33,17 @@ static int snapshot(const char *key, struct gd_session *s, char *path, size_t ca
     int rc = gd_mkdir_p(dir, 0755);
     if (rc)
         return cli_die(1, "fork: cannot create %s: %s", dir, strerror(-rc));
-    gd_control_client *c;
-    if ((rc = cli_session_open(key, s, &c)))
+    if ((rc = cli_session_open(key, s, NULL)))
         return rc;
     snprintf(path, cap, "%s/.tmp-%ld-fork-%.8s%s", dir, (long)getpid(), s->id, GD_SNAP_EXT);
     cJSON *p = cJSON_CreateObject(), *reply = NULL;
     cJSON_AddStringToObject(p, "output", path);
     cJSON_AddBoolToObject(p, "memory", 1);
-    struct gd_err err = {{0}};
-    rc = gd_control_client_request(c, "snapshot", p, &reply, &err);
-    gd_control_client_close(c);
-    if (rc)
-        return cli_die(1, "fork: session %s: %s", s->id, err.msg);
-    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"))) {
-        const char *e = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(reply, "error"));
+    if ((rc = cli_session_request(s->id, "snapshot", p, s, &reply)))
+        return rc;
+    if (cli_reply_error(reply))
         rc = cli_die(1, "fork: snapshot of session %s: %s", s->name[0] ? s->name : s->id,
-                     e ? e : "failed");
-    }
+                     cli_reply_error(reply));
     cJSON_Delete(reply);
     return rc;
 }

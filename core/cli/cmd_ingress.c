@@ -45,24 +45,19 @@ int cmd_expose(int argc, char **argv)
     struct gd_err err = {{0}};
     if (gd_forward_parse(spec, &fs, &err))
         return cli_die(2, "expose: %s", err.msg);
-    struct gd_session s;
-    gd_control_client *c;
-    int rc = cli_session_open(key, &s, &c);
-    if (rc)
-        return rc;
     char listen[100];
     gd_hostport(listen, sizeof(listen), fs.host, fs.port);
     cJSON *p = cJSON_CreateObject(), *reply = NULL;
     cJSON_AddStringToObject(p, "listen", listen);
     cJSON_AddNumberToObject(p, "guest_port", fs.guest_port);
     cJSON_AddBoolToObject(p, "raw", raw);
-    rc = gd_control_client_request(c, "expose", p, &reply, &err);
-    gd_control_client_close(c);
-    if (!rc && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok")))
-        rc = gd_err_set(&err, -EIO, "%s", str(reply, "error") ? str(reply, "error") : "failed");
-    if (rc) {
+    int rc = cli_session_request(key, "expose", p, NULL, &reply);
+    if (rc)
+        return rc;
+    if (cli_reply_error(reply)) {
+        rc = cli_die(1, "expose: %s", cli_reply_error(reply));
         cJSON_Delete(reply);
-        return cli_die(1, "expose: %s", err.msg);
+        return rc;
     }
     const cJSON *l = cJSON_GetObjectItemCaseSensitive(reply, "listen");
     printf("%s://%s\n", raw ? "tcp" : "http", cJSON_IsString(l) ? l->valuestring : "?");
@@ -73,27 +68,22 @@ int cmd_expose(int argc, char **argv)
 int cli_session_ssh(const char *key, const char *user, const char *listen, cJSON **out)
 {
     *out = NULL;
-    struct gd_session s;
-    gd_control_client *c;
-    int rc = cli_session_open(key, &s, &c);
-    if (rc)
-        return rc;
     cJSON *p = cJSON_CreateObject();
     if (user)
         cJSON_AddStringToObject(p, "user", user);
     if (listen && *listen)
         cJSON_AddStringToObject(p, "listen", listen);
-    struct gd_err err = {{0}};
-    rc = gd_control_client_request(c, "ssh", p, out, &err);
-    gd_control_client_close(c);
-    if (!rc && !cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(*out, "ok")))
-        rc = gd_err_set(&err, -EIO, "%s", str(*out, "error") ? str(*out, "error") : "failed");
-    else if (!rc && (!str(*out, "identity") || !str(*out, "known_hosts") || !str(*out, "host")))
-        rc = gd_err_set(&err, -EPROTO, "the supervisor's answer lacks the keys");
-    if (rc) {
+    int rc = cli_session_request(key, "ssh", p, NULL, out);
+    if (rc)
+        return rc;
+    const char *why = cli_reply_error(*out);
+    if (!why && (!str(*out, "identity") || !str(*out, "known_hosts") || !str(*out, "host")))
+        why = "the supervisor's answer lacks the keys";
+    if (why) {
+        rc = cli_die(1, "ssh: %s", why);
         cJSON_Delete(*out);
         *out = NULL;
-        return cli_die(1, "ssh: %s", err.msg);
+        return rc;
     }
     return 0;
 }

@@ -42,6 +42,38 @@ int cli_session_open(const char *key, struct gd_session *s, gd_control_client **
     return 0;
 }
 
+int cli_session_request(const char *key, const char *op, cJSON *params, struct gd_session *s,
+                        cJSON **reply)
+{
+    struct gd_session own;
+    gd_control_client *c;
+    *reply = NULL;
+    if (!s)
+        s = &own;
+    int rc = cli_session_open(key, s, &c);
+    if (rc) {
+        cJSON_Delete(params);
+        return rc;
+    }
+    struct gd_err err = {{0}};
+    rc = gd_control_client_request(c, op, params, reply, &err);
+    gd_control_client_close(c);
+    if (rc) {
+        cJSON_Delete(*reply);
+        *reply = NULL;
+        return cli_die(1, "session %s: %s", s->id, err.msg);
+    }
+    return 0;
+}
+
+const char *cli_reply_error(const cJSON *reply)
+{
+    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok")))
+        return NULL;
+    const char *e = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(reply, "error"));
+    return e ? e : "failed";
+}
+
 static const char *str_of(const cJSON *o, const char *k, const char *dflt)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
@@ -137,18 +169,12 @@ int cmd_stop(int argc, char **argv)
             return k;
     }
     struct gd_session s;
-    gd_control_client *c;
-    int rc = cli_session_open(key, &s, &c);
-    if (rc)
-        return rc;
     cJSON *p = cJSON_CreateObject(), *reply = NULL;
     cJSON_AddBoolToObject(p, "force", force);
-    struct gd_err err = {{0}};
-    rc = gd_control_client_request(c, "stop", p, &reply, &err);
-    gd_control_client_close(c);
+    int rc = cli_session_request(key, "stop", p, &s, &reply);
     cJSON_Delete(reply);
     if (rc)
-        return cli_die(1, "session %s: %s", s.id, err.msg);
+        return rc;
     for (int i = 0; i < 600 && gd_session_alive(&s); i++) { /* up to 30 s */
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
@@ -244,17 +270,11 @@ int cmd_logs(int argc, char **argv)
 int cli_session_reload(const char *key)
 {
     struct gd_session s;
-    gd_control_client *c;
-    int rc = cli_session_open(key, &s, &c);
+    cJSON *reply = NULL;
+    int rc = cli_session_request(key, "policy.reload", NULL, &s, &reply);
     if (rc)
         return rc;
-    cJSON *reply = NULL;
-    struct gd_err err = {{0}};
-    rc = gd_control_client_request(c, "policy.reload", NULL, &reply, &err);
-    gd_control_client_close(c);
-    if (rc)
-        return cli_die(1, "session %s: %s", s.id, err.msg);
-    int ok = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(reply, "ok"));
+    int ok = !cli_reply_error(reply);
     if (ok) {
         const cJSON *g = cJSON_GetObjectItemCaseSensitive(reply, "generation");
         printf("session %s: revision %s (generation %d)\n", s.name[0] ? s.name : s.id,

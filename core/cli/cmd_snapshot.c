@@ -72,10 +72,6 @@ int cmd_snapshot(int argc, char **argv)
             return cli_die(1, "snapshot: %s exists already", abs);
     }
     struct gd_session s;
-    gd_control_client *c;
-    int rc = cli_session_open(key, &s, &c);
-    if (rc)
-        return rc;
     cJSON *p = cJSON_CreateObject(), *reply = NULL;
     if (name)
         cJSON_AddStringToObject(p, "name", name);
@@ -85,15 +81,12 @@ int cmd_snapshot(int argc, char **argv)
         cJSON_AddBoolToObject(p, "memory", 1);
     if (stop)
         cJSON_AddBoolToObject(p, "stop", 1);
-    struct gd_err err = {{0}};
-    rc = gd_control_client_request(c, "snapshot", p, &reply, &err);
-    gd_control_client_close(c);
+    int rc = cli_session_request(key, "snapshot", p, &s, &reply);
     if (rc)
-        return cli_die(1, "session %s: %s", s.id, err.msg);
-    const cJSON *ok = cJSON_GetObjectItemCaseSensitive(reply, "ok");
+        return rc;
     const char *path = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(reply, "path"));
-    if (!cJSON_IsTrue(ok) || !path) {
-        const char *e = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(reply, "error"));
+    if (cli_reply_error(reply) || !path) {
+        const char *e = cli_reply_error(reply);
         rc = cli_die(1, "snapshot of session %s: %s", s.name[0] ? s.name : s.id, e ? e : "failed");
         cJSON_Delete(reply);
         return rc;
