@@ -168,11 +168,34 @@ int gd_bundle_trust_add_file(struct gd_bundle_trust *t, const char *path, struct
     return 0;
 }
 
+/* A trust root that someone else could have written is no root (sshd's StrictModes):
+ * owned by root or by us, not group- or world-writable, not a link. */
+static int trusted_inode(const char *path, int want_dir, struct gd_err *err)
+{
+    struct stat st;
+    if (lstat(path, &st))
+        return errno == ENOENT && want_dir
+                   ? 1
+                   : gd_err_set(err, -errno, "%s: %s", path, strerror(errno));
+    if (want_dir ? !S_ISDIR(st.st_mode) : !S_ISREG(st.st_mode))
+        return gd_err_set(err, -EPERM, "trust root %s is not a %s (links are not followed)", path,
+                          want_dir ? "directory" : "regular file");
+    if ((st.st_uid != 0 && st.st_uid != getuid()) || (st.st_mode & 022))
+        return gd_err_set(err, -EPERM,
+                          "trust root %s is writable by others or owned by another user: "
+                          "refused (chmod go-w, or chown it)",
+                          path);
+    return 0;
+}
+
 int gd_bundle_trust_add_dir(struct gd_bundle_trust *t, const char *dir, struct gd_err *err)
 {
     char **names;
     size_t n;
-    int rc = gd_dir_list(dir, &names, &n);
+    int rc = trusted_inode(dir, 1, err);
+    if (rc)
+        return rc > 0 ? 0 : rc; /* (1: there is none) */
+    rc = gd_dir_list(dir, &names, &n);
     if (rc == -ENOENT || rc == -ENOTDIR)
         return 0;
     if (rc)
@@ -183,7 +206,9 @@ int gd_bundle_trust_add_dir(struct gd_bundle_trust *t, const char *dir, struct g
             continue;
         char p[4400];
         snprintf(p, sizeof(p), "%s/%s", dir, names[i]);
-        rc = gd_bundle_trust_add_file(t, p, err);
+        rc = trusted_inode(p, 0, err);
+        if (!rc)
+            rc = gd_bundle_trust_add_file(t, p, err);
     }
     gd_dir_list_free(names, n);
     return rc;

@@ -60,19 +60,26 @@ int gd_bundle_state_check(const char *path, const gd_bundle *b, int allow_downgr
         cJSON_AddItemToObject(st, in->name, per = cJSON_CreateObject());
     }
     int changed = 0;
-    for (size_t i = 0; i < in->nsigners; i++) {
-        const struct gd_bundle_signer *s = &in->signers[i];
-        if (!s->trusted)
-            continue;
-        cJSON *x = cJSON_GetObjectItemCaseSensitive(per, s->key_id);
+    /* the highest revision of this name accepted from any trusted key: a revision signed
+     * by another key (rotated, or a second team's) cannot take the name back */
+    const cJSON *x;
+    cJSON_ArrayForEach(x, per)
+    {
         long long seen = cJSON_IsNumber(x) ? (long long)x->valuedouble : -1;
         if (seen > in->revision && !allow_downgrade) {
             rc = gd_err_set(err, -ESTALE,
                             "bundle %s revision %lld is older than revision %lld already "
-                            "accepted from key %.16s (--allow-downgrade to accept it)",
-                            in->name, in->revision, seen, s->key_id);
+                            "accepted (from key %.16s; --allow-downgrade to accept it)",
+                            in->name, in->revision, seen, x->string ? x->string : "?");
             goto out;
         }
+    }
+    for (size_t i = 0; i < in->nsigners; i++) {
+        const struct gd_bundle_signer *s = &in->signers[i];
+        if (!s->trusted)
+            continue;
+        cJSON *y = cJSON_GetObjectItemCaseSensitive(per, s->key_id);
+        long long seen = cJSON_IsNumber(y) ? (long long)y->valuedouble : -1;
         if (seen == in->revision)
             continue;
         /* a permitted downgrade lowers the mark: the older revision is now the one run */

@@ -65,17 +65,28 @@ int cli_bundle_is_url(const char *s)
     return s && (!strncmp(s, "https://", 8) || !strncmp(s, "http://", 7));
 }
 
-/* plain http only to this host's loopback (tests, `bundle serve`); else TLS, verified */
+/* plain http only to this host's loopback (tests, `bundle serve`); else TLS, verified.
+ * Parsed as curl will (a user name before '@' is not the host), with no user info. */
 static int url_ok(const char *url)
 {
-    static const char *const lo[] = {"http://127.0.0.1:", "http://127.0.0.1/",
-                                     "http://localhost:", "http://localhost/", "http://[::1]:"};
-    if (!strncmp(url, "https://", 8))
-        return 1;
-    for (size_t i = 0; i < sizeof(lo) / sizeof(lo[0]); i++)
-        if (!strncmp(url, lo[i], strlen(lo[i])))
-            return 1;
-    return 0;
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *user = NULL, *pass = NULL;
+    int ok = u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+             curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK;
+    if (ok && (curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK ||
+               curl_url_get(u, CURLUPART_PASSWORD, &pass, 0) == CURLUE_OK))
+        ok = 0; /* credentials in a bundle URL: refused, they would go in clear text too */
+    if (ok)
+        ok = !strcmp(scheme, "https") ||
+             (!strcmp(scheme, "http") &&
+              (!strcmp(host, "127.0.0.1") || !strcmp(host, "localhost") || !strcmp(host, "[::1]")));
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(user);
+    curl_free(pass);
+    curl_url_cleanup(u);
+    return ok;
 }
 
 /* 200: *buf (malloc'd), etag; 304: *buf NULL. Else -errno with err set. */
@@ -187,7 +198,19 @@ static int same_layout(const struct cli_policy *p, const struct gd_bundle_info *
     size_t have = 0;
     for (char **q = p->bundle_plugin_names; q && *q; q++)
         have++;
-    return np == have;
+    if (np != have)
+        return 0;
+    /* a loaded plugin stays loaded: the engine keeps the library it has under that path,
+     * so new plugin code needs a restart (the audit would name code that is not running) */
+    for (size_t i = 0; i < in->nfiles; i++) {
+        char path[4600], hex[65];
+        if (strcmp(in->files[i].arch, gd_host_arch()))
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", p->bundle_dir, in->files[i].path);
+        if (gd_sha256_file(path, hex) || strcmp(hex, in->files[i].sha256))
+            return 0;
+    }
+    return 1;
 }
 
 /* the new bundle's files take the place of the running ones, one rename each */
@@ -245,7 +268,7 @@ static void apply(struct live *L, const char *buf, size_t n)
     }
     if (!same_layout(p, in)) {
         log_line("%s refused, revision %lld keeps running: revision %lld changes its entry or "
-                 "plugins (restart the sandbox to use it)",
+                 "its plugins' files or code (restart the sandbox to use it)",
                  L->url, running, in->revision);
         goto out;
     }

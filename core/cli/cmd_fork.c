@@ -92,14 +92,25 @@ int cmd_fork(int argc, char **argv)
         return rc;
     struct gd_session s;
     char path[1400];
+    const struct cli_policy *pol = &st.pol;
+    int own_policy = !st.no_network && !pol->policy && !pol->bundle && !pol->egress.nallow &&
+                     !pol->egress.nsecrets && !pol->egress.nmaps;
+    if ((rc = cli_session_open(key, &s, NULL)))
+        return rc;
+    /* a signed bundle's extracted files are the session's, not a policy to copy: the
+     * forks would run them unverified, without the bundle's plugins, audit fields and
+     * rollback state, from a directory the session removes when it ends */
+    if (own_policy && strstr(s.policy, "/.bundle-"))
+        return cli_die(2,
+                       "fork: session %s runs a signed bundle: give the forks theirs "
+                       "(--bundle FILE or --policy FILE.gdb)",
+                       s.name[0] ? s.name : s.id);
     if ((rc = snapshot(key, &s, path, sizeof(path))))
         return rc;
-    const struct cli_policy *pol = &st.pol;
-    if (!st.no_network && !pol->policy && !pol->egress.nallow && !pol->egress.nsecrets &&
-        !pol->egress.nmaps && s.policy[0])
+    if (own_policy && s.policy[0])
         st.pol.policy = s.policy; /* the session's own policy file */
     snprintf(st.vf.resume, sizeof(st.vf.resume), "%s", path);
-    st.pol.keep_extracted = 2; /* a bundle's files serve every fork: none removes them */
+    st.pol.keep_extracted = 2; /* a --bundle's files serve every fork: none removes them */
     char ids[MAX_FORKS][37];
     long made = 0;
     for (; made < n; made++) {

@@ -73,11 +73,15 @@ static void engine_log(void *ud, const char *msg)
     fprintf(stderr, "gondolin: %s\n", msg);
 }
 
-/* drop-in directories first, then --plugin-dir, then --plugin (engine order) */
+/* drop-in directories first, then --plugin-dir, then --plugin (engine order). A signed
+ * bundle brings its own plugins: the unsigned drop-ins (loaded first, watched, hooked
+ * ahead of the bundle's) do not join it; --plugin-dir given on the command line does. */
 static const char **policy_dirs(struct cli_policy *p)
 {
     if (p->dirs)
         return p->dirs;
+    if (p->bundle_dir[0] || cli_policy_is_bundle(p))
+        p->no_default_dirs = 1;
     size_t nd = 0;
     static char user_dir[4096];
     if (!p->no_default_dirs) {

@@ -234,6 +234,9 @@ def url_bundles_need_tls(up):
     refused(["exec", "--bundle", "http://example.com/x.gdb", "--trust", t, "--", "true"],
             "bundles are fetched over https (http only from loopback)", rc_want=2)
     refused(["policy", "check", "https://127.0.0.1:1/x.gdb", "--trust", t], "cannot fetch")
+    # a loopback-looking user name in front of another host is that other host
+    refused(["exec", "--bundle", "http://127.0.0.1:x@example.com/x.gdb", "--trust", t, "--",
+             "true"], "bundles are fetched over https (http only from loopback)", rc_want=2)
 
 
 @test

@@ -438,6 +438,14 @@ TEST(bundle_rollback_state)
     CHECK_EQ(sb.st_mode & 0777, 0600);
     CHECK_EQ(gd_bundle_state_check(st, b4, 1, &err), 0);
     CHECK_EQ(gd_bundle_state_check(st, b4, 0, &err), 0); /* 4 is now the mark */
+    /* another trusted key (rotated, or a second team's) cannot take the name back */
+    char p3[400];
+    make("r3.gdb", 3, 5000, "0.1.0", key_b, NULL, p3, sizeof(p3));
+    gd_bundle *b3;
+    CHECK_EQ(open_with(p3, &trust_ab, 0, &b3, &err), 0);
+    CHECK_EQ(gd_bundle_state_check(st, b3, 0, &err), -ESTALE);
+    CHECK_CONTAINS(err.msg, "revision 3 is older than revision 4");
+    gd_bundle_free(b3);
     char *text;
     size_t n;
     CHECK_EQ(gd_read_file(st, 1 << 20, &text, &n), 0);
@@ -490,6 +498,23 @@ TEST(bundle_keys)
     CHECK_EQ(gd_bundle_trust_add_dir(&t, dir, &err), 0); /* a.pub and b.pub */
     CHECK_EQ(t.n, 2);
     CHECK_EQ(gd_bundle_trust_add_dir(&t, "/nonexistent-dir", &err), 0);
+    gd_bundle_trust_free(&t);
+    /* roots others could have written are refused (the directory, a key, a link) */
+    CHECK_EQ(chmod(dir, 0777), 0);
+    CHECK(gd_bundle_trust_add_dir(&t, dir, &err) < 0);
+    CHECK_CONTAINS(err.msg, "writable by others");
+    CHECK_EQ(chmod(dir, 0700), 0);
+    char apub[320], link[320];
+    snprintf(apub, sizeof(apub), "%s/a.pub", dir);
+    CHECK_EQ(chmod(apub, 0666), 0);
+    CHECK(gd_bundle_trust_add_dir(&t, dir, &err) < 0);
+    CHECK_CONTAINS(err.msg, "a.pub is writable by others");
+    CHECK_EQ(chmod(apub, 0644), 0);
+    snprintf(link, sizeof(link), "%s/l.pub", dir);
+    CHECK_EQ(symlink(apub, link), 0);
+    CHECK(gd_bundle_trust_add_dir(&t, dir, &err) < 0);
+    CHECK_CONTAINS(err.msg, "not a regular file");
+    unlink(link);
     gd_bundle_trust_free(&t);
     char bad[320];
     snprintf(bad, sizeof(bad), "%s/bad.pub", dir);
