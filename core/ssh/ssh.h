@@ -140,4 +140,95 @@ int gd_ssh_repo_match(const char *pattern, const char *repo);
  * never match), else -EINVAL. */
 int gd_ssh_repo_pattern_check(const char *pattern);
 
+/* ---- egress rules ------------------------------------------------------------------- */
+
+/* An SSH rule: the guest may reach HOST (a host pattern, base/pattern.h) on port over SSH;
+ * each exec goes to the same name and port upstream. */
+struct gd_ssh_rule {
+    char *host;
+    unsigned port; /* 22 unless the rule names one */
+};
+
+/* A host-side private key for the hosts a pattern matches. */
+struct gd_ssh_key {
+    char *host, *path;
+};
+
+/* The SSH rules and settings of a policy (a member of struct gd_egress). Zeroed = no SSH. */
+struct gd_ssh_conf {
+    struct gd_ssh_rule *rules;
+    size_t nrules;
+    struct gd_ssh_key *keys;
+    size_t nkeys;
+    char **known_hosts; /* extra known_hosts files, after ~/.ssh and /etc/ssh's */
+    size_t nknown;
+    int agent; /* authenticate with the host's SSH_AUTH_SOCK agent (hosts without a key) */
+};
+
+/* Typed setters (copy their strings; -EINVAL/-ENOMEM with one line in err, c unchanged):
+ * "HOST[:PORT]", "HOST=PATH" (PATH may start with "file:" and "~/"), a known_hosts file
+ * (must be readable now), the agent switch. */
+int gd_ssh_conf_allow(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
+int gd_ssh_conf_key(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
+int gd_ssh_conf_known_hosts(struct gd_ssh_conf *c, const char *path, struct gd_err *err);
+void gd_ssh_conf_agent(struct gd_ssh_conf *c, int on);
+/* Deep copy (dst zeroed; on -ENOMEM dst is left empty). */
+int gd_ssh_conf_copy(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src);
+void gd_ssh_conf_free(struct gd_ssh_conf *c);
+/* Canonical bytes of the rules for revision hashes. */
+void gd_ssh_conf_digest(const struct gd_ssh_conf *c,
+                        void (*update)(void *ctx, const void *p, size_t n), void *ctx);
+/* The rule for a guest connection to (name, port; 0: any), or NULL: not SSH. Borrowed. */
+const struct gd_ssh_rule *gd_ssh_conf_rule(const struct gd_ssh_conf *c, const char *name,
+                                           unsigned port);
+/* The key file for a host, or NULL (borrowed). */
+const char *gd_ssh_conf_key_for(const struct gd_ssh_conf *c, const char *host);
+/* The known_hosts host field naming every rule ("a,[b]:2222"), malloc'd, or NULL when
+ * there is no rule or no memory. */
+char *gd_ssh_conf_guest_hosts(const struct gd_ssh_conf *c);
+
+/* ---- the proxy ---------------------------------------------------------------------- */
+
+/* The host's SSH endpoint for guest connections (proxy.c, upstream.c). Each guest
+ * connection gets a worker thread (at most max_conns at once) that terminates SSH with
+ * libssh's server API, proxies exec requests of git's transport commands to a new
+ * upstream libssh session each (resolved here, internal addresses refused unless the
+ * flow allows them, host key checked against known_hosts, host-held key or agent), and
+ * refuses everything else with one line on the channel's stderr. The libuv loop never
+ * waits on a guest or an upstream: it only hands over sockets. */
+typedef struct gd_ssh_proxy gd_ssh_proxy;
+
+struct gd_ssh_proxy_opts {
+    const char *host_key;  /* private host key file (copied) */
+    unsigned max_conns;    /* guest connections at once (0: 32) */
+    unsigned connect_ms;   /* upstream TCP connect (0: 10 s) */
+    unsigned handshake_ms; /* SSH handshakes and replies, both sides (0: 30 s) */
+    /* One line per exec and per refusal, from a worker thread (must be thread-safe). */
+    void (*log)(void *ud, const char *line);
+    void *ud;
+};
+
+/* One guest connection's facts, decided on the loop thread (all copied). */
+struct gd_ssh_flow {
+    const char *name; /* the name the guest dialled */
+    unsigned port;
+    const char *addr;   /* host-side address override (--resolve), or NULL: resolve name */
+    int allow_internal; /* name may be dialled at an internal address */
+    const struct gd_ssh_conf *conf;
+};
+
+/* Returns owned in *out (free with gd_ssh_proxy_free); -errno with err set. */
+int gd_ssh_proxy_new(const struct gd_ssh_proxy_opts *o, gd_ssh_proxy **out, struct gd_err *err);
+/* Serves one guest connection; takes ownership of fd, also on error (-EAGAIN: too many
+ * connections; -ENOMEM). */
+int gd_ssh_proxy_serve(gd_ssh_proxy *p, int fd, const struct gd_ssh_flow *f);
+/* Guest connections open now. */
+unsigned gd_ssh_proxy_conns(gd_ssh_proxy *p);
+/* Cuts every connection (their sockets are shut down), waits for the workers, frees. */
+void gd_ssh_proxy_free(gd_ssh_proxy *p);
+
+/* The per-user host key ($XDG_CONFIG_HOME/gondolin/ssh/host_ed25519, made 0600 on first
+ * use): its path into path, and "TYPE:BASE64" of its public half into pub. */
+int gd_ssh_host_key(char *path, size_t cap, char *pub, size_t pubcap, struct gd_err *err);
+
 #endif
