@@ -50,6 +50,19 @@ static void on_flow(void *ud, int fd, const struct gd_flow_info *info)
     gd_ssh_proxy_serve(n->sshpx, fd, &f);
 }
 
+static int ssh_exec(void *ud, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
+                    size_t cap)
+{
+    struct gd_netstack *n = ud;
+    return gd_engine_ssh_exec(n->eng, x, rule, rcap, reason, cap);
+}
+
+static void ssh_record(void *ud, const struct gd_ssh_record *rec)
+{
+    struct gd_netstack *n = ud;
+    gd_engine_ssh_audit(n->eng, rec);
+}
+
 static void ssh_log(void *ud, const char *line)
 {
     (void)ud;
@@ -57,8 +70,8 @@ static void ssh_log(void *ud, const char *line)
 }
 
 /* With SSH rules: the proxy, and the guest's known_hosts line for it (kernel args). */
-static int ssh_start(struct gd_netstack *n, const struct gd_egress *eg, char **args,
-                     struct gd_err *err)
+static int ssh_start(struct gd_netstack *n, uv_loop_t *loop, const struct gd_egress *eg,
+                     char **args, struct gd_err *err)
 {
     *args = NULL;
     if (!eg->ssh.nrules)
@@ -67,7 +80,12 @@ static int ssh_start(struct gd_netstack *n, const struct gd_egress *eg, char **a
     int rc = gd_ssh_host_key(path, sizeof(path), pub, sizeof(pub), err);
     if (rc)
         return rc;
-    struct gd_ssh_proxy_opts so = {.host_key = path, .log = eg->quiet ? NULL : ssh_log};
+    struct gd_ssh_proxy_opts so = {.host_key = path,
+                                   .log = eg->quiet ? NULL : ssh_log,
+                                   .ud = n,
+                                   .loop = loop,
+                                   .on_exec = ssh_exec,
+                                   .on_record = ssh_record};
     if ((rc = gd_ssh_proxy_new(&so, &n->sshpx, err)))
         return rc;
     char *hosts = gd_ssh_conf_guest_hosts(&eg->ssh);
@@ -115,7 +133,7 @@ int gd__netstack_start(struct gd_netstack *n, uv_loop_t *loop, gd_engine *eng, s
         return gd_err_set(err, -ENOMEM, "out of memory");
     EVP_EncodeBlock((unsigned char *)b64, der, (int)dl);
     char *ssh_args = NULL;
-    if ((rc = ssh_start(n, eg, &ssh_args, err))) {
+    if ((rc = ssh_start(n, loop, eg, &ssh_args, err))) {
         free(b64);
         return rc;
     }

@@ -13,35 +13,128 @@
 
 #define MAX_RULES 256
 
-int gd_ssh_conf_allow(struct gd_ssh_conf *c, const char *spec, struct gd_err *err)
+unsigned gd_ssh_cmd_bit(const char *service)
 {
-    char host[300];
-    unsigned port = 22;
+    static const char *const names[] = {"git-upload-pack", "git-receive-pack",
+                                        "git-upload-archive"};
+    for (unsigned i = 0; service && i < 3; i++)
+        if (!strcmp(service, names[i]))
+            return 1u << i;
+    return 0;
+}
+
+/* "file:~/x" -> "$HOME/x"; 0, or -errno when the result is not readable. */
+static int key_path(const char *in, char *out, size_t cap)
+{
+    if (!strncmp(in, "file:", 5))
+        in += 5;
+    const char *home = getenv("HOME");
+    if (!strncmp(in, "~/", 2) && home)
+        snprintf(out, cap, "%s/%s", home, in + 2);
+    else
+        snprintf(out, cap, "%s", in);
+    return access(out, R_OK) ? -errno : 0;
+}
+
+static char *dup_or_null(const char *s, int *oom)
+{
+    char *d = s ? strdup(s) : NULL;
+    if (s && !d)
+        *oom = 1;
+    return d;
+}
+
+static void rule_free(struct gd_ssh_rule *r)
+{
+    free(r->host);
+    free(r->user);
+    free(r->key);
+    for (size_t i = 0; i < r->nrepos; i++)
+        free(r->repos[i]);
+    free(r->repos);
+}
+
+int gd_ssh_conf_add_rule(struct gd_ssh_conf *c, const struct gd_ssh_rule *r, struct gd_err *err)
+{
+    if (!r->host || gd_host_pattern_check(r->host))
+        return gd_err_set(err, -EINVAL, "ssh: '%s' is not a host name or pattern",
+                          r->host ? r->host : "");
+    if (r->port < 1 || r->port > 65535)
+        return gd_err_set(err, -EINVAL, "ssh: %s: port %u is not 1-65535", r->host, r->port);
+    for (const char *u = r->user; u && *u; u++)
+        if ((unsigned char)*u <= ' ' || *u == 0x7f || *u == '@')
+            return gd_err_set(err, -EINVAL, "ssh: %s: user '%s' is not a user name", r->host,
+                              r->user);
+    if (r->user && (!*r->user || strlen(r->user) > 64))
+        return gd_err_set(err, -EINVAL, "ssh: %s: user must be 1-64 bytes", r->host);
+    if (r->commands & ~7u)
+        return gd_err_set(err, -EINVAL, "ssh: %s: unknown command bits", r->host);
+    for (size_t i = 0; i < r->nrepos; i++)
+        if (gd_ssh_repo_pattern_check(r->repos[i]))
+            return gd_err_set(err, -EINVAL,
+                              "ssh: %s: repo pattern '%s' is malformed (no leading '/', no "
+                              "'..', no trailing .git)",
+                              r->host, r->repos[i]);
+    char key[4096];
+    int rc;
+    if (r->key && (rc = key_path(r->key, key, sizeof(key))))
+        return gd_err_set(err, rc, "ssh: %s: cannot read the key %s: %s", r->host, key,
+                          strerror(-rc));
+    if (c->nrules >= MAX_RULES)
+        return gd_err_set(err, -EINVAL, "ssh: more than %d rules", MAX_RULES);
+    struct gd_ssh_rule *v = realloc(c->rules, (c->nrules + 1) * sizeof(*v));
+    if (!v)
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    c->rules = v;
+    int oom = 0;
+    struct gd_ssh_rule d = {.host = dup_or_null(r->host, &oom),
+                            .port = r->port,
+                            .user = dup_or_null(r->user, &oom),
+                            .key = dup_or_null(r->key ? key : NULL, &oom),
+                            .agent = r->agent,
+                            .commands = r->commands,
+                            .repos = r->nrepos ? calloc(r->nrepos, sizeof(char *)) : NULL};
+    if (r->nrepos && !d.repos)
+        oom = 1;
+    for (size_t i = 0; !oom && i < r->nrepos; i++, d.nrepos++)
+        d.repos[i] = dup_or_null(r->repos[i], &oom);
+    if (oom) {
+        rule_free(&d);
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    }
+    v[c->nrules++] = d;
+    return 0;
+}
+
+int gd_ssh_hostport_parse(const char *spec, char *host, size_t cap, unsigned *port)
+{
     const char *colon = strrchr(spec, ':');
     size_t hl = colon ? (size_t)(colon - spec) : strlen(spec);
+    *port = 22;
     if (colon) {
         char *end;
         unsigned long p = strtoul(colon + 1, &end, 10);
         if (!colon[1] || *end || p < 1 || p > 65535)
-            return gd_err_set(err, -EINVAL, "--ssh-allow wants HOST[:PORT], not '%s'", spec);
-        port = (unsigned)p;
+            return -EINVAL;
+        *port = (unsigned)p;
     }
-    if (hl == 0 || hl >= sizeof(host))
-        return gd_err_set(err, -EINVAL, "--ssh-allow wants HOST[:PORT], not '%s'", spec);
+    if (hl == 0 || hl >= cap)
+        return -EINVAL;
     memcpy(host, spec, hl);
     host[hl] = 0;
+    return 0;
+}
+
+int gd_ssh_conf_allow(struct gd_ssh_conf *c, const char *spec, struct gd_err *err)
+{
+    char host[300];
+    unsigned port;
+    if (gd_ssh_hostport_parse(spec, host, sizeof(host), &port))
+        return gd_err_set(err, -EINVAL, "--ssh-allow wants HOST[:PORT], not '%s'", spec);
     if (gd_host_pattern_check(host))
         return gd_err_set(err, -EINVAL, "--ssh-allow: '%s' is not a host name or pattern", host);
-    if (c->nrules >= MAX_RULES)
-        return gd_err_set(err, -EINVAL, "--ssh-allow: more than %d rules", MAX_RULES);
-    struct gd_ssh_rule *r = realloc(c->rules, (c->nrules + 1) * sizeof(*r));
-    if (!r)
-        return gd_err_set(err, -ENOMEM, "out of memory");
-    c->rules = r;
-    if (!(r[c->nrules].host = strdup(host)))
-        return gd_err_set(err, -ENOMEM, "out of memory");
-    r[c->nrules++].port = port;
-    return 0;
+    struct gd_ssh_rule r = {.host = host, .port = port};
+    return gd_ssh_conf_add_rule(c, &r, err);
 }
 
 int gd_ssh_conf_key(struct gd_ssh_conf *c, const char *spec, struct gd_err *err)
@@ -49,17 +142,10 @@ int gd_ssh_conf_key(struct gd_ssh_conf *c, const char *spec, struct gd_err *err)
     const char *eq = strchr(spec, '=');
     if (!eq || eq == spec || !eq[1])
         return gd_err_set(err, -EINVAL, "--ssh-key wants HOST=PATH, not '%s'", spec);
-    const char *path = eq + 1;
-    if (!strncmp(path, "file:", 5))
-        path += 5;
     char full[4096];
-    const char *home = getenv("HOME");
-    if (!strncmp(path, "~/", 2) && home)
-        snprintf(full, sizeof(full), "%s/%s", home, path + 2);
-    else
-        snprintf(full, sizeof(full), "%s", path);
-    if (access(full, R_OK))
-        return gd_err_set(err, -errno, "--ssh-key: cannot read %s: %s", full, strerror(errno));
+    int rc = key_path(eq + 1, full, sizeof(full));
+    if (rc)
+        return gd_err_set(err, rc, "--ssh-key: cannot read %s: %s", full, strerror(-rc));
     if (c->nkeys >= MAX_RULES)
         return gd_err_set(err, -EINVAL, "--ssh-key: more than %d keys", MAX_RULES);
     struct gd_ssh_key *k = realloc(c->keys, (c->nkeys + 1) * sizeof(*k));
@@ -97,39 +183,26 @@ void gd_ssh_conf_agent(struct gd_ssh_conf *c, int on)
     c->agent = on;
 }
 
+int gd_ssh_conf_merge(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src, struct gd_err *err)
+{
+    int rc = 0;
+    dst->agent |= src->agent;
+    for (size_t i = 0; !rc && i < src->nrules; i++)
+        rc = gd_ssh_conf_add_rule(dst, &src->rules[i], err);
+    for (size_t i = 0; !rc && i < src->nkeys; i++) {
+        char spec[8300];
+        snprintf(spec, sizeof(spec), "%s=%s", src->keys[i].host, src->keys[i].path);
+        rc = gd_ssh_conf_key(dst, spec, err);
+    }
+    for (size_t i = 0; !rc && i < src->nknown; i++)
+        rc = gd_ssh_conf_known_hosts(dst, src->known_hosts[i], err);
+    return rc;
+}
+
 int gd_ssh_conf_copy(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src)
 {
     struct gd_err err = {{0}};
-    int rc = 0;
-    dst->agent = src->agent;
-    for (size_t i = 0; !rc && i < src->nrules; i++) {
-        char spec[320];
-        snprintf(spec, sizeof(spec), "%s:%u", src->rules[i].host, src->rules[i].port);
-        rc = gd_ssh_conf_allow(dst, spec, &err);
-    }
-    for (size_t i = 0; !rc && i < src->nkeys; i++) {
-        struct gd_ssh_key *k = realloc(dst->keys, (dst->nkeys + 1) * sizeof(*k));
-        if (!k) {
-            rc = -ENOMEM;
-            break;
-        }
-        dst->keys = k;
-        k[dst->nkeys].host = strdup(src->keys[i].host);
-        k[dst->nkeys].path = strdup(src->keys[i].path);
-        dst->nkeys++;
-        if (!k[dst->nkeys - 1].host || !k[dst->nkeys - 1].path)
-            rc = -ENOMEM;
-    }
-    for (size_t i = 0; !rc && i < src->nknown; i++) {
-        char **v = realloc(dst->known_hosts, (dst->nknown + 1) * sizeof(*v));
-        if (!v) {
-            rc = -ENOMEM;
-            break;
-        }
-        dst->known_hosts = v;
-        if (!(v[dst->nknown++] = strdup(src->known_hosts[i])))
-            rc = -ENOMEM;
-    }
+    int rc = gd_ssh_conf_merge(dst, src, &err);
     if (rc)
         gd_ssh_conf_free(dst);
     return rc;
@@ -138,7 +211,7 @@ int gd_ssh_conf_copy(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src)
 void gd_ssh_conf_free(struct gd_ssh_conf *c)
 {
     for (size_t i = 0; i < c->nrules; i++)
-        free(c->rules[i].host);
+        rule_free(&c->rules[i]);
     free(c->rules);
     for (size_t i = 0; i < c->nkeys; i++) {
         free(c->keys[i].host);
@@ -158,8 +231,13 @@ void gd_ssh_conf_digest(const struct gd_ssh_conf *c,
     int n = snprintf(b, sizeof(b), "ssh agent=%d\n", c->agent);
     update(ctx, b, (size_t)n);
     for (size_t i = 0; i < c->nrules; i++) {
-        n = snprintf(b, sizeof(b), "allow %s:%u\n", c->rules[i].host, c->rules[i].port);
+        const struct gd_ssh_rule *r = &c->rules[i];
+        n = snprintf(b, sizeof(b), "allow %s:%u user=%s key=%s agent=%d commands=%u repos=%zu\n",
+                     r->host, r->port, r->user ? r->user : "", r->key ? r->key : "", r->agent,
+                     r->commands, r->nrepos);
         update(ctx, b, (size_t)n);
+        for (size_t k = 0; k < r->nrepos; k++)
+            update(ctx, r->repos[k], strlen(r->repos[k]) + 1);
     }
     for (size_t i = 0; i < c->nkeys; i++) {
         n = snprintf(b, sizeof(b), "key %s=%s\n", c->keys[i].host, c->keys[i].path);

@@ -32,15 +32,31 @@ struct conn {
     struct conn *next;
 };
 
+/* A call a worker makes on the loop thread (it waits on cv until done). */
+struct job {
+    const struct gd_ssh_exec *x;
+    const struct gd_ssh_record *rec; /* set: an audit record, else a decision */
+    char *rule, *reason;
+    size_t rcap, cap;
+    int rc, done;
+    pthread_cond_t cv;
+    struct job *next;
+};
+
 struct gd_ssh_proxy {
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    uv_async_t *async; /* NULL without a loop */
+    struct job *head, *tail;
     struct conn *conns;
     unsigned nconns, max_conns, connect_ms, handshake_ms;
     int closing;
     char *host_key;
     void (*log)(void *ud, const char *line);
     void *ud;
+    int (*on_exec)(void *ud, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
+                   size_t cap);
+    void (*on_record)(void *ud, const struct gd_ssh_record *rec);
 };
 
 static void logf_(gd_ssh_proxy *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -64,6 +80,72 @@ static void set_up_fd(void *ud, int fd)
     if (fd >= 0 && c->p->closing)
         shutdown(fd, SHUT_RDWR);
     pthread_mutex_unlock(&c->p->mu);
+}
+
+/* ---- calls on the loop thread ---- */
+
+static void run_jobs(uv_async_t *a)
+{
+    gd_ssh_proxy *p = a->data;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        struct job *j = p->head;
+        if (j && !(p->head = j->next))
+            p->tail = NULL;
+        pthread_mutex_unlock(&p->mu);
+        if (!j)
+            return;
+        int rc = 0;
+        if (j->rec && p->on_record)
+            p->on_record(p->ud, j->rec);
+        else if (!j->rec && p->on_exec)
+            rc = p->on_exec(p->ud, j->x, j->rule, j->rcap, j->reason, j->cap);
+        pthread_mutex_lock(&p->mu);
+        j->rc = rc;
+        j->done = 1;
+        pthread_cond_signal(&j->cv);
+        pthread_mutex_unlock(&p->mu); /* j may be gone from here on */
+    }
+}
+
+/* Runs j on the loop and waits: its rc, or -ESHUTDOWN when the proxy is closing. */
+static int loop_call(gd_ssh_proxy *p, struct job *j)
+{
+    if (!p->async)
+        return 0;
+    pthread_cond_init(&j->cv, NULL);
+    pthread_mutex_lock(&p->mu);
+    if (p->closing) {
+        pthread_mutex_unlock(&p->mu);
+        pthread_cond_destroy(&j->cv);
+        return -ESHUTDOWN;
+    }
+    if (p->tail)
+        p->tail->next = j;
+    else
+        p->head = j;
+    p->tail = j;
+    uv_async_send(p->async);
+    while (!j->done)
+        pthread_cond_wait(&j->cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    pthread_cond_destroy(&j->cv);
+    return j->rc;
+}
+
+static void record(struct conn *c, const struct gd_ssh_exec *x, int denied, const char *rule,
+                   const char *reason, int st, uint64_t in, uint64_t out, double ms)
+{
+    struct gd_ssh_record rec = {.x = x,
+                                .denied = denied,
+                                .rule = rule,
+                                .reason = reason,
+                                .exit_status = st,
+                                .bytes_up = in,
+                                .bytes_down = out,
+                                .ms = ms};
+    struct job j = {.rec = &rec};
+    loop_call(c->p, &j);
 }
 
 /* The refusal of a channel request: one line on stderr, exit status 1, channel closed. */
@@ -135,24 +217,68 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* The exec's verdict before any upstream: the git parse, the rule's commands and repos,
+ * then the policy's hook. 0, or -1 with rule and line (the guest's one line) set. */
+static int decide(struct conn *c, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *line,
+                  size_t lcap)
+{
+    char reason[400] = "";
+    if (!x->git) {
+        snprintf(rule, rcap, "git-command");
+        return -1;
+    }
+    const struct gd_ssh_rule *r = gd_ssh_conf_rule(&c->conf, c->name, c->flow.port);
+    int repo_ok = r && !r->nrepos;
+    for (size_t i = 0; r && i < r->nrepos && !repo_ok; i++)
+        repo_ok = gd_ssh_repo_match(r->repos[i], x->git->repo);
+    if (!r || (r->commands && !(r->commands & gd_ssh_cmd_bit(x->git->service))) || !repo_ok) {
+        snprintf(rule, rcap, "ssh:%s%s", c->name, !r ? "" : repo_ok ? " commands" : " repos");
+        snprintf(line, lcap, "%s: %s of %s refused: %s", c->name, x->git->service, x->git->repo,
+                 !r        ? "no SSH rule"
+                 : repo_ok ? "the SSH rule does not allow this command"
+                           : "the repository is outside the SSH rule's repos");
+        return -1;
+    }
+    struct job j = {.x = x, .rule = rule, .rcap = rcap, .reason = reason, .cap = sizeof(reason)};
+    int rc = loop_call(c->p, &j);
+    if (!rc)
+        return 0;
+    if (rc == -ESHUTDOWN)
+        snprintf(rule, rcap, "closing");
+    snprintf(line, lcap, "%s: %s of %s denied by policy%s%s", c->name, x->git->service,
+             x->git->repo, reason[0] ? ": " : "", reason);
+    return -1;
+}
+
 static void exec_one(struct conn *c, ssh_channel g, const char *user, const char *cmd)
 {
     struct gd_ssh_git git;
     const char *why = NULL;
-    char line[1100], up_cmd[2 * GD_SSH_GIT_PATH_MAX + 64];
+    char line[1100], rule[300] = "", up_cmd[2 * GD_SSH_GIT_PATH_MAX + 64];
     size_t cl = strnlen(cmd, 4096);
-    if (gd_ssh_git_parse(cmd, cl, &git, &why) ||
-        gd_ssh_git_command(&git, up_cmd, sizeof(up_cmd)) < 0) {
-        snprintf(line, sizeof(line), "%s: command refused: %s", c->name, why ? why : "too long");
-        logf_(c->p, "denied %s@%s:%u \"%.200s\": %s", user, c->name, c->flow.port, cmd, line);
+    int parsed = !gd_ssh_git_parse(cmd, cl, &git, &why) &&
+                 gd_ssh_git_command(&git, up_cmd, sizeof(up_cmd)) >= 0;
+    struct gd_ssh_exec x = {.host = c->name,
+                            .port = c->flow.port,
+                            .user = user,
+                            .command = cmd,
+                            .git = parsed ? &git : NULL};
+    snprintf(line, sizeof(line), "%s: command refused: %s", c->name, why ? why : "too long");
+    if (decide(c, &x, rule, sizeof(rule), line, sizeof(line))) {
+        logf_(c->p, "denied %s@%s:%u \"%.200s\" (%s): %s", user, c->name, c->flow.port, cmd, rule,
+              line);
+        record(c, &x, 1, rule, line, 0, 0, 0, 0);
         refuse(g, line);
         return;
     }
+    const struct gd_ssh_rule *r = gd_ssh_conf_rule(&c->conf, c->name, c->flow.port);
+    const char *up_user = r && r->user ? r->user : user;
     double t0 = now_s();
     struct gd__ssh_up u;
-    if (gd__ssh_up_open(&c->flow, user, up_cmd, c->p->connect_ms, c->p->handshake_ms, set_up_fd, c,
-                        &u, line, sizeof(line))) {
-        logf_(c->p, "denied %s@%s:%u %s: %s", user, c->name, c->flow.port, up_cmd, line);
+    if (gd__ssh_up_open(&c->flow, up_user, up_cmd, c->p->connect_ms, c->p->handshake_ms, set_up_fd,
+                        c, &u, line, sizeof(line))) {
+        logf_(c->p, "denied %s@%s:%u %s: %s", up_user, c->name, c->flow.port, up_cmd, line);
+        record(c, &x, 1, "upstream", line, 0, 0, 0, (now_s() - t0) * 1000);
         refuse(g, line);
         return;
     }
@@ -162,8 +288,10 @@ static void exec_one(struct conn *c, ssh_channel g, const char *user, const char
     if (st < 0)
         st = 255;
     gd__ssh_up_close(&u, set_up_fd, c);
-    logf_(c->p, "exec %s@%s:%u %s: exit %d, %llu bytes up, %llu down, %.2f s", user, c->name,
-          c->flow.port, up_cmd, st, (unsigned long long)in, (unsigned long long)out, now_s() - t0);
+    double dt = now_s() - t0;
+    logf_(c->p, "exec %s@%s:%u %s: exit %d, %llu bytes up, %llu down, %.2f s", up_user, c->name,
+          c->flow.port, up_cmd, st, (unsigned long long)in, (unsigned long long)out, dt);
+    record(c, &x, 0, NULL, NULL, st, in, out, dt * 1000);
     ssh_channel_request_send_exit_status(g, st);
     ssh_channel_send_eof(g);
     ssh_channel_close(g);
@@ -314,6 +442,18 @@ int gd_ssh_proxy_new(const struct gd_ssh_proxy_opts *o, gd_ssh_proxy **out, stru
     p->handshake_ms = o->handshake_ms ? o->handshake_ms : 30000;
     p->log = o->log;
     p->ud = o->ud;
+    p->on_exec = o->on_exec;
+    p->on_record = o->on_record;
+    if (o->loop) {
+        p->async = malloc(sizeof(*p->async));
+        if (!p->async || uv_async_init(o->loop, p->async, run_jobs)) {
+            free(p->async);
+            free(p->host_key);
+            free(p);
+            return gd_err_set(err, -ENOMEM, "cannot start the SSH proxy");
+        }
+        p->async->data = p;
+    }
     *out = p;
     return 0;
 }
@@ -367,12 +507,23 @@ unsigned gd_ssh_proxy_conns(gd_ssh_proxy *p)
     return n;
 }
 
+static void free_handle(uv_handle_t *h)
+{
+    free(h);
+}
+
 void gd_ssh_proxy_free(gd_ssh_proxy *p)
 {
     if (!p)
         return;
     pthread_mutex_lock(&p->mu);
     __atomic_store_n(&p->closing, 1, __ATOMIC_RELAXED);
+    for (struct job *j = p->head; j; j = j->next) { /* answered: denied */
+        j->rc = -ESHUTDOWN;
+        j->done = 1;
+        pthread_cond_signal(&j->cv);
+    }
+    p->head = p->tail = NULL;
     for (struct conn *c = p->conns; c; c = c->next) {
         if (c->fd >= 0)
             shutdown(c->fd, SHUT_RDWR);
@@ -382,6 +533,8 @@ void gd_ssh_proxy_free(gd_ssh_proxy *p)
     while (p->nconns)
         pthread_cond_wait(&p->cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
+    if (p->async)
+        uv_close((uv_handle_t *)p->async, free_handle);
     pthread_mutex_destroy(&p->mu);
     pthread_cond_destroy(&p->cv);
     free(p->host_key);

@@ -12,6 +12,7 @@
 #include "base/err.h"
 
 #include <stddef.h>
+#include <uv.h>
 
 /* ---- key types ---------------------------------------------------------------------- */
 
@@ -146,8 +147,18 @@ int gd_ssh_repo_pattern_check(const char *pattern);
  * each exec goes to the same name and port upstream. */
 struct gd_ssh_rule {
     char *host;
-    unsigned port; /* 22 unless the rule names one */
+    unsigned port;     /* 22 unless the rule names one */
+    char *user;        /* upstream user, or NULL: the guest's */
+    char *key;         /* host-side private key file, or NULL: --ssh-key / the agent */
+    int agent;         /* authenticate with the host's agent */
+    unsigned commands; /* GD_SSH_CMD_* bits the rule allows; 0: all three */
+    char **repos;      /* repo patterns (gd_ssh_repo_match); none: any repo */
+    size_t nrepos;
 };
+
+enum { GD_SSH_CMD_UPLOAD_PACK = 1, GD_SSH_CMD_RECEIVE_PACK = 2, GD_SSH_CMD_UPLOAD_ARCHIVE = 4 };
+/* The bit of a git service name ("git-upload-pack", ...), or 0. */
+unsigned gd_ssh_cmd_bit(const char *service);
 
 /* A host-side private key for the hosts a pattern matches. */
 struct gd_ssh_key {
@@ -165,10 +176,20 @@ struct gd_ssh_conf {
     int agent; /* authenticate with the host's SSH_AUTH_SOCK agent (hosts without a key) */
 };
 
+/* "HOST[:PORT]" into host (cap bytes) and *port (22 without one): 0, or -EINVAL for an
+ * empty or over-long host or a port outside 1-65535. */
+int gd_ssh_hostport_parse(const char *spec, char *host, size_t cap, unsigned *port);
+
 /* Typed setters (copy their strings; -EINVAL/-ENOMEM with one line in err, c unchanged):
  * "HOST[:PORT]", "HOST=PATH" (PATH may start with "file:" and "~/"), a known_hosts file
  * (must be readable now), the agent switch. */
 int gd_ssh_conf_allow(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
+/* A whole rule (the Lua policy's ssh table): every field validated (host pattern, port
+ * 1-65535, user without control bytes, readable key file with "file:" and "~/" handled,
+ * repo patterns) and copied. */
+int gd_ssh_conf_add_rule(struct gd_ssh_conf *c, const struct gd_ssh_rule *r, struct gd_err *err);
+/* Appends src's rules, keys and known_hosts files to dst (agent: either). */
+int gd_ssh_conf_merge(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src, struct gd_err *err);
 int gd_ssh_conf_key(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
 int gd_ssh_conf_known_hosts(struct gd_ssh_conf *c, const char *path, struct gd_err *err);
 void gd_ssh_conf_agent(struct gd_ssh_conf *c, int on);
@@ -181,11 +202,32 @@ void gd_ssh_conf_digest(const struct gd_ssh_conf *c,
 /* The rule for a guest connection to (name, port; 0: any), or NULL: not SSH. Borrowed. */
 const struct gd_ssh_rule *gd_ssh_conf_rule(const struct gd_ssh_conf *c, const char *name,
                                            unsigned port);
-/* The key file for a host, or NULL (borrowed). */
+/* The --ssh-key file for a host, or NULL (borrowed). */
 const char *gd_ssh_conf_key_for(const struct gd_ssh_conf *c, const char *host);
 /* The known_hosts host field naming every rule ("a,[b]:2222"), malloc'd, or NULL when
  * there is no rule or no memory. */
 char *gd_ssh_conf_guest_hosts(const struct gd_ssh_conf *c);
+
+/* ---- an exec, for policy hooks ---------------------------------------------------- */
+
+/* One exec request a guest made (all borrowed for the hook call). */
+struct gd_ssh_exec {
+    const char *host; /* the name the guest dialled */
+    unsigned port;
+    const char *user;             /* the guest's user name */
+    const char *command;          /* the command as the guest sent it */
+    const struct gd_ssh_git *git; /* parsed (every proxied exec parses) */
+};
+
+/* What became of one exec (for the audit). */
+struct gd_ssh_record {
+    const struct gd_ssh_exec *x;
+    int denied;                /* refused by a rule, a hook or an upstream failure */
+    const char *rule, *reason; /* what decided, why (or NULL) */
+    int exit_status;           /* proxied: the upstream's */
+    unsigned long long bytes_up, bytes_down;
+    double ms;
+};
 
 /* ---- the proxy ---------------------------------------------------------------------- */
 
@@ -206,6 +248,13 @@ struct gd_ssh_proxy_opts {
     /* One line per exec and per refusal, from a worker thread (must be thread-safe). */
     void (*log)(void *ud, const char *line);
     void *ud;
+    /* With a loop: the policy's say on each exec that the rules allow (0 go on, else
+     * denied: rule and reason filled), and each exec's record; both called on the loop
+     * thread while the worker waits. */
+    uv_loop_t *loop;
+    int (*on_exec)(void *ud, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
+                   size_t cap);
+    void (*on_record)(void *ud, const struct gd_ssh_record *rec);
 };
 
 /* One guest connection's facts, decided on the loop thread (all copied). */
@@ -224,7 +273,9 @@ int gd_ssh_proxy_new(const struct gd_ssh_proxy_opts *o, gd_ssh_proxy **out, stru
 int gd_ssh_proxy_serve(gd_ssh_proxy *p, int fd, const struct gd_ssh_flow *f);
 /* Guest connections open now. */
 unsigned gd_ssh_proxy_conns(gd_ssh_proxy *p);
-/* Cuts every connection (their sockets are shut down), waits for the workers, frees. */
+/* Cuts every connection (their sockets are shut down), answers waiting hook calls with
+ * a denial, waits for the workers, frees (on the loop thread; the loop's handle finishes
+ * closing on the loop). */
 void gd_ssh_proxy_free(gd_ssh_proxy *p);
 
 /* The per-user host key ($XDG_CONFIG_HOME/gondolin/ssh/host_ed25519, made 0600 on first

@@ -180,7 +180,8 @@ out:
 static int auth(ssh_session s, const struct gd_ssh_flow *f, const char *user, char *why,
                 size_t wcap)
 {
-    const char *path = gd_ssh_conf_key_for(f->conf, f->name);
+    const struct gd_ssh_rule *r = gd_ssh_conf_rule(f->conf, f->name, f->port);
+    const char *path = r && r->key ? r->key : gd_ssh_conf_key_for(f->conf, f->name);
     if (path) {
         ssh_key key = NULL;
         if (ssh_pki_import_privkey_file(path, getenv("GONDOLIN_SSH_KEY_PASSPHRASE"), NULL, NULL,
@@ -198,7 +199,7 @@ static int auth(ssh_session s, const struct gd_ssh_flow *f, const char *user, ch
         snprintf(why, wcap, "%s refused the key %s for user %s", f->name, path, user);
         return -1;
     }
-    if (f->conf->agent) {
+    if (f->conf->agent || (r && r->agent)) {
         if (ssh_userauth_agent(s, NULL) == SSH_AUTH_SUCCESS)
             return 0;
         snprintf(why, wcap, "%s refused every key of the host's agent for user %s", f->name, user);

@@ -6,6 +6,7 @@ transport commands is proxied, everything else is refused with one line.
 
 Usage: test_ssh_egress.py BUILD_DIR [NAME_FILTER]"""
 import getpass
+import json
 import os
 import shutil
 import socket
@@ -201,6 +202,77 @@ done
     expect("internal address" in lines["HK-evil.test"], lines["HK-evil.test"])
     expect(not any(l.startswith("LS-") for l in out.splitlines()), f"a refused host answered: {out}")
     expect("denied" in err and "port forwarding" in err, f"host log: {err}")
+
+
+@test
+def lua_rules(up):
+    """a Lua policy's ssh table and on_ssh_exec: clone allowed, a push denied by the hook,
+    a repository outside repos and a command outside commands refused; one audit record
+    per exec"""
+    d = up.dir
+    sh("git", "clone", "-q", "--bare", up.repo, f"{d}/locked.git")
+    os.makedirs(f"{d}/elsewhere", exist_ok=True)
+    sh("git", "clone", "-q", "--bare", up.repo, f"{d}/elsewhere/x.git")
+    top = d.strip("/")
+    policy = f"{d}/ssh-policy.lua"
+    with open(policy, "w") as f:
+        f.write(f"""
+return {{
+  ssh = {{
+    ["git.test:{up.port}"] = {{ key = "{up.key}", repos = {{ "{top}/*" }},
+                               commands = {{ "git-upload-pack", "git-receive-pack" }} }},
+    ["ro.test:{up.port}"] = {{ key = "file:{up.key}", commands = {{ "git-upload-pack" }} }},
+  }},
+  on_ssh_exec = function(req, ctx)
+    local g = req:git()
+    if g.service == "git-receive-pack" and g.repo:match("/locked$") then
+      req:deny("pushes to locked repositories are off (" .. req:user() .. "@" .. req:host() .. ")")
+    end
+  end,
+}}
+""")
+    audit = f"{d}/audit.jsonl"
+    flags = ["--image", IMAGE, "--policy", policy, "--audit", audit,
+             "--ssh-known-hosts", f"{d}/known_hosts"]
+    with open(f"{d}/known_hosts", "a") as f:
+        f.write(f"[ro.test]:{up.port} " + " ".join(open(f"{d}/hostkey.pub").read().split()[:2]) + "\n")
+    for n in ("git.test", "ro.test"):
+        flags += ["--resolve", f"{n}:127.0.0.1", "--allow-internal", n]
+    script = f"""
+cd /tmp
+git clone -q {up.url(repo=d + '/locked.git')} l && echo CLONED
+cd l && echo x > x && git add x && git -c user.email=g@g -c user.name=g commit -qm x
+git push -q origin main 2> ../e1; echo "PUSH $? $(grep gondolin ../e1)"
+cd /tmp
+git clone -q {up.url(repo=d + '/elsewhere/x.git')} x 2> e2; echo "OUTSIDE $? $(grep gondolin e2)"
+git clone -q {up.url(host='ro.test')} ro && echo RO-CLONED
+cd ro && echo y > y && git add y && git -c user.email=g@g -c user.name=g commit -qm y
+git push -q origin main 2> ../e3; echo "RO-PUSH $? $(grep gondolin ../e3)"
+"""
+    before = sh("git", "-C", f"{d}/locked.git", "log", "--format=%s", "main")
+    rc, out, err = up.gexec(flags, script)
+    eq(rc, 0, f"guest script: {out}\n{err}")
+    lines = {l.split(" ", 1)[0]: l for l in out.splitlines() if l}
+    expect("CLONED" in lines and "RO-CLONED" in lines, out)
+    expect(lines["PUSH"].startswith("PUSH 128") and
+           f"pushes to locked repositories are off ({up.user}@git.test)" in lines["PUSH"],
+           lines["PUSH"])
+    expect(lines["OUTSIDE"].startswith("OUTSIDE 128") and "outside the SSH rule's repos"
+           in lines["OUTSIDE"], lines["OUTSIDE"])
+    expect(lines["RO-PUSH"].startswith("RO-PUSH 128") and "does not allow this command"
+           in lines["RO-PUSH"], lines["RO-PUSH"])
+    eq(sh("git", "-C", f"{d}/locked.git", "log", "--format=%s", "main"), before,
+       "the denied push changed nothing")
+    recs = [json.loads(l) for l in open(audit) if '"type":"ssh"' in l]
+    got = sorted((r["host"], r["decision"], r["command"].split()[0]) for r in recs)
+    eq(got, [("git.test", "allow", "git-upload-pack"), ("git.test", "deny", "git-receive-pack"),
+             ("git.test", "deny", "git-upload-pack"), ("ro.test", "allow", "git-upload-pack"),
+             ("ro.test", "deny", "git-receive-pack")], "audit records")
+    hook = [r for r in recs if r["decision"] == "deny" and r["host"] == "git.test"
+            and "receive" in r["command"]][0]
+    expect("ssh-policy.lua:" in hook["rule"], f"the deny's rule is its line: {hook}")
+    ok = [r for r in recs if r["decision"] == "allow"][0]
+    expect(ok["exit"] == 0 and ok["bytes_down"] > 0 and ok["revision"], ok)
 
 
 @test
