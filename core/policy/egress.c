@@ -401,7 +401,8 @@ void gd_egress_digest(const struct gd_egress *e, void (*update)(void *ctx, const
     put(&d, "snnssnnnnn", "settings", N(e->dns), N(e->secrets_in_query), e->upstream_ca,
         e->audit_path, N(e->head_ms), N(e->keepalive_ms), N(e->body_ms), N(e->max_flows),
         N(e->buffer_total));
-    if (e->ssh.nrules || e->ssh.nkeys || e->ssh.nknown || e->ssh.agent)
+    if (e->ssh.nrules || e->ssh.nkeys || e->ssh.nknown || e->ssh.agent || e->ssh.max_conns ||
+        e->ssh.connect_ms || e->ssh.handshake_ms || e->ssh.idle_ms)
         gd_ssh_conf_digest(&e->ssh, update, ctx);
 }
 
@@ -473,6 +474,11 @@ static int flag_ssh_known(struct gd_egress *e, const char *v, struct gd_err *err
     return gd_ssh_conf_known_hosts(&e->ssh, v, err);
 }
 
+static int flag_ssh_limit(struct gd_egress *e, const char *v, struct gd_err *err)
+{
+    return gd_ssh_conf_limit(&e->ssh, v, err);
+}
+
 static const struct egress_flag {
     const char *name;
     int (*set)(struct gd_egress *e, const char *value, struct gd_err *err);
@@ -485,7 +491,7 @@ static const struct egress_flag {
     {"--audit", gd_egress_audit, 1},          {"--http-limit", flag_http_limit, 1},
     {"--audit-fs", flag_audit_fs, 0},         {"--ssh-allow", flag_ssh_allow, 1},
     {"--ssh-key", flag_ssh_key, 1},           {"--ssh-agent", flag_ssh_agent, 0},
-    {"--ssh-known-hosts", flag_ssh_known, 1},
+    {"--ssh-known-hosts", flag_ssh_known, 1}, {"--ssh-limit", flag_ssh_limit, 1},
 };
 
 int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd_err *err)

@@ -85,7 +85,11 @@ static int ssh_start(struct gd_netstack *n, uv_loop_t *loop, const struct gd_egr
                                    .ud = n,
                                    .loop = loop,
                                    .on_exec = ssh_exec,
-                                   .on_record = ssh_record};
+                                   .on_record = ssh_record,
+                                   .max_conns = eg->ssh.max_conns,
+                                   .connect_ms = eg->ssh.connect_ms,
+                                   .handshake_ms = eg->ssh.handshake_ms,
+                                   .idle_ms = eg->ssh.idle_ms};
     if ((rc = gd_ssh_proxy_new(&so, &n->sshpx, err)))
         return rc;
     char *hosts = gd_ssh_conf_guest_hosts(&eg->ssh);

@@ -6,6 +6,7 @@
 #include "base/pattern.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -183,10 +184,47 @@ void gd_ssh_conf_agent(struct gd_ssh_conf *c, int on)
     c->agent = on;
 }
 
+int gd_ssh_conf_limit(struct gd_ssh_conf *c, const char *spec, struct gd_err *err)
+{
+    static const struct {
+        const char *name;
+        size_t off;
+        unsigned long lo, hi;
+    } lim[] = {{"max_conns", offsetof(struct gd_ssh_conf, max_conns), 1, 4096},
+               {"connect_ms", offsetof(struct gd_ssh_conf, connect_ms), 100, 86400000},
+               {"handshake_ms", offsetof(struct gd_ssh_conf, handshake_ms), 100, 86400000},
+               {"idle_ms", offsetof(struct gd_ssh_conf, idle_ms), 100, 86400000}};
+    const char *eq = strchr(spec, '=');
+    for (size_t i = 0; eq && i < sizeof(lim) / sizeof(lim[0]); i++) {
+        if (strlen(lim[i].name) != (size_t)(eq - spec) ||
+            strncmp(spec, lim[i].name, (size_t)(eq - spec)))
+            continue;
+        char *end;
+        errno = 0;
+        unsigned long v = strtoul(eq + 1, &end, 10);
+        if (!eq[1] || *end || errno || v < lim[i].lo || v > lim[i].hi || eq[1] == '-')
+            return gd_err_set(err, -EINVAL, "--ssh-limit %s wants %lu-%lu, not '%s'", lim[i].name,
+                              lim[i].lo, lim[i].hi, eq + 1);
+        *(unsigned *)((char *)c + lim[i].off) = (unsigned)v;
+        return 0;
+    }
+    return gd_err_set(err, -EINVAL,
+                      "--ssh-limit wants max_conns|connect_ms|handshake_ms|idle_ms=N, not '%s'",
+                      spec);
+}
+
 int gd_ssh_conf_merge(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src, struct gd_err *err)
 {
     int rc = 0;
     dst->agent |= src->agent;
+    if (src->max_conns)
+        dst->max_conns = src->max_conns;
+    if (src->connect_ms)
+        dst->connect_ms = src->connect_ms;
+    if (src->handshake_ms)
+        dst->handshake_ms = src->handshake_ms;
+    if (src->idle_ms)
+        dst->idle_ms = src->idle_ms;
     for (size_t i = 0; !rc && i < src->nrules; i++)
         rc = gd_ssh_conf_add_rule(dst, &src->rules[i], err);
     for (size_t i = 0; !rc && i < src->nkeys; i++) {
@@ -228,7 +266,8 @@ void gd_ssh_conf_digest(const struct gd_ssh_conf *c,
                         void (*update)(void *ctx, const void *p, size_t n), void *ctx)
 {
     char b[5000];
-    int n = snprintf(b, sizeof(b), "ssh agent=%d\n", c->agent);
+    int n = snprintf(b, sizeof(b), "ssh agent=%d limits=%u,%u,%u,%u\n", c->agent, c->max_conns,
+                     c->connect_ms, c->handshake_ms, c->idle_ms);
     update(ctx, b, (size_t)n);
     for (size_t i = 0; i < c->nrules; i++) {
         const struct gd_ssh_rule *r = &c->rules[i];

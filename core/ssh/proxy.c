@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #define CHUNK 32768
+#define KEEPALIVE_S 30
 
 struct conn {
     gd_ssh_proxy *p;
@@ -49,7 +50,7 @@ struct gd_ssh_proxy {
     uv_async_t *async; /* NULL without a loop */
     struct job *head, *tail;
     struct conn *conns;
-    unsigned nconns, max_conns, connect_ms, handshake_ms;
+    unsigned nconns, max_conns, connect_ms, handshake_ms, idle_ms;
     int closing;
     char *host_key;
     void (*log)(void *ud, const char *line);
@@ -161,12 +162,22 @@ static void refuse(ssh_channel ch, const char *why)
     ssh_channel_free(ch);
 }
 
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* Moves bytes both ways until the upstream's output ends. A blocking write waits for
- * the other side's window: that is the backpressure. 0, or -1 when a side failed. */
+ * the other side's window (at most the session timeout): that is the backpressure. With
+ * no byte either way, keepalives go out every KEEPALIVE_S and after idle_ms the exec is
+ * cut. 0, -1 when a side failed, -2 when idle. */
 static int pump(struct conn *c, ssh_channel g, ssh_channel u, uint64_t *in, uint64_t *out)
 {
     static __thread char buf[CHUNK];
     int g_eof = 0;
+    double last = now_s(), ping = last;
     for (;;) {
         if (__atomic_load_n(&c->p->closing, __ATOMIC_RELAXED))
             return -1;
@@ -201,6 +212,16 @@ static int pump(struct conn *c, ssh_channel g, ssh_channel u, uint64_t *in, uint
         }
         if (!got && (ssh_channel_is_eof(u) || !ssh_channel_is_open(u)))
             return 0;
+        double t = now_s();
+        if (progress)
+            last = ping = t;
+        else if ((t - last) * 1000 >= c->p->idle_ms)
+            return -2;
+        else if (t - ping >= KEEPALIVE_S) {
+            ssh_send_keepalive(ssh_channel_get_session(u));
+            ssh_send_keepalive(ssh_channel_get_session(g));
+            ping = t;
+        }
         if (!progress) {
             struct pollfd pf[2] = {
                 {.fd = ssh_get_fd(ssh_channel_get_session(g)), .events = POLLIN},
@@ -208,13 +229,6 @@ static int pump(struct conn *c, ssh_channel g, ssh_channel u, uint64_t *in, uint
             poll(pf, 2, 200);
         }
     }
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* The exec's verdict before any upstream: the git parse, the rule's commands and repos,
@@ -284,6 +298,13 @@ static void exec_one(struct conn *c, ssh_channel g, const char *user, const char
     }
     uint64_t in = 0, out = 0;
     int rc = pump(c, g, u.channel, &in, &out);
+    if (rc == -2) {
+        snprintf(line, sizeof(line), "gondolin: ssh: %s: no traffic for %u s: cut\r\n", c->name,
+                 c->p->idle_ms / 1000);
+        ssh_channel_write_stderr(g, line, (uint32_t)strlen(line));
+        logf_(c->p, "cut %s@%s:%u %s: idle for %u ms", up_user, c->name, c->flow.port, up_cmd,
+              c->p->idle_ms);
+    }
     int st = rc ? 255 : ssh_channel_get_exit_status(u.channel);
     if (st < 0)
         st = 255;
@@ -440,6 +461,7 @@ int gd_ssh_proxy_new(const struct gd_ssh_proxy_opts *o, gd_ssh_proxy **out, stru
     p->max_conns = o->max_conns ? o->max_conns : 32;
     p->connect_ms = o->connect_ms ? o->connect_ms : 10000;
     p->handshake_ms = o->handshake_ms ? o->handshake_ms : 30000;
+    p->idle_ms = o->idle_ms ? o->idle_ms : 600000;
     p->log = o->log;
     p->ud = o->ud;
     p->on_exec = o->on_exec;

@@ -174,6 +174,11 @@ struct gd_ssh_conf {
     char **known_hosts; /* extra known_hosts files, after ~/.ssh and /etc/ssh's */
     size_t nknown;
     int agent; /* authenticate with the host's SSH_AUTH_SOCK agent (hosts without a key) */
+    /* --ssh-limit NAME=VALUE (0: the default; read when the sandbox starts) */
+    unsigned max_conns;    /* guest SSH connections at once (32) */
+    unsigned connect_ms;   /* upstream TCP connect (10 s) */
+    unsigned handshake_ms; /* SSH handshakes, replies, a guest idle between execs (30 s) */
+    unsigned idle_ms;      /* an exec with no byte either way for this long is cut (10 min) */
 };
 
 /* "HOST[:PORT]" into host (cap bytes) and *port (22 without one): 0, or -EINVAL for an
@@ -193,6 +198,8 @@ int gd_ssh_conf_merge(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src, st
 int gd_ssh_conf_key(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
 int gd_ssh_conf_known_hosts(struct gd_ssh_conf *c, const char *path, struct gd_err *err);
 void gd_ssh_conf_agent(struct gd_ssh_conf *c, int on);
+/* "NAME=VALUE": max_conns (1-4096), connect_ms, handshake_ms, idle_ms (100-86400000). */
+int gd_ssh_conf_limit(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
 /* Deep copy (dst zeroed; on -ENOMEM dst is left empty). */
 int gd_ssh_conf_copy(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src);
 void gd_ssh_conf_free(struct gd_ssh_conf *c);
@@ -245,6 +252,7 @@ struct gd_ssh_proxy_opts {
     unsigned max_conns;    /* guest connections at once (0: 32) */
     unsigned connect_ms;   /* upstream TCP connect (0: 10 s) */
     unsigned handshake_ms; /* SSH handshakes and replies, both sides (0: 30 s) */
+    unsigned idle_ms;      /* an exec with no traffic either way (0: 10 min) */
     /* One line per exec and per refusal, from a worker thread (must be thread-safe). */
     void (*log)(void *ud, const char *line);
     void *ud;

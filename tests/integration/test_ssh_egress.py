@@ -276,11 +276,51 @@ git push -q origin main 2> ../e3; echo "RO-PUSH $? $(grep gondolin ../e3)"
 
 
 @test
+def limits(up):
+    """--ssh-limit: an idle exec is cut with one line; past max_conns a guest connection
+    is closed (and the slot comes back); an upstream that never speaks SSH times out"""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does) and never says a word
+    sport = silent.getsockname()[1]
+    flags = up.flags() + ["--ssh-limit", "max_conns=1", "--ssh-limit", "idle_ms=6000",
+                          "--ssh-limit", "handshake_ms=5000", "--resolve", "hang.test:127.0.0.1",
+                          "--allow-internal", "hang.test", "--ssh-allow", f"hang.test:{sport}"]
+    ssh = f"ssh -p {up.port} -o BatchMode=yes {up.user}@git.test"
+    script = f"""
+cd /tmp
+t0=$(date +%s)
+sleep 20 | {{ {ssh} "git-upload-pack '{up.repo}'" > o1 2> e1; date +%s > t1; }} &
+sleep 3
+{ssh} "git-upload-pack '{up.repo}'" < /dev/null > o2 2> e2; echo "SECOND $?"
+wait
+echo "IDLE $(( $(cat t1) - t0 )) $(grep gondolin e1)"
+git ls-remote {up.url()} > o3 2> e3; echo "AGAIN $? $(wc -l < o3)"
+t0=$(date +%s)
+git ls-remote ssh://{up.user}@hang.test:{sport}/r.git 2> e4; echo "HANG $? $(( $(date +%s) - t0 )) $(grep gondolin e4)"
+"""
+    try:
+        rc, out, err = up.gexec(flags, script)
+    finally:
+        silent.close()
+    eq(rc, 0, f"guest script: {out}\n{err}")
+    lines = {l.split(" ", 1)[0]: l for l in out.splitlines() if l}
+    expect(lines["SECOND"] == "SECOND 255", f"over max_conns: {lines['SECOND']}\n{err}")
+    expect("too many SSH connections" in err, f"host log: {err}")
+    idle = lines["IDLE"].split(" ", 2)
+    expect("no traffic for 6 s: cut" in idle[2] and int(idle[1]) < 19, lines["IDLE"])
+    eq(lines["AGAIN"], "AGAIN 0 2", "the slot is free again")
+    hang = lines["HANG"].split(" ", 3)
+    expect(hang[1] == "128" and int(hang[2]) < 25 and "handshake" in hang[3], lines["HANG"])
+
+
+@test
 def flag_errors(up):
     """bad SSH flags are one-line usage errors before any VM boots"""
     for bad in (["--ssh-allow", "git.test:0"], ["--ssh-allow", ":22"],
                 ["--ssh-key", "git.test"], ["--ssh-key", f"git.test={up.dir}/missing"],
-                ["--ssh-known-hosts", f"{up.dir}/missing"]):
+                ["--ssh-known-hosts", f"{up.dir}/missing"], ["--ssh-limit", "max_conns=0"],
+                ["--ssh-limit", "idle_ms=abc"], ["--ssh-limit", "speed=1"]):
         r = subprocess.run([G, "exec"] + bad + ["--", "true"], capture_output=True, text=True,
                            timeout=60)
         eq(r.returncode, 2, f"{bad}: {r.stderr}")

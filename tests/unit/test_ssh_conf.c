@@ -116,3 +116,28 @@ TEST(ssh_host_key_persistent_0600)
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     CHECK_EQ(system(cmd), 0);
 }
+
+TEST(ssh_conf_limits)
+{
+    struct gd_ssh_conf c = {0};
+    struct gd_err err = {{0}};
+    CHECK_EQ(gd_ssh_conf_limit(&c, "max_conns=4", &err), 0);
+    CHECK_EQ(gd_ssh_conf_limit(&c, "idle_ms=5000", &err), 0);
+    CHECK_EQ(gd_ssh_conf_limit(&c, "connect_ms=100", &err), 0);
+    CHECK_EQ(gd_ssh_conf_limit(&c, "handshake_ms=86400000", &err), 0);
+    CHECK_EQ(c.max_conns, 4);
+    CHECK_EQ(c.idle_ms, 5000);
+    CHECK_EQ(c.connect_ms, 100);
+    CHECK_EQ(c.handshake_ms, 86400000);
+    const char *bad[] = {"max_conns=0", "max_conns=4097", "idle_ms=99", "idle_ms=",  "idle_ms=-1",
+                         "idle_ms=1x",  "speed=1",        "max_conns",  "max_conn=1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_EQ(gd_ssh_conf_limit(&c, bad[i], &err), -EINVAL);
+        CHECK(err.msg[0] && !strchr(err.msg, '\n'));
+    }
+    CHECK_EQ(c.max_conns, 4);
+    struct gd_ssh_conf d = {0};
+    CHECK_EQ(gd_ssh_conf_copy(&d, &c), 0);
+    CHECK_EQ(d.idle_ms, 5000);
+    gd_ssh_conf_free(&d);
+}
