@@ -317,3 +317,24 @@ char *gd_ssh_conf_guest_hosts(const struct gd_ssh_conf *c)
                               i ? "," : "", c->rules[i].host, c->rules[i].port);
     return s;
 }
+
+int gd_ssh_conf_check(const struct gd_ssh_conf *c, const struct gd_ssh_exec *x, char *rule,
+                      size_t rcap, char *line, size_t lcap)
+{
+    if (!x->git) {
+        snprintf(rule, rcap, "git-command");
+        return -1;
+    }
+    const struct gd_ssh_rule *r = gd_ssh_conf_rule(c, x->host, x->port);
+    int repo_ok = r && !r->nrepos;
+    for (size_t i = 0; r && i < r->nrepos && !repo_ok; i++)
+        repo_ok = gd_ssh_repo_match(r->repos[i], x->git->repo);
+    if (r && (!r->commands || (r->commands & gd_ssh_cmd_bit(x->git->service))) && repo_ok)
+        return 0;
+    snprintf(rule, rcap, "ssh:%s%s", x->host, !r ? "" : repo_ok ? " commands" : " repos");
+    snprintf(line, lcap, "%s: %s of %s refused: %s", x->host, x->git->service, x->git->repo,
+             !r        ? "no SSH rule"
+             : repo_ok ? "the SSH rule does not allow this command"
+                       : "the repository is outside the SSH rule's repos");
+    return -1;
+}

@@ -231,28 +231,14 @@ static int pump(struct conn *c, ssh_channel g, ssh_channel u, uint64_t *in, uint
     }
 }
 
-/* The exec's verdict before any upstream: the git parse, the rule's commands and repos,
- * then the policy's hook. 0, or -1 with rule and line (the guest's one line) set. */
+/* The exec's verdict before any upstream: the rules (gd_ssh_conf_check), then the
+ * policy's hook. 0, or -1 with rule and line (the guest's one line) set. */
 static int decide(struct conn *c, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *line,
                   size_t lcap)
 {
     char reason[400] = "";
-    if (!x->git) {
-        snprintf(rule, rcap, "git-command");
+    if (gd_ssh_conf_check(&c->conf, x, rule, rcap, line, lcap))
         return -1;
-    }
-    const struct gd_ssh_rule *r = gd_ssh_conf_rule(&c->conf, c->name, c->flow.port);
-    int repo_ok = r && !r->nrepos;
-    for (size_t i = 0; r && i < r->nrepos && !repo_ok; i++)
-        repo_ok = gd_ssh_repo_match(r->repos[i], x->git->repo);
-    if (!r || (r->commands && !(r->commands & gd_ssh_cmd_bit(x->git->service))) || !repo_ok) {
-        snprintf(rule, rcap, "ssh:%s%s", c->name, !r ? "" : repo_ok ? " commands" : " repos");
-        snprintf(line, lcap, "%s: %s of %s refused: %s", c->name, x->git->service, x->git->repo,
-                 !r        ? "no SSH rule"
-                 : repo_ok ? "the SSH rule does not allow this command"
-                           : "the repository is outside the SSH rule's repos");
-        return -1;
-    }
     struct job j = {.x = x, .rule = rule, .rcap = rcap, .reason = reason, .cap = sizeof(reason)};
     int rc = loop_call(c->p, &j);
     if (!rc)

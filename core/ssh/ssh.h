@@ -236,6 +236,13 @@ struct gd_ssh_record {
     double ms;
 };
 
+/* The rules' verdict on an exec, before any hook: it must parse as a git command (x->git
+ * set), and the rule for (x->host, x->port) must allow its service (commands) and repo
+ * (repos). 0, or -1 with rule ("git-command", "ssh:HOST commands", "ssh:HOST repos") and
+ * line (what the guest is told; for an unparsed command the caller's line is kept). */
+int gd_ssh_conf_check(const struct gd_ssh_conf *c, const struct gd_ssh_exec *x, char *rule,
+                      size_t rcap, char *line, size_t lcap);
+
 /* ---- the proxy ---------------------------------------------------------------------- */
 
 /* The host's SSH endpoint for guest connections (proxy.c, upstream.c). Each guest
