@@ -18,6 +18,27 @@ int gd_engine_ssh_exec(gd_engine *e, const struct gd_ssh_exec *x, char *rule, si
     struct rev *r = e->cur;
     if (!r)
         return -EACCES;
+    struct gd_plugin_ssh_exec px = {.host = x->host,
+                                    .port = x->port,
+                                    .user = x->user,
+                                    .command = x->command,
+                                    .git_service = x->git ? x->git->service : NULL,
+                                    .git_repo = x->git ? x->git->repo : NULL};
+    for (size_t i = 0; i < r->ninst; i++) {
+        size_t n;
+        const struct gd_plugin_ssh_hook *h = gd_plugin_ssh_hooks(r->inst[i], &n);
+        for (size_t k = 0; k < n; k++) {
+            char why[300] = "";
+            if (!h[k].fn(h[k].ud, &px, why, sizeof(why)))
+                continue;
+            why[sizeof(why) - 1] = 0;
+            gd_sanitize(reason, cap, why, strlen(why));
+            if (!reason[0])
+                snprintf(reason, cap, "denied by plugin");
+            snprintf(rule, rcap, "%s", h[k].name);
+            return -EACCES;
+        }
+    }
     return r->lua ? gd_lua_ssh_hook(r->lua, x, rule, rcap, reason, cap) : 0;
 }
 

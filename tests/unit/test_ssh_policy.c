@@ -161,3 +161,40 @@ TEST(ssh_policy_table_errors)
         fx_cleanup(&f);
     }
 }
+
+#ifdef GD_TEST_SSH_PLUGIN
+TEST(ssh_policy_plugin_hook_before_lua)
+{
+    struct fx f;
+    memset(&f, 0, sizeof(f));
+    snprintf(f.dir, sizeof(f.dir), "/tmp/gd-sshpol-XXXXXX");
+    CHECK(mkdtemp(f.dir));
+    snprintf(f.policy, sizeof(f.policy), "%s/p.lua", f.dir);
+    FILE *p = fopen(f.policy, "w");
+    CHECK(p);
+    fputs("return { ssh = { ['github.com'] = { agent = true } },\n"
+          "  on_ssh_exec = function(req) if req:user() == 'eve' then req:deny('lua says no') end "
+          "end }\n",
+          p);
+    fclose(p);
+    const char *plugins[] = {GD_TEST_SSH_PLUGIN, NULL};
+    struct gd_engine_opts o = {
+        .policy = f.policy, .plugins = plugins, .lua_dir = GD_TEST_LUA_DIR, .quiet = 1};
+    struct gd_err err = {{0}};
+    if (gd_engine_new(&o, &f.e, &err))
+        FAIL_AT("%s", err.msg);
+    char rule[300], reason[300];
+    CHECK_EQ(exec_cmd(&f, "git-upload-pack 'locked/r.git'", rule, reason), 0);
+    CHECK_EQ(exec_cmd(&f, "git-receive-pack 'locked/r.git'", rule, reason), -EACCES);
+    CHECK_STR(rule, "sshlock/locks");
+    CHECK_STR(reason, "github.com:22: locked/r is locked");
+    struct gd_ssh_exec x = {.host = "github.com", .port = 22, .user = "eve", .command = "x"};
+    CHECK_EQ(gd_engine_ssh_exec(f.e, &x, rule, 300, reason, 300), -EACCES);
+    CHECK_STR(reason, "lua says no");
+    x.user = "mallory"; /* the plugin runs first */
+    CHECK_EQ(gd_engine_ssh_exec(f.e, &x, rule, 300, reason, 300), -EACCES);
+    CHECK_STR(rule, "sshlock/locks");
+    CHECK_STR(reason, "user mallory is blocked");
+    fx_cleanup(&f);
+}
+#endif
