@@ -7,6 +7,9 @@
 #include "ssh/ssh.h"
 #include "ssh/ssh_int.h"
 
+#include "base/err.h"
+
+#include <ctype.h>
 #include <errno.h>
 #include <libssh/libssh.h>
 #include <libssh/server.h>
@@ -264,8 +267,17 @@ static void exec_one(struct conn *c, ssh_channel g, const char *user, const char
                             .command = cmd,
                             .git = parsed ? &git : NULL};
     snprintf(line, sizeof(line), "%s: command refused: %s", c->name, why ? why : "too long");
-    if (decide(c, &x, rule, sizeof(rule), line, sizeof(line))) {
-        logf_(c->p, "denied %s@%s:%u \"%.200s\" (%s): %s", user, c->name, c->flow.port, cmd, rule,
+    if (!strcmp(user, "-")) {
+        x.git = NULL;
+        snprintf(line, sizeof(line), "%s: the SSH user name must be 1-64 of A-Z a-z 0-9 . _ -",
+                 c->name);
+    }
+    if (!strcmp(user, "-") || decide(c, &x, rule, sizeof(rule), line, sizeof(line))) {
+        char clean[300];
+        gd_sanitize(clean, sizeof(clean), cmd, cl);
+        if (!rule[0])
+            snprintf(rule, sizeof(rule), "ssh-user");
+        logf_(c->p, "denied %s@%s:%u \"%s\" (%s): %s", user, c->name, c->flow.port, clean, rule,
               line);
         record(c, &x, 1, rule, line, 0, 0, 0, 0);
         refuse(g, line);
@@ -365,6 +377,17 @@ static void on_message(struct conn *c, ssh_message m, ssh_channel *ch, const cha
     }
 }
 
+static int user_ok(const char *u)
+{
+    size_t n = u ? strlen(u) : 0;
+    if (n < 1 || n > 64 || u[0] == '-')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)u[i]) && !strchr("._-", u[i]))
+            return 0;
+    return 1;
+}
+
 static void serve_session(struct conn *c)
 {
     ssh_bind b = ssh_bind_new();
@@ -391,9 +414,10 @@ static void serve_session(struct conn *c)
             if (ssh_message_type(m) != SSH_REQUEST_AUTH)
                 ssh_message_reply_default(m);
             else { /* OpenSSH's first attempt is "none": accepted at once */
-                snprintf(user, sizeof(user), "%s", ssh_message_auth_user(m) ?: "git");
-                if (!user[0])
-                    snprintf(user, sizeof(user), "git");
+                const char *u = ssh_message_auth_user(m);
+                /* the guest's name goes upstream (unless the rule names one) and into
+                 * logs: a plain user name or nothing ("-": every exec is refused) */
+                snprintf(user, sizeof(user), "%s", user_ok(u) ? u : "-");
                 ssh_message_auth_reply_success(m, 0);
             }
         } else

@@ -178,6 +178,7 @@ sleep 5
 bash -c 'exec 3<>/dev/tcp/127.0.0.1/7001 && cat <&3' > /dev/null 2>&1
 sleep 2; kill %1; echo "FWD-L $(cat e6)"
 git clone -q {up.url(repo='/etc')} x 2> e7; echo "NOTGIT $? $(cat e7)"
+ssh -p {up.port} -o BatchMode=yes -l 'a+b' git.test "git-upload-pack '{up.repo}'" < /dev/null 2> e9; echo "USER $? $(grep gondolin e9)"
 for h in unknown.test changed.test evil.test; do
   git ls-remote {up.url(host='HOST')} 2> e8 | sed "s/^/LS-$h /"; echo "HK-$h $(grep gondolin e8)"
 done
@@ -197,6 +198,8 @@ done
            lines["FWD-W"])
     expect("prohibited" in lines["FWD-L"], lines["FWD-L"])
     expect(lines["NOTGIT"].startswith("NOTGIT 128"), lines["NOTGIT"])
+    expect(lines["USER"].startswith("USER 1 gondolin: ssh: git.test: the SSH user name must be"),
+           lines["USER"])
     expect("not in known_hosts" in lines["HK-unknown.test"], lines["HK-unknown.test"])
     expect("CHANGED" in lines["HK-changed.test"], lines["HK-changed.test"])
     expect("internal address" in lines["HK-evil.test"], lines["HK-evil.test"])
