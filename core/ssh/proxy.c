@@ -15,6 +15,7 @@
 #include <libssh/server.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -444,6 +445,12 @@ static void *conn_main(void *arg)
 {
     struct conn *c = arg;
     gd_ssh_proxy *p = c->p;
+    /* a side that went away makes a write fail with EPIPE, never kills the process (a
+     * SIGPIPE raised here stays pending on this thread and dies with it) */
+    sigset_t pipe;
+    sigemptyset(&pipe);
+    sigaddset(&pipe, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe, NULL);
     serve_session(c);
     pthread_mutex_lock(&p->mu);
     for (struct conn **pp = &p->conns; *pp; pp = &(*pp)->next)
