@@ -71,6 +71,8 @@ struct sess {
     uint16_t port;         /* guest loopback port */
     long long conn_expiry; /* the connect's deadline */
     int reset;             /* the connection was reset: EXIT code 1 */
+    int orphan;            /* its host is gone (RESUME NEW_HOST): a pty kept open until the process
+                              ends, never polled, never reported */
 };
 
 static int port = -1;
@@ -194,7 +196,7 @@ static void send_error(uint32_t id, uint32_t code, const char *fmt, ...)
 static struct sess *sess_find(uint32_t id)
 {
     for (int i = 0; i < MAX_SESS; i++)
-        if (sessions[i] && sessions[i]->id == id)
+        if (sessions[i] && !sessions[i]->orphan && sessions[i]->id == id)
             return sessions[i];
     return NULL;
 }
@@ -761,6 +763,28 @@ static void send_hello(void)
  * /dev/urandom of each copy differ at once; the wall clock jumps to the host's (the
  * guest's clocks stood still while the snapshot was on disk). Then HELLO again: the
  * host takes no command before it. */
+/* RESUME from a new host: the sessions' host ends are gone. Their processes run on:
+ * pipes and tunnels close (as when a connection drops), a pty stays open (its shell
+ * keeps its state) until its process ends. Then the token marks where the new host's
+ * stream starts. */
+static void drop_sessions(const uint8_t *token)
+{
+    for (int i = 0; i < MAX_SESS; i++) {
+        struct sess *s = sessions[i];
+        if (!s || s->orphan)
+            continue;
+        if ((s->flags & GD_EXEC_PTY) && !s->exited)
+            s->orphan = 1;
+        else
+            sess_free(s);
+    }
+    struct gd_enc e;
+    gd_enc_init(&e, outq_reserve(GD_PROTO_HDR_LEN + GD_RESUME_TOKEN_LEN),
+                GD_PROTO_HDR_LEN + GD_RESUME_TOKEN_LEN, GD_MSG_PONG, 0, 0);
+    gd_enc_bytes(&e, token, GD_RESUME_TOKEN_LEN);
+    send_enc(&e);
+}
+
 static void handle_resume(const uint8_t *body, uint32_t len)
 {
     struct gd_msg_resume m;
@@ -768,6 +792,8 @@ static void handle_resume(const uint8_t *body, uint32_t len)
         send_error(0, GD_ERR_INVALID, "malformed RESUME");
         return;
     }
+    if (m.token) /* first: the new host reads from the token on */
+        drop_sessions(m.token);
     /* struct rand_pool_info: int entropy_count (bits), int buf_size, then the bytes */
     static int pool[2 + GD_RESUME_MAX_ENTROPY / sizeof(int)];
     pool[0] = (int)(m.entropy_len * 8);
@@ -1048,6 +1074,11 @@ int main(void)
             struct sess *s = sessions[k];
             if (!s)
                 continue;
+            if (s->orphan) {
+                if (s->exited)
+                    sess_free(s);
+                continue;
+            }
             if (s->sock >= 0) { /* a tunnel connecting */
                 long long left = s->conn_expiry - now;
                 if (left <= 0) {

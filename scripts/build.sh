@@ -14,6 +14,6 @@ fi
 if [[ "${1:-}" == "--asan" ]] && command -v clang >/dev/null; then
   CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DGD_FUZZ=ON >/dev/null
   cmake --build build-fuzz -j"$jobs" --target fuzz-proto fuzz-http fuzz-dns fuzz-sni fuzz-target fuzz-control fuzz-apk fuzz-fuse fuzz-vfs fuzz-virtq fuzz-snap fuzz-bootsnap \
-    fuzz-known-hosts fuzz-gitcmd \
+    fuzz-known-hosts fuzz-gitcmd fuzz-bundle \
     fuzz-selftest >/dev/null
 fi

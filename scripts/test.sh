@@ -22,7 +22,7 @@ if command -v clang >/dev/null; then # build.sh builds build-fuzz/ with clang
   python3 tests/fuzz/test_fuzz_step.py build-fuzz
   echo "== fuzz: control channel (${GD_FUZZ_SECONDS:-30}s)"
   bash scripts/fuzz.sh build-fuzz/tests/fuzz-proto "${GD_FUZZ_SECONDS:-30}" build-fuzz/corpus tests/fuzz/seeds
-  for t in http target dns sni control apk fuse vfs virtq snap bootsnap known-hosts gitcmd; do
+  for t in http target dns sni control apk fuse vfs virtq snap bootsnap known-hosts gitcmd bundle; do
     echo "== fuzz: $t (${GD_FUZZ_SECONDS_NET:-20}s)"
     bash scripts/fuzz.sh "build-fuzz/tests/fuzz-$t" "${GD_FUZZ_SECONDS_NET:-20}" "build-fuzz/corpus-$t" \
       "tests/fuzz/seeds-$t"
@@ -75,6 +75,8 @@ echo "== egress from real guests"
 python3 tests/integration/test_egress.py build
 echo "== SSH egress: git over SSH through the host's proxy to a real sshd on loopback"
 python3 tests/integration/test_ssh_egress.py build
+echo "== signed policy bundles: build, sign, verify, refusals, rollback, drop-in, in real guests"
+python3 tests/integration/test_bundle.py build
 echo "== port forwards into real guests (agent tunnels; raw and HTTP-aware)"
 python3 tests/integration/test_forward.py build
 echo "== ingress and host->guest SSH from the command line (policy hooks, audit, sshd image)"

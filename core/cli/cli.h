@@ -44,14 +44,69 @@ struct cli_policy {
     int stub_secrets;
     struct gd_egress egress; /* the egress flags, typed */
     const char **dirs;       /* every plugin directory, in engine order (built once) */
+    /* signed bundles (bundle_flags.c, docs/bundles.md) */
+    const char *bundle;          /* --bundle FILE (or a --policy naming a .gdb file) */
+    const char **trust;          /* --trust DIR, NULL-ended: replaces the default trust roots */
+    unsigned threshold;          /* --threshold N: trusted signatures needed (0 = 1) */
+    int allow_downgrade;         /* --allow-downgrade */
+    int keep_extracted;          /* 1: one supervisor removes them; 2: forks share them */
+    int resolved;                /* cli_policy_resolve ran */
+    char bundle_dir[1200];       /* the verified files, or "" */
+    char **bundle_owned;         /* NULL-ended strings the bundle put into policy/plugins */
+    char **bundle_tests;         /* NULL-ended: paths of the bundle's test case files */
+    char *bundle_entry;          /* the running bundle's entry and host plugins (its paths) */
+    char **bundle_plugin_names;  /* NULL-ended */
+    unsigned bundle_interval_ms; /* --bundle-interval for a URL (0: no live updates) */
+    char bundle_etag[130];       /* the URL's ETag at start */
+    void *live;                  /* the poller (bundle_live.c) */
 };
 /* 1 consumed (advancing *i), 0 not a policy flag, -1 bad value (message printed). */
 int cli_policy_flag(struct cli_policy *p, int argc, char **argv, int *i);
 /* Builds the engine; prints a one-line error and returns its exit code on failure. */
 int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out);
 void cli_policy_free(struct cli_policy *p);
-/* Fills the policy part of a sandbox's options (borrowing from p). */
-void cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o);
+/* Fills the policy part of a sandbox's options (borrowing from p). A bundle (or the
+ * drop-in one) is verified and its revision recorded first: 0, or an exit code after a
+ * one-line error. */
+int cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o);
+
+/* Bundles on the running side (bundle_flags.c). --bundle, --trust, --threshold,
+ * --allow-downgrade: like cli_policy_flag. */
+int cli_bundle_flag(struct cli_policy *p, int argc, char **argv, int *i);
+int cli_policy_is_bundle(const struct cli_policy *p);
+/* Verifies the bundle (or, run = 1 and no --policy, the one drop-in bundle of
+ * $GONDOLIN_POLICIES_DIR or /etc/gondolin/policies.d), checks (run = 1) and records
+ * its revision, writes its files to a private directory and points p->policy and
+ * p->plugins at them. Nothing to do without a bundle. 0, or an exit code after a
+ * one-line error. */
+int cli_policy_resolve(struct cli_policy *p, int run);
+/* Live updates of a --bundle URL (bundle_live.c): fetch (200: *buf malloc'd, etag),
+ * and a poller that verifies and hot-swaps new revisions into sb (no-op without a URL).
+ * stop before the loop's last run. */
+int cli_bundle_is_url(const char *s);
+int cli_bundle_fetch(const char *url, char **buf, size_t *n, char etag[130], struct gd_err *err);
+int cli_bundle_live_start(struct cli_policy *p, uv_loop_t *loop, gd_sandbox *sb);
+void cli_bundle_live_stop(struct cli_policy *p);
+/* $XDG_STATE_HOME/gondolin/bundles.json (~/.local/state). */
+void cli_bundle_state_path(char *out, size_t cap);
+/* The trusted signers' ids (16 hex digits each, comma-separated). */
+struct gd_bundle_info;
+void cli_bundle_signers(const struct gd_bundle_info *in, char *out, size_t cap);
+/* Runs every test case file of the resolved bundle: 0 all passed, 1 otherwise. */
+int cli_bundle_run_tests(struct cli_policy *p);
+void cli_bundle_free(struct cli_policy *p);
+/* The trust roots: dirs (NULL-ended) if given, else /etc/gondolin/trust.d and
+ * $XDG_CONFIG_HOME/gondolin/trust.d (~/.config). 0, or an exit code after an error. */
+struct gd_bundle_trust;
+int cli_bundle_trust(const char *const *dirs, struct gd_bundle_trust *t);
+/* Opens and verifies path against p's trust roots and threshold, now and this version. */
+typedef struct gd_bundle gd_bundle;
+int cli_bundle_open(struct cli_policy *p, const char *path, gd_bundle **b, struct gd_err *err);
+/* Runs the cases of cases_path against p's policy (no VM) and prints the table:
+ * 0 all passed, 1 a case failed or the policy did not load, 2 bad case file. */
+int cli_policy_test(struct cli_policy *p, const char *cases_path);
+int cmd_bundle(int argc, char **argv);
+int cli_bundle_serve(int argc, char **argv); /* bundle_serve.c */
 
 /* Ingress and SSH flags of exec/bash/start (sandbox_flags.c). */
 struct cli_sandbox_flags {
@@ -88,6 +143,25 @@ int cmd_exec(int argc, char **argv, int pty);
 /* Sessions (docs/sessions.md): start (cmd_start.c); ls, stop, logs (cmd_session.c);
  * exec --session and attach (cmd_sexec.c); cp (cmd_cp.c). */
 int cmd_start(int argc, char **argv);
+/* What `start` and `fork` share (cmd_start.c): the flags, one supervisor spawned and
+ * waited for, the new session printed. */
+struct cli_start {
+    struct cli_vm_flags vf;
+    struct cli_policy pol;
+    struct cli_sandbox_flags sf;
+    const char **env; /* NULL-ended */
+    size_t nenv;
+    const char *name;
+    int json, no_network;
+};
+/* 1 consumed (advancing *i), 0 not a start flag, -1 bad value (message printed). */
+int cli_start_flag(struct cli_start *st, int argc, char **argv, int *i);
+/* The flags' combinations: 0, or the exit code (message printed). */
+int cli_start_check(const struct cli_start *st);
+/* A session from st named name (or NULL), ready: 0 and its id, or the exit code. */
+int cli_start_spawn(struct cli_start *st, const char *name, char id[37]);
+int cli_start_print(const char *id, int json);
+int cmd_fork(int argc, char **argv); /* cmd_fork.c */
 int cmd_ls(int argc, char **argv);
 int cmd_stop(int argc, char **argv);
 int cmd_logs(int argc, char **argv);

@@ -366,6 +366,10 @@ static void exec_usage(int pty)
            "  --plugin PATH.so    load a plugin (repeatable; after the plugin directories)\n"
            "  --plugin-dir DIR    load every *.so in DIR (after /etc/gondolin/plugins.d and\n"
            "                      ~/.config/gondolin/plugins.d)\n"
+           "  --policy FILE.gdb | --bundle FILE|URL  a signed bundle (docs/bundles.md); with\n"
+           "                      --trust DIR, --threshold N, --allow-downgrade,\n"
+           "                      --bundle-interval SECONDS (URL: live updates); no policy:\n"
+           "                      the bundle in /etc/gondolin/policies.d, if any\n"
            "\negress (no --allow-host: the guest reaches nothing):\n"
            "  --allow-host RULE   allow requests matching [METHOD ]HOST[:PORT][/PATH]; HOST is\n"
            "                      name, *.name or *; without :PORT only 80/443 (repeatable)\n"
@@ -500,7 +504,13 @@ int cmd_exec(int argc, char **argv, int pty)
 
     struct gd_sandbox_opts so = {.no_network = no_network};
     cli_vm_sandbox(&vf, &so);
-    cli_policy_sandbox(&pol, &so);
+    int prc = cli_policy_sandbox(&pol, &so);
+    if (prc) {
+        free(r);
+        free(env);
+        cli_policy_free(&pol);
+        return prc;
+    }
     cli_sandbox_opts(&sf, &so);
     r->sf = &sf;
     if (sf.ssh && cli_private_dir("ssh", r->ssh_dir, sizeof(r->ssh_dir)))
@@ -514,6 +524,7 @@ int cmd_exec(int argc, char **argv, int pty)
         return cli_die(rc == -EINVAL ? 2 : 125, "%s", err.msg);
     }
     cli_print_forwards(r->sb);
+    cli_bundle_live_start(&pol, r->loop, r->sb); /* --bundle URL: (prints why it cannot) */
 
     if (r->xo.stdin_stream) {
         if (uv_poll_init(r->loop, &r->in_poll, 0) == 0) {
@@ -547,6 +558,7 @@ int cmd_exec(int argc, char **argv, int pty)
     }
     uv_run(r->loop, UV_RUN_DEFAULT);
     restore_tty(r);
+    cli_bundle_live_stop(&pol);
     int code = r->code < 0 ? 125 : r->code;
     uv_run(r->loop, UV_RUN_DEFAULT); /* let the network and proxy finish closing */
     gd_sandbox_free(r->sb);

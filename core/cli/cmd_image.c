@@ -44,6 +44,7 @@ static void snap_json(cJSON *arr, const struct gd_snap_entry *e)
         cJSON_AddStringToObject(o, "image", e->meta.image);
         cJSON_AddNumberToObject(o, "created", (double)e->meta.created);
         cJSON_AddStringToObject(o, "gondolin", e->meta.gondolin);
+        cJSON_AddBoolToObject(o, "memory", e->meta.memory);
     } else {
         cJSON_AddStringToObject(o, "error", e->error);
     }
@@ -85,7 +86,7 @@ static int list(int json)
         free(out);
         cJSON_Delete(arr);
     } else if (n) {
-        printf("\n%-32s %-12s %-20s %9s\n", "SNAPSHOT", "IMAGE", "CREATED", "SIZE");
+        printf("\n%-32s %-6s %-12s %-20s %9s\n", "SNAPSHOT", "KIND", "IMAGE", "CREATED", "SIZE");
         for (size_t i = 0; i < n; i++) {
             char ts[32] = "?";
             if (v[i].ok) {
@@ -93,7 +94,10 @@ static int list(int json)
                 struct tm tm;
                 strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%S", localtime_r(&t, &tm));
             }
-            printf("%-32s %-12.12s %-20s %7.1f MB%s%s\n", v[i].name,
+            printf("%-32s %-6s %-12.12s %-20s %7.1f MB%s%s\n", v[i].name,
+                   !v[i].ok           ? "?"
+                   : v[i].meta.memory ? "memory"
+                                      : "disk",
                    v[i].ok ? v[i].meta.build_id : "?", ts, (double)v[i].size / 1e6,
                    v[i].ok ? "" : "  unreadable: ", v[i].ok ? "" : v[i].error);
         }
@@ -153,6 +157,7 @@ static int inspect_snapshot(const char *sel)
     cJSON_AddStringToObject(o, "path", path);
     cJSON_AddBoolToObject(o, "verified", 1);
     cJSON_AddNumberToObject(o, "diskBytes", (double)t.qcow2_len);
+    cJSON_AddNumberToObject(o, "memoryBytes", (double)t.mem_len);
     cJSON_AddItemToObject(o, "metadata", mo ? mo : cJSON_CreateNull());
     char *text = cJSON_Print(o);
     cJSON_Delete(o);

@@ -18,7 +18,7 @@
 
 static void usage(void)
 {
-    printf("usage: gondolin policy check FILE.lua [--plugin PATH] [--plugin-dir DIR]\n"
+    printf("usage: gondolin policy check FILE.lua|FILE.gdb [--plugin PATH] [--plugin-dir DIR]\n"
            "       gondolin policy test FILE.lua [CASES.json]\n"
            "       gondolin policy explain FILE.lua METHOD URL [-H 'Name: value']...\n"
            "       gondolin policy explain FILE.lua fs OP /PATH [PATH2] [r|w|rw|a|t]\n"
@@ -30,6 +30,8 @@ static void usage(void)
            "explain  which rule or hook decides one request (or guest file operation), and why\n"
            "reload   make a session (gondolin start) reload its policy now (a one-shot\n"
            "         `exec --policy` reloads when its files change, or on SIGHUP)\n\n"
+           "A signed bundle (FILE.gdb, docs/bundles.md) is verified first (--trust DIR,\n"
+           "--threshold N); test then runs the bundle's own case files.\n"
            "Secret sources are not read by check/test/explain: every secret gets the value\n"
            "stub-NAME unless a test file's \"secrets\" gives one.\n");
 }
@@ -86,7 +88,7 @@ static int cmd_check(int argc, char **argv)
     }
     const struct gd_lua_conf *c = gd_engine_policy_conf(e);
     struct gd_egress *eg = gd_engine_egress(e);
-    printf("%s: ok (revision %s)\n", p.policy, gd_engine_revision(e));
+    printf("%s: ok (revision %s)\n", argv[1], gd_engine_revision(e));
     if (c && c->name)
         printf("  name:     %s\n", c->name);
     printf("  allow:    %zu rule%s\n", eg->nallow, eg->nallow == 1 ? "" : "s");
@@ -333,6 +335,12 @@ static int cmd_test(int argc, char **argv)
     if (parse_common(&p, argc, argv, 2, &rest, &nrest))
         return 2;
     char cases_path[4096];
+    if (!nrest && cli_policy_is_bundle(&p)) { /* a bundle: its own test case files */
+        free(rest);
+        int rc = cli_policy_resolve(&p, 0) ? 1 : cli_bundle_run_tests(&p);
+        cli_policy_free(&p);
+        return rc;
+    }
     if (nrest)
         snprintf(cases_path, sizeof(cases_path), "%s", rest[0]);
     else {
@@ -343,6 +351,13 @@ static int cmd_test(int argc, char **argv)
         strncat(cases_path, ".test.json", sizeof(cases_path) - strlen(cases_path) - 1);
     }
     free(rest);
+    int rc = cli_policy_test(&p, cases_path);
+    cli_policy_free(&p);
+    return rc;
+}
+
+int cli_policy_test(struct cli_policy *p, const char *cases_path)
+{
     char *text;
     size_t tl;
     int rc = gd_read_file(cases_path, 8u << 20, &text, &tl);
@@ -365,12 +380,11 @@ static int cmd_test(int argc, char **argv)
         if (cJSON_IsString(x) &&
             asprintf((char **)&sv[nsv], "%s=%s", x->string, x->valuestring) >= 0)
             nsv++;
-    p.secret_values = sv;
+    p->secret_values = sv;
     gd_engine *e;
-    rc = cli_policy_engine(&p, 1, &e);
+    rc = cli_policy_engine(p, 1, &e);
     if (rc) {
         cJSON_Delete(doc);
-        cli_policy_free(&p);
         return 1;
     }
     int pass = 0, fail = 0, i = 0;
@@ -389,14 +403,14 @@ static int cmd_test(int argc, char **argv)
         printf("%-6s %-44s %s\n", ok ? "PASS" : "FAIL", name, ok ? got : why);
         ok ? pass++ : fail++;
     }
-    printf("%d passed, %d failed (%s, revision %s)\n", pass, fail, p.policy, gd_engine_revision(e));
+    printf("%d passed, %d failed (%s, revision %s)\n", pass, fail, p->policy,
+           gd_engine_revision(e));
     gd_engine_free(e);
     cJSON_Delete(doc);
     for (size_t k = 0; k < nsv; k++)
         free((char *)sv[k]);
     free(sv);
-    p.secret_values = NULL;
-    cli_policy_free(&p);
+    p->secret_values = NULL;
     return fail ? 1 : 0;
 }
 
@@ -427,7 +441,7 @@ static int explain_fs(int argc, char **argv)
     }
     int rc = cli_fs_decide(e, &ev, rule, sizeof(rule), reason, sizeof(reason));
     const char *b = gd_engine_fs_hook_site(e, 0);
-    printf("fs %s (policy %s, revision %s)\n", spec, p.policy, gd_engine_revision(e));
+    printf("fs %s (policy %s, revision %s)\n", spec, argv[1], gd_engine_revision(e));
     printf("mount:    %s\n", ev.mount);
     printf("chain:    plugin fs hooks -> lua on_fs (%s)\n", b ? b : "none");
     if (!rc) {
@@ -481,7 +495,7 @@ static int cmd_explain(int argc, char **argv)
     const char *rule, *reason;
     enum gd_decision d = gd_txn_decision(t, &status, &rule, &reason);
     const struct gd_lua_conf *c = gd_engine_policy_conf(e);
-    printf("%s %s (policy %s, revision %s)\n", argv[2], argv[3], p.policy, gd_engine_revision(e));
+    printf("%s %s (policy %s, revision %s)\n", argv[2], argv[3], argv[1], gd_engine_revision(e));
     printf("chain:    allow-host -> internal-ranges (at connect) -> plugins -> lua (%s) -> "
            "secrets\n",
            phase_list(c ? c->hook_phases : 0));

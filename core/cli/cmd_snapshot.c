@@ -1,5 +1,6 @@
-/* cmd_snapshot.c - `gondolin snapshot ID [--name N] [--output PATH]`: a disk checkpoint
- * of a session (docs/snapshots.md), taken by its supervisor over the control socket. */
+/* cmd_snapshot.c - `gondolin snapshot ID [--memory [--stop]] [--name N] [--output PATH]`:
+ * a disk checkpoint or a memory snapshot of a session (docs/snapshots.md), taken by its
+ * supervisor over the control socket. */
 #define _GNU_SOURCE
 #include "cli.h"
 
@@ -14,18 +15,28 @@
 #include <time.h>
 
 static const char usage[] =
-    "usage: gondolin snapshot ID|NAME [--name N] [--output PATH]\n\n"
+    "usage: gondolin snapshot ID|NAME [--memory [--stop]] [--name N] [--output PATH]\n\n"
     "Syncs the session's filesystems, stops it and keeps its disk as a checkpoint: in the\n"
     "image store as N (default: SESSION-DATE-TIME), or at PATH. The session must run with\n"
-    "--rootfs-mode cow. Resume with `gondolin start --resume N` or `exec --resume N`;\n"
-    "`gondolin image ls` lists checkpoints (docs/snapshots.md).\n";
+    "--rootfs-mode cow.\n"
+    "  --memory   a memory snapshot instead: RAM and device state (running processes,\n"
+    "             open files, the root's writes in guest memory), saved while the guest\n"
+    "             is paused; the session runs on (the session must have no mounts)\n"
+    "  --stop     with --memory: stop the session once it is saved\n"
+    "Resume with `gondolin start --resume N` or `exec --resume N`; `gondolin fork` makes\n"
+    "several sessions from one; `gondolin image ls` lists them (docs/snapshots.md).\n";
 
 int cmd_snapshot(int argc, char **argv)
 {
     const char *key = NULL, *name = NULL, *output = NULL;
+    int memory = 0, stop = 0;
     for (int i = 1; i < argc; i++) {
         int k;
-        if (!strcmp(argv[i], "--name") && i + 1 < argc)
+        if (!strcmp(argv[i], "--memory"))
+            memory = 1;
+        else if (!strcmp(argv[i], "--stop"))
+            stop = 1;
+        else if (!strcmp(argv[i], "--name") && i + 1 < argc)
             name = argv[++i];
         else if (!strncmp(argv[i], "--name=", 7))
             name = argv[i] + 7;
@@ -36,6 +47,9 @@ int cmd_snapshot(int argc, char **argv)
         else if ((k = cli_session_arg(argv[i], &key, usage)) >= 0)
             return k;
     }
+    if (stop && !memory)
+        return cli_die(2, "snapshot: --stop goes with --memory (a disk checkpoint always "
+                          "stops the session)");
     if (name && !gd_snap_name_ok(name))
         return cli_die(2,
                        "snapshot: '%s' is not a checkpoint name (1 to 63 of A-Z a-z 0-9 _ . -, "
@@ -67,6 +81,10 @@ int cmd_snapshot(int argc, char **argv)
         cJSON_AddStringToObject(p, "name", name);
     if (output)
         cJSON_AddStringToObject(p, "output", abs);
+    if (memory)
+        cJSON_AddBoolToObject(p, "memory", 1);
+    if (stop)
+        cJSON_AddBoolToObject(p, "stop", 1);
     struct gd_err err = {{0}};
     rc = gd_control_client_request(c, "snapshot", p, &reply, &err);
     gd_control_client_close(c);
@@ -82,11 +100,14 @@ int cmd_snapshot(int argc, char **argv)
     }
     const cJSON *size = cJSON_GetObjectItemCaseSensitive(reply, "size");
     const char *nm = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(reply, "name"));
+    int stopped = !cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(reply, "stopped"));
     printf("%s\n", nm && !output ? nm : path);
-    fprintf(stderr, "gondolin: checkpoint %s (%.1f MB); the session has stopped\n", path,
-            cJSON_IsNumber(size) ? size->valuedouble / 1e6 : 0.0);
+    fprintf(stderr, "gondolin: %s %s (%.1f MB); the session %s\n",
+            memory ? "memory snapshot" : "checkpoint", path,
+            cJSON_IsNumber(size) ? size->valuedouble / 1e6 : 0.0,
+            stopped ? "has stopped" : "runs on");
     cJSON_Delete(reply);
-    for (int i = 0; i < 600 && gd_session_alive(&s); i++) { /* the supervisor's exit */
+    for (int i = 0; stopped && i < 600 && gd_session_alive(&s); i++) { /* the supervisor's exit */
         struct timespec ts = {0, 50 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }

@@ -2,6 +2,7 @@
  * image is resolved (and the default one built) in the foreground, then a daemonised
  * supervisor (core/control/supervisor.c) boots the sandbox and serves its socket. */
 #define _GNU_SOURCE
+#include "base/fs.h"
 #include "base/text.h"
 #include "cli.h"
 
@@ -118,59 +119,56 @@ static int print_json(const struct gd_session *s)
     return 0;
 }
 
-int cmd_start(int argc, char **argv)
+int cli_start_flag(struct cli_start *st, int argc, char **argv, int *i)
 {
-    struct cli_vm_flags vf = {0};
-    static struct cli_policy pol;
-    static struct cli_sandbox_flags sf;
-    static const char **env; /* (static: reachable until exit on every path) */
-    env = calloc((size_t)argc + 1, sizeof(char *));
-    size_t nenv = 0;
-    const char *name = NULL;
-    int json = 0, no_network = 0;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int k = cli_vm_flag(argc, argv, &i, &vf);
-        if (!k)
-            k = cli_policy_flag(&pol, argc, argv, &i);
-        if (!k)
-            k = cli_sandbox_flag(&sf, argc, argv, &i);
-        if (k < 0)
-            return 2;
-        if (k)
-            continue;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            start_usage();
-            return 0;
-        } else if (!strcmp(a, "--no-network")) {
-            no_network = 1;
-        } else if (!strcmp(a, "--json")) {
-            json = 1;
-        } else if (!strcmp(a, "--name") && i + 1 < argc) {
-            name = argv[++i];
-        } else if (!strncmp(a, "--name=", 7)) {
-            name = a + 7;
-        } else if ((!strcmp(a, "-e") || !strcmp(a, "--env")) && i + 1 < argc) {
-            env[nenv++] = argv[++i];
-        } else if (!strncmp(a, "--env=", 6)) {
-            env[nenv++] = a + 6;
-        } else {
-            return cli_die(2, "start: unknown or incomplete flag '%s' (see gondolin start --help)",
-                           a);
-        }
-        if (nenv && (!strchr(env[nenv - 1], '=') || env[nenv - 1][0] == '='))
-            return cli_die(2, "--env wants KEY=VALUE, not '%s'", env[nenv - 1]);
+    const char *a = argv[*i];
+    int k = cli_vm_flag(argc, argv, i, &st->vf);
+    if (!k)
+        k = cli_policy_flag(&st->pol, argc, argv, i);
+    if (!k)
+        k = cli_sandbox_flag(&st->sf, argc, argv, i);
+    if (k)
+        return k < 0 ? -1 : 1;
+    if (!st->env && !(st->env = calloc((size_t)argc + 1, sizeof(char *))))
+        return cli_die(1, "out of memory"), -1;
+    if (!strcmp(a, "--no-network")) {
+        st->no_network = 1;
+    } else if (!strcmp(a, "--json")) {
+        st->json = 1;
+    } else if (!strcmp(a, "--name") && *i + 1 < argc) {
+        st->name = argv[++*i];
+    } else if (!strncmp(a, "--name=", 7)) {
+        st->name = a + 7;
+    } else if ((!strcmp(a, "-e") || !strcmp(a, "--env")) && *i + 1 < argc) {
+        st->env[st->nenv++] = argv[++*i];
+    } else if (!strncmp(a, "--env=", 6)) {
+        st->env[st->nenv++] = a + 6;
+    } else {
+        return 0;
     }
+    if (st->nenv && (!strchr(st->env[st->nenv - 1], '=') || st->env[st->nenv - 1][0] == '='))
+        return cli_die(2, "--env wants KEY=VALUE, not '%s'", st->env[st->nenv - 1]), -1;
+    return 1;
+}
+
+int cli_start_check(const struct cli_start *st)
+{
+    const struct cli_policy *pol = &st->pol;
+    if (st->no_network &&
+        (pol->policy || pol->egress.nallow || pol->egress.nsecrets || pol->egress.nmaps))
+        return cli_die(2, "--no-network cannot be combined with --policy, --allow-host, "
+                          "--host-secret or --tcp-map");
+    return 0;
+}
+
+int cli_start_spawn(struct cli_start *st, const char *name, char id[37])
+{
     if (name && !gd_session_name_ok(name))
         return cli_die(2,
                        "--name: '%s' is not a name (1 to 63 of A-Z a-z 0-9 _ . -, starting "
                        "with a letter or a digit)",
                        name);
-    if (no_network && (pol.policy || pol.egress.nallow || pol.egress.nsecrets || pol.egress.nmaps))
-        return cli_die(2, "--no-network cannot be combined with --policy, --allow-host, "
-                          "--host-secret or --tcp-map");
-
-    char dir[1024], id[37];
+    char dir[1024];
     int rc = gd_session_dir(dir, sizeof(dir));
     if (rc)
         return cli_die(1, "cannot use the sessions directory %s: %s", dir, strerror(-rc));
@@ -182,20 +180,22 @@ int cmd_start(int argc, char **argv)
     /* the image is resolved now, and the default one built on first use, in the
      * foreground; the supervisor resolves it again (cheaply) unless it was given, so a
      * policy's vm.image still counts */
-    char image[1024];
+    static char image[1024];
     struct gd_err ierr = {{0}};
-    if ((vf.image || !vf.resume[0]) &&
-        cli_resolve_image(&vf.verbose, vf.image, image, sizeof(image), &ierr))
+    if ((st->vf.image || !st->vf.resume[0]) &&
+        cli_resolve_image(&st->vf.verbose, st->vf.image, image, sizeof(image), &ierr))
         return cli_die(125, "%s", ierr.msg); /* (a resume's image is the checkpoint's) */
     if (gd_session_uuid(id))
         return cli_die(1, "cannot generate a session id");
-    struct gd_sandbox_opts so = {.no_network = no_network, .env = env};
-    cli_vm_sandbox(&vf, &so);
-    if (vf.image)
+    struct gd_sandbox_opts so = {.no_network = st->no_network, .env = st->env};
+    cli_vm_sandbox(&st->vf, &so);
+    if (st->vf.image)
         so.image = image;
-    cli_sandbox_opts(&sf, &so); /* --listen: opened with the sandbox */
-    if (!no_network)
-        cli_policy_sandbox(&pol, &so); /* its log/on_reload are the supervisor's */
+    cli_sandbox_opts(&st->sf, &so); /* --listen: opened with the sandbox */
+    if (!st->pol.keep_extracted)
+        st->pol.keep_extracted = 1; /* the bundle's files serve the supervisor */
+    if (!st->no_network && (rc = cli_policy_sandbox(&st->pol, &so))) /* log: the supervisor's */
+        return rc;
 
     char log[1200];
     snprintf(log, sizeof(log), "%s/%s.log", dir, id);
@@ -212,41 +212,73 @@ int cmd_start(int argc, char **argv)
         daemonise(pfd[1], logfd);
         struct gd_control_supervise_opts o = {
             .sandbox = &so, .dir = dir, .id = id, .name = name, .ready_fd = pfd[1]};
-        _exit(gd_control_supervise(&o));
+        int src = gd_control_supervise(&o);
+        if (st->pol.keep_extracted == 1 && st->pol.bundle_dir[0]) /* ours alone */
+            gd_rm_rf(st->pol.bundle_dir);
+        _exit(src);
     }
     close(pfd[1]);
     close(logfd);
     rc = wait_ready(pfd[0], pid, log);
     close(pfd[0]);
-    free(env);
     if (rc) {
         if (rc != 3) /* (3: it crashed; its log says why) */
             gd_session_remove(dir, id);
         return rc == 3 ? 1 : rc;
     }
+    return 0;
+}
+
+int cli_start_print(const char *id, int json)
+{
+    char dir[1024], meta[1200];
     struct gd_session s;
     struct gd_err err = {{0}};
-    char meta[1200];
+    gd_session_dir(dir, sizeof(dir));
     snprintf(meta, sizeof(meta), "%s/%s.json", dir, id);
     if (gd_session_read(meta, &s, &err))
         return cli_die(1, "%s", err.msg);
+    if (json)
+        return print_json(&s);
+    printf("%s\n", id);
+    if (s.name[0])
+        fprintf(stderr, "gondolin: session '%s' is %s\n", s.name, id);
+    return 0;
+}
+
+int cmd_start(int argc, char **argv)
+{
+    static struct cli_start st; /* (static: reachable until exit on every path) */
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int k = cli_start_flag(&st, argc, argv, &i);
+        if (k < 0)
+            return 2;
+        if (k)
+            continue;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            start_usage();
+            return 0;
+        }
+        return cli_die(2, "start: unknown or incomplete flag '%s' (see gondolin start --help)", a);
+    }
+    int rc = cli_start_check(&st);
+    char id[37];
+    if (rc || (rc = cli_start_spawn(&st, st.name, id)))
+        return rc;
+    struct cli_sandbox_flags *sf = &st.sf;
     cJSON *ssh = NULL;
     char ssh_listen[100] = "";
-    if (sf.ssh_port || sf.ssh_host[0])
-        gd_hostport(ssh_listen, sizeof(ssh_listen), sf.ssh_host, sf.ssh_port);
-    if (sf.ssh && (rc = cli_session_ssh(id, sf.ssh_user, ssh_listen, &ssh))) {
+    if (sf->ssh_port || sf->ssh_host[0])
+        gd_hostport(ssh_listen, sizeof(ssh_listen), sf->ssh_host, sf->ssh_port);
+    if (sf->ssh && (rc = cli_session_ssh(id, sf->ssh_user, ssh_listen, &ssh))) {
         char *stop[] = {"stop", id, "--force", NULL};
         cmd_stop(3, stop); /* no half-made session stays behind */
         return rc;
     }
-    if (ssh && !json)
+    if (ssh && !st.json)
         fprintf(stderr, "gondolin: ssh: %s\n",
                 cJSON_GetStringValue(cJSON_GetObjectItem(ssh, "command")));
     cJSON_Delete(ssh);
-    if (json)
-        return print_json(&s);
-    printf("%s\n", id);
-    if (name)
-        fprintf(stderr, "gondolin: session '%s' is %s\n", name, id);
-    return 0;
+    return cli_start_print(id, st.json);
 }

@@ -197,8 +197,11 @@ static void usage(FILE *f)
                "  expose ID [--raw] [HOST:]PORT=GUESTPORT  a host port into the session\n"
                "  ssh ID [--user U] [-- CMD]      log into the session with OpenSSH\n"
                "  diff ID:/GUEST [--export F.tar] what the guest changed in an overlay mount\n"
-               "  snapshot ID [--name N]         stop a session, keep its disk as a checkpoint\n"
+               "  snapshot ID [--name N]          stop a session, keep its disk as a checkpoint\n"
+               "  snapshot ID --memory [--stop]   save a session's memory too; it runs on\n"
+               "  fork ID [-n N]                  N new sessions from a session's memory\n"
                "  policy reload ID                reload a session's policy\n"
+               "  bundle keygen|build|sign|verify|inspect  signed policy bundles\n"
                "  build --config FILE [--output DIR | --tag REF]  build a guest image\n"
                "  build --init-config | --validate FILE | --verify DIR | --default\n"
                "  image ls|inspect|import|tag|rm|gc  the local image store\n"
@@ -252,7 +255,11 @@ int main(int argc, char **argv)
         return cmd_diff(argc - 1, argv + 1);
     if (!strcmp(c, "snapshot"))
         return cmd_snapshot(argc - 1, argv + 1);
+    if (!strcmp(c, "fork"))
+        return cmd_fork(argc - 1, argv + 1);
     if (!strcmp(c, "ssh"))
         return cmd_ssh(argc - 1, argv + 1);
+    if (!strcmp(c, "bundle"))
+        return cmd_bundle(argc - 1, argv + 1);
     return cli_die(2, "unknown command '%s' (see gondolin --help)", c);
 }

@@ -55,6 +55,9 @@ int cli_policy_flag(struct cli_policy *p, int argc, char **argv, int *i)
         }
         return 1;
     }
+    int b = cli_bundle_flag(p, argc, argv, i);
+    if (b)
+        return b;
     struct gd_err err = {{0}};
     int rc = gd_egress_flag(&p->egress, argc, argv, i, &err);
     if (rc < 0) {
@@ -97,6 +100,9 @@ static const char **policy_dirs(struct cli_policy *p)
 
 int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
 {
+    int brc = cli_policy_resolve(p, 0);
+    if (brc)
+        return brc;
     struct gd_engine_opts o = {.policy = p->policy,
                                .base = &p->egress,
                                .plugin_dirs = policy_dirs(p),
@@ -112,18 +118,25 @@ int cli_policy_engine(struct cli_policy *p, int quiet, gd_engine **out)
     return 0;
 }
 
-void cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o)
+int cli_policy_sandbox(struct cli_policy *p, struct gd_sandbox_opts *o)
 {
+    if (o->no_network && cli_policy_is_bundle(p))
+        return cli_die(2, "--no-network cannot be combined with --bundle or a bundle --policy");
+    int brc = o->no_network ? 0 : cli_policy_resolve(p, 1);
+    if (brc)
+        return brc;
     o->policy = p->policy;
     o->egress = &p->egress;
     o->plugin_dirs = policy_dirs(p);
     o->plugins = p->plugins;
     o->log = engine_log;
     o->ud = p;
+    return 0;
 }
 
 void cli_policy_free(struct cli_policy *p)
 {
+    cli_bundle_free(p);
     free(p->plugin_dirs);
     free(p->plugins);
     free(p->dirs);

@@ -1,6 +1,8 @@
 /* checkpoint.c - the `snapshot` REQUEST (docs/snapshots.md): a disk checkpoint of the
- * session into the image store (or a host path), answered once it is on disk. The
- * session ends with it: the sandbox stops, the supervisor exits after the REPLY. */
+ * session, or with "memory" a memory snapshot, into the image store (or a host path),
+ * answered once it is on disk. A disk checkpoint ends the session (the sandbox stops,
+ * the supervisor exits after the REPLY); a memory snapshot too with "stop", else the
+ * session runs on. */
 #define _GNU_SOURCE
 #include "control_int.h"
 
@@ -18,6 +20,7 @@ struct snap_wait {
     uint64_t serial;
     uint32_t id;
     char name[128];
+    int memory, stop;
 };
 
 static void on_snapshot(gd_sandbox *sb, const char *path, uint64_t size, const char *error,
@@ -39,6 +42,8 @@ static void on_snapshot(gd_sandbox *sb, const char *path, uint64_t size, const c
             cJSON_AddStringToObject(o, "path", path);
             gd_control_json_str(o, "name", w->name);
             cJSON_AddNumberToObject(o, "size", (double)size);
+            cJSON_AddBoolToObject(o, "memory", w->memory);
+            cJSON_AddBoolToObject(o, "stopped", !w->memory || w->stop);
         }
         gd__control_reply(c, w->id, o, 0);
     }
@@ -86,13 +91,19 @@ cJSON *gd__control_snapshot(struct conn *c, uint32_t id, const struct gd_control
     w->serial = c->serial;
     w->id = id;
     snprintf(w->name, sizeof(w->name), "%s", q->output[0] && !q->name[0] ? "" : name);
-    struct gd_sandbox_snapshot_opts so = {
-        .path = path, .name = w->name[0] ? w->name : NULL, .session = s->meta.id};
+    w->memory = q->memory;
+    w->stop = q->stop;
+    struct gd_sandbox_snapshot_opts so = {.path = path,
+                                          .name = w->name[0] ? w->name : NULL,
+                                          .session = s->meta.id,
+                                          .memory = q->memory,
+                                          .stop = q->stop};
     struct gd_err err = {{0}};
     if (gd_sandbox_snapshot(s->sb, &so, on_snapshot, w, &err)) {
         free(w);
         return gd__control_fail_reply(err.msg);
     }
-    gd__control_log(s, "control: checkpoint to %s requested", path);
+    gd__control_log(s, "control: %s to %s requested", q->memory ? "memory snapshot" : "checkpoint",
+                    path);
     return NULL; /* on_snapshot answers */
 }

@@ -480,8 +480,10 @@ int gd_control_parse_request(const void *b, size_t n, struct gd_control_request 
         goto out;
     }
     if (get_bool(d, "follow", &o->follow) < 0 || get_bool(d, "force", &o->force) < 0 ||
-        get_bool(d, "raw", &o->raw) < 0 || get_bool(d, "whiteouts", &o->whiteouts) < 0) {
-        bad(why, cap, "%s must be booleans", "\"follow\", \"force\", \"raw\", \"whiteouts\"");
+        get_bool(d, "raw", &o->raw) < 0 || get_bool(d, "whiteouts", &o->whiteouts) < 0 ||
+        get_bool(d, "memory", &o->memory) < 0 || get_bool(d, "stop", &o->stop) < 0) {
+        bad(why, cap, "%s must be booleans",
+            "\"follow\", \"force\", \"raw\", \"whiteouts\", \"memory\", \"stop\"");
         goto out;
     }
     if ((r = get_int(d, "lines", 0, 100000, &v)) < 0) {

@@ -155,6 +155,7 @@ struct gd_control_request {
     int whiteouts;      /* fs.diff: deleted paths as OCI whiteouts in the tar */
     char name[128];     /* snapshot: the checkpoint's name in the store, or "" */
     char output[1024];  /* snapshot: an absolute host path instead of the store, or "" */
+    int memory, stop;   /* snapshot: RAM and devices too; stop the session once saved */
 };
 int gd_control_parse_request(const void *b, size_t n, struct gd_control_request *o, char *why,
                              size_t cap);

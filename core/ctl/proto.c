@@ -263,11 +263,19 @@ int gd_dec_resume(const uint8_t *body, uint32_t len, struct gd_msg_resume *out)
     cur_u32(&c, &out->flags);
     cur_u32(&c, &hi);
     cur_u32(&c, &lo);
-    if (c.err || out->flags != 0)
+    if (c.err || (out->flags & ~GD_RESUME_NEW_HOST))
         return -EBADMSG;
     out->realtime_ns = ((uint64_t)hi << 32) | lo;
-    out->entropy = body + 12;
-    out->entropy_len = len - 12;
+    uint32_t at = 12;
+    out->token = NULL;
+    if (out->flags & GD_RESUME_NEW_HOST) {
+        if (len < at + GD_RESUME_TOKEN_LEN)
+            return -EBADMSG;
+        out->token = body + at;
+        at += GD_RESUME_TOKEN_LEN;
+    }
+    out->entropy = body + at;
+    out->entropy_len = len - at;
     if (out->entropy_len < GD_RESUME_MIN_ENTROPY || out->entropy_len > GD_RESUME_MAX_ENTROPY)
         return -EBADMSG;
     return 0;
@@ -347,6 +355,21 @@ int gd_reader_next(struct gd_reader *r, struct gd_hdr *hdr, const uint8_t **body
     *body = r->buf + r->off + GD_PROTO_HDR_LEN;
     r->off += GD_PROTO_HDR_LEN + hdr->len;
     return 1;
+}
+
+int gd_reader_skip_to(struct gd_reader *r, const uint8_t *mark, size_t n)
+{
+    size_t avail = r->len - r->off;
+    if (n == 0 || n > 64)
+        return 0;
+    for (size_t i = 0; i + n <= avail; i++)
+        if (r->buf[r->off + i] == mark[0] && !memcmp(r->buf + r->off + i, mark, n)) {
+            r->off += i + n;
+            return 1;
+        }
+    if (avail >= n)
+        r->off = r->len - (n - 1);
+    return 0;
 }
 
 const char *gd_msg_type_name(unsigned type)

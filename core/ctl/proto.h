@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #define GD_PROTO_MAJOR 1
-#define GD_PROTO_MINOR 2
+#define GD_PROTO_MINOR 3
 
 #define GD_PROTO_HDR_LEN 12u
 /* Largest body a peer may send; a bigger length field is a protocol error. */
@@ -106,9 +106,17 @@ struct gd_msg_exec {
  * reseed, sets CLOCK_REALTIME, then says HELLO again. */
 #define GD_RESUME_MIN_ENTROPY 32u
 #define GD_RESUME_MAX_ENTROPY 512u
+/* RESUME flags (1.3): the guest was resumed by a host other than the one that ran it
+ * (a memory snapshot of a session): the agent drops its exec sessions (their processes
+ * run on; a pty keeps its terminal), sends PONG(id 0, token) and then HELLO. Every
+ * byte before that PONG belongs to the old host and is skipped by the new one. */
+#define GD_RESUME_NEW_HOST 0x1u
+#define GD_RESUME_TOKEN_LEN 16u
+
 struct gd_msg_resume {
-    uint32_t flags; /* 0 */
+    uint32_t flags; /* 0 or GD_RESUME_NEW_HOST */
     uint64_t realtime_ns;
+    const uint8_t *token;   /* NEW_HOST: GD_RESUME_TOKEN_LEN bytes after the clock, else NULL */
     const uint8_t *entropy; /* borrowed */
     uint32_t entropy_len;   /* GD_RESUME_MIN_ENTROPY..GD_RESUME_MAX_ENTROPY */
 };
@@ -172,6 +180,10 @@ void gd_reader_commit(struct gd_reader *r, size_t n);
 /* Returns 1 and fills hdr/body for a complete frame, 0 if more bytes are needed,
  * or a negative errno (sticky) for a malformed frame. */
 int gd_reader_next(struct gd_reader *r, struct gd_hdr *hdr, const uint8_t **body);
+/* Skips buffered bytes up to and including the first occurrence of mark (n bytes, 1 <=
+ * n <= 64): 1 when found (frames resume right after it), 0 when not yet (all but the
+ * last n - 1 bytes are dropped, so the buffer never fills). */
+int gd_reader_skip_to(struct gd_reader *r, const uint8_t *mark, size_t n);
 
 const char *gd_msg_type_name(unsigned type);
 

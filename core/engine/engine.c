@@ -554,6 +554,13 @@ int gd_engine_reload(gd_engine *e, struct gd_err *err)
     return 0;
 }
 
+void gd_engine_set_bundle(gd_engine *e, const char *name, long long revision, const char *signers)
+{
+    snprintf(e->base.bundle_name, sizeof(e->base.bundle_name), "%s", name);
+    e->base.bundle_revision = revision;
+    snprintf(e->base.bundle_signers, sizeof(e->base.bundle_signers), "%s", signers);
+}
+
 struct gd_egress *gd_engine_egress(gd_engine *e)
 {
     return &e->cur->eg;

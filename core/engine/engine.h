@@ -71,6 +71,9 @@ unsigned gd_engine_generation(const gd_engine *e);  /* 1, 2, ... per successful 
 
 /* Builds and swaps in a new revision. On failure the old one stays and err explains. */
 int gd_engine_reload(gd_engine *e, struct gd_err *err);
+/* The signed bundle that revisions built from now on come from (their audit records'
+ * bundle fields; docs/bundles.md): name (copied; "" = none), revision, signer ids. */
+void gd_engine_set_bundle(gd_engine *e, const char *name, long long revision, const char *signers);
 
 /* Watches the policy files and plugin dirs and handles SIGHUP (reload after a short
  * debounce; results are logged). */

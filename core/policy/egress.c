@@ -295,6 +295,9 @@ int gd_egress_copy(struct gd_egress *dst, const struct gd_egress *src, struct gd
     dst->secrets_in_query = src->secrets_in_query;
     dst->audit_fs = src->audit_fs;
     memcpy(dst->vm_id, src->vm_id, sizeof(dst->vm_id));
+    memcpy(dst->bundle_name, src->bundle_name, sizeof(dst->bundle_name));
+    dst->bundle_revision = src->bundle_revision;
+    memcpy(dst->bundle_signers, src->bundle_signers, sizeof(dst->bundle_signers));
     dst->quiet = src->quiet;
     dst->head_ms = src->head_ms;
     dst->keepalive_ms = src->keepalive_ms;
@@ -759,6 +762,11 @@ void gd_egress_on_event(const struct gd_proxy_event *ev, void *ud)
             cJSON_AddStringToObject(o, "vm", e->vm_id);
             if (ev->tag)
                 cJSON_AddStringToObject(o, "policy", ev->tag);
+            if (e->bundle_name[0]) {
+                cJSON_AddStringToObject(o, "bundle", e->bundle_name);
+                cJSON_AddNumberToObject(o, "bundle_revision", (double)e->bundle_revision);
+                cJSON_AddStringToObject(o, "bundle_signers", e->bundle_signers);
+            }
             if (ev->ingress)
                 cJSON_AddStringToObject(o, "direction", "ingress");
             cJSON_AddStringToObject(o, "method", ev->method);

@@ -60,6 +60,11 @@ struct gd_egress {
     /* --http-limit NAME=VALUE: the proxy's guest-facing limits (0 = its default) */
     unsigned head_ms, keepalive_ms, body_ms, max_flows;
     size_t buffer_total;
+    /* the signed bundle the policy came from (docs/bundles.md), for audit records:
+     * name ("" = none), revision, signer key ids (16 hex digits each, comma-separated) */
+    char bundle_name[65];
+    long long bundle_revision;
+    char bundle_signers[160];
     struct gd_ssh_conf ssh; /* --ssh-allow, --ssh-key, --ssh-agent, --ssh-known-hosts */
 };
 

@@ -14,7 +14,7 @@
 int gd__disk_resume_image(gd_sandbox *sb, const struct gd_sandbox_opts *o,
                           struct gd_snap_trailer *t, struct gd_snap_meta *m, struct gd_err *err)
 {
-    int rc = gd_snap_verify(o->resume, t, m, err);
+    int rc = gd_snap_verify_disk(o->resume, t, m, err); /* memory: checked while loading */
     if (rc)
         return rc;
     if (strcmp(m->arch, gd_host_arch()))
@@ -45,6 +45,8 @@ int gd__disk_prepare(gd_sandbox *sb, const struct gd_sandbox_opts *o, const stru
     struct gd__disk *d = &sb->disk;
     if (!o->resume && strcmp(mode, "cow"))
         return 0;
+    if (o->resume && m->memory && strcmp(m->rootfs, "cow"))
+        return 0; /* a memory snapshot of a root in guest memory: the image as it was */
     if (o->resume && o->rootfs_mode && strcmp(o->rootfs_mode, "cow"))
         return gd_err_set(err, -EINVAL,
                           "a resumed sandbox's root is a disk overlay (rootfs mode "

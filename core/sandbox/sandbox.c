@@ -123,7 +123,7 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
     if (o->resume && !ref) {
         rc = gd__disk_resume_image(sb, o, &st, &sm, err); /* verifies it too */
     } else {
-        if (o->resume && gd_snap_verify(o->resume, &st, &sm, err)) {
+        if (o->resume && gd_snap_verify_disk(o->resume, &st, &sm, err)) {
             rc = -EINVAL;
             goto fail;
         }
@@ -181,12 +181,12 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
     record(sb, o, &img);
     struct gd_vm_opts vo = {.image_dir = sb->image_dir,
                             .accel = o->accel,
-                            .memory_mb = o->memory_mb ? o->memory_mb
-                                         : pc         ? pc->memory_mb
-                                                      : sm.memory_mb,
-                            .cpus = o->cpus ? o->cpus
-                                    : pc    ? pc->cpus
-                                            : sm.cpus,
+                            .memory_mb = o->memory_mb          ? o->memory_mb
+                                         : pc && pc->memory_mb ? pc->memory_mb
+                                                               : sm.memory_mb,
+                            .cpus = o->cpus          ? o->cpus
+                                    : pc && pc->cpus ? pc->cpus
+                                                     : sm.cpus,
                             .start_timeout_ms = o->start_timeout_ms,
                             .append = sb->append[0] ? sb->append : NULL,
                             .rootfs_mode = gd_sandbox_cow(sb) ? "cow" : o->rootfs_mode,
@@ -196,12 +196,26 @@ int gd_sandbox_new(uv_loop_t *loop, const struct gd_sandbox_opts *o, gd_sandbox 
                             .fs = sb->vmfs,
                             .nfs = sb->nmounts,
                             .boot_snapshot = !o->cold_boot};
+    struct gd_vm_resume mem;
+    if (sm.memory) {
+        if ((rc = gd__memsnap_resume_opts(sb, o, &st, &sm, &mem, err)))
+            goto fail;
+        vo.resume = &mem;
+        vo.rootfs_mode = gd_sandbox_cow(sb) ? "cow" : sm.rootfs;
+    }
     if (gd_vm_new(loop, &vo, &sb->vm, err)) {
         rc = -EIO;
         goto fail;
     }
+
     sb->meta.memory_mb = vo.memory_mb ? vo.memory_mb : 1024; /* the VM layer's defaults */
     sb->meta.cpus = vo.cpus ? vo.cpus : 2;
+    snprintf(sb->meta.rootfs, sizeof(sb->meta.rootfs), "%s",
+             vo.rootfs_mode       ? vo.rootfs_mode
+             : img.rootfs_mode[0] ? img.rootfs_mode
+                                  : "memory");
+    if (sm.memory && (rc = gd__memsnap_check_shape(sb, o->resume, &sm, err)))
+        goto fail;
     for (size_t i = 0; i < o->nlisten; i++)
         if (gd_sandbox_expose(sb, &o->listen[i].spec, o->listen[i].raw, NULL, err)) {
             gd__sandbox_close_forwards(sb);
@@ -299,6 +313,7 @@ void gd_sandbox_free(gd_sandbox *sb)
 {
     if (!sb)
         return;
+    gd__memsnap_detach(sb);
     gd__ssh_free(sb->ssh);
     gd__mounts_free(sb);
     gd_vm_free(sb->vm);

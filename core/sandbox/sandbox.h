@@ -125,11 +125,15 @@ struct gd_sandbox_snapshot_opts {
     const char *path;    /* the checkpoint file to create; must not exist (copied) */
     const char *name;    /* recorded in its metadata, or NULL (copied) */
     const char *session; /* the session's id, recorded, or NULL (copied) */
+    /* A memory snapshot: RAM and device state too, taken while the guest is paused for
+     * the save; the sandbox runs on, or stops once it is saved (stop). Not for a root
+     * on a disk overlay or a sandbox with mounts (-ENOTSUP). */
+    int memory, stop;
 };
 /* path and error are borrowed for the call; exactly one of them is NULL. */
 typedef void (*gd_sandbox_snapshot_cb)(gd_sandbox *sb, const char *path, uint64_t size,
                                        const char *error, void *ud);
-/* Syncs the guest's filesystems (and freezes the root, or remounts it read-only),
+/* Disk checkpoint: syncs the guest's filesystems (and freezes the root, or remounts it read-only),
  * stops the sandbox, and keeps its disk overlay as a checkpoint at o->path (written as
  * a hidden temporary, fsync'ed and renamed into place: never a partial file under that
  * name). cb fires once, before the sandbox's exit_cb. Fails at once (-ENOTSUP) when

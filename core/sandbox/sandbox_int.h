@@ -75,6 +75,20 @@ void gd__disk_free(gd_sandbox *sb);
 struct gd__snap;
 void gd__snapshot_on_exit(gd_sandbox *sb, const char *reason);
 
+/* Memory snapshots (memsnap.c). */
+struct gd__memsnap;
+int gd__memsnap_start(gd_sandbox *sb, const struct gd_sandbox_snapshot_opts *o,
+                      gd_sandbox_snapshot_cb cb, void *ud, struct gd_err *err);
+/* The sandbox goes: a snapshot still being written finishes without it. */
+void gd__memsnap_detach(gd_sandbox *sb);
+/* A memory snapshot to resume (o->resume, t and m read): the VM options for it. */
+int gd__memsnap_resume_opts(gd_sandbox *sb, const struct gd_sandbox_opts *o,
+                            const struct gd_snap_trailer *t, const struct gd_snap_meta *m,
+                            struct gd_vm_resume *out, struct gd_err *err);
+/* The new VM's shape is the snapshot's, or a one-line refusal. */
+int gd__memsnap_check_shape(gd_sandbox *sb, const char *path, const struct gd_snap_meta *m,
+                            struct gd_err *err);
+
 struct gd_sandbox {
     uv_loop_t *loop;
     gd_engine *eng;
@@ -100,6 +114,7 @@ struct gd_sandbox {
     struct gd_vm_fs vmfs[GD_VFS_MAX_MOUNTS];
     struct gd__disk disk;
     struct gd__snap *snap;
+    struct gd__memsnap *msnap;
     struct gd_snap_meta meta; /* what a checkpoint records: image, shape, mounts */
 };
 

@@ -72,11 +72,18 @@ static void on_synced(gd_sandbox *sb, int code, const char *out, const char *err
 int gd_sandbox_snapshot(gd_sandbox *sb, const struct gd_sandbox_snapshot_opts *o,
                         gd_sandbox_snapshot_cb cb, void *ud, struct gd_err *err)
 {
+    if (o->memory) {
+        if (sb->closing || sb->snap || sb->msnap)
+            return gd_err_set(err, -EBUSY, "the sandbox is stopping or being snapshotted");
+        if (!o->path || strlen(o->path) >= 1200)
+            return gd_err_set(err, -EINVAL, "no snapshot path, or a path too long");
+        return gd__memsnap_start(sb, o, cb, ud, err);
+    }
     if (!gd_sandbox_cow(sb))
         return gd_err_set(err, -ENOTSUP,
                           "this sandbox's root is not on a disk overlay (its writes live in "
                           "guest memory): start it with --rootfs-mode cow to checkpoint it");
-    if (sb->closing || sb->snap)
+    if (sb->closing || sb->snap || sb->msnap)
         return gd_err_set(err, -EBUSY, "the sandbox is stopping or being checkpointed");
     if (!o->path || strlen(o->path) >= sizeof(sb->snap->path))
         return gd_err_set(err, -EINVAL, "no checkpoint path, or a path too long");

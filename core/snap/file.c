@@ -52,8 +52,8 @@ static int pwrite_all(int fd, const void *buf, size_t n, uint64_t off)
     return 0;
 }
 
-/* sha256 of [0, len) of fd. */
-static int sha_range(int fd, uint64_t len, uint8_t md[32])
+/* sha256 of [off, off + len) of fd. */
+static int sha_range(int fd, uint64_t off0, uint64_t len, uint8_t md[32])
 {
     uint8_t *buf = malloc(CHUNK);
     EVP_MD_CTX *c = EVP_MD_CTX_new();
@@ -62,7 +62,7 @@ static int sha_range(int fd, uint64_t len, uint8_t md[32])
         EVP_DigestInit_ex(c, EVP_sha256(), NULL);
     for (uint64_t off = 0; !rc && off < len;) {
         size_t n = len - off < CHUNK ? (size_t)(len - off) : CHUNK;
-        if (!(rc = pread_all(fd, buf, n, off))) {
+        if (!(rc = pread_all(fd, buf, n, off0 + off))) {
             EVP_DigestUpdate(c, buf, n);
             off += n;
         }
@@ -96,7 +96,7 @@ static int read_tail(int fd, const char *path, struct gd_snap_trailer *t, struct
     char *meta = malloc(t->meta_len);
     if (!meta)
         return gd_err_set(err, -ENOMEM, "out of memory");
-    if ((rc = pread_all(fd, meta, t->meta_len, t->qcow2_len))) {
+    if ((rc = pread_all(fd, meta, t->meta_len, t->qcow2_len + t->mem_len))) {
         free(meta);
         return gd_err_set(err, rc, "cannot read %s: %s", path, strerror(-rc));
     }
@@ -108,6 +108,11 @@ static int read_tail(int fd, const char *path, struct gd_snap_trailer *t, struct
         rc = gd_err_set(err, -EINVAL, "checkpoint %s is corrupt: metadata checksum mismatch", path);
     else if (gd_snap_meta_parse(meta, t->meta_len, m, why2, sizeof(why2)))
         rc = gd_err_set(err, -EINVAL, "checkpoint %s is corrupt: %s", path, why2);
+    else if ((uint32_t)m->format != t->version)
+        rc = gd_err_set(err, -EINVAL,
+                        "checkpoint %s is corrupt: metadata and trailer disagree "
+                        "on the format",
+                        path);
     free(meta);
     return rc;
 }
@@ -134,8 +139,8 @@ int gd_snap_read(const char *path, struct gd_snap_trailer *t, struct gd_snap_met
     return fd < 0 ? fd : 0;
 }
 
-int gd_snap_verify(const char *path, struct gd_snap_trailer *t, struct gd_snap_meta *m,
-                   struct gd_err *err)
+static int verify(const char *path, struct gd_snap_trailer *t, struct gd_snap_meta *m, int memory,
+                  struct gd_err *err)
 {
     int fd = open_checkpoint(path, t, m, err);
     if (fd < 0)
@@ -144,18 +149,41 @@ int gd_snap_verify(const char *path, struct gd_snap_trailer *t, struct gd_snap_m
     uint8_t md[32], hdr[512];
     uint64_t vsize = 0;
     const char *why = NULL;
-    if (!rc && (rc = sha_range(fd, t->qcow2_len, md)))
+    if ((rc = sha_range(fd, 0, t->qcow2_len, md)))
         rc = gd_err_set(err, rc, "cannot read %s: %s", path, strerror(-rc));
-    else if (!rc && memcmp(md, t->qcow2_sha, 32))
+    else if (memcmp(md, t->qcow2_sha, 32))
         rc = gd_err_set(err, -EINVAL, "checkpoint %s is corrupt: disk checksum mismatch", path);
-    else if (!rc && (rc = pread_all(fd, hdr, sizeof(hdr), 0)))
+    else if (t->qcow2_len && (rc = pread_all(fd, hdr, sizeof(hdr), 0)))
         rc = gd_err_set(err, rc, "cannot read %s: %s", path, strerror(-rc));
-    else if (!rc && gd_snap_qcow2_check(hdr, sizeof(hdr), t->qcow2_len, &vsize, &why))
+    else if (t->qcow2_len && gd_snap_qcow2_check(hdr, sizeof(hdr), t->qcow2_len, &vsize, &why))
         rc = gd_err_set(err, -EINVAL, "checkpoint %s is corrupt: %s", path, why);
-    else if (!rc && !m->disk_size)
+    else if (t->qcow2_len && !m->disk_size)
         m->disk_size = vsize;
+    if (!rc && (!!t->qcow2_len) != !strcmp(m->memory ? m->rootfs : "cow", "cow"))
+        rc = gd_err_set(err, -EINVAL,
+                        "checkpoint %s is corrupt: its disk part does not match "
+                        "its rootfs",
+                        path);
+    if (!rc && memory && t->mem_len) {
+        if ((rc = sha_range(fd, t->qcow2_len, t->mem_len, md)))
+            rc = gd_err_set(err, rc, "cannot read %s: %s", path, strerror(-rc));
+        else if (memcmp(md, m->mem_sha, 32))
+            rc = gd_err_set(err, -EINVAL, "snapshot %s is corrupt: memory checksum mismatch", path);
+    }
     close(fd);
     return rc;
+}
+
+int gd_snap_verify(const char *path, struct gd_snap_trailer *t, struct gd_snap_meta *m,
+                   struct gd_err *err)
+{
+    return verify(path, t, m, 1, err);
+}
+
+int gd_snap_verify_disk(const char *path, struct gd_snap_trailer *t, struct gd_snap_meta *m,
+                        struct gd_err *err)
+{
+    return verify(path, t, m, 0, err);
 }
 
 int gd_snap_compatible(const char *path, const struct gd_snap_meta *m, const char *build_id,
@@ -184,6 +212,33 @@ static int fsync_dir(const char *dir)
     return rc;
 }
 
+/* Writes the metadata (m->gondolin set here) at offset at, then the trailer t (its
+ * metadata fields filled here), and fsyncs; *size gets the file's size. */
+static int append_tail(int fd, const char *tmp, struct gd_snap_trailer *t, struct gd_snap_meta *m,
+                       uint64_t at, uint64_t *size, struct gd_err *err)
+{
+    snprintf(m->gondolin, sizeof(m->gondolin), "%s", GD_VERSION);
+    char *meta = gd_snap_meta_encode(m);
+    if (!meta)
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    size_t ml = strlen(meta);
+    unsigned dl = 32;
+    EVP_Digest(meta, ml, t->meta_sha, &dl, EVP_sha256(), NULL);
+    t->meta_len = (uint32_t)ml;
+    uint8_t tr[GD_SNAP_TRAILER_LEN];
+    gd_snap_trailer_write(tr, t);
+    int rc = ml > GD_SNAP_MAX_META ? -EFBIG : pwrite_all(fd, meta, ml, at);
+    if (!rc)
+        rc = pwrite_all(fd, tr, sizeof(tr), at + ml);
+    if (!rc && fsync(fd))
+        rc = -errno;
+    free(meta);
+    if (rc)
+        return gd_err_set(err, rc, "cannot write %s: %s", tmp, strerror(-rc));
+    *size = at + ml + sizeof(tr);
+    return 0;
+}
+
 /* Appends metadata and trailer to the qcow2 at fd (padded to GD_SNAP_ALIGN). */
 static int seal(int fd, const char *tmp, struct gd_snap_meta *m, uint64_t *size, struct gd_err *err)
 {
@@ -201,29 +256,10 @@ static int seal(int fd, const char *tmp, struct gd_snap_meta *m, uint64_t *size,
         return gd_err_set(err, -EIO, "the sandbox's disk overlay is not a usable qcow2: %s",
                           why ? why : strerror(-rc));
     struct gd_snap_trailer t = {.version = GD_SNAP_FORMAT, .qcow2_len = qlen};
-    if ((rc = sha_range(fd, qlen, t.qcow2_sha)))
+    if ((rc = sha_range(fd, 0, qlen, t.qcow2_sha)))
         return gd_err_set(err, rc, "cannot read %s: %s", tmp, strerror(-rc));
     m->format = GD_SNAP_FORMAT;
-    snprintf(m->gondolin, sizeof(m->gondolin), "%s", GD_VERSION);
-    char *meta = gd_snap_meta_encode(m);
-    if (!meta)
-        return gd_err_set(err, -ENOMEM, "out of memory");
-    size_t ml = strlen(meta);
-    unsigned dl = 32;
-    EVP_Digest(meta, ml, t.meta_sha, &dl, EVP_sha256(), NULL);
-    t.meta_len = (uint32_t)ml;
-    uint8_t tr[GD_SNAP_TRAILER_LEN];
-    gd_snap_trailer_write(tr, &t);
-    rc = ml > GD_SNAP_MAX_META ? -EFBIG : pwrite_all(fd, meta, ml, qlen);
-    if (!rc)
-        rc = pwrite_all(fd, tr, sizeof(tr), qlen + ml);
-    if (!rc && fsync(fd))
-        rc = -errno;
-    free(meta);
-    if (rc)
-        return gd_err_set(err, rc, "cannot write %s: %s", tmp, strerror(-rc));
-    *size = qlen + ml + sizeof(tr);
-    return 0;
+    return append_tail(fd, tmp, &t, m, qlen, size, err);
 }
 
 /* Test hook: a pause between the complete temporary and its rename, so a test can kill
@@ -238,21 +274,91 @@ static void test_stall(void)
     }
 }
 
+/* Links the complete temporary into place as dest, never over an existing file (a
+ * name is taken once), and syncs the directory. */
+static int publish(const char *tmp, const char *dest, const char *dir, struct gd_err *err)
+{
+    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE)) {
+        int ok = 0;
+        if ((errno == EINVAL || errno == ENOSYS) && link(tmp, dest) == 0) {
+            unlink(tmp); /* a filesystem without NOREPLACE */
+            ok = 1;
+        }
+        if (!ok && errno == EEXIST)
+            return gd_err_set(err, -EEXIST, "%s exists already", dest);
+        if (!ok)
+            return gd_err_set(err, -errno, "cannot create %s: %s", dest, strerror(errno));
+    }
+    int rc = fsync_dir(dir);
+    return rc ? gd_err_set(err, rc, "cannot sync %s: %s", dir, strerror(-rc)) : 0;
+}
+
+/* dest's directory and the hidden temporary name next to it. */
+static int tmp_name(const char *dest, char *dir, size_t dcap, char *tmp, size_t tcap,
+                    struct gd_err *err)
+{
+    char d1[1200], d2[1200];
+    snprintf(d1, sizeof(d1), "%s", dest);
+    snprintf(d2, sizeof(d2), "%s", dest);
+    snprintf(dir, dcap, "%s", dirname(d1));
+    if (access(dest, F_OK) == 0)
+        return gd_err_set(err, -EEXIST, "%s exists already", dest);
+    int n = snprintf(tmp, tcap, "%s/.tmp-%ld-%s", dir, (long)getpid(), basename(d2));
+    if (n < 0 || (size_t)n >= tcap)
+        return gd_err_set(err, -ENAMETOOLONG, "%s: name too long", dest);
+    unlink(tmp);
+    return 0;
+}
+
+int gd_snap_mem_begin(const char *dest, char *tmp, size_t cap, struct gd_err *err)
+{
+    char dir[1200];
+    int rc = tmp_name(dest, dir, sizeof(dir), tmp, cap, err);
+    if (rc)
+        return rc;
+    int fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return gd_err_set(err, -errno, "cannot create %s: %s", tmp, strerror(errno));
+    return fd;
+}
+
+int gd_snap_mem_finish(int fd, const char *tmp, uint64_t len, struct gd_snap_meta *m,
+                       const char *dest, uint64_t *size, struct gd_err *err)
+{
+    struct gd_snap_trailer t = {.version = GD_SNAP_FORMAT_MEMORY, .mem_len = len};
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st) || (uint64_t)st.st_size != len || len == 0 || len > GD_SNAP_MAX_MEMORY) {
+        rc = gd_err_set(err, -EIO, "%s: the memory stream is not %llu bytes", tmp,
+                        (unsigned long long)len);
+        goto out;
+    }
+    if ((rc = sha_range(fd, 0, 0, t.qcow2_sha)) || (rc = sha_range(fd, 0, len, m->mem_sha))) {
+        rc = gd_err_set(err, rc, "cannot read %s: %s", tmp, strerror(-rc));
+        goto out;
+    }
+    m->format = GD_SNAP_FORMAT_MEMORY;
+    m->memory = 1;
+    if ((rc = append_tail(fd, tmp, &t, m, len, size, err)))
+        goto out;
+    test_stall();
+    char d1[1200];
+    snprintf(d1, sizeof(d1), "%s", dest);
+    rc = publish(tmp, dest, dirname(d1), err);
+out:
+    close(fd);
+    if (rc)
+        unlink(tmp);
+    return rc;
+}
+
 int gd_snap_write(const char *overlay, struct gd_snap_meta *m, const char *dest, uint64_t *size,
                   struct gd_err *err)
 {
-    char d1[1200], d2[1200], dir[1200], tmp[1400];
-    snprintf(d1, sizeof(d1), "%s", dest);
-    snprintf(d2, sizeof(d2), "%s", dest);
-    snprintf(dir, sizeof(dir), "%s", dirname(d1));
-    const char *base = basename(d2);
-    if (access(dest, F_OK) == 0)
-        return gd_err_set(err, -EEXIST, "%s exists already", dest);
-    int n = snprintf(tmp, sizeof(tmp), "%s/.tmp-%ld-%s", dir, (long)getpid(), base);
-    if (n < 0 || (size_t)n >= sizeof(tmp))
-        return gd_err_set(err, -ENAMETOOLONG, "%s: name too long", dest);
-    unlink(tmp);
-    int rc = 0;
+    char dir[1200], tmp[1400];
+    int rc = tmp_name(dest, dir, sizeof(dir), tmp, sizeof(tmp), err);
+    if (rc)
+        return rc;
     if (rename(overlay, tmp)) {
         if (errno != EXDEV)
             return gd_err_set(err, -errno, "cannot move the disk overlay to %s: %s", tmp,
@@ -275,23 +381,8 @@ int gd_snap_write(const char *overlay, struct gd_snap_meta *m, const char *dest,
     if (rc)
         goto fail;
     test_stall();
-    /* never over an existing file: a name is taken once */
-    if (renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RENAME_NOREPLACE)) {
-        if (errno == EINVAL || errno == ENOSYS) { /* a filesystem without NOREPLACE */
-            if (link(tmp, dest) == 0) {
-                unlink(tmp);
-                goto done;
-            }
-        }
-        if (errno == EEXIST)
-            rc = gd_err_set(err, -EEXIST, "%s exists already", dest);
-        else
-            rc = gd_err_set(err, -errno, "cannot create %s: %s", dest, strerror(errno));
+    if ((rc = publish(tmp, dest, dir, err)))
         goto fail;
-    }
-done:
-    if ((rc = fsync_dir(dir)))
-        return gd_err_set(err, rc, "cannot sync %s: %s", dir, strerror(-rc));
     return 0;
 fail:
     unlink(tmp);

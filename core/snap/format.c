@@ -52,17 +52,25 @@ int gd_snap_trailer_parse(const uint8_t *p, size_t n, uint64_t file_size, struct
     t->qcow2_len = le64(p + 16);
     memcpy(t->qcow2_sha, p + 24, 32);
     memcpy(t->meta_sha, p + 56, 32);
-    if (t->version != GD_SNAP_FORMAT)
+    t->mem_len = le64(p + 88);
+    if (t->version != GD_SNAP_FORMAT && t->version != GD_SNAP_FORMAT_MEMORY)
         return *why = "a checkpoint format this gondolin does not know", -EINVAL;
-    if (memcmp(p + 88, zero, 32))
+    if (memcmp(p + 96, zero, 24) || (t->version == GD_SNAP_FORMAT && t->mem_len))
         return *why = "reserved trailer bytes are not zero", -EINVAL;
     if (t->meta_len == 0 || t->meta_len > GD_SNAP_MAX_META)
         return *why = "metadata length out of range", -EINVAL;
-    if (t->qcow2_len == 0 || t->qcow2_len % GD_SNAP_ALIGN)
+    if (t->version == GD_SNAP_FORMAT_MEMORY) {
+        if (t->mem_len == 0 || t->mem_len > GD_SNAP_MAX_MEMORY)
+            return *why = "memory length out of range", -EINVAL;
+        if (t->qcow2_len % GD_SNAP_ALIGN)
+            return *why = "disk length is not a multiple of 4096", -EINVAL;
+    } else if (t->qcow2_len == 0 || t->qcow2_len % GD_SNAP_ALIGN) {
         return *why = "disk length is not a positive multiple of 4096", -EINVAL;
-    /* sizes add up exactly, without overflow */
+    }
+    /* sizes add up exactly, without overflow (mem_len is bounded above) */
     uint64_t rest = file_size - GD_SNAP_TRAILER_LEN;
-    if (t->meta_len > rest || t->qcow2_len != rest - t->meta_len)
+    if (t->meta_len > rest || t->mem_len > rest - t->meta_len ||
+        t->qcow2_len != rest - t->meta_len - t->mem_len)
         return *why = "lengths do not add up to the file's size (truncated or extended)", -EINVAL;
     return 0;
 }
@@ -76,6 +84,7 @@ void gd_snap_trailer_write(uint8_t out[128], const struct gd_snap_trailer *t)
     put_le(out + 16, t->qcow2_len, 8);
     memcpy(out + 24, t->qcow2_sha, 32);
     memcpy(out + 56, t->meta_sha, 32);
+    put_le(out + 88, t->mem_len, 8);
     memcpy(out + 120, MAGIC_END, 8);
 }
 
@@ -164,6 +173,49 @@ static int parse_mounts(const cJSON *a, struct gd_snap_meta *m, char *why, size_
     return 0;
 }
 
+/* 64 lowercase hex digits -> 32 bytes */
+static int hex32(const char *s, uint8_t out[32])
+{
+    if (strlen(s) != 64)
+        return -1;
+    for (int i = 0; i < 64; i++) {
+        int c = s[i], v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0)
+            return -1;
+        if (i % 2)
+            out[i / 2] = (uint8_t)(out[i / 2] | v);
+        else
+            out[i / 2] = (uint8_t)(v << 4);
+    }
+    return 0;
+}
+
+static int parse_memory(const cJSON *o, struct gd_snap_meta *m, char *why, size_t cap)
+{
+    char sha[72], shape[72];
+    double minor;
+    if (!cJSON_IsObject(o)) {
+        snprintf(why, cap, "metadata: \"memory\" is missing");
+        return -EBADMSG;
+    }
+    if (get_str(o, "sha256", sha, sizeof(sha), 1, why, cap) ||
+        get_str(o, "shape", shape, sizeof(shape), 1, why, cap) ||
+        get_str(o, "rootfs", m->rootfs, sizeof(m->rootfs), 1, why, cap) ||
+        get_num(o, "agentMinor", 0, 65535, &minor, why, cap))
+        return -EBADMSG;
+    if (hex32(sha, m->mem_sha) || hex32(shape, m->shape)) {
+        snprintf(why, cap, "metadata: a memory checksum is not 64 hex digits");
+        return -EBADMSG;
+    }
+    if (strcmp(m->rootfs, "memory") && strcmp(m->rootfs, "readonly") && strcmp(m->rootfs, "cow")) {
+        snprintf(why, cap, "metadata: unknown memory snapshot rootfs");
+        return -EBADMSG;
+    }
+    m->agent_minor = (unsigned)minor;
+    m->memory = 1;
+    return 0;
+}
+
 int gd_snap_meta_parse(const void *p, size_t n, struct gd_snap_meta *m, char *why, size_t cap)
 {
     memset(m, 0, sizeof(*m));
@@ -178,8 +230,9 @@ int gd_snap_meta_parse(const void *p, size_t n, struct gd_snap_meta *m, char *wh
     if (get_num(o, "format", 1, 1000, &v, why, cap))
         goto out;
     m->format = (int)v;
-    if (m->format != GD_SNAP_FORMAT) {
-        snprintf(why, cap, "metadata: format %d is not %d", m->format, GD_SNAP_FORMAT);
+    if (m->format != GD_SNAP_FORMAT && m->format != GD_SNAP_FORMAT_MEMORY) {
+        snprintf(why, cap, "metadata: format %d is not %d or %d", m->format, GD_SNAP_FORMAT,
+                 GD_SNAP_FORMAT_MEMORY);
         goto out;
     }
     if (get_str(o, "gondolin", m->gondolin, sizeof(m->gondolin), 1, why, cap) ||
@@ -206,6 +259,9 @@ int gd_snap_meta_parse(const void *p, size_t n, struct gd_snap_meta *m, char *wh
         goto out;
     m->cpus = (unsigned)v;
     if (parse_mounts(cJSON_GetObjectItemCaseSensitive(o, "mounts"), m, why, cap))
+        goto out;
+    if (m->format == GD_SNAP_FORMAT_MEMORY &&
+        parse_memory(cJSON_GetObjectItemCaseSensitive(o, "memory"), m, why, cap))
         goto out;
     rc = 0;
 out:
@@ -241,6 +297,18 @@ char *gd_snap_meta_encode(const struct gd_snap_meta *m)
         cJSON_AddBoolToObject(e, "readonly", m->mounts[i].readonly);
         cJSON_AddNumberToObject(e, "size", (double)m->mounts[i].size);
         cJSON_AddItemToArray(a, e);
+    }
+    if (m->memory) {
+        char sha[65], shape[65];
+        for (int i = 0; i < 32; i++) {
+            snprintf(sha + 2 * i, 3, "%02x", m->mem_sha[i]);
+            snprintf(shape + 2 * i, 3, "%02x", m->shape[i]);
+        }
+        cJSON *mo = cJSON_AddObjectToObject(o, "memory");
+        cJSON_AddStringToObject(mo, "sha256", sha);
+        cJSON_AddStringToObject(mo, "shape", shape);
+        cJSON_AddStringToObject(mo, "rootfs", m->rootfs);
+        cJSON_AddNumberToObject(mo, "agentMinor", m->agent_minor);
     }
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);

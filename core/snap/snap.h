@@ -14,12 +14,19 @@
  *   16  8  qcow2 length (a multiple of 4096, > 0)
  *   24 32  sha256 of the qcow2 part
  *   56 32  sha256 of the metadata
- *   88 32  zero (reserved)
+ *   88 8   format 2: memory stream length; format 1: zero
+ *   96 24  zero (reserved)
  *   120 8  magic "GDCKPTnd"
  *
- * The file's size is exactly qcow2 length + metadata length + 128. QEMU reads the
- * qcow2 part through a raw node limited to its length; `qemu-img info FILE` works on
- * the file as it is.
+ * The file's size is exactly qcow2 length + memory length + metadata length + 128.
+ * QEMU reads the qcow2 part through a raw node limited to its length; `qemu-img info
+ * FILE` works on a disk checkpoint as it is.
+ *
+ * Format 2 is a memory snapshot (gondolin snapshot --memory): QEMU's migration stream
+ * (RAM and device state) follows the qcow2 part, which is empty (length 0) when the
+ * sandbox's root lives in guest memory. Its SHA-256, the VM shape it needs (a hash of
+ * QEMU's command line without per-sandbox paths) and the agent's protocol minor are in
+ * the metadata's "memory" object, so the trailer's metadata checksum covers them.
  *
  * Functions return 0 or a negative errno; err (where given) says why in one line that
  * names the file.
@@ -36,6 +43,9 @@
 #define GD_SNAP_TRAILER_LEN 128u
 #define GD_SNAP_MAX_META (64u << 10)
 #define GD_SNAP_FORMAT 1
+#define GD_SNAP_FORMAT_MEMORY 2
+/* A memory stream longer than this is refused. */
+#define GD_SNAP_MAX_MEMORY (64ull << 30)
 #define GD_SNAP_ALIGN 4096u
 #define GD_SNAP_MAX_MOUNTS 8
 #define GD_SNAP_EXT ".gdsnap"
@@ -46,6 +56,7 @@ struct gd_snap_trailer {
     uint64_t qcow2_len;
     uint8_t qcow2_sha[32];
     uint8_t meta_sha[32];
+    uint64_t mem_len; /* format 2 */
 };
 
 /* A mount of the checkpointed sandbox (the command line's, not the policy's). */
@@ -71,6 +82,12 @@ struct gd_snap_meta {
     unsigned memory_mb, cpus;
     struct gd_snap_mount mounts[GD_SNAP_MAX_MOUNTS];
     size_t nmounts;
+    /* format 2: the memory stream */
+    int memory;
+    uint8_t mem_sha[32];  /* of the stream */
+    uint8_t shape[32];    /* the VM shape it was taken of (gd_vm_shape) */
+    unsigned agent_minor; /* the guest agent's protocol minor */
+    char rootfs[16];      /* "memory" or "cow": where the guest's root writes live */
 };
 
 /* ---- format (format.c): pure, bounds-checked; why gets a static reason ---- */
@@ -95,10 +112,14 @@ int gd_snap_qcow2_check(const uint8_t *p, size_t n, uint64_t len, uint64_t *virt
  * quick, for listings). */
 int gd_snap_read(const char *path, struct gd_snap_trailer *t, struct gd_snap_meta *m,
                  struct gd_err *err);
-/* gd_snap_read plus the qcow2 part's sha256 and header checks: what a resume needs
- * before the file is used. */
+/* gd_snap_read plus the qcow2 part's sha256 and header checks and, for a memory
+ * snapshot, the memory stream's sha256. */
 int gd_snap_verify(const char *path, struct gd_snap_trailer *t, struct gd_snap_meta *m,
                    struct gd_err *err);
+/* The same without hashing the memory stream: a resume checks it while feeding QEMU,
+ * before the guest runs. */
+int gd_snap_verify_disk(const char *path, struct gd_snap_trailer *t, struct gd_snap_meta *m,
+                        struct gd_err *err);
 /* Checks that a verified checkpoint fits this gondolin (version) and the image it is
  * to be resumed on (buildId); the error is one line saying which differs. */
 int gd_snap_compatible(const char *path, const struct gd_snap_meta *m, const char *build_id,
@@ -110,6 +131,16 @@ int gd_snap_compatible(const char *path, const struct gd_snap_meta *m, const cha
  * hidden file (gd_snap_gc removes it). *size gets the file's size. */
 int gd_snap_write(const char *overlay, struct gd_snap_meta *m, const char *dest, uint64_t *size,
                   struct gd_err *err);
+
+/* Memory snapshots: a hidden temporary ".tmp-PID-NAME" next to dest for QEMU to write
+ * its stream into (from offset 0); the fd, or negative. tmp (cap >= 1400) gets its path. */
+int gd_snap_mem_begin(const char *dest, char *tmp, size_t cap, struct gd_err *err);
+/* The stream is in fd at [0, len): hashes it, appends the metadata (m->memory set,
+ * m->shape and m->agent_minor filled by the caller) and a format 2 trailer, fsyncs and
+ * links the file into place as dest (never over an existing file). Closes fd; the
+ * temporary is gone afterwards, whatever happened. */
+int gd_snap_mem_finish(int fd, const char *tmp, uint64_t len, struct gd_snap_meta *m,
+                       const char *dest, uint64_t *size, struct gd_err *err);
 
 /* ---- qemu-img (qemu_img.c) ---- */
 

@@ -398,3 +398,82 @@ void gd_qmp_close(gd_qmp *q, void (*closed_cb)(void *ud), void *ud)
     fail_pending(q, -ECANCELED, "the VM is stopping");
     uv_close((uv_handle_t *)&q->poll, on_closed);
 }
+
+/* ---- migration to a file ---- */
+
+cJSON *gd_qmp_events_on(void)
+{
+    cJSON *a = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(a, "capabilities");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddStringToObject(c, "capability", "events");
+    cJSON_AddBoolToObject(c, "state", 1);
+    cJSON_AddItemToArray(arr, c);
+    return a;
+}
+
+int gd_qmp_save_to_fd(gd_qmp *q, int fd, const char *fdname, gd_qmp_reply_cb cb, void *ud)
+{
+    /* the guest is stopped: write everything in one pass, unthrottled (QEMU's default
+     * bandwidth cap is for live migration over a network) */
+    cJSON *bw = cJSON_CreateObject();
+    cJSON_AddNumberToObject(bw, "max-bandwidth", (double)(16ull << 30));
+    cJSON *fdn = cJSON_CreateObject();
+    cJSON_AddStringToObject(fdn, "fdname", fdname);
+    char uri[96];
+    snprintf(uri, sizeof(uri), "fd:%s", fdname);
+    cJSON *mig = cJSON_CreateObject();
+    cJSON_AddStringToObject(mig, "uri", uri);
+    int rc = gd_qmp_cmd(q, "migrate-set-capabilities", gd_qmp_events_on(), -1, cb, ud);
+    if (!rc)
+        rc = gd_qmp_cmd(q, "migrate-set-parameters", bw, -1, cb, ud);
+    else
+        cJSON_Delete(bw);
+    if (!rc)
+        rc = gd_qmp_cmd(q, "stop", NULL, -1, cb, ud);
+    if (!rc)
+        rc = gd_qmp_cmd(q, "getfd", fdn, fd, cb, ud);
+    else
+        cJSON_Delete(fdn);
+    if (!rc)
+        rc = gd_qmp_cmd(q, "migrate", mig, -1, cb, ud);
+    else
+        cJSON_Delete(mig);
+    return rc;
+}
+
+struct after_mig {
+    unsigned left;
+    void (*done)(void *ud, int status);
+    void *ud;
+};
+
+static void on_after_status(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
+{
+    (void)err;
+    struct after_mig *a = ud;
+    if (status == -ECANCELED) {
+        free(a);
+        return;
+    }
+    const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ret, "status"));
+    int over = !status && st && strcmp(st, "finish-migrate");
+    if (!over && !status && --a->left &&
+        gd_qmp_cmd(q, "query-status", NULL, -1, on_after_status, a) == 0)
+        return;
+    void (*done)(void *, int) = a->done;
+    void *dud = a->ud;
+    free(a);
+    done(dud, over ? 0 : -EIO);
+}
+
+int gd_qmp_after_migration(gd_qmp *q, unsigned tries, void (*done)(void *ud, int status), void *ud)
+{
+    struct after_mig *a = malloc(sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    *a = (struct after_mig){.left = tries ? tries : 1, .done = done, .ud = ud};
+    int rc = gd_qmp_cmd(q, "query-status", NULL, -1, on_after_status, a);
+    if (rc)
+        free(a);
+    return rc;
+}

@@ -42,6 +42,21 @@ int gd_qmp_ready(const gd_qmp *q);
  * once its handle is closed (closed_cb, optional, then fires). */
 void gd_qmp_close(gd_qmp *q, void (*closed_cb)(void *ud), void *ud);
 
+/* ---- migration to a file (booted snapshots, memory snapshots) ---- */
+
+/* {"capabilities": [{"capability": "events", "state": true}]}, owned by the caller. */
+cJSON *gd_qmp_events_on(void);
+/* Stops the guest and saves its state into fd: migration events on, bandwidth uncapped,
+ * stop, getfd (fd as fdname), migrate fd:fdname. cb fires for each reply (errors say the
+ * save failed); MIGRATION events tell when it completes. */
+int gd_qmp_save_to_fd(gd_qmp *q, int fd, const char *fdname, gd_qmp_reply_cb cb, void *ud);
+/* QEMU emits MIGRATION "completed" from its migration thread before that thread moves
+ * the run state from finish-migrate to postmigrate; a `cont` in between races with it
+ * (QEMU aborts on running -> postmigrate). This polls query-status until the state is
+ * another one (at most tries times), then done(ud, 0); done(ud, -EIO) when it never
+ * leaves or QMP fails. Nothing fires when the channel closes (-ECANCELED). */
+int gd_qmp_after_migration(gd_qmp *q, unsigned tries, void (*done)(void *ud, int status), void *ud);
+
 /* A parsed QMP line (internal, for the fuzz target and the tests). */
 enum gd_qmp_kind { GD_QMP_GREETING, GD_QMP_RETURN, GD_QMP_ERROR, GD_QMP_EVENT };
 struct gd_qmp_msg {

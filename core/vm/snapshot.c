@@ -75,10 +75,15 @@ struct gd__bootsnap {
     char tmp[1300];
     int tmp_fd;
     uint64_t t_save; /* when the guest was stopped for the save */
-    unsigned status_tries;
     struct gd_bootsnap_hdr save_hdr;
     pthread_t th;
     int th_started;
+    /* resume of a memory snapshot (gd_vm_opts.resume): its file, never discarded */
+    int resume;
+    uint64_t stream_off;
+    uint8_t shape[32];
+    uint8_t token[GD_RESUME_TOKEN_LEN];
+    char refusal[700];
 };
 
 #define DBG(...)                                                                                   \
@@ -90,18 +95,40 @@ struct gd__bootsnap {
 
 /* ---- the key ---- */
 
-static void compute_key(struct gd__bootsnap *s, char *const *argv, const char *qemu)
+/* Whether argument a (of argv) is a per-sandbox path that a memory snapshot's shape
+ * leaves out: the kernel and initrd (the buildId stands for them) and the root disk's
+ * file (the image's rootfs, or this sandbox's overlay). *skip_to: for -drive, where
+ * the value goes on after its "file=...," part. */
+static int masked_arg(char *const *argv, char *const *a, const char **rest)
+{
+    *rest = NULL;
+    if (a == argv)
+        return 0;
+    const char *prev = a[-1];
+    if (!strcmp(prev, "-kernel") || !strcmp(prev, "-initrd"))
+        return 1;
+    if (!strcmp(prev, "-drive") && !strncmp(*a, "file=", 5)) {
+        const char *c = strchr(*a, ',');
+        *rest = c ? c : "";
+        return 1;
+    }
+    return 0;
+}
+
+void gd__vm_argv_key(const char *build_id, char *const *argv, const char *qemu, int shape,
+                     uint8_t key[32])
 {
     EVP_MD_CTX *c = EVP_MD_CTX_new();
     unsigned int n = 32;
     if (!c) {
-        memset(s->key, 0, sizeof(s->key));
+        memset(key, 0, 32);
         return;
     }
     EVP_DigestInit_ex(c, EVP_sha256(), NULL);
     char line[1600];
-    int l = snprintf(line, sizeof(line), "gondolin boot snapshot %u\n%s\n%s\n", GD_BOOTSNAP_FORMAT,
-                     GD_VERSION, s->build_id);
+    int l =
+        snprintf(line, sizeof(line), "gondolin %s %u\n%s\n%s\n",
+                 shape ? "vm shape" : "boot snapshot", GD_BOOTSNAP_FORMAT, GD_VERSION, build_id);
     EVP_DigestUpdate(c, line, (size_t)l);
     /* the QEMU binary: another build may not load this one's stream */
     struct stat st;
@@ -127,20 +154,27 @@ static void compute_key(struct gd__bootsnap *s, char *const *argv, const char *q
         l = snprintf(line, sizeof(line), "%s\n", q);
     EVP_DigestUpdate(c, line, (size_t)l);
     for (char *const *a = argv; *a; a++) {
+        const char *rest;
+        if (shape && masked_arg(argv, a, &rest)) {
+            if (rest)
+                EVP_DigestUpdate(c, rest, strlen(rest));
+            EVP_DigestUpdate(c, "", 1);
+            continue;
+        }
         /* tsc_early_khz comes from /proc/cpuinfo, which may move with frequency scaling:
          * the same host's snapshot stays valid, so the key skips that one argument */
         const char *t = strstr(*a, " tsc_early_khz=");
         if (t) {
             EVP_DigestUpdate(c, *a, (size_t)(t - *a));
-            const char *rest = strchr(t + 1, ' ');
-            if (rest)
-                EVP_DigestUpdate(c, rest, strlen(rest));
+            const char *rest2 = strchr(t + 1, ' ');
+            if (rest2)
+                EVP_DigestUpdate(c, rest2, strlen(rest2));
         } else {
             EVP_DigestUpdate(c, *a, strlen(*a));
         }
         EVP_DigestUpdate(c, "", 1);
     }
-    EVP_DigestFinal_ex(c, s->key, &n);
+    EVP_DigestFinal_ex(c, key, &n);
     EVP_MD_CTX_free(c);
 }
 
@@ -157,6 +191,7 @@ int gd__bootsnap_new(gd_vm *vm, const char *build_id, unsigned memory_mb, unsign
     s->memory_mb = memory_mb;
     s->cpus = cpus;
     s->file_fd = s->feed_fd = s->tmp_fd = -1;
+    s->stream_off = GD_BOOTSNAP_HDR_LEN;
     char base[1100];
     gd_bootsnap_dir(base, sizeof(base));
     snprintf(s->dir, sizeof(s->dir), "%s/%s", base, build_id);
@@ -196,9 +231,34 @@ void gd__bootsnap_free(struct gd__bootsnap *s)
     free(s);
 }
 
+int gd__bootsnap_new_resume(gd_vm *vm, const char *build_id, const struct gd_vm_resume *r,
+                            struct gd__bootsnap **out)
+{
+    if (!r->path || strlen(r->path) >= sizeof((*out)->path) || !r->length ||
+        r->length > GD_BOOTSNAP_MAX_STREAM)
+        return -EINVAL;
+    int rc = gd__bootsnap_new(vm, build_id, 0, 0, out);
+    if (rc)
+        return rc;
+    struct gd__bootsnap *s = *out;
+    s->resume = 1;
+    snprintf(s->path, sizeof(s->path), "%s", r->path);
+    s->stream_off = r->offset;
+    memcpy(s->shape, r->shape, 32);
+    s->hdr.stream_len = r->length;
+    memcpy(s->hdr.sha256, r->sha256, 32);
+    return 0;
+}
+
+const char *gd__bootsnap_refusal(const struct gd__bootsnap *s)
+{
+    return s && s->refusal[0] ? s->refusal : NULL;
+}
+
 const char *gd__bootsnap_mode(const struct gd__bootsnap *s)
 {
     return !s                        ? "boot"
+           : s->resume               ? "resume"
            : s->mode == SNAP_RESTORE ? "restore"
            : s->mode == SNAP_SAVE    ? "boot+save"
                                      : "boot";
@@ -211,12 +271,59 @@ static void discard(struct gd__bootsnap *s, const char *why)
     unlink(s->path);
 }
 
+static int open_feed(struct gd__bootsnap *s, int fd);
+
+/* A memory snapshot the user named: its shape must be this command line's; nothing is
+ * discarded, and a refusal fails the start (gd__bootsnap_refusal says why). */
+static int prepare_resume(struct gd__bootsnap *s, char *const *argv, const char *qemu)
+{
+    uint8_t shape[32];
+    s->refusal[0] = 0;
+    gd__vm_argv_key(s->build_id, argv, qemu, 1, shape);
+    if (memcmp(shape, s->shape, 32)) {
+        snprintf(s->refusal, sizeof(s->refusal),
+                 "memory snapshot %s was taken of a VM of another shape (memory, cpus, "
+                 "network, accelerator, kernel arguments or QEMU binary)",
+                 s->path);
+        return -2;
+    }
+    int fd = open(s->path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) || (uint64_t)st.st_size < s->stream_off + s->hdr.stream_len) {
+        snprintf(s->refusal, sizeof(s->refusal), "memory snapshot %s: %s", s->path,
+                 fd < 0 ? strerror(errno) : "truncated");
+        if (fd >= 0)
+            close(fd);
+        return -2;
+    }
+    /* whatever the guest sends before the token is its old host's: armed before the
+     * guest runs, since it may write before it reads RESUME */
+    uint8_t mark[GD_PROTO_HDR_LEN + GD_RESUME_TOKEN_LEN];
+    struct gd_enc m;
+    gd_enc_init(&m, mark, sizeof(mark), GD_MSG_PONG, 0, 0);
+    if (RAND_bytes(s->token, sizeof(s->token)) != 1) {
+        close(fd);
+        snprintf(s->refusal, sizeof(s->refusal), "memory snapshot %s: no host randomness", s->path);
+        return -2;
+    }
+    gd_enc_bytes(&m, s->token, sizeof(s->token));
+    gd_enc_finish(&m);
+    gd__vm_resync(s->vm, mark, sizeof(mark));
+    int in = open_feed(s, fd);
+    if (in < 0)
+        snprintf(s->refusal, sizeof(s->refusal), "memory snapshot %s: out of memory or fds",
+                 s->path);
+    return in < 0 ? -2 : in;
+}
+
 int gd__bootsnap_prepare(struct gd__bootsnap *s, char *const *argv, const char *qemu)
 {
     s->phase = PH_NONE;
     s->t0 = uv_hrtime();
     restore_cleanup(s);
-    compute_key(s, argv, qemu);
+    if (s->resume)
+        return prepare_resume(s, argv, qemu);
+    gd__vm_argv_key(s->build_id, argv, qemu, 0, s->key);
     char hex[65];
     gd_hex(s->key, 16, hex);
     snprintf(s->path, sizeof(s->path), "%s/%s.gdsnap", s->dir, hex);
@@ -243,6 +350,13 @@ int gd__bootsnap_prepare(struct gd__bootsnap *s, char *const *argv, const char *
         return -1;
     }
     /* our own trouble (fds, memory) is not the file's: boot, keep it */
+    return open_feed(s, fd);
+}
+
+/* The socketpair QEMU reads the stream from (its end returned), the hash, the buffer.
+ * Takes fd (the file). -1 when out of fds or memory: then it boots. */
+static int open_feed(struct gd__bootsnap *s, int fd)
+{
     int sp[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sp)) {
         close(fd);
@@ -275,6 +389,14 @@ int gd__bootsnap_prepare(struct gd__bootsnap *s, char *const *argv, const char *
 /* Restoring failed: drop the file (once), boot instead. */
 static void restore_failed(struct gd__bootsnap *s, const char *why)
 {
+    if (s->resume) { /* the user's file: fail the start, boot nothing else */
+        char w[1600];
+        snprintf(w, sizeof(w), "memory snapshot %s %s", s->path, why);
+        if (!s->disabled)
+            gd__vm_fail(s->vm, w);
+        s->disabled = 1;
+        return;
+    }
     if (s->mode != SNAP_RESTORE || s->disabled)
         return;
     s->disabled = 1;
@@ -284,7 +406,7 @@ static void restore_failed(struct gd__bootsnap *s, const char *why)
 
 int gd__bootsnap_on_start_failure(struct gd__bootsnap *s, const char *why)
 {
-    if (!s || s->mode != SNAP_RESTORE || s->disabled)
+    if (!s || s->resume || s->mode != SNAP_RESTORE || s->disabled)
         return 0;
     char w[600];
     snprintf(w, sizeof(w), "could not be restored (%s)", why);
@@ -295,7 +417,7 @@ int gd__bootsnap_on_start_failure(struct gd__bootsnap *s, const char *why)
 
 static void send_resume(struct gd__bootsnap *s)
 {
-    uint8_t buf[GD_PROTO_HDR_LEN + 12 + 64];
+    uint8_t buf[GD_PROTO_HDR_LEN + 12 + GD_RESUME_TOKEN_LEN + 64];
     uint8_t rnd[64];
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         if (s->mode == SNAP_RESTORE)
@@ -307,9 +429,13 @@ static void send_resume(struct gd__bootsnap *s)
     uint64_t ns = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
     struct gd_enc e;
     gd_enc_init(&e, buf, sizeof(buf), GD_MSG_RESUME, 0, 0);
-    gd_enc_u32(&e, 0);
+    /* a resumed session's guest has exec sessions of a host that is gone: it drops them
+     * and marks where this host's frames start with the token (PONG, id 0) */
+    gd_enc_u32(&e, s->resume ? GD_RESUME_NEW_HOST : 0);
     gd_enc_u32(&e, (uint32_t)(ns >> 32));
     gd_enc_u32(&e, (uint32_t)ns);
+    if (s->resume)
+        gd_enc_bytes(&e, s->token, sizeof(s->token));
     gd_enc_bytes(&e, rnd, sizeof(rnd));
     long n = gd_enc_finish(&e);
     OPENSSL_cleanse(rnd, sizeof(rnd));
@@ -356,39 +482,24 @@ static void run_guest(struct gd__bootsnap *s)
     }
 }
 
-/* QEMU emits MIGRATION "completed" from its migration thread before that thread moves
- * the run state from finish-migrate to postmigrate; a `cont` in between races with it
- * (QEMU aborts on the invalid transition running -> postmigrate). So after a save the
- * guest is continued only once query-status says postmigrate (a few round trips). */
 #define POSTMIGRATE_TRIES 500
 
-static void wait_postmigrate(struct gd__bootsnap *s);
-
-static void on_status(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
+static void after_migration(void *ud, int status)
 {
-    (void)q;
-    (void)err;
     struct gd__bootsnap *s = ud;
-    if (status == -ECANCELED)
-        return;
-    const char *st = cJSON_GetStringValue(cJSON_GetObjectItemCaseSensitive(ret, "status"));
-    if (!status && st && strcmp(st, "finish-migrate")) {
+    if (!status) {
         run_guest(s);
         return;
     }
-    if (status || ++s->status_tries >= POSTMIGRATE_TRIES) {
-        fprintf(stderr, "gondolin: QEMU did not leave the migration state after saving a booted "
-                        "snapshot; booting again\n");
-        gd__vm_restart(s->vm);
-        return;
-    }
-    wait_postmigrate(s);
+    fprintf(stderr, "gondolin: QEMU did not leave the migration state after saving a booted "
+                    "snapshot; booting again\n");
+    gd__vm_restart(s->vm);
 }
 
 static void wait_postmigrate(struct gd__bootsnap *s)
 {
     gd_qmp *q = gd__vm_qmp(s->vm);
-    if (!q || gd_qmp_cmd(q, "query-status", NULL, -1, on_status, s))
+    if (!q || gd_qmp_after_migration(q, POSTMIGRATE_TRIES, after_migration, s))
         gd__vm_restart(s->vm);
 }
 
@@ -407,6 +518,8 @@ static void feed_done(struct gd__bootsnap *s)
         return;
     }
     s->fed_ok = 1;
+    if (!s->resume)
+        futimens(s->file_fd, NULL); /* used now: gc keeps what is used (snapshot.h) */
     if (s->loaded)
         run_guest(s);
 }
@@ -428,7 +541,7 @@ static void on_feed(uv_poll_t *h, int status, int events)
             }
             uint64_t left = s->hdr.stream_len - s->fed;
             size_t want = left < CHUNK ? (size_t)left : CHUNK;
-            ssize_t r = pread(s->file_fd, s->chunk, want, (off_t)(GD_BOOTSNAP_HDR_LEN + s->fed));
+            ssize_t r = pread(s->file_fd, s->chunk, want, (off_t)(s->stream_off + s->fed));
             if (r <= 0) {
                 restore_failed(s, r == 0 ? "is truncated" : "could not be read");
                 return;
@@ -453,8 +566,6 @@ static void on_feed(uv_poll_t *h, int status, int events)
         budget = (size_t)w > budget ? 0 : budget - (size_t)w;
     }
 }
-
-static cJSON *caps_args(void);
 
 static void on_restore_step(gd_qmp *q, int status, const cJSON *ret, const char *err, void *ud)
 {
@@ -486,7 +597,8 @@ void gd__bootsnap_launched(struct gd__bootsnap *s)
     snprintf(uri, sizeof(uri), "fd:%d", GD__VM_INCOMING_FD);
     cJSON_AddStringToObject(inc, "uri", uri);
     gd_qmp *q = gd__vm_qmp(s->vm);
-    if (!q || gd_qmp_cmd(q, "migrate-set-capabilities", caps_args(), -1, on_restore_step, s) ||
+    if (!q ||
+        gd_qmp_cmd(q, "migrate-set-capabilities", gd_qmp_events_on(), -1, on_restore_step, s) ||
         gd_qmp_cmd(q, "migrate-incoming", inc, -1, on_restore_step, s))
         restore_failed(s, "could not be loaded (QMP)");
 }
@@ -628,18 +740,7 @@ void gd__bootsnap_on_event(struct gd__bootsnap *s, const char *name, const cJSON
         if (s->tmp[0])
             unlink(s->tmp);
     }
-    s->status_tries = 0;
     wait_postmigrate(s);
-}
-
-static cJSON *caps_args(void)
-{
-    cJSON *a = cJSON_CreateObject(), *arr = cJSON_AddArrayToObject(a, "capabilities");
-    cJSON *c = cJSON_CreateObject();
-    cJSON_AddStringToObject(c, "capability", "events");
-    cJSON_AddBoolToObject(c, "state", 1);
-    cJSON_AddItemToArray(arr, c);
-    return a;
 }
 
 static void save_start(struct gd__bootsnap *s)
@@ -678,19 +779,8 @@ static void save_start(struct gd__bootsnap *s)
     }
     s->phase = PH_SAVING;
     s->t_save = uv_hrtime();
-    /* the guest is idle at HELLO: stop it and write everything in one pass, unthrottled
-     * (QEMU's default bandwidth cap is for live migration over a network) */
-    cJSON *bw = cJSON_CreateObject();
-    cJSON_AddNumberToObject(bw, "max-bandwidth", (double)(16ull << 30));
-    cJSON *fdn = cJSON_CreateObject();
-    cJSON_AddStringToObject(fdn, "fdname", "gdsnap");
-    cJSON *mig = cJSON_CreateObject();
-    cJSON_AddStringToObject(mig, "uri", "fd:gdsnap");
-    if (gd_qmp_cmd(q, "migrate-set-capabilities", caps_args(), -1, on_save_step, s) ||
-        gd_qmp_cmd(q, "migrate-set-parameters", bw, -1, on_save_step, s) ||
-        gd_qmp_cmd(q, "stop", NULL, -1, on_save_step, s) ||
-        gd_qmp_cmd(q, "getfd", fdn, s->tmp_fd, on_save_step, s) ||
-        gd_qmp_cmd(q, "migrate", mig, -1, on_save_step, s))
+    /* the guest is idle at HELLO: stop it and save it */
+    if (gd_qmp_save_to_fd(q, s->tmp_fd, "gdsnap", on_save_step, s))
         save_abort(s, "QMP channel");
 }
 

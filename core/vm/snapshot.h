@@ -52,9 +52,14 @@ void gd_bootsnap_list(FILE *out);
 /* The same as a JSON array of objects with "kind": "bootSnapshot" (returned owned, a
  * cJSON *), for `image ls --json`. */
 void *gd_bootsnap_list_json(void);
+/* A booted snapshot not restored for this long is removed by gc (its VM shape is one
+ * nobody starts any more: another memory size, kernel argument or QEMU binary). */
+#define GD_BOOTSNAP_IDLE_SECONDS (14ll * 24 * 3600)
+#define GD_BOOTSNAP_IDLE_TEXT "14 days"
 /* Removes booted snapshots of images that are gone (no objects/<buildId> and not a
- * default image), of another gondolin version or format, unreadable ones, and
- * leftovers of interrupted saves. Prints what it removes (or would, with dry_run). */
+ * default image), of another gondolin version or format, unused for
+ * GD_BOOTSNAP_IDLE_SECONDS, unreadable ones, and leftovers of interrupted saves. Prints what it
+ * removes (or would, with dry_run). */
 int gd_bootsnap_gc(FILE *out, int dry_run, struct gd_err *err);
 
 #endif

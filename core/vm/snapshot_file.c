@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAGIC "GDSNAPB\x01"
@@ -148,6 +149,7 @@ struct entry {
     char path[1400];
     struct gd_bootsnap_hdr h;
     long long size;
+    long long used; /* mtime: written, or last restored */
     int valid;
 };
 
@@ -178,6 +180,7 @@ static void walk(void (*fn)(const struct entry *e, void *ud), void *ud)
             struct stat st;
             if (fd >= 0 && fstat(fd, &st) == 0) {
                 e.size = (long long)st.st_size;
+                e.used = (long long)st.st_mtime;
                 e.valid = pread(fd, b, sizeof(b), 0) == (ssize_t)sizeof(b) &&
                           gd_bootsnap_hdr_parse(b, sizeof(b), &e.h) == 0 &&
                           (uint64_t)st.st_size == GD_BOOTSNAP_HDR_LEN + e.h.stream_len &&
@@ -253,6 +256,7 @@ struct gc {
     FILE *out;
     int dry_run;
     char defaults[4][65]; /* buildIds of the default images */
+    long long idle_before;
 };
 
 static int image_present(const struct gc *g, const char *id)
@@ -272,6 +276,7 @@ static void gc_one(const struct entry *e, void *ud)
     const char *why = !e->valid                          ? "unreadable"
                       : strcmp(e->h.version, GD_VERSION) ? "another gondolin version"
                       : !image_present(g, e->h.build_id) ? "its image is gone"
+                      : e->used < g->idle_before         ? "not used for " GD_BOOTSNAP_IDLE_TEXT
                                                          : NULL;
     if (!why)
         return;
@@ -283,7 +288,11 @@ static void gc_one(const struct entry *e, void *ud)
 int gd_bootsnap_gc(FILE *out, int dry_run, struct gd_err *err)
 {
     (void)err;
-    struct gc g = {.out = out, .dry_run = dry_run};
+    /* another VM shape (memory, a kernel argument, the QEMU binary) is another key: the
+     * files of shapes nobody starts any more go after a while */
+    const char *e = getenv("GONDOLIN_BOOTSNAP_IDLE_SECONDS"); /* (tests) */
+    long long idle = e && *e ? strtoll(e, NULL, 10) : GD_BOOTSNAP_IDLE_SECONDS;
+    struct gc g = {.out = out, .dry_run = dry_run, .idle_before = (long long)time(NULL) - idle};
     static const char *const arches[] = {"x86_64", "aarch64"};
     for (int i = 0; i < 2; i++) {
         char dir[1100];

@@ -63,7 +63,38 @@ struct gd_vm_opts {
      * notice on stderr and the VM boots. Ignored with fs mounts (vhost-user-fs is not
      * migratable), rootfs "rw" and "cow", rawecho, bare, and while KVM is on trial. */
     int boot_snapshot;
+    /* A memory snapshot to resume instead of booting (docs/snapshots.md; copied): QEMU
+     * starts paused and loads the stream, whose SHA-256 is checked before the guest
+     * runs; the guest then gets fresh entropy, the host's clock and drops the exec
+     * sessions of its old host. A command line whose gd_vm_shape differs, a failed load
+     * or a bad checksum fails the start (gd_vm_error says why); nothing else boots. */
+    const struct gd_vm_resume *resume;
 };
+
+struct gd_vm_resume {
+    const char *path;        /* the snapshot file */
+    uint64_t offset, length; /* QEMU's migration stream in it */
+    uint8_t sha256[32];      /* of the stream */
+    uint8_t shape[32];       /* gd_vm_shape of the VM it was taken of */
+};
+
+/* A hash of what a memory snapshot needs to be loaded into this VM: the gondolin
+ * version, the image's buildId, the QEMU binary and its command line without
+ * per-sandbox paths (the root disk's file). */
+int gd_vm_shape(gd_vm *vm, uint8_t shape[32]);
+
+/* Saves the running VM's memory and device state (QEMU's migration stream) into fd,
+ * which must be a regular file open for writing at offset 0. The guest is paused for
+ * the save; cb fires once: status 0 with the stream's length, or negative with error
+ * (borrowed, one line). Afterwards the guest runs on, or, with stay_paused, stays
+ * paused until the VM is closed. Refused (-EBUSY, -ENOTSUP with err) while starting,
+ * stopping or saving, with virtio-fs mounts (vhost-user-fs cannot be migrated) or an
+ * agent older than protocol 1.3. */
+typedef void (*gd_vm_save_cb)(gd_vm *vm, int status, uint64_t length, const char *error, void *ud);
+int gd_vm_save_memory(gd_vm *vm, int fd, int stay_paused, gd_vm_save_cb cb, void *ud,
+                      struct gd_err *err);
+/* The guest agent's protocol minor version (after HELLO). */
+unsigned gd_vm_agent_minor(const gd_vm *vm);
 
 /* status 0: the agent said HELLO (or, for rawecho, its ready byte); negative: boot
  * failed and gd_vm_error() says why. */

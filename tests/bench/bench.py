@@ -42,7 +42,9 @@ def cli_run(cold, debug=False):
     if debug:
         env["GONDOLIN_SNAP_DEBUG"] = "1"
     s = time.monotonic()
-    r = subprocess.run([G, "exec", "--", "true"], check=True, capture_output=True, text=True, env=env)
+    r = subprocess.run([G, "exec", "--", "true"], capture_output=True, text=True, env=env)
+    if r.returncode:
+        sys.exit(f"gondolin exec -- true failed ({r.returncode}): {r.stderr.strip()}")
     out = {"wall_ms": (time.monotonic() - s) * 1000}
     m = re.search(r"agent ready after (\d+) ms \(accel \w+, ([a-z+]+)\)", r.stderr)
     out["ready_ms"], out["mode"] = float(m.group(1)), m.group(2)
@@ -114,6 +116,77 @@ def snapshot_rounds(bare):
     ]
 
 
+def timed(args, env=None):
+    s = time.monotonic()
+    r = subprocess.run([G] + args, check=True, capture_output=True, text=True, env=env)
+    return (time.monotonic() - s) * 1000, r
+
+
+def session_rounds():
+    """Sessions: a disk checkpoint and a memory snapshot (time of the `snapshot` command,
+    size), a session resumed from the memory snapshot, and `fork -n 3`, against a session
+    booted cold and three booted cold (the peer of a fork), and the disk's own write of
+    as many bytes (dd + fsync: the limit of a save)."""
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="gd-bench-snap-")
+    cold_env = dict(os.environ, GONDOLIN_COLD_BOOT="1")
+    rows = {k: [] for k in ("disk_ms", "disk_size", "mem_ms", "mem_size", "dd_ms", "resume_ms",
+                            "cold_start_ms", "fork_ms", "cold3_ms", "warm_start_ms")}
+    for i in range(2 if QUICK else 3):
+        ms, _ = timed(["start", "--name", "bm-cow", "--rootfs-mode", "cow"])
+        ck = os.path.join(tmp, "ck%d.gdsnap" % i)
+        ms, _ = timed(["snapshot", "bm-cow", "--output", ck])
+        rows["disk_ms"].append(ms)
+        rows["disk_size"].append(os.path.getsize(ck))
+        ms, _ = timed(["start", "--name", "bm-mem"])
+        rows["warm_start_ms"].append(ms)
+        mem = os.path.join(tmp, "mem%d.gdsnap" % i)
+        ms, _ = timed(["snapshot", "bm-mem", "--memory", "--output", mem])
+        rows["mem_ms"].append(ms)
+        size = os.path.getsize(mem)
+        rows["mem_size"].append(size)
+        out = os.path.join(tmp, "dd")
+        s = time.monotonic()
+        subprocess.run(["dd", "if=/dev/zero", "of=" + out, "bs=1M", "count=%d" % (size >> 20),
+                        "conv=fsync"], check=True, capture_output=True)
+        rows["dd_ms"].append((time.monotonic() - s) * 1000)
+        os.unlink(out)
+        ms, _ = timed(["start", "--name", "bm-res", "--resume", mem])
+        rows["resume_ms"].append(ms)
+        ms, _ = timed(["start", "--name", "bm-cold"], env=cold_env)
+        rows["cold_start_ms"].append(ms)
+        ms, _ = timed(["fork", "bm-mem", "-n", "3", "--name", "bm-kid"])
+        rows["fork_ms"].append(ms)
+        for n in ("bm-res", "bm-cold", "bm-kid-1", "bm-kid-2", "bm-kid-3"):
+            subprocess.run([G, "stop", n], check=True, capture_output=True)
+        s = time.monotonic()
+        for k in range(3):
+            subprocess.run([G, "start", "--name", "bm-c%d" % k], check=True, capture_output=True,
+                           env=cold_env)
+        rows["cold3_ms"].append((time.monotonic() - s) * 1000)
+        for n in ("bm-mem", "bm-c0", "bm-c1", "bm-c2"):
+            subprocess.run([G, "stop", n], check=True, capture_output=True)
+        os.unlink(ck)
+        os.unlink(mem)
+    os.rmdir(tmp)
+    m = {k: statistics.median(v) for k, v in rows.items()}
+    n = len(rows["mem_ms"])
+    return [
+        ("(f) disk checkpoint, `gondolin snapshot` (sync, stop, seal; median of %d) / size" % n,
+         "%.0f ms / %.1f MiB" % (m["disk_ms"], m["disk_size"] / (1 << 20)), "", "", ""),
+        ("(f) memory snapshot, `gondolin snapshot --memory` (median of %d) / size" % n,
+         "%.0f ms / %.1f MiB" % (m["mem_ms"], m["mem_size"] / (1 << 20)),
+         "dd + fsync of as many bytes to the same disk: %.0f ms" % m["dd_ms"],
+         "%.2fx" % (m["mem_ms"] / m["dd_ms"]), ""),
+        ("(f) `gondolin start --resume MEMSNAP`, process start to ready",
+         "%.0f ms" % m["resume_ms"],
+         "`start` cold boot: %.0f ms; from the booted snapshot: %.0f ms" % (m["cold_start_ms"], m["warm_start_ms"]),
+         "%.2fx cold" % (m["resume_ms"] / m["cold_start_ms"]), ""),
+        ("(f) `gondolin fork -n 3` (snapshot + 3 resumes)", "%.0f ms" % m["fork_ms"],
+         "3 cold `start`s: %.0f ms" % m["cold3_ms"], "%.2fx" % (m["fork_ms"] / m["cold3_ms"]), ""),
+    ]
+
+
 def boot_rounds():
     """Bare QEMU, the CLI and the API boot interleaved, one of each per round, so that
     drift in the machine's speed hits all three alike."""
@@ -133,7 +206,7 @@ def main():
     accel = subprocess.run([G, "doctor"], capture_output=True, text=True).stdout
     accel = "TCG" if "TCG" in accel or "hung" in accel else "KVM"
     bare, cli, boot = boot_rounds()
-    snap_rows = snapshot_rounds(bare)
+    snap_rows = snapshot_rounds(bare) + session_rounds()
     raw = bench("raw", N_RTT)
     rtt = bench("rtt", N_RTT)
     tput = bench("tput", 256)

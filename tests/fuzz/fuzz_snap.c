@@ -18,7 +18,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
         char *t = gd_snap_meta_encode(&m);
         if (!t || gd_snap_meta_parse(t, strlen(t), &m2, why, sizeof(why)) ||
             strcmp(m.build_id, m2.build_id) || strcmp(m.image, m2.image) ||
-            m.nmounts != m2.nmounts || m.memory_mb != m2.memory_mb || m.cpus != m2.cpus)
+            m.nmounts != m2.nmounts || m.memory_mb != m2.memory_mb || m.cpus != m2.cpus ||
+            m.memory != m2.memory || memcmp(m.mem_sha, m2.mem_sha, 32) ||
+            memcmp(m.shape, m2.shape, 32) || strcmp(m.rootfs, m2.rootfs))
             __builtin_trap();
         free(t);
     }
@@ -35,6 +37,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
             claim = claim << 8 | p[16 + i];
         claim += (uint64_t)(p[12] | p[13] << 8 | p[14] << 16 | (uint32_t)p[15] << 24) +
                  GD_SNAP_TRAILER_LEN;
+        uint64_t mem = 0; /* format 2: the memory stream's length */
+        for (int i = 7; i >= 0; i--)
+            mem = mem << 8 | p[88 + i];
+        claim += mem;
         if (gd_snap_trailer_parse(p, GD_SNAP_TRAILER_LEN, claim, &t, &w) == 0) {
             uint8_t again[GD_SNAP_TRAILER_LEN];
             gd_snap_trailer_write(again, &t);

@@ -21,6 +21,24 @@ def eq(a, b, what=""):
         raise AssertionError(f"{what}: {a!r} != {b!r}")
 
 
+def alive(pid):
+    """Running (a zombie nobody has reaped yet is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def wait_gone(pid, secs=30):
+    """Waits up to secs for pid to end; True when it did."""
+    import time
+    end = time.time() + secs
+    while alive(pid) and time.time() < end:
+        time.sleep(0.1)
+    return not alive(pid)
+
+
 def run(title, name_filter, *args):
     """Runs the registered tests whose function name contains name_filter, passing args;
     prints one line per test and a total; returns the number that failed."""

@@ -300,6 +300,17 @@ def store_listing_and_gc(up):
     r = subprocess.run([G, "image", "gc"], capture_output=True, text=True, timeout=60)
     expect(r.returncode == 0 and not os.path.exists(orphan) and os.path.exists(mine[0]["path"]),
            f"gc: {r.stdout}")
+    # a restore marks the file used; one of a shape nobody restored for 14 days goes
+    path = mine[0]["path"]
+    old = time.time() - 20 * 86400
+    os.utime(path, (old, old))
+    gexec(mem, ["true"])
+    expect(os.path.getmtime(path) > time.time() - 600, "a restore marks the snapshot used")
+    os.utime(path, (old, old))
+    r = subprocess.run([G, "image", "gc"], capture_output=True, text=True, timeout=60)
+    expect(r.returncode == 0 and path in r.stdout and "not used for 14 days" in r.stdout,
+           f"gc of an idle shape: {r.stdout}")
+    expect(not os.path.exists(path), "the idle snapshot is gone")
 
 
 def main():

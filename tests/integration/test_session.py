@@ -23,7 +23,7 @@ import urllib.request
 import fcntl
 import termios
 
-from harness import TESTS, eq, expect, test  # noqa: E402
+from harness import TESTS, alive, eq, expect, test, wait_gone  # noqa: E402
 
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
@@ -57,22 +57,6 @@ def qemu_children(pid):
         except OSError:
             pass
     return kids
-
-
-def alive(pid):
-    """Running (a zombie nobody has reaped yet is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def wait_gone(pid, secs=15):
-    end = time.time() + secs
-    while alive(pid) and time.time() < end:
-        time.sleep(0.1)
-    return not alive(pid)
 
 
 def info(key):

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Disk checkpoints with real VMs (docs/snapshots.md): rootfs mode cow, `gondolin snapshot`,
-`start/exec --resume`, the snapshots in the image store (ls, gc, rm, inspect), refusals
-(corrupt, another buildId, another version), SIGKILL during a snapshot, and the Python
-SDK's Sandbox.create(resume=...).
+"""Disk checkpoints and memory snapshots with real VMs (docs/snapshots.md): rootfs mode
+cow, `gondolin snapshot [--memory [--stop]]`, `fork`, `start/exec --resume`, the
+snapshots in the image store (ls, gc, rm, inspect), refusals (corrupt, another buildId,
+another version, another VM shape, mounts), SIGKILL during a snapshot, and the Python
+SDK's Sandbox.create(resume=...), snapshot(memory=True) and fork().
 
 Runs with a private cache (XDG_CACHE_HOME: the image store, the checkpoints, the disk
 overlays) holding a copy of the default image, and a private sessions directory.
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from harness import TESTS, eq, expect, test  # noqa: E402
+from harness import TESTS, alive, eq, expect, test, wait_gone  # noqa: E402
 
 BUILD = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 FILTER = sys.argv[2] if len(sys.argv) > 2 else ""
@@ -55,21 +56,6 @@ def session_pid(name):
         if name in (s["id"], s["name"]):
             return s["pid"]
     return None
-
-
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
-def wait_gone(pid, secs=30):
-    end = time.time() + secs
-    while alive(pid) and time.time() < end:
-        time.sleep(0.1)
-    return not alive(pid)
 
 
 def snap_path(name):
@@ -385,6 +371,232 @@ def sdk_create_resume():
     p2 = asyncio.run(aio())
     eq(run(["exec", "--resume", p2, "--", "cat", "/root/sdk"], check=0).stdout,
        "from-sdk\nagain\n", "the async snapshot")
+
+
+# ---- memory snapshots (snapshot --memory, fork) ----
+
+COUNTER = ("nohup sh -c 'n=0; while :; do n=$((n+1)); echo $n > /tmp/count; sleep 0.2; done' "
+           ">/dev/null 2>&1 &")
+HOLDER = ("nohup sh -c 'echo $$ > /tmp/holder; exec 3>>/tmp/held; rm /tmp/held; "
+          "while :; do echo tick >&3; sleep 0.2; done' >/dev/null 2>&1 &")
+
+
+def held_size(session):
+    """The size of the deleted file that the holder process still writes through fd 3."""
+    return int(sx(session, "stat -L -c %s /proc/$(cat /tmp/holder)/fd/3").strip())
+
+
+def stop_all():
+    """Stops every session (a failed test leaves none behind for the next)."""
+    for s in json.loads(run(["ls", "--json"]).stdout or "[]"):
+        run(["stop", "--force", s["id"]])
+
+
+def count(session):
+    return int(sx(session, "cat /tmp/count").strip())
+
+
+def urandom(session=None, resume=None):
+    cmd = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'"
+    if session:
+        return sx(session, cmd)
+    return run(["exec", "--resume", resume, "-c", cmd], check=0).stdout
+
+
+@test
+def memory_snapshot_resumes_processes_and_open_files():
+    try:
+        run(["start", "--name", "live"], check=0)
+        sx("live", "echo in-memory > /root/f; cd /tmp && " + COUNTER + HOLDER)
+        time.sleep(1.5)
+        r = run(["snapshot", "live", "--memory", "--name", "mem1"], check=0)
+        eq(r.stdout.strip(), "mem1", "prints the name")
+        expect("runs on" in r.stderr, r.stderr)
+        at_save = count("live")
+        expect(at_save >= 3, f"the counter ran before the save: {at_save}")
+        time.sleep(1)
+        expect(count("live") > at_save, "the session runs on after its memory snapshot")
+        i = json.loads(run(["image", "inspect", "--snapshot", "mem1"], check=0).stdout)
+        expect(i["verified"] and i["memoryBytes"] > 1 << 20, i)
+        eq((i["metadata"]["memory"]["rootfs"], i["diskBytes"]), ("memory", 0), "no disk part")
+        before = sha(snap_path("mem1"))
+        for name in ("back1", "back2"):
+            run(["start", "--name", name, "--resume", "mem1"], check=0)
+            eq(sx(name, "cat /root/f"), "in-memory\n", f"{name}: the root's writes in memory")
+            c0 = count(name)
+            expect(c0 >= at_save - 1, f"{name}: the counter resumes where it was ({c0}, {at_save})")
+            h0 = held_size(name)
+            time.sleep(1.2)
+            expect(count(name) > c0, f"{name}: the background process runs on")
+            expect(held_size(name) > h0, f"{name}: its open (deleted) file is still written")
+        sx("back1", "echo one > /root/mine")
+        eq(sx("back2", "ls /root"), "f\n", "the two resumes diverge")
+        eq(sha(snap_path("mem1")), before, "resuming never changes the snapshot")
+        for name in ("back1", "back2", "live"):
+            run(["stop", name], check=0)
+    finally:
+        stop_all()
+
+
+@test
+def fork_three_diverge_with_their_own_entropy_and_clock():
+    try:
+        run(["start", "--name", "parent"], check=0)
+        sx("parent", "echo base > /root/x; cd /tmp && " + COUNTER)
+        time.sleep(3)  # a while between the guest's last clock sync and the fork
+        r = run(["fork", "parent", "-n", "3", "--name", "kid", "--json"], check=0)
+        kids = [k["id"] for k in json.loads(r.stdout)]
+        eq(len(kids), 3, r.stdout)
+        names = sorted(s["name"] for s in json.loads(run(["ls", "--json"], check=0).stdout))
+        eq(names, ["kid-1", "kid-2", "kid-3", "parent"], "the parent runs on beside its forks")
+        eq([n for n in os.listdir(SNAPS) if "fork" in n], [], "the fork's snapshot is gone")
+        for k in ("kid-1", "kid-2", "kid-3"):
+            sx(k, f"echo {k} >> /root/x")
+        for k in ("kid-1", "kid-2", "kid-3"):
+            eq(sx(k, "cat /root/x"), f"base\n{k}\n", f"{k} diverged on its own")
+            c = count(k)
+            time.sleep(0.6)
+            expect(count(k) > c, f"{k}: the parent's process runs on in the fork")
+            t0 = time.time()
+            t = float(sx(k, "date +%s.%N"))
+            t1 = time.time()
+            expect(t0 - 1.0 <= t <= t1 + 1.0,
+                   f"{k}: guest clock {t} vs host {t0:.3f}..{t1:.3f}")
+        eq(sx("parent", "cat /root/x"), "base\n", "the parent is untouched")
+        rnd = {urandom(k) for k in ("kid-1", "kid-2", "kid-3", "parent")}
+        eq(len(rnd), 4, f"/dev/urandom differs across the forks and the parent: {rnd}")
+        for k in ("kid-1", "kid-2", "kid-3", "parent"):
+            run(["stop", k], check=0)
+    finally:
+        stop_all()
+
+
+@test
+def restores_of_one_memory_snapshot_get_fresh_entropy_and_the_hosts_clock():
+    time.sleep(5)  # mem1 was saved a while ago: a guest clock that stood still shows
+    seen = set()
+    for _ in range(5):
+        t0 = time.time()
+        r = run(["exec", "--resume", "mem1", "-c",
+                 "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s.%N"],
+                check=0)
+        t1 = time.time()
+        rnd, t = r.stdout.split()
+        # (the exec's start and end bracket the guest's reading; a clock that stood still
+        # since the save would be 5 s and more behind the start)
+        expect(t0 - 1.0 <= float(t) <= t1 + 1.0, f"guest clock {t} vs host {t0:.3f}..{t1:.3f}")
+        seen.add(rnd)
+    eq(len(seen), 5, f"5 restores, 5 different random streams: {seen}")
+
+
+@test
+def memory_snapshot_stop_and_output():
+    try:
+        out = os.path.join(TMP, "mem-stop.gdsnap")
+        run(["start", "--name", "st", "--memory", "640M", "--cpus", "1"], check=0)
+        sx("st", "echo stopped-here > /root/s")
+        pid = session_pid("st")
+        r = run(["snapshot", "st", "--memory", "--stop", "--output", out], check=0)
+        expect("has stopped" in r.stderr, r.stderr)
+        expect(wait_gone(pid), "the session stopped once saved")
+        r = run(["exec", "--resume", out, "--", "sh", "-c", "cat /root/s; nproc"], check=0)
+        eq(r.stdout, "stopped-here\n1\n", "resumed with the recorded shape")
+        r = run(["snapshot", "st2", "--stop"])
+        eq(r.returncode, 2, "--stop without --memory")
+    finally:
+        stop_all()
+
+
+@test
+def memory_snapshot_refusals():
+    try:
+        out = os.path.join(TMP, "mem-stop.gdsnap")
+        # another shape: the snapshot had 640 MiB and one cpu
+        r = run(["exec", "--resume", out, "--memory", "1024M", "--", "true"])
+        expect(r.returncode != 0 and "another shape" in r.stderr and out in r.stderr, r.stderr)
+        eq(r.stderr.strip().count("\n"), 0, "one line")
+        # a flipped byte in the memory stream: the load is refused before the guest runs
+        bad = os.path.join(TMP, "mem-bad.gdsnap")
+        shutil.copy(out, bad)
+        with open(bad, "r+b") as f:
+            f.seek(os.path.getsize(bad) // 3)
+            b = f.read(1)
+            f.seek(-1, 1)
+            f.write(bytes([b[0] ^ 0x55]))
+        r = run(["start", "--resume", bad])
+        expect(r.returncode != 0 and bad in r.stderr and "checksum" in r.stderr, r.stderr)
+        r = run(["image", "inspect", "--snapshot", bad])
+        expect(r.returncode == 1 and "memory checksum mismatch" in r.stderr, r.stderr)
+        eq(json.loads(run(["ls", "--json"], check=0).stdout), [], "no session left")
+        # sessions that cannot be saved: mounts, a root on a disk overlay
+        run(["start", "--name", "mnt", "--mount-memfs", "/data"], check=0)
+        r = run(["snapshot", "mnt", "--memory", "--name", "nope"])
+        expect(r.returncode == 1 and "without mounts" in r.stderr, r.stderr)
+        eq(sx("mnt", "echo alive"), "alive\n", "still running")
+        run(["stop", "mnt"], check=0)
+        run(["start", "--name", "cw", "--rootfs-mode", "cow"], check=0)
+        r = run(["snapshot", "cw", "--memory", "--name", "nope"])
+        expect(r.returncode == 1 and "disk overlay" in r.stderr, r.stderr)
+        run(["stop", "cw"], check=0)
+        expect(not os.path.exists(snap_path("nope")), "no file")
+    finally:
+        stop_all()
+
+
+@test
+def sigkill_during_a_memory_snapshot_leaves_no_partial_file():
+    env = dict(ENV, GONDOLIN_TEST_SNAPSHOT_STALL_MS="30000")
+    run(["start", "--name", "km"], check=0, env=env)
+    pid = session_pid("km")
+    p = subprocess.Popen([G, "snapshot", "km", "--memory", "--name", "mkilled"], env=ENV,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end, tmp = time.time() + 60, []
+    while not tmp and time.time() < end:
+        tmp = [n for n in os.listdir(SNAPS) if n.startswith(".tmp-") and "mkilled" in n]
+        time.sleep(0.05)
+    expect(tmp, "the supervisor was writing the snapshot")
+    time.sleep(1)  # (into the stall: the stream is complete, the name not yet taken)
+    os.kill(pid, signal.SIGKILL)
+    p.communicate(timeout=30)
+    expect(p.returncode != 0, "snapshot reports the failure")
+    expect(not os.path.exists(snap_path("mkilled")), "no file under the name")
+    expect(wait_gone(pid), "supervisor gone")
+    run(["image", "gc"], check=0)
+    expect(not [n for n in os.listdir(SNAPS) if n.startswith(".")], "gc removed the temporary")
+    run(["ls"], check=0)
+
+
+@test
+def sdk_memory_snapshot_and_fork():
+    sys.path.insert(0, os.path.join(ROOT, "sdk", "python"))
+    os.environ.update(XDG_CACHE_HOME=CACHE, XDG_RUNTIME_DIR=RT, GONDOLIN_BIN=G)
+    from gondolin import AsyncSandbox, Sandbox
+
+    with Sandbox.create(name="sdkm") as sb:
+        sb.exec("echo sdk-mem > /root/m")
+        path = sb.snapshot("sdkmem", memory=True)
+        eq(path, snap_path("sdkmem"), "the path")
+        eq(sb.exec("cat /root/m").text, "sdk-mem\n", "the session runs on")
+        kids = sb.fork(2)
+        try:
+            eq(len(kids), 2, "two forks")
+            kids[0].exec("echo k0 >> /root/m")
+            eq(kids[1].exec("cat /root/m").text, "sdk-mem\n", "forks diverge")
+        finally:
+            for k in kids:
+                k.close()
+    with Sandbox.create(resume="sdkmem") as r:
+        eq(r.exec("cat /root/m").text, "sdk-mem\n", "resumed from the memory snapshot")
+
+    async def aio():
+        async with await AsyncSandbox.create(resume="sdkmem") as a:
+            p2 = await a.snapshot(output=os.path.join(TMP, "aio.gdsnap"), memory=True, stop=True)
+            return p2
+
+    p2 = asyncio.run(aio())
+    eq(run(["exec", "--resume", p2, "--", "cat", "/root/m"], check=0).stdout, "sdk-mem\n",
+       "the async memory snapshot")
+    eq(json.loads(run(["ls", "--json"], check=0).stdout), [], "every session stopped")
 
 
 def setup():

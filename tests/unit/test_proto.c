@@ -288,3 +288,48 @@ TEST(reader_max_body_fits)
     CHECK_EQ(gd_reader_next(&r, &h, &body), 1);
     CHECK_EQ(h.len, GD_PROTO_MAX_BODY);
 }
+
+TEST(reader_skips_to_a_mark)
+{
+    static uint8_t buf[256];
+    struct gd_reader r;
+    gd_reader_init(&r, buf, sizeof(buf));
+    const uint8_t mark[] = "MARK-0123456789";
+    size_t ml = sizeof(mark) - 1;
+    /* garbage (the tail of an old frame), the mark split over two reads, then a frame */
+    uint8_t in[200];
+    size_t n = 0;
+    memset(in, 0xee, 40);
+    n = 40;
+    memcpy(in + n, mark, ml);
+    n += ml;
+    struct gd_enc e;
+    gd_enc_init(&e, in + n, sizeof(in) - n, GD_MSG_PONG, 0, 0);
+    gd_enc_bytes(&e, "hi", 2);
+    n += (size_t)gd_enc_finish(&e);
+    size_t room, cut = 40 + 5;
+    memcpy(gd_reader_space(&r, &room), in, cut);
+    gd_reader_commit(&r, cut);
+    CHECK_EQ(gd_reader_skip_to(&r, mark, ml), 0);
+    CHECK(r.len - r.off <= ml - 1); /* garbage dropped, a possible start kept */
+    memcpy(gd_reader_space(&r, &room), in + cut, n - cut);
+    gd_reader_commit(&r, n - cut);
+    CHECK_EQ(gd_reader_skip_to(&r, mark, ml), 1);
+    struct gd_hdr h;
+    const uint8_t *body;
+    CHECK_EQ(gd_reader_next(&r, &h, &body), 1);
+    CHECK_EQ(h.type, GD_MSG_PONG);
+    CHECK_EQ(h.len, 2);
+    CHECK(!memcmp(body, "hi", 2));
+    /* a reader full of garbage never fills up while it looks */
+    gd_reader_init(&r, buf, sizeof(buf));
+    for (int i = 0; i < 100; i++) {
+        uint8_t *p = gd_reader_space(&r, &room);
+        CHECK(room >= 200);
+        memset(p, 'M', 200);
+        gd_reader_commit(&r, 200);
+        CHECK_EQ(gd_reader_skip_to(&r, mark, ml), 0);
+    }
+    CHECK_EQ(gd_reader_skip_to(&r, mark, 0), 0);
+    CHECK_EQ(gd_reader_skip_to(&r, mark, 65), 0);
+}

@@ -123,8 +123,8 @@ TEST(snap_meta_refuses_bad_json)
     meta_bad("{" BASE "}", "\"buildId\" is missing");
     meta_bad("{" BASE ",\"buildId\":\"../../etc\"}", "not a build id");
     meta_bad("{" BASE ",\"buildId\":7}", "\"buildId\" is not a string");
-    meta_bad("{\"format\":2,\"gondolin\":\"x\",\"arch\":\"x\",\"buildId\":\"abcdef012\"}",
-             "format 2");
+    meta_bad("{\"format\":3,\"gondolin\":\"x\",\"arch\":\"x\",\"buildId\":\"abcdef012\"}",
+             "format 3");
     meta_bad("{" BASE ",\"buildId\":\"abcdef012\",\"cpus\":65}", "\"cpus\"");
     meta_bad("{" BASE ",\"buildId\":\"abcdef012\",\"memoryMb\":1.5}", "\"memoryMb\"");
     meta_bad("{" BASE ",\"buildId\":\"abcdef012\",\"mounts\":{}}", "\"mounts\"");
@@ -262,4 +262,122 @@ TEST(snap_write_read_verify_and_damage)
     unlink(dest);
     unlink(ov);
     rmdir(dir);
+}
+
+TEST(snap_trailer_memory_format)
+{
+    struct gd_snap_trailer t = good_trailer(), u;
+    uint8_t b[128];
+    const char *why = NULL;
+    /* format 2: the disk part may be empty, the memory part must not */
+    t.version = GD_SNAP_FORMAT_MEMORY;
+    t.qcow2_len = 0;
+    t.mem_len = 123457;
+    gd_snap_trailer_write(b, &t);
+    CHECK_EQ(gd_snap_trailer_parse(b, 128, 123457 + 100 + 128, &u, &why), 0);
+    CHECK_EQ(u.mem_len, 123457);
+    CHECK_EQ(u.qcow2_len, 0);
+    CHECK(gd_snap_trailer_parse(b, 128, 123457 + 100 + 127, &u, &why) < 0);
+    t.mem_len = 0;
+    gd_snap_trailer_write(b, &t);
+    CHECK(gd_snap_trailer_parse(b, 128, 100 + 128, &u, &why) < 0);
+    CHECK_CONTAINS(why, "memory length");
+    t.mem_len = UINT64_MAX - 10; /* over the bound, and would overflow the sum */
+    gd_snap_trailer_write(b, &t);
+    CHECK(gd_snap_trailer_parse(b, 128, 4096, &u, &why) < 0);
+    /* format 1 with a memory length: its reserved bytes are not zero */
+    t = good_trailer();
+    t.mem_len = 4096;
+    gd_snap_trailer_write(b, &t);
+    CHECK(gd_snap_trailer_parse(b, 128, 8192 + 4096 + 100 + 128, &u, &why) < 0);
+    CHECK_CONTAINS(why, "reserved");
+}
+
+TEST(snap_memory_write_read_verify_and_damage)
+{
+    char dir[] = "/tmp/gd-snap-unit-XXXXXX", dest[100], tmp[1400];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(dest, sizeof(dest), "%s/mem.gdsnap", dir);
+    struct gd_err err = {{0}};
+    int fd = gd_snap_mem_begin(dest, tmp, sizeof(tmp), &err);
+    CHECK(fd >= 0);
+    CHECK_CONTAINS(tmp, "/.tmp-");
+    static uint8_t stream[300001];
+    for (size_t i = 0; i < sizeof(stream); i++)
+        stream[i] = (uint8_t)(i * 13 + 1);
+    CHECK_EQ(write(fd, stream, sizeof(stream)), (ssize_t)sizeof(stream));
+    struct gd_snap_meta m = {.memory_mb = 512, .cpus = 1, .agent_minor = 3};
+    strcpy(m.build_id, "0123456789abcdef");
+    strcpy(m.arch, "x86_64");
+    strcpy(m.rootfs, "memory");
+    memset(m.shape, 0x5a, 32);
+    uint64_t size = 0;
+    CHECK_EQ(gd_snap_mem_finish(fd, tmp, sizeof(stream), &m, dest, &size, &err), 0);
+    CHECK(access(tmp, F_OK) != 0);
+    struct stat st;
+    CHECK_EQ(stat(dest, &st), 0);
+    CHECK_EQ(st.st_size, (long long)size);
+    struct gd_snap_trailer t;
+    struct gd_snap_meta r;
+    CHECK_EQ(gd_snap_verify(dest, &t, &r, &err), 0);
+    CHECK_EQ(t.version, GD_SNAP_FORMAT_MEMORY);
+    CHECK_EQ(t.qcow2_len, 0);
+    CHECK_EQ(t.mem_len, sizeof(stream));
+    CHECK(r.memory);
+    CHECK_STR(r.rootfs, "memory");
+    CHECK_EQ(r.agent_minor, 3);
+    CHECK_EQ(r.memory_mb, 512);
+    CHECK(!memcmp(r.shape, m.shape, 32));
+    CHECK(!memcmp(r.mem_sha, m.mem_sha, 32));
+    /* a flipped byte in the stream: the full check refuses it, the disk check (a resume
+     * hashes the stream while loading it) does not look */
+    int wfd = open(dest, O_RDWR);
+    uint8_t b;
+    CHECK_EQ(pread(wfd, &b, 1, 150000), 1);
+    b ^= 0x10;
+    CHECK_EQ(pwrite(wfd, &b, 1, 150000), 1);
+    CHECK(gd_snap_verify(dest, &t, &r, &err) < 0);
+    CHECK_CONTAINS(err.msg, "memory checksum mismatch");
+    CHECK_CONTAINS(err.msg, dest);
+    CHECK_EQ(gd_snap_verify_disk(dest, &t, &r, &err), 0);
+    close(wfd);
+    /* never over an existing file, and nothing left behind */
+    CHECK(gd_snap_mem_begin(dest, tmp, sizeof(tmp), &err) < 0);
+    CHECK_CONTAINS(err.msg, "exists already");
+    /* a stream of the wrong length is not sealed */
+    char dest2[120];
+    snprintf(dest2, sizeof(dest2), "%s/short.gdsnap", dir);
+    fd = gd_snap_mem_begin(dest2, tmp, sizeof(tmp), &err);
+    CHECK(fd >= 0);
+    CHECK_EQ(write(fd, stream, 100), 100);
+    CHECK(gd_snap_mem_finish(fd, tmp, 101, &m, dest2, &size, &err) < 0);
+    CHECK(access(tmp, F_OK) != 0 && access(dest2, F_OK) != 0);
+    unlink(dest);
+    rmdir(dir);
+}
+
+TEST(snap_meta_memory_refusals)
+{
+#define MBASE                                                                                      \
+    "{\"format\":2,\"gondolin\":\"1\",\"buildId\":\"0123456789abcdef\",\"arch\":\"x86_64\","
+#define HEX "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+    meta_bad(MBASE "\"memoryMb\":1}", "\"memory\" is missing");
+    meta_bad(MBASE "\"memory\":{\"sha256\":\"00\",\"shape\":\"00\",\"rootfs\":\"memory\"}}",
+             "64 hex digits");
+    meta_bad(MBASE "\"memory\":{\"sha256\":\"" HEX "\",\"shape\":\"" HEX
+                   "\",\"rootfs\":\"tmpfs\"}}",
+             "unknown memory snapshot rootfs");
+    meta_bad(MBASE "\"memory\":{\"sha256\":\"" HEX "\",\"shape\":\"" HEX
+                   "Z\",\"rootfs\":\"memory\"}}",
+             "64 hex digits");
+    meta_bad(MBASE "\"memory\":{\"shape\":\"" HEX "\",\"rootfs\":\"memory\"}}",
+             "\"sha256\" is missing");
+    struct gd_snap_meta m;
+    char why[200];
+    const char *ok = MBASE "\"memory\":{\"sha256\":\"" HEX "\",\"shape\":\"" HEX
+                           "\",\"rootfs\":\"readonly\",\"agentMinor\":3}}";
+    CHECK_EQ(gd_snap_meta_parse(ok, strlen(ok), &m, why, sizeof(why)), 0);
+    CHECK(m.memory && m.agent_minor == 3 && m.mem_sha[31] == 0xaa);
+#undef HEX
+#undef MBASE
 }

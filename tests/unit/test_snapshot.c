@@ -95,10 +95,30 @@ TEST(resume_decode)
             CHECK_EQ(m.entropy_len, lens[i]);
         }
     }
-    uint8_t body[12 + 64] = {1}; /* flags must be 0 */
+    uint8_t body[12 + 64] = {2}; /* an unknown flag */
     struct gd_msg_resume m;
     CHECK_EQ(gd_dec_resume(body, sizeof(body), &m), -EBADMSG);
     CHECK_EQ(gd_dec_resume(body, 8, &m), -EBADMSG);
+}
+
+TEST(resume_new_host_carries_a_token)
+{
+    uint8_t body[12 + GD_RESUME_TOKEN_LEN + 64] = {GD_RESUME_NEW_HOST};
+    for (size_t i = 0; i < GD_RESUME_TOKEN_LEN; i++)
+        body[12 + i] = (uint8_t)(0xa0 + i);
+    struct gd_msg_resume m;
+    CHECK_EQ(gd_dec_resume(body, sizeof(body), &m), 0);
+    CHECK(m.token == body + 12);
+    CHECK(m.entropy == body + 12 + GD_RESUME_TOKEN_LEN);
+    CHECK_EQ(m.entropy_len, 64);
+    /* the token comes out of the entropy's room: too little left is refused */
+    CHECK_EQ(gd_dec_resume(body, 12 + GD_RESUME_TOKEN_LEN + GD_RESUME_MIN_ENTROPY - 1, &m),
+             -EBADMSG);
+    CHECK_EQ(gd_dec_resume(body, 12 + 8, &m), -EBADMSG);
+    body[0] = 0; /* without the flag there is no token */
+    CHECK_EQ(gd_dec_resume(body, sizeof(body), &m), 0);
+    CHECK(m.token == NULL);
+    CHECK_EQ(m.entropy_len, GD_RESUME_TOKEN_LEN + 64);
 }
 
 TEST(qmp_parse_kinds)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -258,14 +259,47 @@ def start_argv(
     return argv
 
 
-def snapshot_fields(name: str | None, output: str | os.PathLike[str] | None) -> dict[str, Any]:
+def snapshot_fields(
+    name: str | None,
+    output: str | os.PathLike[str] | None,
+    memory: bool = False,
+    stop: bool = False,
+) -> dict[str, Any]:
     """The REQUEST fields of ``snapshot``."""
     fields: dict[str, Any] = {}
+    if stop and not memory:
+        raise ValueError("stop= goes with memory=True (a disk checkpoint always stops the session)")
+    if memory:
+        fields["memory"] = True
+    if stop:
+        fields["stop"] = True
     if name is not None:
         fields["name"] = name
     if output is not None:
         fields["output"] = os.path.abspath(os.fspath(output))
     return fields
+
+
+def fork_ids(binary: str, session: str, n: int, name: str | None, timeout: float | None) -> list[str]:
+    """Runs ``gondolin fork SESSION -n N --json``: the new sessions' ids, or StartError
+    with its stderr."""
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 16:
+        raise ValueError(f"fork: n must be an int from 1 to 16, not {n!r}")
+    argv = [binary, "fork", session, "-n", str(n), "--json"]
+    if name is not None:
+        argv += ["--name", name]
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise StartError(f"gondolin fork: no answer within {timeout} s") from None
+    except OSError as e:
+        raise StartError(f"gondolin fork: cannot run {binary}: {e.strerror or e}") from None
+    if r.returncode != 0:
+        raise StartError(r.stderr.strip() or f"gondolin fork exited with status {r.returncode}")
+    try:
+        return [str(o["id"]) for o in json.loads(r.stdout)]
+    except (ValueError, KeyError, TypeError):
+        raise StartError(f"gondolin fork printed no session list: {r.stdout[:200]!r}") from None
 
 
 # mounts=: {"/workspace": {"hostfs": DIR, "mode": "ro", "cache": "always"},

@@ -36,6 +36,7 @@ from ._common import (
     gondolin_bin,
     session_socket,
     snapshot_fields,
+    fork_ids,
     start_argv,
     Change,
     Mounts,
@@ -1036,12 +1037,23 @@ class AsyncSandbox:
         name: str | None = None,
         *,
         output: str | os.PathLike[str] | None = None,
+        memory: bool = False,
+        stop: bool = False,
         timeout: float | None = 300.0,
     ) -> str:
-        """A disk checkpoint; see Sandbox.snapshot. The session stops."""
-        rep = await self.request("snapshot", timeout=timeout, **snapshot_fields(name, output))
-        await self._finish_stop(timeout)
+        """A disk checkpoint or, with ``memory=True``, a memory snapshot; see
+        Sandbox.snapshot."""
+        rep = await self.request("snapshot", timeout=timeout, **snapshot_fields(name, output, memory, stop))
+        if rep.get("stopped", True):
+            await self._finish_stop(timeout)
         return str(rep["path"])
+
+    async def fork(
+        self, n: int = 1, *, name: str | None = None, timeout: float | None = 600.0
+    ) -> list[AsyncSandbox]:
+        """n new sessions from a memory snapshot of this one; see Sandbox.fork."""
+        ids = await asyncio.to_thread(fork_ids, gondolin_bin(None), self.id, n, name, timeout)
+        return [await AsyncSandbox.attach(i, stop_on_close=True) for i in ids]
 
     async def stop(self, force: bool = False, timeout: float | None = 30.0) -> None:
         if self._stopped:

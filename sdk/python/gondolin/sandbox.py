@@ -44,6 +44,7 @@ from ._common import (
     parse_start_json,
     session_socket,
     snapshot_fields,
+    fork_ids,
     start_argv,
     Change,
     Mounts,
@@ -1196,15 +1197,29 @@ class Sandbox:
         name: str | None = None,
         *,
         output: str | os.PathLike[str] | None = None,
+        memory: bool = False,
+        stop: bool = False,
         timeout: float | None = 300.0,
     ) -> str:
         """A disk checkpoint (``gondolin snapshot``): syncs the guest, stops the session
         and keeps its disk in the image store as ``name`` (or at ``output``); returns the
         checkpoint's path. The session must have been created with ``rootfs_mode="cow"``
-        or ``resume``; RemoteError otherwise (and the session keeps running)."""
-        rep = self.request("snapshot", timeout=timeout, **snapshot_fields(name, output))
-        self._finish_stop(timeout)
+        or ``resume``; RemoteError otherwise (and the session keeps running).
+
+        ``memory=True`` takes a memory snapshot instead (``snapshot --memory``): RAM and
+        device state, saved while the guest is paused; the session runs on unless
+        ``stop=True``. ``Sandbox.create(resume=path)`` brings back its processes."""
+        rep = self.request("snapshot", timeout=timeout, **snapshot_fields(name, output, memory, stop))
+        if rep.get("stopped", True):
+            self._finish_stop(timeout)
         return str(rep["path"])
+
+    def fork(self, n: int = 1, *, name: str | None = None, timeout: float | None = 600.0) -> list[Sandbox]:
+        """``gondolin fork``: n new sessions from a memory snapshot of this one (which
+        runs on), each with its own entropy, clock and future. They are stopped when
+        closed. ``name`` makes them NAME-1 .. NAME-n."""
+        ids = fork_ids(gondolin_bin(None), self.id, n, name, timeout)
+        return [Sandbox.attach(i, stop_on_close=True) for i in ids]
 
     def stop(self, force: bool = False, timeout: float | None = 30.0) -> None:
         """Stops the session (the VM and its supervisor) and waits for it to go."""

@@ -1,0 +1,133 @@
+/* bundle_serve.c - `gondolin bundle serve DIR`: a small reference server for live
+ * bundle updates (tests and small teams). Plain HTTP on loopback only (put a TLS proxy
+ * in front for anything else): GET /NAME answers DIR/NAME's bytes with a strong ETag
+ * (its sha256), or 304 when If-None-Match names it. Files are read per request, so
+ * publishing a revision is an atomic rename into DIR. One request per connection. */
+#define _GNU_SOURCE
+#include "cli.h"
+
+#include "base/fs.h"
+#include "bundle/bundle.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+static void send_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
+        if (w <= 0)
+            return;
+        c += w;
+        n -= (size_t)w;
+    }
+}
+
+static void answer(int fd, int status, const char *reason, const char *etag, const char *body,
+                   size_t n)
+{
+    char h[512];
+    int l = snprintf(h, sizeof(h),
+                     "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\n%s%s%sConnection: close\r\n\r\n",
+                     status, reason, status == 304 ? 0 : n, etag ? "ETag: " : "", etag ? etag : "",
+                     etag ? "\r\n" : "");
+    send_all(fd, h, (size_t)l);
+    if (status != 304 && n)
+        send_all(fd, body, n);
+}
+
+static void serve_one(int fd, const char *dir)
+{
+    struct timeval tv = {5, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    char req[8192];
+    size_t n = 0;
+    while (n < sizeof(req) - 1) {
+        ssize_t r = recv(fd, req + n, sizeof(req) - 1 - n, 0);
+        if (r <= 0)
+            return;
+        n += (size_t)r;
+        req[n] = 0;
+        if (strstr(req, "\r\n\r\n"))
+            break;
+    }
+    char name[300];
+    if (sscanf(req, "GET /%299s HTTP/1.", name) != 1 || strchr(name, '/') ||
+        !gd_bundle_path_ok(name)) {
+        answer(fd, 404, "Not Found", NULL, "", 0);
+        return;
+    }
+    char path[4500], *data, hex[65], etag[70];
+    size_t len;
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    if (gd_read_file(path, GD_BUNDLE_MAX_SIZE, &data, &len)) {
+        answer(fd, 404, "Not Found", NULL, "", 0);
+        return;
+    }
+    gd_sha256_hex(data, len, hex);
+    snprintf(etag, sizeof(etag), "\"%s\"", hex);
+    const char *inm = strcasestr(req, "\r\nIf-None-Match:");
+    int same = 0;
+    if (inm) {
+        inm += 16;
+        while (*inm == ' ')
+            inm++;
+        same = !strncmp(inm, etag, strlen(etag));
+    }
+    if (same)
+        answer(fd, 304, "Not Modified", etag, "", 0);
+    else
+        answer(fd, 200, "OK", etag, data, len);
+    free(data);
+}
+
+int cli_bundle_serve(int argc, char **argv)
+{
+    const char *dir = NULL;
+    unsigned long port = 0;
+    for (int i = 1; i < argc; i++) {
+        char *end;
+        if (!strcmp(argv[i], "--port") && i + 1 < argc) {
+            port = strtoul(argv[++i], &end, 10);
+            if (*end || port > 65535)
+                return cli_die(2, "--port must be a number from 0 to 65535");
+        } else if (argv[i][0] != '-' && !dir) {
+            dir = argv[i];
+        } else {
+            return cli_die(2, "bundle serve: unexpected argument '%s'", argv[i]);
+        }
+    }
+    if (!dir)
+        return cli_die(2, "usage: gondolin bundle serve DIR [--port N]");
+    int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t al = sizeof(a);
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (s < 0 || bind(s, (struct sockaddr *)&a, sizeof(a)) || listen(s, 64) ||
+        getsockname(s, (struct sockaddr *)&a, &al))
+        return cli_die(1, "bundle serve: cannot listen on 127.0.0.1:%lu: %s", port,
+                       strerror(errno));
+    printf("serving %s on http://127.0.0.1:%u/\n", dir, ntohs(a.sin_port));
+    fflush(stdout);
+    for (;;) {
+        int c = accept4(s, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return cli_die(1, "bundle serve: accept: %s", strerror(errno));
+        }
+        serve_one(c, dir);
+        close(c);
+    }
+}
