@@ -9,7 +9,7 @@ if [[ "${1:-}" == "--asan" ]]; then
   cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DGD_SANITIZE=ON >/dev/null
   cmake --build build-asan -j"$jobs" --target test-unit gd-testclient gd-fwd-driver gd-proxyd gondolin-cli guest ratelimit secret-exec \
     vfs-clock testplugin-hdr testplugin-bad_abi testplugin-no_entry testplugin-init_fail testplugin-small_desc \
-    testplugin-vfs_null_ops testplugin-vfs_bad_size testplugin-vfs_bad_name testplugin-fs_hook_null >/dev/null
+    testplugin-vfs_null_ops testplugin-vfs_bad_size testplugin-vfs_bad_name testplugin-fs_hook_null testplugin-ssh_hook >/dev/null
 fi
 if [[ "${1:-}" == "--asan" ]] && command -v clang >/dev/null; then
   CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DGD_FUZZ=ON >/dev/null

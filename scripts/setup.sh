@@ -15,6 +15,8 @@ pkgs=(
   cmake gcc make pkg-config musl-tools
   libuv1-dev libcjson-dev libssl-dev liblz4-dev libarchive-dev libext2fs-dev
   libluajit-5.1-dev libslirp-dev libglib2.0-dev node-llhttp libcurl4-openssl-dev zlib1g-dev liblzma-dev
+  # SSH egress: libssh (server + client); tests: OpenSSH's sshd as the upstream
+  libssh-dev openssh-server
   # run (openssh-client: ssh-keygen and ssh for --ssh / gondolin ssh)
   "$qemu" ca-certificates openssh-client
   # run: qemu-img makes the qcow2 overlays of --rootfs-mode cow and disk checkpoints

@@ -73,6 +73,8 @@ echo "== the Python SDK (sdk/python): codec, fake server, real sandboxes through
 bash sdk/python/run_tests.sh build
 echo "== egress from real guests"
 python3 tests/integration/test_egress.py build
+echo "== SSH egress: git over SSH through the host's proxy to a real sshd on loopback"
+python3 tests/integration/test_ssh_egress.py build
 echo "== signed policy bundles: build, sign, verify, refusals, rollback, drop-in, in real guests"
 python3 tests/integration/test_bundle.py build
 echo "== port forwards into real guests (agent tunnels; raw and HTTP-aware)"

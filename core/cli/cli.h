@@ -201,6 +201,11 @@ int cli_fs_decide(gd_engine *e, struct gd_vfs_event *ev, char *rule, size_t rcap
                   size_t cap);
 /* policy check's lines for mounts and fs hooks. */
 void cli_fs_print_check(gd_engine *e);
+/* policy_ssh.c: `policy test` SSH cases ("SSH [USER@]HOST[:PORT] COMMAND"; 1 pass, 0 fail
+ * with why) and the ssh lines of `policy check`. */
+int cli_ssh_case(gd_engine *e, const char *spec, const cJSON *exp, char *why, size_t cap, char *got,
+                 size_t gcap);
+void cli_ssh_print_check(gd_engine *e);
 int cmd_doctor(int argc, char **argv);
 int cmd_build(int argc, char **argv);
 int cmd_image(int argc, char **argv);

@@ -387,6 +387,11 @@ static void exec_usage(int pty)
            "  --audit-fs          also audit every mutating guest file operation (denied\n"
            "                      ones always are)\n"
            "  --http-limit NAME=N head_ms, keepalive_ms, body_ms, max_flows, buffer_total\n"
+           "  --ssh-allow HOST[:PORT]  git over SSH to HOST through the host's SSH proxy\n"
+           "  --ssh-key HOST=PATH host-side private key for HOST (never in the guest)\n"
+           "  --ssh-agent         authenticate upstream SSH with the host's $SSH_AUTH_SOCK\n"
+           "  --ssh-known-hosts FILE  more upstream host keys (after ~/.ssh/known_hosts)\n"
+           "  --ssh-limit NAME=N  max_conns, connect_ms, handshake_ms, idle_ms\n"
            "  --no-network        no network device at all\n");
     if (!pty)
         printf("  -t, --tty           run on a PTY (stdout carries both streams)\n"

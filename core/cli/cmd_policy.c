@@ -103,6 +103,7 @@ static int cmd_check(int argc, char **argv)
                                                          : "synthetic");
     printf("  hooks:    %s\n", phase_list(c ? c->hook_phases : 0));
     cli_fs_print_check(e);
+    cli_ssh_print_check(e);
     if (c && (c->image || c->memory_mb || c->cpus)) {
         printf("  vm:       image %s", c->image ? c->image : "default");
         if (c->memory_mb)
@@ -238,6 +239,8 @@ static int run_case(gd_engine *e, const cJSON *cs, char *why, size_t cap, char *
         snprintf(why, cap, "a case needs \"request\": \"METHOD URL\" and \"expect\": {...}");
         return 0;
     }
+    if (!strncmp(req->valuestring, "SSH ", 4))
+        return cli_ssh_case(e, req->valuestring, exp, why, cap, got, gcap);
     char method[32], url[2048];
     if (sscanf(req->valuestring, "%31s %2047s", method, url) != 2) {
         snprintf(why, cap, "request must be \"METHOD URL\"");

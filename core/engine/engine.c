@@ -311,6 +311,8 @@ static int rev_build(gd_engine *e, struct rev **out, struct gd_err *err)
         for (size_t i = 0; i < c->nrules; i++)
             if ((rc = apply_rule(&r->eg, &c->rules[i], err)))
                 goto fail;
+        if ((rc = gd_ssh_conf_merge(&r->eg.ssh, &c->ssh, err)))
+            goto fail;
     }
     /* plugins: every loaded one, configured from the policy's plugins table */
     if ((rc = load_plugins(e, err)))

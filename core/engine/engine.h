@@ -133,6 +133,15 @@ int gd_engine_fs_try(gd_engine *e, const struct gd_vfs_event *ev, const char *mo
 /* Where the current revision's on_fs (after 0) or on_fs_done (1) is defined, or NULL. */
 const char *gd_engine_fs_hook_site(gd_engine *e, int after);
 
+/* ---- SSH (ssh_hooks.c; docs/ssh.md "Policy"), on the loop thread ---- */
+
+/* The current revision's on_ssh_exec for one exec: 0 go on, or -EACCES with rule
+ * ("file:line" or "lua-error") and reason (one line). */
+int gd_engine_ssh_exec(gd_engine *e, const struct gd_ssh_exec *x, char *rule, size_t rcap,
+                       char *reason, size_t cap);
+/* One exec's audit record. */
+void gd_engine_ssh_audit(gd_engine *e, const struct gd_ssh_record *a);
+
 /* The lua/ directory next to the running binary (source tree or installed share/). */
 const char *gd_engine_default_lua_dir(void);
 

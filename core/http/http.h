@@ -101,7 +101,8 @@ enum gd_flow_kind {
     GD_FLOW_HTTP = 1,  /* plain HTTP/1.x; anything else closes the flow */
     GD_FLOW_TLS = 2,   /* TLS (MITM) carrying HTTP/1.x */
     GD_FLOW_SNIFF = 3, /* first byte decides: 0x16 TLS, else HTTP */
-    GD_FLOW_RAW = 4    /* mapped raw TCP to raw_host:raw_port, after CONNECT hooks */
+    GD_FLOW_RAW = 4,   /* mapped raw TCP to raw_host:raw_port, after CONNECT hooks */
+    GD_FLOW_SSH = 5    /* SSH, terminated by the SSH proxy (ssh/ssh.h), not the HTTP proxy */
 };
 
 struct gd_flow_info {

@@ -594,6 +594,8 @@ static const struct key {
     {"mounts", gd__lua_read_mounts},
     {"on_fs", read_hook},
     {"on_fs_done", read_hook},
+    {"ssh", gd__lua_read_ssh},
+    {"on_ssh_exec", read_hook},
 };
 #define NKEYS (sizeof(policy_keys) / sizeof(policy_keys[0]))
 
@@ -619,6 +621,7 @@ int gd__lua_read_policy(lua_State *L)
         l->conf.fs_hooks |= GD_LUA_FS_BEFORE;
     if (gd__lua_take_hook(L, l, p, "on_fs_done", &l->fs_fn[1], &l->fs_site[1]))
         l->conf.fs_hooks |= GD_LUA_FS_AFTER;
+    l->conf.ssh_hook = gd__lua_take_hook(L, l, p, "on_ssh_exec", &l->ssh_fn, &l->ssh_site);
     if ((l->fn[2] != LUA_NOREF) && l->fn[1] == LUA_NOREF)
         push_warn(l,
                   "%s: on_request_body never runs without an on_request that calls "

@@ -82,6 +82,7 @@ int gd_lua_load(const char *path, const struct gd_lua_opts *o, gd_lua **out, str
     for (int i = 0; i < NPHASE; i++)
         l->fn[i] = LUA_NOREF;
     l->fs_fn[0] = l->fs_fn[1] = LUA_NOREF;
+    l->ssh_fn = LUA_NOREF;
     for (int i = 0; i < GD_VFS_MAX_MOUNTS; i++)
         l->prov_ref[i] = LUA_NOREF;
     l->loaded_at = time(NULL);
@@ -148,6 +149,7 @@ void gd_lua_free(gd_lua *l)
         free(l->site[i]);
     free(l->fs_site[0]);
     free(l->fs_site[1]);
+    free(l->ssh_site);
     gd__lua_free_mounts(l);
     struct gd_lua_conf *c = &l->conf;
     free(c->name);
@@ -169,6 +171,7 @@ void gd_lua_free(gd_lua *l)
     }
     free(c->plugins);
     free(c->image);
+    gd_ssh_conf_free(&c->ssh);
     for (char **e = c->env; e && *e; e++)
         free(*e);
     free(c->env);

@@ -37,6 +37,7 @@
 
 #include "base/err.h"
 #include "http/http.h"
+#include "ssh/ssh.h"
 #include "vfs/vfs.h"
 
 #include <stddef.h>
@@ -99,7 +100,9 @@ struct gd_lua_conf {
      * by gd_lua_provider_call with the same guest path. */
     struct gd_mount *mounts;
     size_t nmounts;
-    unsigned fs_hooks; /* GD_LUA_FS_BEFORE (on_fs) | GD_LUA_FS_AFTER (on_fs_done) */
+    unsigned fs_hooks;      /* GD_LUA_FS_BEFORE (on_fs) | GD_LUA_FS_AFTER (on_fs_done) */
+    struct gd_ssh_conf ssh; /* ssh = {...}: rules the engine adds to the revision's egress */
+    int ssh_hook;           /* the policy defines on_ssh_exec */
 };
 
 enum { GD_LUA_FS_BEFORE = 1, GD_LUA_FS_AFTER = 2 };
@@ -126,6 +129,13 @@ void gd_lua_txn_end(gd_lua *l, int ctx_ref);
 
 /* Where a hook is defined ("agent.lua:12"), or NULL when the policy has none for ph. */
 const char *gd_lua_hook_site(const gd_lua *l, enum gd_phase ph);
+
+/* ---- SSH (ssh.c; docs/ssh.md "Policy") ---- */
+
+/* on_ssh_exec(req, ctx) before an exec is proxied. 0 (go on) or -EACCES: req:deny (rule
+ * = its "file:line", reason its text) or the hook failed (rule "lua-error", fail closed). */
+int gd_lua_ssh_hook(gd_lua *l, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
+                    size_t cap);
 
 /* ---- files (fs.c, fsprov.c; docs/lua-api.md "Files") ---- */
 

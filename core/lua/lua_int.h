@@ -63,6 +63,8 @@ struct gd_lua {
     int fs_fn[2];
     char *fs_site[2];
     int prov_ref[GD_VFS_MAX_MOUNTS];
+    int ssh_fn; /* on_ssh_exec (registry ref, LUA_NOREF when absent) */
+    char *ssh_site;
     time_t loaded_at;
 };
 
@@ -186,6 +188,9 @@ int gd__lua_take_hook(lua_State *L, gd_lua *l, int p, const char *name, int *ref
 
 /* The mounts key (value at idx). Raises with file:line on anything invalid. */
 void gd__lua_read_mounts(lua_State *L, gd_lua *l, int idx);
+/* ssh.c: the ssh table; the request object's metatable */
+void gd__lua_read_ssh(lua_State *L, gd_lua *l, int idx);
+void gd__lua_open_ssh(lua_State *L, gd_lua *l);
 /* Frees l->conf.mounts. */
 void gd__lua_free_mounts(gd_lua *l);
 

@@ -421,6 +421,7 @@ int gd__lua_open_sandbox(lua_State *L)
 
     gd__lua_open_txn(L, l);
     gd__lua_open_fs(L, l);
+    gd__lua_open_ssh(L, l);
     return 0;
 }
 

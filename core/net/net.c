@@ -672,7 +672,8 @@ static int handle_tcp(gd_net *n, uint8_t *f, size_t len, size_t ihl)
         char dtxt[32];
         struct in_addr da = {.s_addr = htonl(dst)};
         inet_ntop(AF_INET, &da, dtxt, sizeof(dtxt));
-        int kind = pol == 2       ? GD_FLOW_RAW
+        int kind = pol == 3       ? GD_FLOW_SSH
+                   : pol == 2     ? GD_FLOW_RAW
                    : dport == 80  ? GD_FLOW_HTTP
                    : dport == 443 ? GD_FLOW_TLS
                                   : GD_FLOW_SNIFF;

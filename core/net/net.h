@@ -32,7 +32,7 @@ typedef struct gd_net gd_net;
 struct gd_net_opts {
     int dns_mode;               /* 0 synthetic, 1 trusted, 2 open (policy/egress.h) */
     const char *const *resolve; /* "NAME=ADDR" host-side overrides, or NULL */
-    /* 1 proxy, 2 raw (up_host/up_port set), 0 refuse */
+    /* 1 proxy, 2 raw (up_host/up_port set), 3 SSH, 0 refuse */
     int (*port_policy)(void *ud, const char *name, unsigned port, const char **up_host,
                        unsigned *up_port);
     int (*host_allowed)(void *ud, const char *name);                   /* trusted DNS */

@@ -51,6 +51,8 @@ struct gd_plugin_inst {
     char refused[300]; /* the first refused level-2 registration: fails the load */
     struct gd_plugin_fs_hook *fsh;
     size_t nfsh;
+    struct gd_plugin_ssh_hook *sshh;
+    size_t nsshh;
     struct gd_plugin_vfs *vfs;
     size_t nvfs;
     struct gd_plugin_hook *hooks;
@@ -312,6 +314,28 @@ static int api_register_fs_hook(gd_plugin_host *hh, const char *name, gd_plugin_
     return 0;
 }
 
+static int api_register_ssh_hook(gd_plugin_host *hh, const char *name, gd_plugin_ssh_exec_fn f,
+                                 void *ud)
+{
+    gd_plugin_inst *in = inst(hh);
+    const char *fn = "register_ssh_hook";
+    if (!in->in_init)
+        return refuse(in, -EPERM, "%s: only inside init", fn);
+    if (!name || !*name || strlen(name) > 64 || strchr(name, '/'))
+        return refuse(in, -EINVAL, "%s: name must be 1-64 bytes without '/'", fn);
+    if (!f)
+        return refuse(in, -EINVAL, "%s('%s'): the hook is NULL", fn, name);
+    struct gd_plugin_ssh_hook *q = realloc(in->sshh, (in->nsshh + 1) * sizeof(*q));
+    if (!q)
+        return refuse(in, -ENOMEM, "%s: out of memory", fn);
+    in->sshh = q;
+    char *nm = NULL;
+    if (asprintf(&nm, "%s/%s", in->p->d->name, name) < 0)
+        return refuse(in, -ENOMEM, "%s: out of memory", fn);
+    q[in->nsshh++] = (struct gd_plugin_ssh_hook){nm, f, ud};
+    return 0;
+}
+
 static void api_log(gd_plugin_host *hh, const char *msg)
 {
     gd_plugin_inst *in = inst(hh);
@@ -375,6 +399,7 @@ static const struct gd_host_api host_api = {
     .txn_content_length = api_content_length,
     .register_vfs_provider = api_register_vfs_provider,
     .register_fs_hook = api_register_fs_hook,
+    .register_ssh_hook = api_register_ssh_hook,
 };
 
 int gd_plugin_start(gd_plugin *p, const char *config, void (*log)(void *, const char *),
@@ -430,10 +455,19 @@ void gd_plugin_stop(gd_plugin_inst *in)
     for (size_t i = 0; i < in->nfsh; i++)
         free(in->fsh[i].name);
     free(in->fsh);
+    for (size_t i = 0; i < in->nsshh; i++)
+        free(in->sshh[i].name);
+    free(in->sshh);
     for (size_t i = 0; i < in->nvfs; i++)
         free(in->vfs[i].name);
     free(in->vfs);
     free(in);
+}
+
+const struct gd_plugin_ssh_hook *gd_plugin_ssh_hooks(const gd_plugin_inst *in, size_t *n)
+{
+    *n = in->nsshh;
+    return in->sshh;
 }
 
 const struct gd_plugin_fs_hook *gd_plugin_fs_hooks(const gd_plugin_inst *in, size_t *n)

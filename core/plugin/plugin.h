@@ -52,6 +52,13 @@ struct gd_plugin_fs_hook {
     void *ud;
 };
 const struct gd_plugin_fs_hook *gd_plugin_fs_hooks(const gd_plugin_inst *in, size_t *n);
+/* SSH exec hooks the instance registered (level 3). */
+struct gd_plugin_ssh_hook {
+    char *name; /* "plugin-name/hook-name" */
+    gd_plugin_ssh_exec_fn fn;
+    void *ud;
+};
+const struct gd_plugin_ssh_hook *gd_plugin_ssh_hooks(const gd_plugin_inst *in, size_t *n);
 struct gd_plugin_vfs {
     char *name;
     struct gd_vfs_ops ops; /* the plugin's, copied (members it did not know are NULL) */

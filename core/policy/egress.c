@@ -335,6 +335,8 @@ int gd_egress_copy(struct gd_egress *dst, const struct gd_egress *src, struct gd
     }
     for (size_t i = 0; !oom && i < src->nresolve; i++)
         oom = push_str(&dst->resolve, &dst->nresolve, src->resolve[i]) != 0;
+    if (!oom)
+        oom = gd_ssh_conf_copy(&dst->ssh, &src->ssh) != 0;
     if (oom) {
         gd_egress_free(dst);
         return gd_err_set(err, -ENOMEM, "out of memory");
@@ -402,6 +404,9 @@ void gd_egress_digest(const struct gd_egress *e, void (*update)(void *ctx, const
     put(&d, "snnssnnnnn", "settings", N(e->dns), N(e->secrets_in_query), e->upstream_ca,
         e->audit_path, N(e->head_ms), N(e->keepalive_ms), N(e->body_ms), N(e->max_flows),
         N(e->buffer_total));
+    if (e->ssh.nrules || e->ssh.nkeys || e->ssh.nknown || e->ssh.agent || e->ssh.max_conns ||
+        e->ssh.connect_ms || e->ssh.handshake_ms || e->ssh.idle_ms)
+        gd_ssh_conf_digest(&e->ssh, update, ctx);
 }
 
 #undef N
@@ -450,17 +455,46 @@ static int flag_audit_fs(struct gd_egress *e, const char *v, struct gd_err *err)
     return 0;
 }
 
+static int flag_ssh_allow(struct gd_egress *e, const char *v, struct gd_err *err)
+{
+    return gd_ssh_conf_allow(&e->ssh, v, err);
+}
+
+static int flag_ssh_key(struct gd_egress *e, const char *v, struct gd_err *err)
+{
+    return gd_ssh_conf_key(&e->ssh, v, err);
+}
+
+static int flag_ssh_agent(struct gd_egress *e, const char *v, struct gd_err *err)
+{
+    (void)v, (void)err;
+    gd_ssh_conf_agent(&e->ssh, 1);
+    return 0;
+}
+
+static int flag_ssh_known(struct gd_egress *e, const char *v, struct gd_err *err)
+{
+    return gd_ssh_conf_known_hosts(&e->ssh, v, err);
+}
+
+static int flag_ssh_limit(struct gd_egress *e, const char *v, struct gd_err *err)
+{
+    return gd_ssh_conf_limit(&e->ssh, v, err);
+}
+
 static const struct egress_flag {
     const char *name;
     int (*set)(struct gd_egress *e, const char *value, struct gd_err *err);
     int takes_value;
 } egress_flags[] = {
-    {"--allow-host", gd_egress_allow, 1},   {"--allow-internal", gd_egress_allow_internal, 1},
-    {"--host-secret", flag_host_secret, 1}, {"--secrets-in-query", flag_secrets_in_query, 0},
-    {"--tcp-map", gd_egress_tcp_map, 1},    {"--dns", gd_egress_dns, 1},
-    {"--resolve", gd_egress_resolve, 1},    {"--upstream-ca", gd_egress_upstream_ca, 1},
-    {"--audit", gd_egress_audit, 1},        {"--http-limit", flag_http_limit, 1},
-    {"--audit-fs", flag_audit_fs, 0},
+    {"--allow-host", gd_egress_allow, 1},     {"--allow-internal", gd_egress_allow_internal, 1},
+    {"--host-secret", flag_host_secret, 1},   {"--secrets-in-query", flag_secrets_in_query, 0},
+    {"--tcp-map", gd_egress_tcp_map, 1},      {"--dns", gd_egress_dns, 1},
+    {"--resolve", gd_egress_resolve, 1},      {"--upstream-ca", gd_egress_upstream_ca, 1},
+    {"--audit", gd_egress_audit, 1},          {"--http-limit", flag_http_limit, 1},
+    {"--audit-fs", flag_audit_fs, 0},         {"--ssh-allow", flag_ssh_allow, 1},
+    {"--ssh-key", flag_ssh_key, 1},           {"--ssh-agent", flag_ssh_agent, 0},
+    {"--ssh-known-hosts", flag_ssh_known, 1}, {"--ssh-limit", flag_ssh_limit, 1},
 };
 
 int gd_egress_flag(struct gd_egress *e, int argc, char **argv, int *i, struct gd_err *err)
@@ -536,6 +570,7 @@ void gd_egress_free(struct gd_egress *e)
     free(e->upstream_ca);
     if (e->audit)
         fclose(e->audit);
+    gd_ssh_conf_free(&e->ssh);
     memset(e, 0, sizeof(*e));
 }
 
@@ -588,12 +623,24 @@ enum gd_decision gd_egress_hook_allow(gd_txn *t, enum gd_phase ph, void *ud)
 
 int gd_egress_addr_allowed(const struct gd_egress *e, const char *name, const char *addr)
 {
-    if (!gd_addr_internal_str(addr))
-        return 1;
+    return !gd_addr_internal_str(addr) || gd_egress_internal_allowed(e, name);
+}
+
+int gd_egress_internal_allowed(const struct gd_egress *e, const char *name)
+{
     for (size_t i = 0; name && i < e->ninternal; i++)
         if (gd_host_match(e->internal[i], name))
             return 1;
     return 0;
+}
+
+const char *gd_egress_resolved(const struct gd_egress *e, const char *name)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; i < e->nresolve; i++)
+        if (!strncasecmp(e->resolve[i], name, nl) && e->resolve[i][nl] == '=')
+            return e->resolve[i] + nl + 1;
+    return NULL;
 }
 
 enum gd_decision gd_egress_hook_internal(gd_txn *t, enum gd_phase ph, void *ud)
@@ -761,6 +808,8 @@ int gd_egress_port_policy(const struct gd_egress *e, const char *name, unsigned 
             *up_port = e->maps[i].up_port;
             return 2;
         }
+    if (gd_ssh_conf_rule(&e->ssh, name, port))
+        return 3;
     if (port == 80 || port == 443)
         return 1;
     for (size_t i = 0; i < e->nallow; i++)
@@ -777,7 +826,7 @@ int gd_egress_host_allowed(const struct gd_egress *e, const char *name)
     for (size_t i = 0; i < e->nmaps; i++)
         if (!strcasecmp(e->maps[i].host, name))
             return 1;
-    return 0;
+    return gd_ssh_conf_rule(&e->ssh, name, 0) != NULL;
 }
 
 char **gd_egress_guest_env(const struct gd_egress *e)

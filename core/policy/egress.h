@@ -20,6 +20,7 @@
 #include "base/err.h"
 #include "http/http.h"
 #include "secrets/secrets.h"
+#include "ssh/ssh.h"
 
 #include <stdio.h>
 
@@ -64,6 +65,7 @@ struct gd_egress {
     char bundle_name[65];
     long long bundle_revision;
     char bundle_signers[160];
+    struct gd_ssh_conf ssh; /* --ssh-allow, --ssh-key, --ssh-agent, --ssh-known-hosts */
 };
 
 /* Typed setters, one per kind of rule or setting; the command line, the Lua policy's
@@ -108,6 +110,10 @@ void gd_egress_digest(const struct gd_egress *e, void (*update)(void *ctx, const
  * name (NULL: no name) be dialled at addr (an IP literal)? 1 yes (addr is not internal,
  * or name matches an allow-internal pattern), 0 no. */
 int gd_egress_addr_allowed(const struct gd_egress *e, const char *name, const char *addr);
+/* Does name match an --allow-internal pattern (may it be dialled at internal addresses)? */
+int gd_egress_internal_allowed(const struct gd_egress *e, const char *name);
+/* The host-side address --resolve gives name (borrowed), or NULL. */
+const char *gd_egress_resolved(const struct gd_egress *e, const char *name);
 
 /* The command line: parses one egress flag at argv[*i] ("--allow-host X" or
  * "--allow-host=X"), advancing *i past its value, and calls its setter. 1 consumed,
@@ -133,7 +139,7 @@ void gd_egress_on_event(const struct gd_proxy_event *ev, void *ud);
 
 /* What to do with a guest TCP connection to (name, port). name may be NULL (an address
  * no synthetic name maps to). 1 = HTTP/TLS proxy, 2 = mapped raw TCP (*up_host,
- * *up_port set), 0 = refuse. */
+ * *up_port set), 3 = SSH proxy (an SSH rule names host and port), 0 = refuse. */
 int gd_egress_port_policy(const struct gd_egress *e, const char *name, unsigned port,
                           const char **up_host, unsigned *up_port);
 /* Is name allowed by any rule (any port)? Used by trusted DNS before resolving. */

@@ -32,7 +32,77 @@ static int pol_addr(void *ud, const char *name, const char *addr)
 static void on_flow(void *ud, int fd, const struct gd_flow_info *info)
 {
     struct gd_netstack *n = ud;
-    gd_proxy_serve(n->px, fd, info);
+    if (info->kind != GD_FLOW_SSH) {
+        gd_proxy_serve(n->px, fd, info);
+        return;
+    }
+    /* the current revision's rules: a reload since the SYN may have dropped the rule */
+    const struct gd_egress *eg = gd_engine_egress(n->eng);
+    if (!n->sshpx || !info->name || !gd_ssh_conf_rule(&eg->ssh, info->name, info->dst_port)) {
+        close(fd);
+        return;
+    }
+    struct gd_ssh_flow f = {.name = info->name,
+                            .port = info->dst_port,
+                            .addr = gd_egress_resolved(eg, info->name),
+                            .allow_internal = gd_egress_internal_allowed(eg, info->name),
+                            .conf = &eg->ssh};
+    gd_ssh_proxy_serve(n->sshpx, fd, &f);
+}
+
+static int ssh_exec(void *ud, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
+                    size_t cap)
+{
+    struct gd_netstack *n = ud;
+    return gd_engine_ssh_exec(n->eng, x, rule, rcap, reason, cap);
+}
+
+static void ssh_record(void *ud, const struct gd_ssh_record *rec)
+{
+    struct gd_netstack *n = ud;
+    gd_engine_ssh_audit(n->eng, rec);
+}
+
+static void ssh_log(void *ud, const char *line)
+{
+    (void)ud;
+    fprintf(stderr, "gondolin: ssh: %s\n", line);
+}
+
+/* With SSH rules: the proxy, and the guest's known_hosts line for it (kernel args). */
+static int ssh_start(struct gd_netstack *n, uv_loop_t *loop, const struct gd_egress *eg,
+                     char **args, struct gd_err *err)
+{
+    *args = NULL;
+    if (!eg->ssh.nrules)
+        return 0;
+    char path[4096], pub[400];
+    int rc = gd_ssh_host_key(path, sizeof(path), pub, sizeof(pub), err);
+    if (rc)
+        return rc;
+    struct gd_ssh_proxy_opts so = {.host_key = path,
+                                   .log = eg->quiet ? NULL : ssh_log,
+                                   .ud = n,
+                                   .loop = loop,
+                                   .on_exec = ssh_exec,
+                                   .on_record = ssh_record,
+                                   .max_conns = eg->ssh.max_conns,
+                                   .connect_ms = eg->ssh.connect_ms,
+                                   .handshake_ms = eg->ssh.handshake_ms,
+                                   .idle_ms = eg->ssh.idle_ms};
+    if ((rc = gd_ssh_proxy_new(&so, &n->sshpx, err)))
+        return rc;
+    char *hosts = gd_ssh_conf_guest_hosts(&eg->ssh);
+    /* the kernel command line is short (2 KiB): many names become one wildcard line */
+    rc = hosts ? asprintf(args, " gondolin.sshkey=%s gondolin.sshhosts=%s", pub,
+                          strlen(hosts) > 400 ? "*" : hosts)
+               : -1;
+    free(hosts);
+    if (rc < 0) {
+        *args = NULL;
+        return gd_err_set(err, -ENOMEM, "out of memory");
+    }
+    return 0;
 }
 
 int gd__netstack_start(struct gd_netstack *n, uv_loop_t *loop, gd_engine *eng, struct gd_err *err)
@@ -66,7 +136,14 @@ int gd__netstack_start(struct gd_netstack *n, uv_loop_t *loop, gd_engine *eng, s
     if (!b64)
         return gd_err_set(err, -ENOMEM, "out of memory");
     EVP_EncodeBlock((unsigned char *)b64, der, (int)dl);
-    rc = asprintf(&n->kernel, "%s gondolin.ca=%s", gd_net_guest_arg(n->net), b64);
+    char *ssh_args = NULL;
+    if ((rc = ssh_start(n, loop, eg, &ssh_args, err))) {
+        free(b64);
+        return rc;
+    }
+    rc = asprintf(&n->kernel, "%s gondolin.ca=%s%s", gd_net_guest_arg(n->net), b64,
+                  ssh_args ? ssh_args : "");
+    free(ssh_args);
     free(b64);
     if (rc < 0) {
         n->kernel = NULL;
@@ -98,6 +175,8 @@ void gd__netstack_stop(struct gd_netstack *n)
         gd_proxy_close(n->px, on_px_closed, NULL);
         n->px = NULL;
     }
+    gd_ssh_proxy_free(n->sshpx);
+    n->sshpx = NULL;
     if (n->qemu_fd >= 0) {
         close(n->qemu_fd);
         n->qemu_fd = -1;

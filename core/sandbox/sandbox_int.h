@@ -7,6 +7,7 @@
 #include "net/net.h"
 #include "sandbox/sandbox.h"
 #include "snap/snap.h"
+#include "ssh/ssh.h"
 #include "tls/tls.h"
 
 /* The egress stack of one sandbox (netstack.c): MITM CA, proxy, guest network. */
@@ -14,6 +15,7 @@ struct gd_netstack {
     gd_engine *eng; /* borrowed */
     gd_tls *tls;
     gd_proxy *px;
+    gd_ssh_proxy *sshpx; /* NULL without SSH rules */
     gd_net *net;
     int qemu_fd;  /* the end QEMU gets; closed once QEMU has it */
     char **env;   /* secret placeholders for the guest, NULL-terminated */

@@ -12,6 +12,7 @@
 #include "base/err.h"
 
 #include <stddef.h>
+#include <uv.h>
 
 /* ---- key types ---------------------------------------------------------------------- */
 
@@ -139,5 +140,161 @@ int gd_ssh_repo_match(const char *pattern, const char *repo);
  * no "." or ".." segment, no leading '/', not ending in ".git": repos never do, so it could
  * never match), else -EINVAL. */
 int gd_ssh_repo_pattern_check(const char *pattern);
+
+/* ---- egress rules ------------------------------------------------------------------- */
+
+/* An SSH rule: the guest may reach HOST (a host pattern, base/pattern.h) on port over SSH;
+ * each exec goes to the same name and port upstream. */
+struct gd_ssh_rule {
+    char *host;
+    unsigned port;     /* 22 unless the rule names one */
+    char *user;        /* upstream user, or NULL: the guest's */
+    char *key;         /* host-side private key file, or NULL: --ssh-key / the agent */
+    int agent;         /* authenticate with the host's agent */
+    unsigned commands; /* GD_SSH_CMD_* bits the rule allows; 0: all three */
+    char **repos;      /* repo patterns (gd_ssh_repo_match); none: any repo */
+    size_t nrepos;
+};
+
+enum { GD_SSH_CMD_UPLOAD_PACK = 1, GD_SSH_CMD_RECEIVE_PACK = 2, GD_SSH_CMD_UPLOAD_ARCHIVE = 4 };
+/* The bit of a git service name ("git-upload-pack", ...), or 0. */
+unsigned gd_ssh_cmd_bit(const char *service);
+
+/* A host-side private key for the hosts a pattern matches. */
+struct gd_ssh_key {
+    char *host, *path;
+};
+
+/* The SSH rules and settings of a policy (a member of struct gd_egress). Zeroed = no SSH. */
+struct gd_ssh_conf {
+    struct gd_ssh_rule *rules;
+    size_t nrules;
+    struct gd_ssh_key *keys;
+    size_t nkeys;
+    char **known_hosts; /* extra known_hosts files, after ~/.ssh and /etc/ssh's */
+    size_t nknown;
+    int agent; /* authenticate with the host's SSH_AUTH_SOCK agent (hosts without a key) */
+    /* --ssh-limit NAME=VALUE (0: the default; read when the sandbox starts) */
+    unsigned max_conns;    /* guest SSH connections at once (32) */
+    unsigned connect_ms;   /* upstream TCP connect (10 s) */
+    unsigned handshake_ms; /* SSH handshakes, replies, a guest idle between execs (30 s) */
+    unsigned idle_ms;      /* an exec with no byte either way for this long is cut (10 min) */
+};
+
+/* "HOST[:PORT]" into host (cap bytes) and *port (22 without one): 0, or -EINVAL for an
+ * empty or over-long host or a port outside 1-65535. */
+int gd_ssh_hostport_parse(const char *spec, char *host, size_t cap, unsigned *port);
+
+/* Typed setters (copy their strings; -EINVAL/-ENOMEM with one line in err, c unchanged):
+ * "HOST[:PORT]", "HOST=PATH" (PATH may start with "file:" and "~/"), a known_hosts file
+ * (must be readable now), the agent switch. */
+int gd_ssh_conf_allow(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
+/* A whole rule (the Lua policy's ssh table): every field validated (host pattern, port
+ * 1-65535, user without control bytes, readable key file with "file:" and "~/" handled,
+ * repo patterns) and copied. */
+int gd_ssh_conf_add_rule(struct gd_ssh_conf *c, const struct gd_ssh_rule *r, struct gd_err *err);
+/* Appends src's rules, keys and known_hosts files to dst (agent: either). */
+int gd_ssh_conf_merge(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src, struct gd_err *err);
+int gd_ssh_conf_key(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
+int gd_ssh_conf_known_hosts(struct gd_ssh_conf *c, const char *path, struct gd_err *err);
+void gd_ssh_conf_agent(struct gd_ssh_conf *c, int on);
+/* "NAME=VALUE": max_conns (1-4096), connect_ms, handshake_ms, idle_ms (100-86400000). */
+int gd_ssh_conf_limit(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
+/* Deep copy (dst zeroed; on -ENOMEM dst is left empty). */
+int gd_ssh_conf_copy(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src);
+void gd_ssh_conf_free(struct gd_ssh_conf *c);
+/* Canonical bytes of the rules for revision hashes. */
+void gd_ssh_conf_digest(const struct gd_ssh_conf *c,
+                        void (*update)(void *ctx, const void *p, size_t n), void *ctx);
+/* The rule for a guest connection to (name, port; 0: any), or NULL: not SSH. Borrowed. */
+const struct gd_ssh_rule *gd_ssh_conf_rule(const struct gd_ssh_conf *c, const char *name,
+                                           unsigned port);
+/* The --ssh-key file for a host, or NULL (borrowed). */
+const char *gd_ssh_conf_key_for(const struct gd_ssh_conf *c, const char *host);
+/* The known_hosts host field naming every rule ("a,[b]:2222"), malloc'd, or NULL when
+ * there is no rule or no memory. */
+char *gd_ssh_conf_guest_hosts(const struct gd_ssh_conf *c);
+
+/* ---- an exec, for policy hooks ---------------------------------------------------- */
+
+/* One exec request a guest made (all borrowed for the hook call). */
+struct gd_ssh_exec {
+    const char *host; /* the name the guest dialled */
+    unsigned port;
+    const char *user;             /* the guest's user name */
+    const char *command;          /* the command as the guest sent it */
+    const struct gd_ssh_git *git; /* parsed (every proxied exec parses) */
+};
+
+/* What became of one exec (for the audit). */
+struct gd_ssh_record {
+    const struct gd_ssh_exec *x;
+    int denied;                /* refused by a rule, a hook or an upstream failure */
+    const char *rule, *reason; /* what decided, why (or NULL) */
+    int exit_status;           /* proxied: the upstream's */
+    unsigned long long bytes_up, bytes_down;
+    double ms;
+};
+
+/* The rules' verdict on an exec, before any hook: it must parse as a git command (x->git
+ * set), and the rule for (x->host, x->port) must allow its service (commands) and repo
+ * (repos). 0, or -1 with rule ("git-command", "ssh:HOST commands", "ssh:HOST repos") and
+ * line (what the guest is told; for an unparsed command the caller's line is kept). */
+int gd_ssh_conf_check(const struct gd_ssh_conf *c, const struct gd_ssh_exec *x, char *rule,
+                      size_t rcap, char *line, size_t lcap);
+
+/* ---- the proxy ---------------------------------------------------------------------- */
+
+/* The host's SSH endpoint for guest connections (proxy.c, upstream.c). Each guest
+ * connection gets a worker thread (at most max_conns at once) that terminates SSH with
+ * libssh's server API, proxies exec requests of git's transport commands to a new
+ * upstream libssh session each (resolved here, internal addresses refused unless the
+ * flow allows them, host key checked against known_hosts, host-held key or agent), and
+ * refuses everything else with one line on the channel's stderr. The libuv loop never
+ * waits on a guest or an upstream: it only hands over sockets. */
+typedef struct gd_ssh_proxy gd_ssh_proxy;
+
+struct gd_ssh_proxy_opts {
+    const char *host_key;  /* private host key file (copied) */
+    unsigned max_conns;    /* guest connections at once (0: 32) */
+    unsigned connect_ms;   /* upstream TCP connect (0: 10 s) */
+    unsigned handshake_ms; /* SSH handshakes and replies, both sides (0: 30 s) */
+    unsigned idle_ms;      /* an exec with no traffic either way (0: 10 min) */
+    /* One line per exec and per refusal, from a worker thread (must be thread-safe). */
+    void (*log)(void *ud, const char *line);
+    void *ud;
+    /* With a loop: the policy's say on each exec that the rules allow (0 go on, else
+     * denied: rule and reason filled), and each exec's record; both called on the loop
+     * thread while the worker waits. */
+    uv_loop_t *loop;
+    int (*on_exec)(void *ud, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
+                   size_t cap);
+    void (*on_record)(void *ud, const struct gd_ssh_record *rec);
+};
+
+/* One guest connection's facts, decided on the loop thread (all copied). */
+struct gd_ssh_flow {
+    const char *name; /* the name the guest dialled */
+    unsigned port;
+    const char *addr;   /* host-side address override (--resolve), or NULL: resolve name */
+    int allow_internal; /* name may be dialled at an internal address */
+    const struct gd_ssh_conf *conf;
+};
+
+/* Returns owned in *out (free with gd_ssh_proxy_free); -errno with err set. */
+int gd_ssh_proxy_new(const struct gd_ssh_proxy_opts *o, gd_ssh_proxy **out, struct gd_err *err);
+/* Serves one guest connection; takes ownership of fd, also on error (-EAGAIN: too many
+ * connections; -ENOMEM). */
+int gd_ssh_proxy_serve(gd_ssh_proxy *p, int fd, const struct gd_ssh_flow *f);
+/* Guest connections open now. */
+unsigned gd_ssh_proxy_conns(gd_ssh_proxy *p);
+/* Cuts every connection (their sockets are shut down), answers waiting hook calls with
+ * a denial, waits for the workers, frees (on the loop thread; the loop's handle finishes
+ * closing on the loop). */
+void gd_ssh_proxy_free(gd_ssh_proxy *p);
+
+/* The per-user host key ($XDG_CONFIG_HOME/gondolin/ssh/host_ed25519, made 0600 on first
+ * use): its path into path, and "TYPE:BASE64" of its public half into pub. */
+int gd_ssh_host_key(char *path, size_t cap, char *pub, size_t pubcap, struct gd_err *err);
 
 #endif

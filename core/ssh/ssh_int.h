@@ -13,4 +13,18 @@ int gd__ssh_glob(const char *p, size_t pl, const char *s, size_t sl, int fold);
  * piece). */
 int gd__ssh_each(const char *s, size_t n, char sep, int (*ok)(const char *p, size_t l));
 
+/* An upstream exec (upstream.c): a connected, verified, authenticated libssh session
+ * with an exec channel open. */
+struct gd__ssh_up {
+    void *session; /* ssh_session */
+    void *channel; /* ssh_channel */
+};
+struct gd_ssh_flow;
+/* Opens it for user and cmd; set_fd(ud, fd) publishes the TCP socket (and -1 before it
+ * closes) so the proxy can cut it. On failure returns -1 with one line in why. */
+int gd__ssh_up_open(const struct gd_ssh_flow *f, const char *user, const char *cmd,
+                    unsigned connect_ms, unsigned timeout_ms, void (*set_fd)(void *, int), void *ud,
+                    struct gd__ssh_up *u, char *why, size_t wcap);
+void gd__ssh_up_close(struct gd__ssh_up *u, void (*set_fd)(void *, int), void *ud);
+
 #endif

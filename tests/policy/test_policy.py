@@ -976,6 +976,34 @@ def authoring_tools(up, d, **_):
            and "git push" in r.stdout, r.stdout)
 
 
+@test
+def ssh_authoring(up, d, **_):
+    """policy test runs SSH cases through the ssh rules and on_ssh_exec; check lists them"""
+    pol = write(d, "ssh.lua", """return {
+  ssh = { ["git.test"] = { agent = true, repos = { "org/*" } } },
+  on_ssh_exec = function(req, ctx)
+    if req:git().service == "git-receive-pack" then req:deny("read-only " .. req:host()) end
+  end,
+}
+""")
+    cases = write(d, "ssh.json", json.dumps({"cases": [
+        {"request": "SSH git@git.test git-upload-pack 'org/r.git'", "expect": {"decision": "allow"}},
+        {"request": "SSH git@git.test git-receive-pack 'org/r.git'",
+         "expect": {"decision": "deny", "rule": "ssh.lua:4", "reason_contains": "read-only git.test"}},
+        {"request": "SSH git@git.test git-upload-pack 'other/r.git'",
+         "expect": {"decision": "deny", "rule": "ssh:git.test repos"}},
+        {"request": "SSH git@git.test:2222 git-upload-pack 'org/r.git'",
+         "expect": {"decision": "deny", "rule": "ssh-allow"}},
+        {"name": "wrong", "request": "SSH git.test git-upload-pack 'org/r.git'",
+         "expect": {"decision": "deny"}}]}))
+    r = subprocess.run([GONDOLIN, "policy", "test", pol, cases], capture_output=True, text=True)
+    expect(r.returncode == 1 and "4 passed, 1 failed" in r.stdout
+           and "decision: want deny, got allow" in r.stdout, r.stdout + r.stderr)
+    r = subprocess.run([GONDOLIN, "policy", "check", pol], capture_output=True, text=True)
+    expect(r.returncode == 0 and "ssh:      1 rule, on_ssh_exec" in r.stdout
+           and "git.test:22 agent repos org/*" in r.stdout, r.stdout + r.stderr)
+
+
 def main():
     up = Upstreams()
     passed = failed = 0

@@ -47,9 +47,9 @@ extern "C" {
 #define GONDOLIN_PLUGIN_ABI_VERSION 1
 /* The API level of this header: members are appended to gd_host_api within one ABI
  * version, each marked "level N". 1: ABI 1 as first released; 2: files (VFS providers
- * and fs hooks). A plugin compiled with level N runs on an older host as long as it
- * checks GD_PLUGIN_API_HAS before calling a newer member. */
-#define GONDOLIN_PLUGIN_API_LEVEL 2
+ * and fs hooks); 3: SSH exec hooks. A plugin compiled with level N runs on an older host
+ * as long as it checks GD_PLUGIN_API_HAS before calling a newer member. */
+#define GONDOLIN_PLUGIN_API_LEVEL 3
 #define GD_PLUGIN_EXPORT __attribute__((visibility("default")))
 
 typedef struct gd_txn gd_txn;                 /* one HTTP exchange (or a raw TCP flow) */
@@ -92,6 +92,21 @@ typedef int (*gd_plugin_fs_before_fn)(void *ud, const struct gd_vfs_event *ev, c
                                       size_t cap);
 /* After it (ev->result, bytes for "close"). */
 typedef void (*gd_plugin_fs_after_fn)(void *ud, const struct gd_vfs_event *ev);
+
+/* SSH (level 3): one exec a guest asked for (strings borrowed for the call). */
+struct gd_plugin_ssh_exec {
+    const char *host; /* the name the guest dialled */
+    unsigned port;
+    const char *user;        /* the guest's user name */
+    const char *command;     /* as the guest sent it */
+    const char *git_service; /* "git-upload-pack", "git-receive-pack", "git-upload-archive" */
+    const char *git_repo;    /* normalised: "org/repo" */
+};
+/* Before an exec is proxied (after the policy's ssh rules allowed it, before Lua's
+ * on_ssh_exec): 0 goes on, nonzero denies (a one-line reason may be written to reason).
+ * Runs on the loop thread; must not block. */
+typedef int (*gd_plugin_ssh_exec_fn)(void *ud, const struct gd_plugin_ssh_exec *x, char *reason,
+                                     size_t cap);
 
 struct gd_host_api {
     uint32_t abi_version; /* GONDOLIN_PLUGIN_ABI_VERSION of the host */
@@ -148,6 +163,10 @@ struct gd_host_api {
      * before the policy's Lua on_fs / on_fs_done, plugins in load order. */
     int (*register_fs_hook)(gd_plugin_host *h, const char *name, gd_plugin_fs_before_fn before,
                             gd_plugin_fs_after_fn after, void *ud);
+
+    /* -- level 3: SSH. An exec hook (rule name "plugin/name"), plugins in load order. -- */
+    int (*register_ssh_hook)(gd_plugin_host *h, const char *name, gd_plugin_ssh_exec_fn fn,
+                             void *ud);
 };
 
 #define GD_PLUGIN_API_HAS(api, member)                                                             \
