@@ -288,13 +288,38 @@ void gd_ssh_conf_digest(const struct gd_ssh_conf *c,
     }
 }
 
+/* How specific a host pattern is: a name with no wildcard beats every pattern, then the
+ * more literal characters the better ("git.example.com" > "*.example.com" > "*"). */
+static size_t specificity(const char *pat)
+{
+    size_t lit = 0, wild = 0;
+    for (const char *p = pat; *p; p++)
+        if (*p == '*' || *p == '?')
+            wild = 1;
+        else
+            lit++;
+    return wild ? lit : lit + 100000;
+}
+
 const struct gd_ssh_rule *gd_ssh_conf_rule(const struct gd_ssh_conf *c, const char *name,
                                            unsigned port)
 {
-    for (size_t i = 0; name && i < c->nrules; i++)
-        if ((!port || c->rules[i].port == port) && gd_host_match(c->rules[i].host, name))
-            return &c->rules[i];
-    return NULL;
+    /* the most specific matching rule, ties broken by the pattern's bytes: the same
+     * answer whatever order the rules came in (a Lua table's order is not stable from
+     * one process to the next); among equal patterns the first (command line first) */
+    const struct gd_ssh_rule *best = NULL;
+    size_t bs = 0;
+    for (size_t i = 0; name && i < c->nrules; i++) {
+        const struct gd_ssh_rule *r = &c->rules[i];
+        if ((port && r->port != port) || !gd_host_match(r->host, name))
+            continue;
+        size_t sp = specificity(r->host);
+        if (!best || sp > bs || (sp == bs && strcmp(r->host, best->host) < 0)) {
+            best = r;
+            bs = sp;
+        }
+    }
+    return best;
 }
 
 const char *gd_ssh_conf_key_for(const struct gd_ssh_conf *c, const char *host)
@@ -331,7 +356,11 @@ int gd_ssh_conf_check(const struct gd_ssh_conf *c, const struct gd_ssh_exec *x, 
         repo_ok = gd_ssh_repo_match(r->repos[i], x->git->repo);
     if (r && (!r->commands || (r->commands & gd_ssh_cmd_bit(x->git->service))) && repo_ok)
         return 0;
-    snprintf(rule, rcap, "ssh:%s%s", x->host, !r ? "" : repo_ok ? " commands" : " repos");
+    /* the rule that decided: its pattern, not the name dialled */
+    snprintf(rule, rcap, "ssh:%s%s", r ? r->host : x->host,
+             !r        ? ""
+             : repo_ok ? " commands"
+                       : " repos");
     snprintf(line, lcap, "%s: %s of %s refused: %s", x->host, x->git->service, x->git->repo,
              !r        ? "no SSH rule"
              : repo_ok ? "the SSH rule does not allow this command"

@@ -28,9 +28,15 @@
 #define CHUNK 32768
 #define KEEPALIVE_S 30
 
+/* Session channels one guest connection may open (one at a time). A finished channel is
+ * closed but freed only with the session: a request the guest queued behind it still
+ * points at it (libssh frees them all in ssh_free). */
+#define MAX_CHANNELS 64
+
 struct conn {
     gd_ssh_proxy *p;
-    int fd, up_fd; /* guest socket, current upstream socket (-1: none) */
+    int fd, up_fd;     /* guest socket, current upstream socket (-1: none) */
+    unsigned channels; /* session channels opened so far */
     char name[256], addr[64];
     struct gd_ssh_flow flow;
     struct gd_ssh_conf conf;
@@ -153,7 +159,25 @@ static void record(struct conn *c, const struct gd_ssh_exec *x, int denied, cons
     loop_call(c->p, &j);
 }
 
-/* The refusal of a channel request: one line on stderr, exit status 1, channel closed. */
+/* libssh queues every request it reads while a channel is being read, until someone
+ * takes it: during an exec nobody does, so a guest (or an upstream) flooding requests
+ * would grow that queue without bound. With this callback installed each one is
+ * answered "failure" (or UNIMPLEMENTED) and freed as it arrives. */
+int gd__ssh_refuse_message(void *s, void *m, void *ud)
+{
+    (void)s;
+    (void)m;
+    (void)ud;
+    return 1; /* libssh sends the default reply and frees m */
+}
+
+static int refuse_cb(ssh_session s, ssh_message m, void *ud)
+{
+    return gd__ssh_refuse_message(s, m, ud);
+}
+
+/* The refusal of a channel request: one line on stderr, exit status 1, channel closed
+ * (freed with the session, see MAX_CHANNELS). */
 static void refuse(ssh_channel ch, const char *why)
 {
     char line[1100];
@@ -163,7 +187,6 @@ static void refuse(ssh_channel ch, const char *why)
     ssh_channel_request_send_exit_status(ch, 1);
     ssh_channel_send_eof(ch);
     ssh_channel_close(ch);
-    ssh_channel_free(ch);
 }
 
 static double now_s(void)
@@ -288,20 +311,28 @@ static void exec_one(struct conn *c, ssh_channel g, const char *user, const char
     const char *up_user = r && r->user ? r->user : user;
     double t0 = now_s();
     struct gd__ssh_up u;
+    char clean_cmd[300], clean_line[1100];
+    gd_sanitize(clean_cmd, sizeof(clean_cmd), up_cmd, strlen(up_cmd));
     if (gd__ssh_up_open(&c->flow, up_user, up_cmd, c->p->connect_ms, c->p->handshake_ms, set_up_fd,
                         c, &u, line, sizeof(line))) {
-        logf_(c->p, "denied %s@%s:%u %s: %s", up_user, c->name, c->flow.port, up_cmd, line);
+        /* (the upstream's disconnect text is in line: no escapes into the host's log) */
+        gd_sanitize(clean_line, sizeof(clean_line), line, strlen(line));
+        logf_(c->p, "denied %s@%s:%u %s: %s", up_user, c->name, c->flow.port, clean_cmd,
+              clean_line);
         record(c, &x, 1, "upstream", line, 0, 0, 0, (now_s() - t0) * 1000);
         refuse(g, line);
         return;
     }
     uint64_t in = 0, out = 0;
+    ssh_session gs = ssh_channel_get_session(g);
+    ssh_set_message_callback(gs, refuse_cb, NULL);
     int rc = pump(c, g, u.channel, &in, &out);
+    ssh_set_message_callback(gs, NULL, NULL);
     if (rc == -2) {
         snprintf(line, sizeof(line), "gondolin: ssh: %s: no traffic for %u s: cut\r\n", c->name,
                  c->p->idle_ms / 1000);
         ssh_channel_write_stderr(g, line, (uint32_t)strlen(line));
-        logf_(c->p, "cut %s@%s:%u %s: idle for %u ms", up_user, c->name, c->flow.port, up_cmd,
+        logf_(c->p, "cut %s@%s:%u %s: idle for %u ms", up_user, c->name, c->flow.port, clean_cmd,
               c->p->idle_ms);
     }
     int st = rc ? 255 : ssh_channel_get_exit_status(u.channel);
@@ -310,19 +341,20 @@ static void exec_one(struct conn *c, ssh_channel g, const char *user, const char
     gd__ssh_up_close(&u, set_up_fd, c);
     double dt = now_s() - t0;
     logf_(c->p, "exec %s@%s:%u %s: exit %d, %llu bytes up, %llu down, %.2f s", up_user, c->name,
-          c->flow.port, up_cmd, st, (unsigned long long)in, (unsigned long long)out, dt);
+          c->flow.port, clean_cmd, st, (unsigned long long)in, (unsigned long long)out, dt);
     record(c, &x, 0, NULL, NULL, st, in, out, dt * 1000);
     ssh_channel_request_send_exit_status(g, st);
     ssh_channel_send_eof(g);
-    ssh_channel_close(g);
-    ssh_channel_free(g);
+    ssh_channel_close(g); /* (freed with the session) */
 }
 
 /* One message of an authenticated session; *ch is the session channel, if open. */
 static void on_message(struct conn *c, ssh_message m, ssh_channel *ch, const char *user)
 {
     int type = ssh_message_type(m), sub = ssh_message_subtype(m);
-    if (type == SSH_REQUEST_CHANNEL_OPEN && sub == SSH_CHANNEL_SESSION && !*ch) {
+    if (type == SSH_REQUEST_CHANNEL_OPEN && sub == SSH_CHANNEL_SESSION && !*ch &&
+        c->channels < MAX_CHANNELS) {
+        c->channels++;
         *ch = ssh_message_channel_request_open_reply_accept(m);
         return;
     }
@@ -428,8 +460,7 @@ static void serve_session(struct conn *c)
             break;
     }
 out:
-    if (ch)
-        ssh_channel_free(ch);
+    /* the session's channels (open or closed) go with ssh_free */
     pthread_mutex_lock(&c->p->mu); /* the socket closes below: never cut a reused fd */
     c->fd = -1;
     pthread_mutex_unlock(&c->p->mu);

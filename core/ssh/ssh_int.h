@@ -13,6 +13,11 @@ int gd__ssh_glob(const char *p, size_t pl, const char *s, size_t sl, int fold);
  * piece). */
 int gd__ssh_each(const char *s, size_t n, char sep, int (*ok)(const char *p, size_t l));
 
+/* The message callback that answers and frees every SSH request as it arrives
+ * (proxy.c), an ssh_set_message_callback callback: sessions whose requests nobody takes
+ * (the upstream's; the guest's during an exec) never queue them. */
+int gd__ssh_refuse_message(void *session, void *message, void *ud);
+
 /* An upstream exec (upstream.c): a connected, verified, authenticated libssh session
  * with an exec channel open. */
 struct gd__ssh_up {

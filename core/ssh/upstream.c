@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libssh/libssh.h>
+#include <libssh/server.h>
 #include <netdb.h>
 #include <poll.h>
 #include <stdio.h>
@@ -19,6 +20,11 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+static int up_refuse(ssh_session s, ssh_message m, void *ud)
+{
+    return gd__ssh_refuse_message(s, m, ud);
+}
 
 static int connect_deadline(const struct sockaddr *sa, socklen_t len, unsigned ms)
 {
@@ -232,6 +238,9 @@ int gd__ssh_up_open(const struct gd_ssh_flow *f, const char *user, const char *c
         set_fd(ud, -1);
         goto fail;
     }
+    /* a hostile upstream's global requests and channel opens are refused as they come,
+     * never queued (nothing here takes them) */
+    ssh_set_message_callback(s, up_refuse, NULL);
     /* the probe's result says which key types known_hosts has for the host: offer only
      * those, as OpenSSH does, so a host with an RSA line is not asked for ed25519 */
     struct gd_ssh_kh_result probe;

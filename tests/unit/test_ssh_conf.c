@@ -141,3 +141,26 @@ TEST(ssh_conf_limits)
     CHECK_EQ(d.idle_ms, 5000);
     gd_ssh_conf_free(&d);
 }
+
+/* Overlapping rules: the most specific one decides, whatever order they were added in
+ * (a Lua table's order changes from one process to the next). */
+TEST(ssh_conf_most_specific_rule_wins_in_any_order)
+{
+    for (int order = 0; order < 2; order++) {
+        struct gd_ssh_conf c = {0};
+        struct gd_err err = {{0}};
+        const char *pats[] = {"*.example.com", "git.example.com", "*"};
+        for (int i = 0; i < 3; i++)
+            CHECK_EQ(gd_ssh_conf_allow(&c, pats[order ? 2 - i : i], &err), 0);
+        const struct gd_ssh_rule *r = gd_ssh_conf_rule(&c, "git.example.com", 22);
+        CHECK(r != NULL);
+        CHECK_STR(r->host, "git.example.com");
+        r = gd_ssh_conf_rule(&c, "other.example.com", 22);
+        CHECK(r != NULL);
+        CHECK_STR(r->host, "*.example.com");
+        r = gd_ssh_conf_rule(&c, "github.com", 22);
+        CHECK(r != NULL);
+        CHECK_STR(r->host, "*");
+        gd_ssh_conf_free(&c);
+    }
+}
