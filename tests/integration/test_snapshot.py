@@ -375,8 +375,9 @@ def sdk_create_resume():
 
 # ---- memory snapshots (snapshot --memory, fork) ----
 
-COUNTER = ("nohup sh -c 'n=0; while :; do n=$((n+1)); echo $n > /tmp/count; sleep 0.2; done' "
-           ">/dev/null 2>&1 &")
+# (written to a temporary and renamed: a reader never sees the file truncated and empty)
+COUNTER = ("nohup sh -c 'n=0; while :; do n=$((n+1)); echo $n > /tmp/count.t; "
+           "mv /tmp/count.t /tmp/count; sleep 0.2; done' >/dev/null 2>&1 &")
 HOLDER = ("nohup sh -c 'echo $$ > /tmp/holder; exec 3>>/tmp/held; rm /tmp/held; "
           "while :; do echo tick >&3; sleep 0.2; done' >/dev/null 2>&1 &")
 
