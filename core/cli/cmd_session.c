@@ -224,6 +224,13 @@ int cmd_logs(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* The signals are held outside ppoll: one that came between the check of stop_sig and
+     * a plain poll would be noticed only by the next frame, which may never come. */
+    sigset_t held, open_mask;
+    sigemptyset(&held);
+    sigaddset(&held, SIGINT);
+    sigaddset(&held, SIGTERM);
+    sigprocmask(SIG_BLOCK, &held, &open_mask);
     char req[96];
     snprintf(req, sizeof(req), "{\"op\":\"logs\",\"follow\":%s,\"lines\":%ld}",
              follow ? "true" : "false", lines);
@@ -256,12 +263,13 @@ int cmd_logs(int argc, char **argv)
         if (code >= 0 || k < 0)
             break;
         struct pollfd pf = {gd_control_client_fd(c), POLLIN, 0};
-        if (poll(&pf, 1, -1) < 0 && errno != EINTR)
+        if (ppoll(&pf, 1, NULL, &open_mask) < 0 && errno != EINTR)
             break;
         if (pf.revents && (k = gd_control_client_fill(c)) < 0 && k != -EINTR)
             code = follow ? 0 : cli_die(1, "logs: the session went away"); /* it ended */
     }
     gd_control_client_close(c);
+    sigprocmask(SIG_SETMASK, &open_mask, NULL);
     if (code < 0)
         code = cli_die(1, "logs: the session went away");
     return code;
