@@ -202,6 +202,10 @@ done
            lines["USER"])
     expect("not in known_hosts" in lines["HK-unknown.test"], lines["HK-unknown.test"])
     expect("CHANGED" in lines["HK-changed.test"], lines["HK-changed.test"])
+    # the guest is told the host, key type and fingerprint, never where known_hosts is
+    expect(up.dir not in lines["HK-changed.test"] and "SHA256:" in lines["HK-changed.test"],
+           lines["HK-changed.test"])
+    expect(f"{up.dir}/known_hosts:2" in err, f"the host log names the line: {err}")
     expect("internal address" in lines["HK-evil.test"], lines["HK-evil.test"])
     expect(not any(l.startswith("LS-") for l in out.splitlines()), f"a refused host answered: {out}")
     expect("denied" in err and "port forwarding" in err, f"host log: {err}")
