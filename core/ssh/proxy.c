@@ -169,6 +169,7 @@ static void exec_free(struct conn *c)
 {
     struct exec *x = c->x;
     c->x = NULL;
+    c->again = 0; /* (its rounds are over: no more wake-ups for them) */
     gd__ssh_up_close(x->u);
     free(x->cmd);
     free(x);

@@ -322,6 +322,48 @@ git ls-remote ssh://{up.user}@hang.test:{sport}/r.git 2> e4; echo "HANG $? $(( $
 
 
 @test
+def silent_upstream(up):
+    """an upstream that accepts TCP and never speaks does not delay a clone from the real
+    sshd in the same sandbox, and the sandbox ends promptly while that upstream hangs"""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does) and never says a word
+    sport = silent.getsockname()[1]
+    flags = up.flags() + ["--resolve", "hang.test:127.0.0.1", "--allow-internal", "hang.test",
+                          "--ssh-allow", f"hang.test:{sport}"]
+    script = f"""
+cd /tmp
+git ls-remote ssh://{up.user}@hang.test:{sport}/r.git > /dev/null 2>&1 &
+sleep 3
+t0=$(date +%s%N)
+git clone -q {up.url()} r && echo "CLONE $(( ($(date +%s%N) - t0) / 1000000 ))"
+echo END
+"""
+    env = dict(os.environ, XDG_CONFIG_HOME=up.cfg)
+    p = subprocess.Popen([G, "exec"] + flags + ["--", "sh", "-c", script], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out = []
+        for line in p.stdout:  # the guest's lines as they come
+            out.append(line.strip())
+            if line.strip() == "END":
+                break
+        t_end = time.monotonic()
+        p.wait(timeout=120)
+        ended = time.monotonic() - t_end
+        err = p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        silent.close()
+    eq(p.returncode, 0, f"guest script: {out}\n{err}")
+    clone = [l for l in out if l.startswith("CLONE ")]
+    # the handshake deadline (30 s) is what a clone queued behind the silent upstream waits
+    expect(clone and int(clone[0].split()[1]) < 20000, f"clone next to a silent upstream: {out}")
+    expect(ended < 10, f"the sandbox took {ended:.1f} s to end while an upstream hung")
+
+
+@test
 def flag_errors(up):
     """bad SSH flags are one-line usage errors before any VM boots"""
     for bad in (["--ssh-allow", "git.test:0"], ["--ssh-allow", ":22"],
