@@ -36,7 +36,10 @@ class Driver:
         args = [DRIVER, "--key", f"*.test={up.key}", "--known-hosts", f"{up.dir}/known_hosts"]
         args += list(extra) + [f"{n}=127.0.0.1" for n in names]
         self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.err, text=True,
-                                  env=dict(os.environ, XDG_CONFIG_HOME=up.cfg))
+                                  env=dict(os.environ, XDG_CONFIG_HOME=up.cfg,
+                                           # (in a sanitizer build freed memory would wait
+                                           # in quarantine and count as RSS)
+                                           ASAN_OPTIONS="quarantine_size_mb=1"))
         self.ports, self.lines = {}, []
         for line in self.p.stdout:
             if line.startswith("listen "):
@@ -70,10 +73,16 @@ class Driver:
         return rc, time.monotonic() - t0
 
     def close(self):
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait()
+        if self.p.poll() is None:  # a stop frees everything: a sanitizer build checks it
+            self.p.terminate()
+            try:
+                self.p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        log = self.log()
         self.err.close()
+        expect("Sanitizer" not in log, f"driver: {log[-3000:]}")
 
 
 def git_env(port):
@@ -104,6 +113,7 @@ def flood_during_exec(up):
         eq(out.strip(), "exit 0", f"the exec's end: {d.log()}")
         # 200000 requests queued would be tens of MB (the bug it guards against: 1.8 GB)
         expect(after - before < 16 * 1024, f"RSS grew {before} -> {after} KiB during the flood")
+        print(f"     (RSS {before} -> {after} KiB over the flood)", flush=True)
         r = subprocess.run(["git", "ls-remote", f"ssh://{up.user}@127.0.0.1{up.repo}"],
                            capture_output=True, text=True, timeout=60, env=git_env(port))
         eq(r.returncode, 0, f"the proxy serves on: {r.stderr}")
