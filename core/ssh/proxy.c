@@ -175,15 +175,17 @@ static void exec_free(struct conn *c)
     free(x);
 }
 
+static void exec_end(struct conn *c, int rc);
+
 /* Ends a connection at once: its exec's upstream is closed, its handles too; the
  * session is freed once they are (never inside a libssh callback). */
 static void conn_close(struct conn *c)
 {
     if (c->dead)
         return;
+    if (c->x) /* its record says 255 (none when the proxy is being freed) */
+        exec_end(c, -1);
     c->dead = 1;
-    if (c->x)
-        exec_free(c);
     gd_ssh_proxy *p = c->p;
     for (struct conn **pp = &p->conns; *pp; pp = &(*pp)->next)
         if (*pp == c) {
@@ -202,9 +204,12 @@ static void rearm(struct conn *c)
 {
     if (c->dead)
         return;
-    /* a callback that stopped after ROUNDS chunks asks to run again: the socket is
-     * almost always writable, so that comes on the next loop iteration */
-    int ev = gd__ssh_poll_events(c->s) | (c->again ? UV_WRITABLE : 0);
+    /* While libssh holds bytes the guest has not taken, nothing more is read from it:
+     * every request may be answered, so a guest that sends without reading would grow
+     * our output without bound. A callback that stopped after ROUNDS chunks asks to run
+     * again: the socket is almost always writable, so that comes on the next iteration. */
+    int ev = ssh_get_poll_flags(c->s) & SSH_WRITE_PENDING ? UV_WRITABLE : UV_READABLE;
+    ev |= c->again ? UV_WRITABLE : 0;
     uv_poll_start(c->poll, ev, on_guest);
 }
 
@@ -531,8 +536,8 @@ static void on_guest(uv_poll_t *h, int status, int events)
         if (rc == SSH_OK)
             c->kex_done = 1;
     } else {
-        /* a round reads at most a few KiB; while the guest does not take our answers no
-         * more is read, so a request flood cannot pile up replies */
+        /* a round reads at most a few KiB; once answers wait for the guest to read them,
+         * no more is read (see rearm) */
         for (int i = 0; i < 16 && ssh_event_dopoll(c->ev, 0) == SSH_OK; i++)
             if (c->dead || ssh_get_poll_flags(c->s) & SSH_WRITE_PENDING)
                 break;
@@ -540,12 +545,8 @@ static void on_guest(uv_poll_t *h, int status, int events)
     if (c->dead)
         return;
     if (ssh_get_status(c->s) & (SSH_CLOSED | SSH_CLOSED_ERROR)) {
-        if (c->x) /* its record says 255: the guest went away */
-            exec_end(c, -1);
-        {
-            conn_close(c);
-            return;
-        }
+        conn_close(c); /* (an exec's record says 255: the guest went away) */
+        return;
     }
     if (c->x && c->x->open)
         pump(c);
