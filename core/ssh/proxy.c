@@ -307,8 +307,7 @@ static void exec_one(struct conn *c, ssh_channel g, const char *user, const char
         refuse(g, line);
         return;
     }
-    const struct gd_ssh_rule *r = gd_ssh_conf_rule(&c->conf, c->name, c->flow.port);
-    const char *up_user = r && r->user ? r->user : user;
+    const char *up_user = gd_ssh_conf_upstream_user(&c->conf, c->name, c->flow.port, user);
     double t0 = now_s();
     struct gd__ssh_up u;
     char clean_cmd[300], clean_line[1100];
@@ -410,17 +409,6 @@ static void on_message(struct conn *c, ssh_message m, ssh_channel *ch, const cha
     }
 }
 
-static int user_ok(const char *u)
-{
-    size_t n = u ? strlen(u) : 0;
-    if (n < 1 || n > 64 || u[0] == '-')
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)u[i]) && !strchr("._-", u[i]))
-            return 0;
-    return 1;
-}
-
 static void serve_session(struct conn *c)
 {
     ssh_bind b = ssh_bind_new();
@@ -450,7 +438,7 @@ static void serve_session(struct conn *c)
                 const char *u = ssh_message_auth_user(m);
                 /* the guest's name goes upstream (unless the rule names one) and into
                  * logs: a plain user name or nothing ("-": every exec is refused) */
-                snprintf(user, sizeof(user), "%s", user_ok(u) ? u : "-");
+                snprintf(user, sizeof(user), "%s", u && gd_ssh_user_ok(u, strlen(u)) ? u : "-");
                 ssh_message_auth_reply_success(m, 0);
             }
         } else
