@@ -213,21 +213,32 @@ static int same_layout(const struct cli_policy *p, const struct gd_bundle_info *
     return 1;
 }
 
-/* the new bundle's files take the place of the running ones, one rename each */
-static int replace_files(const char *stable, const char *fresh, const struct gd_bundle_info *in,
-                         struct gd_err *err)
+/* path's parent directories exist (0700) */
+static int parent_dirs(char *path)
+{
+    char *slash = strrchr(path, '/');
+    *slash = 0;
+    int rc = gd_mkdir_p(path, 0700);
+    *slash = '/';
+    return rc;
+}
+
+/* The new bundle's files take the place of the running ones, one rename each; each
+ * running file is first moved into backup (restore_files puts them back). */
+static int replace_files(const char *stable, const char *fresh, const char *backup,
+                         const struct gd_bundle_info *in, struct gd_err *err)
 {
     for (size_t i = 0; i < in->nfiles; i++) {
         const struct gd_bundle_file *f = &in->files[i];
         if (f->arch[0] && strcmp(f->arch, gd_host_arch()))
             continue;
-        char from[4600], to[4600];
+        char from[4600], to[4600], bk[4600];
         snprintf(from, sizeof(from), "%s/%s", fresh, f->path);
         snprintf(to, sizeof(to), "%s/%s", stable, f->path);
-        char *slash = strrchr(to, '/');
-        *slash = 0;
-        int rc = gd_mkdir_p(to, 0700);
-        *slash = '/';
+        snprintf(bk, sizeof(bk), "%s/%s", backup, f->path);
+        int rc = parent_dirs(to);
+        if (!rc && !(rc = parent_dirs(bk)) && rename(to, bk) && errno != ENOENT)
+            rc = -errno;
         if (rc || rename(from, to))
             return gd_err_set(err, rc ? rc : -errno, "cannot replace %s: %s", to,
                               strerror(rc ? -rc : errno));
@@ -235,12 +246,28 @@ static int replace_files(const char *stable, const char *fresh, const struct gd_
     return 0;
 }
 
+/* After a failed update: the running revision's files back in place (a file the new
+ * revision added is removed), so a later reload or restart reads what is running. */
+static void restore_files(const char *stable, const char *backup, const struct gd_bundle_info *in)
+{
+    for (size_t i = 0; i < in->nfiles; i++) {
+        const struct gd_bundle_file *f = &in->files[i];
+        if (f->arch[0] && strcmp(f->arch, gd_host_arch()))
+            continue;
+        char to[4600], bk[4600];
+        snprintf(to, sizeof(to), "%s/%s", stable, f->path);
+        snprintf(bk, sizeof(bk), "%s/%s", backup, f->path);
+        if (rename(bk, to) && errno == ENOENT)
+            unlink(to);
+    }
+}
+
 static void apply(struct live *L, const char *buf, size_t n)
 {
     struct cli_policy *p = L->p;
     struct gd_err err = {{0}};
     gd_bundle *b = NULL;
-    char fresh[1200] = "", base[1024], st[4200];
+    char fresh[1200] = "", backup[1300] = "", base[1024], st[4200];
     long long running = p->egress.bundle_revision;
     struct gd_bundle_trust t = {0};
     int rc = cli_bundle_trust(p->trust, &t);
@@ -275,10 +302,15 @@ static void apply(struct live *L, const char *buf, size_t n)
     cli_bundle_state_path(st, sizeof(st));
     if (gd_bundle_state_check(st, b, p->allow_downgrade, &err) ||
         gd_session_dir(base, sizeof(base)) ||
-        gd_bundle_extract(b, gd_host_arch(), base, fresh, sizeof(fresh), &err) ||
-        replace_files(p->bundle_dir, fresh, in, &err)) {
+        gd_bundle_extract(b, gd_host_arch(), base, fresh, sizeof(fresh), &err)) {
         log_line("%s refused, revision %lld keeps running: %s", L->url, running,
                  err.msg[0] ? err.msg : "no sessions directory");
+        goto out;
+    }
+    snprintf(backup, sizeof(backup), "%s.running", fresh);
+    if (replace_files(p->bundle_dir, fresh, backup, in, &err)) {
+        restore_files(p->bundle_dir, backup, in);
+        log_line("%s refused, revision %lld keeps running: %s", L->url, running, err.msg);
         goto out;
     }
     char old_signers[sizeof(p->egress.bundle_signers)];
@@ -287,6 +319,7 @@ static void apply(struct live *L, const char *buf, size_t n)
     gd_engine *e = gd_sandbox_engine(L->sb);
     gd_engine_set_bundle(e, in->name, in->revision, p->egress.bundle_signers);
     if (gd_sandbox_reload(L->sb, &err)) {
+        restore_files(p->bundle_dir, backup, in);
         gd_engine_set_bundle(e, in->name, running, old_signers);
         memcpy(p->egress.bundle_signers, old_signers, sizeof(old_signers));
         log_line("revision %lld does not load, revision %lld keeps running: %s", in->revision,
@@ -299,6 +332,8 @@ static void apply(struct live *L, const char *buf, size_t n)
 out:
     if (fresh[0])
         gd_rm_rf(fresh);
+    if (backup[0])
+        gd_rm_rf(backup);
     gd_bundle_trust_free(&t);
     gd_bundle_free(b);
 }

@@ -132,11 +132,11 @@ def openssl_sign(keyfile, msg):
     return der[-32:], sig
 
 
-def craft(path, files, entries, keyname="alice"):
+def craft(path, files, entries, keyname="alice", name="crafted", revision=1):
     """a bundle whose manifest lists files [(name, data)] and whose archive holds the
-    given raw entries, signed by a trusted key"""
+    given raw entries, signed by a trusted key (no `bundle build` checks)"""
     import hashlib
-    man = json.dumps({"format": 1, "name": "crafted", "revision": 1, "created": 1,
+    man = json.dumps({"format": 1, "name": name, "revision": revision, "created": 1,
                       "expires": 4000000000, "min_gondolin": "0.1.0", "entry": files[0][0],
                       "files": [{"path": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
                                 for n, d in files], "plugins": {}, "tests": []},
@@ -442,6 +442,8 @@ def live_update_under_load(up):
         script = (f"for i in $(seq 1 120); do curl -sS -m 20 -o /dev/null -w '%{{http_code}}\\n' "
                   f"http://good.test:{H}/bytes?n=1 & curl -sS -m 20 -o /dev/null "
                   f"-w '%{{http_code}}\\n' http://good.test:{H}/bytes?n=2; wait; done")
+        os.makedirs(SESSIONS, exist_ok=True)
+        before = set(os.listdir(SESSIONS))
         proc = subprocess.Popen([G, "exec", "--bundle", url, "--trust", t, "--bundle-interval",
                                  "0.5", "--audit", audit, *guest_flags(up), "--", "sh", "-c",
                                  script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -473,6 +475,19 @@ def live_update_under_load(up):
         publish(flipped(p3, layout(p3)["data"], "tampered"), srv, "live.gdb")
         n = len(revs())
         wait_for(lambda: len(revs()) >= n + 20, "requests after the tampered update")
+        # a signed revision 4 that does not load (no `bundle build` would make it): the
+        # running revision's files go back on disk, so a later reload reads what runs
+        bad = b"return { allow = \n"
+        publish(craft(os.path.join(W, "live-4-broken.gdb"), [("live.lua", bad)],
+                      [entry("live.lua", bad)], name="live", revision=4), srv, "live.gdb")
+        n = len(revs())
+        wait_for(lambda: len(revs()) >= n + 20, "requests after the broken update")
+        on_disk = [os.path.join(SESSIONS, d, "live.lua") for d in os.listdir(SESSIONS)
+                   if d.startswith(".bundle-") and d not in before
+                   and os.path.exists(os.path.join(SESSIONS, d, "live.lua"))]
+        eq(len(on_disk), 1, f"one extracted bundle: {on_disk}")
+        eq(open(on_disk[0]).read(), POLICY.format(name="live", allow=f'"good.test:{H}"'),
+           "the running revision's entry is back on disk")
         reader.join()
         eq(proc.returncode, 0, f"exec: {out.get('stderr')}")
         codes = out["stdout"].split()
@@ -487,6 +502,7 @@ def live_update_under_load(up):
         err = out["stderr"]
         expect("bundle live revision 2 is running (was 1" in err, err)
         expect("refused, revision 2 keeps running" in err and "sha256" in err, err)
+        expect("revision 4 does not load, revision 2 keeps running" in err, err)
     finally:
         server.kill()
         server.wait()
