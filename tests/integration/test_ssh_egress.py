@@ -329,6 +329,37 @@ git ls-remote ssh://{up.user}@hang.test:{sport}/r.git 2> e4; echo "HANG $? $(( $
 
 
 @test
+def agent_authentication(up):
+    """--ssh-agent: the host's ssh-agent (SSH_AUTH_SOCK) holds the key, no key file is
+    named; with no user in any rule the guest's user name goes upstream (as with the
+    reference); the agent's socket and the key stay on the host"""
+    sock = os.path.join(up.dir, "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        env = dict(os.environ, SSH_AUTH_SOCK=sock)
+        r = subprocess.run(["ssh-add", up.key], capture_output=True, text=True, env=env)
+        eq(r.returncode, 0, f"ssh-add: {r.stderr}")
+        flags = ["--image", IMAGE, "--ssh-agent", "--ssh-known-hosts", f"{up.dir}/known_hosts",
+                 "--resolve", "git.test:127.0.0.1", "--allow-internal", "git.test",
+                 "--ssh-allow", f"git.test:{up.port}"]
+        script = (f"cd /tmp && git clone -q {up.url()} a && echo \"README $(cat a/README)\"; "
+                  "echo \"AUTHSOCK ${SSH_AUTH_SOCK:-none}\"")
+        genv = dict(os.environ, XDG_CONFIG_HOME=up.cfg, SSH_AUTH_SOCK=sock)
+        r = subprocess.run([G, "exec"] + flags + ["--", "sh", "-c", script], capture_output=True,
+                           text=True, timeout=600, env=genv)
+        eq(r.returncode, 0, f"guest: {r.stdout}\n{r.stderr}")
+        expect("README hello" in r.stdout, r.stdout)
+        expect("AUTHSOCK none" in r.stdout, f"the agent reached the guest: {r.stdout}")
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+@test
 def reload_adds_a_name(up):
     """a session started with no SSH rule gets one by a policy reload: the proxy starts
     then, and the guest's known_hosts gains the name (written after the VM is ready, not
