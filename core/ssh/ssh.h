@@ -187,8 +187,8 @@ struct gd_ssh_conf {
 int gd_ssh_hostport_parse(const char *spec, char *host, size_t cap, unsigned *port);
 
 /* Typed setters (copy their strings; -EINVAL/-ENOMEM with one line in err, c unchanged):
- * "[USER@]HOST[:PORT]", "[USER@]HOST=PATH" (PATH may start with "file:" and "~/"), a known_hosts file
- * (must be readable now), the agent switch. */
+ * "[USER@]HOST[:PORT]", "[USER@]HOST=PATH" (PATH may start with "file:" and "~/"), a known_hosts
+ * file (must be readable now), the agent switch. */
 int gd_ssh_conf_allow(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
 /* A whole rule (the Lua policy's ssh table): every field validated (host pattern, port
  * 1-65535, user without control bytes, readable key file with "file:" and "~/" handled,
@@ -215,8 +215,8 @@ const char *gd_ssh_conf_key_for(const struct gd_ssh_conf *c, const char *host);
 /* The user an exec to (name, port) authenticates as upstream (as the reference does): the
  * rule's user, else the user of the --ssh-key for the name, else "git" when a host-held
  * key authenticates, else (the agent) the guest's user. Borrowed (from c or guest_user). */
-const char *gd_ssh_conf_upstream_user(const struct gd_ssh_conf *c, const char *name,
-                                      unsigned port, const char *guest_user);
+const char *gd_ssh_conf_upstream_user(const struct gd_ssh_conf *c, const char *name, unsigned port,
+                                      const char *guest_user);
 /* Whether [u, u+n) is a plain user name: 1-64 of A-Z a-z 0-9 . _ -, not starting with
  * '-'. 1 or 0. */
 int gd_ssh_user_ok(const char *u, size_t n);
