@@ -125,6 +125,26 @@ void cli_bundle_state_path(char *out, size_t cap)
         snprintf(out, cap, "%s/.local/state/gondolin/bundles.json", home ? home : "/");
 }
 
+/* The file, or the URL's last path segment, must name the bundle it holds: NAME.gdb or
+ * NAME-<digit>....gdb. Otherwise whoever controls the file or the server could hand over
+ * another validly signed bundle (a team's permissive one for its strict one), and the
+ * rollback marks, kept per name, would not notice. */
+static int name_bound(const char *path, const char *name)
+{
+    size_t end = strcspn(path, cli_bundle_is_url(path) ? "?#" : "");
+    size_t start = end;
+    while (start && path[start - 1] != '/')
+        start--;
+    const char *base = path + start;
+    size_t bl = end - start, nl = strlen(name);
+    if (bl < 4 || memcmp(base + bl - 4, ".gdb", 4))
+        return 0;
+    bl -= 4;
+    return bl >= nl && !memcmp(base, name, nl) &&
+           (bl == nl ||
+            (base[nl] == '-' && bl > nl + 1 && base[nl + 1] >= '0' && base[nl + 1] <= '9'));
+}
+
 int cli_bundle_open(struct cli_policy *p, const char *path, gd_bundle **b, struct gd_err *err)
 {
     struct gd_bundle_trust t = {0};
@@ -147,6 +167,15 @@ int cli_bundle_open(struct cli_policy *p, const char *path, gd_bundle **b, struc
         rc = gd_bundle_open(path, &v, b, err);
     }
     gd_bundle_trust_free(&t);
+    if (!rc && !name_bound(path, gd_bundle_info(*b)->name)) {
+        rc = gd_err_set(err, -EINVAL,
+                        "%s holds bundle %s: its file or URL must be named %s.gdb or "
+                        "%s-REVISION.gdb",
+                        path, gd_bundle_info(*b)->name, gd_bundle_info(*b)->name,
+                        gd_bundle_info(*b)->name);
+        gd_bundle_free(*b);
+        *b = NULL;
+    }
     return rc;
 }
 

@@ -281,8 +281,17 @@ def traversal_and_link_entries_refused_without_writing(up):
         refused(["exec", "--policy", p, "--trust", t, "--", "true"], why, cwd=cwd)
         refused(["policy", "check", p, "--trust", t], why, cwd=cwd)
     # the crafted form itself is sound: a good one opens
-    p = craft(os.path.join(W, "crafted-ok.gdb"), [("p.lua", d)], [entry("p.lua", d)])
+    p = craft(os.path.join(W, "crafted-1.gdb"), [("p.lua", d)], [entry("p.lua", d)])
     ok("bundle", "verify", p, "--trust", t)
+    # the file must name the bundle it holds: a validly signed bundle of another name in
+    # its place (a team's permissive one for its strict one) is refused
+    for other in ("strict.gdb", "strict-1.gdb", "crafted-ok.gdb", "xcrafted.gdb"):
+        q = os.path.join(W, other)
+        shutil.copy(p, q)
+        refused(["exec", "--policy", q, "--trust", t, "--", "true"],
+                "must be named crafted.gdb or crafted-REVISION.gdb", rc_want=2)
+    shutil.copy(p, os.path.join(W, "crafted.gdb"))
+    ok("policy", "check", os.path.join(W, "crafted.gdb"), "--trust", t)
     expect(not os.path.exists(os.path.join(W, "x")), "../x was written")
     expect(not os.path.exists("/tmp/gd-bundle-abs-x"), "an absolute entry was written")
     after = set(os.listdir(SESSIONS)) if os.path.isdir(SESSIONS) else set()
