@@ -312,10 +312,10 @@ int cli_policy_resolve(struct cli_policy *p, int run)
     }
     if (!p->keep_extracted)
         remove_at_exit(p->bundle_dir);
-    else if (p->bundle_interval_ms) /* (a session's supervisor has no poller yet) */
+    else if (p->bundle_interval_ms && p->keep_extracted == 2) /* forks share the files */
         fprintf(stderr,
-                "gondolin: --bundle-interval: sessions do not poll for updates yet; "
-                "revision %lld stays until the session restarts\n",
+                "gondolin: --bundle-interval: forks do not poll for updates; revision %lld "
+                "stays until they restart\n",
                 gd_bundle_info(b)->revision);
     rc = point_at(p, b);
     gd_bundle_free(b);

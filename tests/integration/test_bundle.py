@@ -518,6 +518,45 @@ def live_update_under_load(up):
 
 
 @test
+def session_polls_a_url_bundle(up):
+    """gondolin start --bundle URL --bundle-interval: the session's supervisor polls as
+    exec does; a new revision decides the session's next requests (other.test, denied
+    by revision 1, is allowed by revision 2) and the session's log says so"""
+    import time
+    H = up.http_port
+    t = trust("alice")
+    srv = os.path.join(W, "served-session")
+    os.makedirs(srv, exist_ok=True)
+    publish(bundle("spoll", 1, allow=(f"good.test:{H}",)), srv, "spoll.gdb")
+    server = subprocess.Popen([G, "bundle", "serve", srv], stdout=subprocess.PIPE, text=True,
+                              env=ENV)
+    sid = None
+    try:
+        url = server.stdout.readline().split()[-1] + "spoll.gdb"
+        sid = ok("start", "--bundle", url, "--trust", t, "--bundle-interval", "0.5",
+                 *guest_flags(up), "--resolve", "other.test:127.0.0.1",
+                 "--allow-internal", "other.test").strip()
+        probe = f"curl -sS -m 20 -o /dev/null -w '%{{http_code}}' http://other.test:{H}/bytes?n=1"
+        rc, out, err = g("exec", "--session", sid, "--", "sh", "-c", probe)
+        expect(out in ("000", "403"), f"revision 1 denies other.test: {out} {err}")
+        publish(bundle("spoll", 2, allow=(f"good.test:{H}", f"other.test:{H}")), srv,
+                "spoll.gdb")
+        for _ in range(120):
+            log = g("logs", sid)[1]
+            if "bundle spoll revision 2 is running (was 1" in log:
+                break
+            time.sleep(0.5)
+        expect("bundle spoll revision 2 is running (was 1" in log, f"session log: {log[-1500:]}")
+        rc, out, err = g("exec", "--session", sid, "--", "sh", "-c", probe)
+        eq(out, "200", f"revision 2 allows other.test: {err}")
+    finally:
+        if sid:
+            g("stop", sid)
+        server.kill()
+        server.wait()
+
+
+@test
 def dropin_bundle_used_without_policy(up):
     """a bundle in the drop-in directory is what exec uses when no --policy is given;
     an untrusted one there is refused"""
