@@ -2,7 +2,10 @@
  * bundle updates (tests and small teams). Plain HTTP on loopback only (put a TLS proxy
  * in front for anything else): GET /NAME answers DIR/NAME's bytes with a strong ETag
  * (its sha256), or 304 when If-None-Match names it. Files are read per request, so
- * publishing a revision is an atomic rename into DIR. One request per connection. */
+ * publishing a revision is an atomic rename into DIR. One request per connection, each
+ * connection on its own thread (at most MAX_CONNS at once; more get 503), with a
+ * deadline for the request and for each send, so a slow or silent client holds nobody
+ * else up. */
 #define _GNU_SOURCE
 #include "cli.h"
 
@@ -12,6 +15,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +23,14 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
+
+#define MAX_CONNS 64
+#define HEAD_S 5  /* the whole request head */
+#define SEND_S 30 /* each send: a client that stops reading is cut */
+
+static unsigned nconns; /* (atomic) */
 
 static void send_all(int fd, const void *p, size_t n)
 {
@@ -48,12 +59,18 @@ static void answer(int fd, int status, const char *reason, const char *etag, con
 
 static void serve_one(int fd, const char *dir)
 {
-    struct timeval tv = {5, 0};
+    struct timeval tv = {1, 0}, stv = {SEND_S, 0};
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &stv, sizeof(stv));
     char req[8192];
     size_t n = 0;
+    time_t end = time(NULL) + HEAD_S; /* a byte a second does not keep it open */
     while (n < sizeof(req) - 1) {
+        if (time(NULL) > end)
+            return;
         ssize_t r = recv(fd, req + n, sizeof(req) - 1 - n, 0);
+        if (r < 0 && (errno == EAGAIN || errno == EINTR))
+            continue;
         if (r <= 0)
             return;
         n += (size_t)r;
@@ -89,6 +106,21 @@ static void serve_one(int fd, const char *dir)
     else
         answer(fd, 200, "OK", etag, data, len);
     free(data);
+}
+
+struct conn {
+    int fd;
+    const char *dir;
+};
+
+static void *conn_main(void *arg)
+{
+    struct conn *c = arg;
+    serve_one(c->fd, c->dir);
+    close(c->fd);
+    free(c);
+    __atomic_sub_fetch(&nconns, 1, __ATOMIC_RELAXED);
+    return NULL;
 }
 
 int cli_bundle_serve(int argc, char **argv)
@@ -127,7 +159,23 @@ int cli_bundle_serve(int argc, char **argv)
                 continue;
             return cli_die(1, "bundle serve: accept: %s", strerror(errno));
         }
-        serve_one(c, dir);
-        close(c);
+        struct conn *k = malloc(sizeof(*k));
+        int started = 0;
+        if (k && __atomic_add_fetch(&nconns, 1, __ATOMIC_RELAXED) <= MAX_CONNS) {
+            *k = (struct conn){c, dir};
+            pthread_t th;
+            pthread_attr_t at;
+            pthread_attr_init(&at);
+            pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+            started = pthread_create(&th, &at, conn_main, k) == 0; /* it owns k and c */
+            pthread_attr_destroy(&at);
+        }
+        if (!started) { /* busy (or no memory): one short answer, not a wait */
+            if (k)
+                __atomic_sub_fetch(&nconns, 1, __ATOMIC_RELAXED);
+            answer(c, 503, "Service Unavailable", NULL, "", 0);
+            close(c);
+            free(k);
+        }
     }
 }

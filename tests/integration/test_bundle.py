@@ -447,6 +447,15 @@ def live_update_under_load(up):
             raise AssertionError("If-None-Match with the current ETag was not a 304")
         except urllib.error.HTTPError as e:
             eq(e.code, 304, "conditional GET")
+        # silent clients (connected, never a byte) hold nobody else up
+        import socket
+        port = int(url.split(":")[2].split("/")[0])
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        # (one after another they would hold it 4 x 5 s, past the 10 s timeout)
+        with urllib.request.urlopen(url, timeout=10) as r:
+            eq(r.status, 200, "a GET next to silent clients")
+        for c in silent:
+            c.close()
         audit = os.path.join(W, "live-audit.jsonl")
         script = (f"for i in $(seq 1 120); do curl -sS -m 20 -o /dev/null -w '%{{http_code}}\\n' "
                   f"http://good.test:{H}/bytes?n=1 & curl -sS -m 20 -o /dev/null "
