@@ -223,10 +223,13 @@ static int parent_dirs(char *path)
     return rc;
 }
 
+/* What replace_files did to each file of the new revision, for restore_files. */
+enum { SWAP_NONE, SWAP_PLACED = 1, SWAP_SAVED = 2 };
+
 /* The new bundle's files take the place of the running ones, one rename each; each
- * running file is first moved into backup (restore_files puts them back). */
+ * running file is first moved into backup. done[i] says what happened to file i. */
 static int replace_files(const char *stable, const char *fresh, const char *backup,
-                         const struct gd_bundle_info *in, struct gd_err *err)
+                         const struct gd_bundle_info *in, unsigned char *done, struct gd_err *err)
 {
     for (size_t i = 0; i < in->nfiles; i++) {
         const struct gd_bundle_file *f = &in->files[i];
@@ -237,29 +240,39 @@ static int replace_files(const char *stable, const char *fresh, const char *back
         snprintf(to, sizeof(to), "%s/%s", stable, f->path);
         snprintf(bk, sizeof(bk), "%s/%s", backup, f->path);
         int rc = parent_dirs(to);
-        if (!rc && !(rc = parent_dirs(bk)) && rename(to, bk) && errno != ENOENT)
-            rc = -errno;
+        if (!rc && !(rc = parent_dirs(bk))) {
+            if (!rename(to, bk))
+                done[i] |= SWAP_SAVED;
+            else if (errno != ENOENT)
+                rc = -errno;
+        }
         if (rc || rename(from, to))
             return gd_err_set(err, rc ? rc : -errno, "cannot replace %s: %s", to,
                               strerror(rc ? -rc : errno));
+        done[i] |= SWAP_PLACED;
     }
     return 0;
 }
 
-/* After a failed update: the running revision's files back in place (a file the new
- * revision added is removed), so a later reload or restart reads what is running. */
-static void restore_files(const char *stable, const char *backup, const struct gd_bundle_info *in)
+/* Undoes replace_files, last file first: a placed file goes, a saved one comes back;
+ * files it never reached are left alone. 0, or -1 when something could not be put back
+ * (then the backup is kept: it holds the only copy). */
+static int restore_files(const char *stable, const char *backup, const struct gd_bundle_info *in,
+                         const unsigned char *done)
 {
-    for (size_t i = 0; i < in->nfiles; i++) {
-        const struct gd_bundle_file *f = &in->files[i];
-        if (f->arch[0] && strcmp(f->arch, gd_host_arch()))
-            continue;
+    int rc = 0;
+    for (size_t k = in->nfiles; k-- > 0;) {
         char to[4600], bk[4600];
-        snprintf(to, sizeof(to), "%s/%s", stable, f->path);
-        snprintf(bk, sizeof(bk), "%s/%s", backup, f->path);
-        if (rename(bk, to) && errno == ENOENT)
+        snprintf(to, sizeof(to), "%s/%s", stable, in->files[k].path);
+        snprintf(bk, sizeof(bk), "%s/%s", backup, in->files[k].path);
+        if (done[k] & SWAP_SAVED) {
+            if (rename(bk, to))
+                rc = -1;
+        } else if (done[k] & SWAP_PLACED) {
             unlink(to);
+        }
     }
+    return rc;
 }
 
 static void apply(struct live *L, const char *buf, size_t n)
@@ -268,6 +281,7 @@ static void apply(struct live *L, const char *buf, size_t n)
     struct gd_err err = {{0}};
     gd_bundle *b = NULL;
     char fresh[1200] = "", backup[1300] = "", base[1024], st[4200];
+    unsigned char *done = NULL;
     long long running = p->egress.bundle_revision;
     struct gd_bundle_trust t = {0};
     int rc = cli_bundle_trust(p->trust, &t);
@@ -308,8 +322,13 @@ static void apply(struct live *L, const char *buf, size_t n)
         goto out;
     }
     snprintf(backup, sizeof(backup), "%s.running", fresh);
-    if (replace_files(p->bundle_dir, fresh, backup, in, &err)) {
-        restore_files(p->bundle_dir, backup, in);
+    if (!(done = calloc(in->nfiles ? in->nfiles : 1, 1))) {
+        log_line("%s refused, revision %lld keeps running: out of memory", L->url, running);
+        goto out;
+    }
+    if (replace_files(p->bundle_dir, fresh, backup, in, done, &err)) {
+        if (restore_files(p->bundle_dir, backup, in, done))
+            backup[0] = 0; /* kept: it holds running files that could not go back */
         log_line("%s refused, revision %lld keeps running: %s", L->url, running, err.msg);
         goto out;
     }
@@ -319,7 +338,8 @@ static void apply(struct live *L, const char *buf, size_t n)
     gd_engine *e = gd_sandbox_engine(L->sb);
     gd_engine_set_bundle(e, in->name, in->revision, p->egress.bundle_signers);
     if (gd_sandbox_reload(L->sb, &err)) {
-        restore_files(p->bundle_dir, backup, in);
+        if (restore_files(p->bundle_dir, backup, in, done))
+            backup[0] = 0;
         gd_engine_set_bundle(e, in->name, running, old_signers);
         memcpy(p->egress.bundle_signers, old_signers, sizeof(old_signers));
         log_line("revision %lld does not load, revision %lld keeps running: %s", in->revision,
@@ -334,6 +354,7 @@ out:
         gd_rm_rf(fresh);
     if (backup[0])
         gd_rm_rf(backup);
+    free(done);
     gd_bundle_trust_free(&t);
     gd_bundle_free(b);
 }

@@ -14,6 +14,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
@@ -21,21 +22,25 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_CONNS 64
-#define HEAD_S 5  /* the whole request head */
-#define SEND_S 30 /* each send: a client that stops reading is cut */
+#define MAX_CONNS 32
+#define HEAD_S 5    /* the whole request head */
+#define SEND_S 10   /* each send: a client that stops reading is cut */
+#define ANSWER_S 60 /* the whole answer: a client reading a byte at a time is cut */
 
 static unsigned nconns; /* (atomic) */
 
 static void send_all(int fd, const void *p, size_t n)
 {
     const char *c = p;
-    while (n) {
+    time_t end = time(NULL) + ANSWER_S;
+    while (n && time(NULL) <= end) {
         ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
         if (w <= 0)
             return;
@@ -84,10 +89,22 @@ static void serve_one(int fd, const char *dir)
         answer(fd, 404, "Not Found", NULL, "", 0);
         return;
     }
-    char path[4500], *data, hex[65], etag[70];
-    size_t len;
+    char path[4500], hex[65], etag[70];
     snprintf(path, sizeof(path), "%s/%s", dir, name);
-    if (gd_read_file(path, GD_BUNDLE_MAX_SIZE, &data, &len)) {
+    /* mapped, not read: 32 clients of a 64 MiB bundle share the page cache */
+    int ffd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (ffd < 0 || fstat(ffd, &st) || !S_ISREG(st.st_mode) || st.st_size < 1 ||
+        st.st_size > GD_BUNDLE_MAX_SIZE) {
+        if (ffd >= 0)
+            close(ffd);
+        answer(fd, 404, "Not Found", NULL, "", 0);
+        return;
+    }
+    size_t len = (size_t)st.st_size;
+    char *data = mmap(NULL, len, PROT_READ, MAP_PRIVATE, ffd, 0);
+    close(ffd);
+    if (data == MAP_FAILED) {
         answer(fd, 404, "Not Found", NULL, "", 0);
         return;
     }
@@ -105,7 +122,7 @@ static void serve_one(int fd, const char *dir)
         answer(fd, 304, "Not Modified", etag, "", 0);
     else
         answer(fd, 200, "OK", etag, data, len);
-    free(data);
+    munmap(data, len);
 }
 
 struct conn {

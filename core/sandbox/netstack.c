@@ -80,6 +80,8 @@ static int ssh_ensure(struct gd_netstack *n, struct gd_err *err)
 {
     if (n->sshpx)
         return 0;
+    if (!n->net) /* stopped: the VM is gone */
+        return gd_err_set(err, -ESHUTDOWN, "the sandbox has stopped");
     const struct gd_egress *eg = gd_engine_egress(n->eng);
     char path[4096];
     int rc = gd_ssh_host_key(path, sizeof(path), n->ssh_pub, sizeof(n->ssh_pub), err);

@@ -249,6 +249,7 @@ static void on_vm_exit(gd_vm *vm, const char *reason, void *ud)
 {
     (void)vm;
     gd_sandbox *sb = ud;
+    gd__known_hosts_stop(sb); /* (a reload from now on must not start the SSH proxy) */
     gd__sandbox_close_forwards(sb);
     gd__mounts_stop(sb);
     if (sb->eng)

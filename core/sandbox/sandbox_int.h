@@ -38,10 +38,12 @@ char *gd__netstack_known_hosts(struct gd_netstack *n);
  * time, the last revision's wins. */
 void gd__known_hosts_ready(gd_sandbox *sb);
 void gd__known_hosts_reloaded(gd_sandbox *sb);
+/* The VM has gone: no more writes, the timer closes (on the loop). */
+void gd__known_hosts_stop(gd_sandbox *sb);
 
 /* A guest command run to completion (run.c): stdin from a buffer (copied), stdout and
  * stderr collected (first 4 KiB each). code: exit status, 128+N for a signal, -1 when it
- * could not start (err then says why). */
+ * could not start (err then says why), -2 when the VM went away under it. */
 typedef void (*gd__run_cb)(gd_sandbox *sb, int code, const char *out, const char *err, void *ud);
 int gd__sandbox_run(gd_sandbox *sb, const char *const *argv, const void *in, size_t in_len,
                     gd__run_cb cb, void *ud);
@@ -131,6 +133,7 @@ struct gd_sandbox {
     char *kh_line;
     int kh_state; /* 0 before ready, 1 idle, 2 writing, 3 writing and another wanted */
     int kh_ready_pending;
+    uv_timer_t *kh_timer; /* the write's deadline before ready is reported anyway */
 };
 
 #endif

@@ -371,8 +371,7 @@ const char *gd_ssh_conf_key_for(const struct gd_ssh_conf *c, const char *host)
     return k ? k->path : NULL;
 }
 
-const char *gd_ssh_conf_upstream_user(const struct gd_ssh_conf *c, const char *name, unsigned port,
-                                      const char *guest_user)
+const char *gd_ssh_conf_upstream_user(const struct gd_ssh_conf *c, const char *name, unsigned port)
 {
     const struct gd_ssh_rule *r = gd_ssh_conf_rule(c, name, port);
     if (r && r->user)
@@ -380,9 +379,10 @@ const char *gd_ssh_conf_upstream_user(const struct gd_ssh_conf *c, const char *n
     const struct gd_ssh_key *k = r && r->key ? NULL : key_for(c, name);
     if (k && k->user)
         return k->user;
-    /* a host-held key is an identity the host chose: the guest does not pick the account
-     * it is used for; with the agent the guest's name goes up, as OpenSSH would send it */
-    return (r && r->key) || k || !(c->agent || (r && r->agent)) ? "git" : guest_user;
+    /* a host-held key or agent is an identity the host chose: the guest does not pick
+     * the account it is used for (the reference sends the guest's name with the agent,
+     * letting a guest try every account the host user's agent keys open) */
+    return "git";
 }
 
 char *gd_ssh_conf_guest_hosts(const struct gd_ssh_conf *c)

@@ -307,7 +307,7 @@ static void exec_one(struct conn *c, ssh_channel g, const char *user, const char
         refuse(g, line);
         return;
     }
-    const char *up_user = gd_ssh_conf_upstream_user(&c->conf, c->name, c->flow.port, user);
+    const char *up_user = gd_ssh_conf_upstream_user(&c->conf, c->name, c->flow.port);
     double t0 = now_s();
     struct gd__ssh_up u;
     char clean_cmd[300], clean_line[1100];

@@ -212,11 +212,10 @@ const struct gd_ssh_rule *gd_ssh_conf_rule(const struct gd_ssh_conf *c, const ch
                                            unsigned port);
 /* The --ssh-key file for a host, or NULL (borrowed). */
 const char *gd_ssh_conf_key_for(const struct gd_ssh_conf *c, const char *host);
-/* The user an exec to (name, port) authenticates as upstream (as the reference does): the
- * rule's user, else the user of the --ssh-key for the name, else "git" when a host-held
- * key authenticates, else (the agent) the guest's user. Borrowed (from c or guest_user). */
-const char *gd_ssh_conf_upstream_user(const struct gd_ssh_conf *c, const char *name, unsigned port,
-                                      const char *guest_user);
+/* The user an exec to (name, port) authenticates as upstream: the rule's user, else the
+ * user of the --ssh-key for the name, else "git" (also with the agent: the guest never
+ * picks the account). Borrowed. */
+const char *gd_ssh_conf_upstream_user(const struct gd_ssh_conf *c, const char *name, unsigned port);
 /* Whether [u, u+n) is a plain user name: 1-64 of A-Z a-z 0-9 . _ -, not starting with
  * '-'. 1 or 0. */
 int gd_ssh_user_ok(const char *u, size_t n);

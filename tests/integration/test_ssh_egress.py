@@ -331,8 +331,8 @@ git ls-remote ssh://{up.user}@hang.test:{sport}/r.git 2> e4; echo "HANG $? $(( $
 @test
 def agent_authentication(up):
     """--ssh-agent: the host's ssh-agent (SSH_AUTH_SOCK) holds the key, no key file is
-    named; with no user in any rule the guest's user name goes upstream (as with the
-    reference); the agent's socket and the key stay on the host"""
+    named; the rule's user goes upstream (USER@HOST; the guest never picks the account);
+    the agent's socket and the key stay on the host"""
     sock = os.path.join(up.dir, "agent.sock")
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL)
     try:
@@ -345,7 +345,7 @@ def agent_authentication(up):
         eq(r.returncode, 0, f"ssh-add: {r.stderr}")
         flags = ["--image", IMAGE, "--ssh-agent", "--ssh-known-hosts", f"{up.dir}/known_hosts",
                  "--resolve", "git.test:127.0.0.1", "--allow-internal", "git.test",
-                 "--ssh-allow", f"git.test:{up.port}"]
+                 "--ssh-allow", f"{up.user}@git.test:{up.port}"]
         script = (f"cd /tmp && git clone -q {up.url()} a && echo \"README $(cat a/README)\"; "
                   "echo \"AUTHSOCK ${SSH_AUTH_SOCK:-none}\"")
         genv = dict(os.environ, XDG_CONFIG_HOME=up.cfg, SSH_AUTH_SOCK=sock)

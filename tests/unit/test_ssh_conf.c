@@ -70,8 +70,8 @@ TEST(ssh_conf_keys_known_hosts_copy)
     unlink(key);
 }
 
-/* The upstream user: the rule's, else the key's, else git with a host-held key; only
- * the agent with no user anywhere takes the guest's. */
+/* The upstream user: the rule's, else the key's, else git (a host key or the agent):
+ * never the guest's. */
 TEST(ssh_conf_upstream_user)
 {
     struct gd_ssh_conf c = {0}, d = {0};
@@ -98,15 +98,15 @@ TEST(ssh_conf_upstream_user)
     }
     snprintf(spec, sizeof(spec), "@git.test=%s", key);
     CHECK_EQ(gd_ssh_conf_key(&c, spec, &err), -EINVAL);
-    CHECK_STR(gd_ssh_conf_upstream_user(&c, "pinned.test", 2222, "root"), "deploy");
-    CHECK_STR(gd_ssh_conf_upstream_user(&c, "keyed.test", 22, "root"), "ci");
-    CHECK_STR(gd_ssh_conf_upstream_user(&c, "plain.test", 22, "root"), "git");
-    CHECK_STR(gd_ssh_conf_upstream_user(&c, "agent.test", 22, "root"), "git"); /* no agent */
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "pinned.test", 2222), "deploy");
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "keyed.test", 22), "ci");
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "plain.test", 22), "git");
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "agent.test", 22), "git"); /* no agent */
     gd_ssh_conf_agent(&c, 1);
-    CHECK_STR(gd_ssh_conf_upstream_user(&c, "agent.test", 22, "alice"), "alice");
-    CHECK_STR(gd_ssh_conf_upstream_user(&c, "plain.test", 22, "alice"), "git");
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "agent.test", 22), "git");
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "plain.test", 22), "git");
     CHECK_EQ(gd_ssh_conf_copy(&d, &c), 0); /* the key's user survives a copy */
-    CHECK_STR(gd_ssh_conf_upstream_user(&d, "keyed.test", 22, "root"), "ci");
+    CHECK_STR(gd_ssh_conf_upstream_user(&d, "keyed.test", 22), "ci");
     gd_ssh_conf_free(&d);
     /* a rule's user from the policy is a plain name too */
     struct gd_ssh_rule r = {.host = "x.test", .port = 22, .user = "a;b"};
