@@ -348,25 +348,6 @@ static void setup_ca(void)
     step("MITM CA installed");
 }
 
-/* The host's SSH proxy key (gondolin.sshkey=TYPE:B64, gondolin.sshhosts=NAME,[NAME]:PORT)
- * becomes the guest's /etc/ssh/ssh_known_hosts: every SSH connection the policy allows
- * ends at that proxy, so a plain `git clone git@host:o/r.git` verifies it. */
-static void setup_ssh_known_hosts(void)
-{
-    const char *k = karg("gondolin.sshkey"), *h = karg("gondolin.sshhosts");
-    if (!k || !h || !*h)
-        return;
-    static char line[4096];
-    size_t hl = strcspn(h, " \n"), kl = strcspn(k, " \n"), tl = strcspn(k, ":");
-    if (tl >= kl || hl + kl + 3 > sizeof(line))
-        return;
-    int n = snprintf(line, sizeof(line), "%.*s %.*s %.*s\n", (int)hl, h, (int)tl, k,
-                     (int)(kl - tl - 1), k + tl + 1);
-    mkdir("/etc/ssh", 0755);
-    write_file("/etc/ssh/ssh_known_hosts", line, (size_t)n, 0644);
-    step("SSH known hosts installed");
-}
-
 int main(void)
 {
     mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
@@ -440,7 +421,6 @@ int main(void)
 
     setup_net();
     setup_ca();
-    setup_ssh_known_hosts();
     step("root switched");
     static char envbuf[16384];
     char *envp[130];

@@ -125,6 +125,38 @@ void cli_bundle_state_path(char *out, size_t cap)
         snprintf(out, cap, "%s/.local/state/gondolin/bundles.json", home ? home : "/");
 }
 
+/* The file, or the URL's last path segment, must name the bundle it holds: NAME-REV.gdb
+ * with its revision, or NAME.gdb for a name that does not itself end in "-DIGITS" (else
+ * "a-1.gdb" would be both bundle "a-1" and revision 1 of bundle "a"). Otherwise whoever
+ * controls the file or the server could hand over another validly signed bundle (a
+ * team's permissive one for its strict one), and the rollback marks, kept per name,
+ * would not notice. */
+static int ends_in_revision(const char *s, size_t n)
+{
+    size_t d = 0;
+    while (d < n && s[n - 1 - d] >= '0' && s[n - 1 - d] <= '9')
+        d++;
+    return d && d < n && s[n - 1 - d] == '-';
+}
+
+static int name_bound(const char *path, const char *name, long long revision)
+{
+    size_t end = strcspn(path, cli_bundle_is_url(path) ? "?#" : "");
+    size_t start = end;
+    while (start && path[start - 1] != '/')
+        start--;
+    const char *base = path + start;
+    size_t bl = end - start, nl = strlen(name);
+    if (bl < 4 || memcmp(base + bl - 4, ".gdb", 4))
+        return 0;
+    bl -= 4;
+    if (bl == nl && !memcmp(base, name, nl))
+        return !ends_in_revision(name, nl);
+    char want[300];
+    int wl = snprintf(want, sizeof(want), "%s-%lld", name, revision);
+    return wl > 0 && (size_t)wl == bl && !memcmp(base, want, bl);
+}
+
 int cli_bundle_open(struct cli_policy *p, const char *path, gd_bundle **b, struct gd_err *err)
 {
     struct gd_bundle_trust t = {0};
@@ -147,6 +179,21 @@ int cli_bundle_open(struct cli_policy *p, const char *path, gd_bundle **b, struc
         rc = gd_bundle_open(path, &v, b, err);
     }
     gd_bundle_trust_free(&t);
+    const struct gd_bundle_info *in = rc ? NULL : gd_bundle_info(*b);
+    if (in && !name_bound(path, in->name, in->revision)) {
+        if (ends_in_revision(in->name, strlen(in->name)))
+            rc = gd_err_set(err, -EINVAL,
+                            "%s holds bundle %s revision %lld: its file or URL must be named "
+                            "%s-%lld.gdb",
+                            path, in->name, in->revision, in->name, in->revision);
+        else
+            rc = gd_err_set(err, -EINVAL,
+                            "%s holds bundle %s revision %lld: its file or URL must be named "
+                            "%s.gdb or %s-%lld.gdb",
+                            path, in->name, in->revision, in->name, in->name, in->revision);
+        gd_bundle_free(*b);
+        *b = NULL;
+    }
     return rc;
 }
 
@@ -283,10 +330,10 @@ int cli_policy_resolve(struct cli_policy *p, int run)
     }
     if (!p->keep_extracted)
         remove_at_exit(p->bundle_dir);
-    else if (p->bundle_interval_ms) /* (a session's supervisor has no poller yet) */
+    else if (p->bundle_interval_ms && p->keep_extracted == 2) /* forks share the files */
         fprintf(stderr,
-                "gondolin: --bundle-interval: sessions do not poll for updates yet; "
-                "revision %lld stays until the session restarts\n",
+                "gondolin: --bundle-interval: forks do not poll for updates; revision %lld "
+                "stays until they restart\n",
                 gd_bundle_info(b)->revision);
     rc = point_at(p, b);
     gd_bundle_free(b);

@@ -213,26 +213,66 @@ static int same_layout(const struct cli_policy *p, const struct gd_bundle_info *
     return 1;
 }
 
-/* the new bundle's files take the place of the running ones, one rename each */
-static int replace_files(const char *stable, const char *fresh, const struct gd_bundle_info *in,
-                         struct gd_err *err)
+/* path's parent directories exist (0700) */
+static int parent_dirs(char *path)
+{
+    char *slash = strrchr(path, '/');
+    *slash = 0;
+    int rc = gd_mkdir_p(path, 0700);
+    *slash = '/';
+    return rc;
+}
+
+/* What replace_files did to each file of the new revision, for restore_files. */
+enum { SWAP_NONE, SWAP_PLACED = 1, SWAP_SAVED = 2 };
+
+/* The new bundle's files take the place of the running ones, one rename each; each
+ * running file is first moved into backup. done[i] says what happened to file i. */
+static int replace_files(const char *stable, const char *fresh, const char *backup,
+                         const struct gd_bundle_info *in, unsigned char *done, struct gd_err *err)
 {
     for (size_t i = 0; i < in->nfiles; i++) {
         const struct gd_bundle_file *f = &in->files[i];
         if (f->arch[0] && strcmp(f->arch, gd_host_arch()))
             continue;
-        char from[4600], to[4600];
+        char from[4600], to[4600], bk[4600];
         snprintf(from, sizeof(from), "%s/%s", fresh, f->path);
         snprintf(to, sizeof(to), "%s/%s", stable, f->path);
-        char *slash = strrchr(to, '/');
-        *slash = 0;
-        int rc = gd_mkdir_p(to, 0700);
-        *slash = '/';
+        snprintf(bk, sizeof(bk), "%s/%s", backup, f->path);
+        int rc = parent_dirs(to);
+        if (!rc && !(rc = parent_dirs(bk))) {
+            if (!rename(to, bk))
+                done[i] |= SWAP_SAVED;
+            else if (errno != ENOENT)
+                rc = -errno;
+        }
         if (rc || rename(from, to))
             return gd_err_set(err, rc ? rc : -errno, "cannot replace %s: %s", to,
                               strerror(rc ? -rc : errno));
+        done[i] |= SWAP_PLACED;
     }
     return 0;
+}
+
+/* Undoes replace_files, last file first: a placed file goes, a saved one comes back;
+ * files it never reached are left alone. 0, or -1 when something could not be put back
+ * (then the backup is kept: it holds the only copy). */
+static int restore_files(const char *stable, const char *backup, const struct gd_bundle_info *in,
+                         const unsigned char *done)
+{
+    int rc = 0;
+    for (size_t k = in->nfiles; k-- > 0;) {
+        char to[4600], bk[4600];
+        snprintf(to, sizeof(to), "%s/%s", stable, in->files[k].path);
+        snprintf(bk, sizeof(bk), "%s/%s", backup, in->files[k].path);
+        if (done[k] & SWAP_SAVED) {
+            if (rename(bk, to))
+                rc = -1;
+        } else if (done[k] & SWAP_PLACED) {
+            unlink(to);
+        }
+    }
+    return rc;
 }
 
 static void apply(struct live *L, const char *buf, size_t n)
@@ -240,7 +280,8 @@ static void apply(struct live *L, const char *buf, size_t n)
     struct cli_policy *p = L->p;
     struct gd_err err = {{0}};
     gd_bundle *b = NULL;
-    char fresh[1200] = "", base[1024], st[4200];
+    char fresh[1200] = "", backup[1300] = "", base[1024], st[4200];
+    unsigned char *done = NULL;
     long long running = p->egress.bundle_revision;
     struct gd_bundle_trust t = {0};
     int rc = cli_bundle_trust(p->trust, &t);
@@ -275,10 +316,20 @@ static void apply(struct live *L, const char *buf, size_t n)
     cli_bundle_state_path(st, sizeof(st));
     if (gd_bundle_state_check(st, b, p->allow_downgrade, &err) ||
         gd_session_dir(base, sizeof(base)) ||
-        gd_bundle_extract(b, gd_host_arch(), base, fresh, sizeof(fresh), &err) ||
-        replace_files(p->bundle_dir, fresh, in, &err)) {
+        gd_bundle_extract(b, gd_host_arch(), base, fresh, sizeof(fresh), &err)) {
         log_line("%s refused, revision %lld keeps running: %s", L->url, running,
                  err.msg[0] ? err.msg : "no sessions directory");
+        goto out;
+    }
+    snprintf(backup, sizeof(backup), "%s.running", fresh);
+    if (!(done = calloc(in->nfiles ? in->nfiles : 1, 1))) {
+        log_line("%s refused, revision %lld keeps running: out of memory", L->url, running);
+        goto out;
+    }
+    if (replace_files(p->bundle_dir, fresh, backup, in, done, &err)) {
+        if (restore_files(p->bundle_dir, backup, in, done))
+            backup[0] = 0; /* kept: it holds running files that could not go back */
+        log_line("%s refused, revision %lld keeps running: %s", L->url, running, err.msg);
         goto out;
     }
     char old_signers[sizeof(p->egress.bundle_signers)];
@@ -287,6 +338,8 @@ static void apply(struct live *L, const char *buf, size_t n)
     gd_engine *e = gd_sandbox_engine(L->sb);
     gd_engine_set_bundle(e, in->name, in->revision, p->egress.bundle_signers);
     if (gd_sandbox_reload(L->sb, &err)) {
+        if (restore_files(p->bundle_dir, backup, in, done))
+            backup[0] = 0;
         gd_engine_set_bundle(e, in->name, running, old_signers);
         memcpy(p->egress.bundle_signers, old_signers, sizeof(old_signers));
         log_line("revision %lld does not load, revision %lld keeps running: %s", in->revision,
@@ -299,6 +352,9 @@ static void apply(struct live *L, const char *buf, size_t n)
 out:
     if (fresh[0])
         gd_rm_rf(fresh);
+    if (backup[0])
+        gd_rm_rf(backup);
+    free(done);
     gd_bundle_trust_free(&t);
     gd_bundle_free(b);
 }

@@ -188,10 +188,11 @@ int cmd_stop(int argc, char **argv)
     return 0;
 }
 
-static volatile sig_atomic_t stop_sig;
+static volatile sig_atomic_t stop_sig, stop_count;
 static void on_stop_sig(int sig)
 {
     stop_sig = sig;
+    stop_count++;
 }
 
 int cmd_logs(int argc, char **argv)
@@ -237,6 +238,10 @@ int cmd_logs(int argc, char **argv)
     rc = gd_control_client_send(c, GD_CONTROL_REQUEST, 0, 1, req, strlen(req));
     int cancelled = 0, code = -1;
     while (!rc && code < 0) {
+        if (stop_sig && cancelled == 1 && stop_count > 1) {
+            code = 0; /* a second interrupt: the supervisor did not answer the first */
+            break;
+        }
         if (stop_sig && !cancelled) {
             cancelled = 1;
             gd_control_client_send(c, GD_CONTROL_CANCEL, 0, 1, NULL, 0);
@@ -246,8 +251,13 @@ int cmd_logs(int argc, char **argv)
         int k;
         while (code < 0 && (k = gd_control_client_next(c, &h, &body)) == 1) {
             if (h.type == GD_CONTROL_LOG && h.id == 1) {
-                if (fwrite(body, 1, h.len, stdout) != h.len || fflush(stdout))
-                    code = 0; /* the reader went away */
+                /* signals open while stdout may block (`logs -f | less` paused): one
+                 * interrupts the write (no SA_RESTART) and ends the command */
+                sigprocmask(SIG_SETMASK, &open_mask, NULL);
+                int bad = fwrite(body, 1, h.len, stdout) != h.len || fflush(stdout);
+                sigprocmask(SIG_BLOCK, &held, NULL);
+                if (bad || stop_sig)
+                    code = 0; /* the reader went away, or an interrupt */
             } else if (h.type == GD_CONTROL_REPLY && h.id == 1) {
                 cJSON *o = NULL;
                 code = gd_control_parse_reply(body, h.len, &o, NULL, 0) ? 1 : 0;

@@ -80,6 +80,20 @@ static int wait_ready(int rfd, pid_t pid, const char *log)
                    WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st), log);
 }
 
+/* --bundle URL --bundle-interval S: the supervisor polls as `exec` does (a fork's
+ * supervisors share one extracted bundle, so they do not: keep_extracted 2). */
+static void live_started(uv_loop_t *loop, gd_sandbox *sb, void *ud)
+{
+    struct cli_policy *p = ud;
+    if (p->keep_extracted == 1)
+        cli_bundle_live_start(p, loop, sb);
+}
+
+static void live_stopped(void *ud)
+{
+    cli_bundle_live_stop(ud);
+}
+
 /* The supervisor: a new session, stdio on the log, nothing else inherited. */
 static void daemonise(int wfd, int logfd)
 {
@@ -210,8 +224,14 @@ int cli_start_spawn(struct cli_start *st, const char *name, char id[37])
     if (pid == 0) {
         close(pfd[0]);
         daemonise(pfd[1], logfd);
-        struct gd_control_supervise_opts o = {
-            .sandbox = &so, .dir = dir, .id = id, .name = name, .ready_fd = pfd[1]};
+        struct gd_control_supervise_opts o = {.sandbox = &so,
+                                              .dir = dir,
+                                              .id = id,
+                                              .name = name,
+                                              .ready_fd = pfd[1],
+                                              .on_started = live_started,
+                                              .on_stopped = live_stopped,
+                                              .hook_ud = &st->pol};
         int src = gd_control_supervise(&o);
         if (st->pol.keep_extracted == 1 && st->pol.bundle_dir[0]) /* ours alone */
             gd_rm_rf(st->pol.bundle_dir);

@@ -277,6 +277,11 @@ struct gd_control_supervise_opts {
     const char *dir;                       /* the sessions directory */
     const char *id, *name;                 /* name may be NULL */
     int ready_fd; /* gets "ok\n" once the session is ready, or "error: LINE\n" */
+    /* Optional, on the supervisor's loop: once the session is ready (a bundle poller
+     * starts there), and when the sandbox has stopped, before it is freed. */
+    void (*on_started)(uv_loop_t *loop, gd_sandbox *sb, void *ud);
+    void (*on_stopped)(void *ud);
+    void *hook_ud;
 };
 /* Creates and boots the sandbox, serves the control socket, writes ID.json, and runs
  * until the sandbox stops (a `stop`, SIGTERM/SIGINT, or the VM ending). Returns the

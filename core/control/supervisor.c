@@ -24,6 +24,7 @@ struct sup {
     int sigs_open;
     uv_timer_t fin; /* frees the sandbox outside its callbacks */
     int ready, stopping, code;
+    int started; /* on_started was called, on_stopped not yet */
 };
 
 static void slog(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -162,6 +163,10 @@ static void on_ready(gd_sandbox *sb, int status, void *ud)
              m->name[0] ? " (" : "", m->name, m->name[0] ? ")" : "", m->image, m->build_id,
              gd_vm_accel(gd_sandbox_vm(sb)), m->policy[0] ? m->policy : "none");
         report(p, NULL);
+        if (p->o->on_started) {
+            p->started = 1;
+            p->o->on_started(&p->loop, sb, p->o->hook_ud);
+        }
         return;
     }
     slog("%s", why);
@@ -202,6 +207,10 @@ static void on_exit_cb(gd_sandbox *sb, const char *reason, void *ud)
         slog("the sandbox stopped");
     }
     p->stopping = 1;
+    if (p->started && p->o->on_stopped) {
+        p->started = 0;
+        p->o->on_stopped(p->o->hook_ud);
+    }
     if (p->sigs_open) {
         uv_close((uv_handle_t *)&p->sigs[0], NULL);
         uv_close((uv_handle_t *)&p->sigs[1], NULL);

@@ -29,6 +29,8 @@ static int pol_addr(void *ud, const char *name, const char *addr)
     return gd_egress_addr_allowed(gd_engine_egress(n->eng), name, addr);
 }
 
+static int ssh_ensure(struct gd_netstack *n, struct gd_err *err);
+
 static void on_flow(void *ud, int fd, const struct gd_flow_info *info)
 {
     struct gd_netstack *n = ud;
@@ -38,7 +40,11 @@ static void on_flow(void *ud, int fd, const struct gd_flow_info *info)
     }
     /* the current revision's rules: a reload since the SYN may have dropped the rule */
     const struct gd_egress *eg = gd_engine_egress(n->eng);
-    if (!n->sshpx || !info->name || !gd_ssh_conf_rule(&eg->ssh, info->name, info->dst_port)) {
+    struct gd_err err = {{0}};
+    if (!info->name || !gd_ssh_conf_rule(&eg->ssh, info->name, info->dst_port) ||
+        ssh_ensure(n, &err)) {
+        if (err.msg[0])
+            fprintf(stderr, "gondolin: ssh: %s\n", err.msg);
         close(fd);
         return;
     }
@@ -69,45 +75,55 @@ static void ssh_log(void *ud, const char *line)
     fprintf(stderr, "gondolin: ssh: %s\n", line);
 }
 
-/* With SSH rules: the proxy, and the guest's known_hosts line for it (kernel args). */
-static int ssh_start(struct gd_netstack *n, uv_loop_t *loop, const struct gd_egress *eg,
-                     char **args, struct gd_err *err)
+/* The SSH proxy, made when the first SSH rule appears (at start, or by a reload). */
+static int ssh_ensure(struct gd_netstack *n, struct gd_err *err)
 {
-    *args = NULL;
-    if (!eg->ssh.nrules)
+    if (n->sshpx)
         return 0;
-    char path[4096], pub[400];
-    int rc = gd_ssh_host_key(path, sizeof(path), pub, sizeof(pub), err);
+    if (!n->net) /* stopped: the VM is gone */
+        return gd_err_set(err, -ESHUTDOWN, "the sandbox has stopped");
+    const struct gd_egress *eg = gd_engine_egress(n->eng);
+    char path[4096];
+    int rc = gd_ssh_host_key(path, sizeof(path), n->ssh_pub, sizeof(n->ssh_pub), err);
     if (rc)
         return rc;
     struct gd_ssh_proxy_opts so = {.host_key = path,
                                    .log = eg->quiet ? NULL : ssh_log,
                                    .ud = n,
-                                   .loop = loop,
+                                   .loop = n->loop,
                                    .on_exec = ssh_exec,
                                    .on_record = ssh_record,
                                    .max_conns = eg->ssh.max_conns,
                                    .connect_ms = eg->ssh.connect_ms,
                                    .handshake_ms = eg->ssh.handshake_ms,
                                    .idle_ms = eg->ssh.idle_ms};
-    if ((rc = gd_ssh_proxy_new(&so, &n->sshpx, err)))
-        return rc;
-    char *hosts = gd_ssh_conf_guest_hosts(&eg->ssh);
-    /* the kernel command line is short (2 KiB): many names become one wildcard line */
-    rc = hosts ? asprintf(args, " gondolin.sshkey=%s gondolin.sshhosts=%s", pub,
-                          strlen(hosts) > 400 ? "*" : hosts)
-               : -1;
-    free(hosts);
-    if (rc < 0) {
-        *args = NULL;
-        return gd_err_set(err, -ENOMEM, "out of memory");
+    return gd_ssh_proxy_new(&so, &n->sshpx, err);
+}
+
+char *gd__netstack_known_hosts(struct gd_netstack *n)
+{
+    const struct gd_egress *eg = gd_engine_egress(n->eng);
+    struct gd_err err = {{0}};
+    if (!eg->ssh.nrules)
+        return NULL;
+    if (ssh_ensure(n, &err)) {
+        fprintf(stderr, "gondolin: ssh: %s\n", err.msg);
+        return NULL;
     }
-    return 0;
+    char *hosts = gd_ssh_conf_guest_hosts(&eg->ssh), *line = NULL;
+    const char *colon = strchr(n->ssh_pub, ':');
+    if (hosts && colon &&
+        asprintf(&line, "%s %.*s %s\n", hosts, (int)(colon - n->ssh_pub), n->ssh_pub, colon + 1) <
+            0)
+        line = NULL;
+    free(hosts);
+    return line;
 }
 
 int gd__netstack_start(struct gd_netstack *n, uv_loop_t *loop, gd_engine *eng, struct gd_err *err)
 {
     n->eng = eng;
+    n->loop = loop;
     n->qemu_fd = -1;
     struct gd_egress *eg = gd_engine_egress(eng);
     struct gd_tls_opts to = {.upstream_ca = eg->upstream_ca};
@@ -136,14 +152,13 @@ int gd__netstack_start(struct gd_netstack *n, uv_loop_t *loop, gd_engine *eng, s
     if (!b64)
         return gd_err_set(err, -ENOMEM, "out of memory");
     EVP_EncodeBlock((unsigned char *)b64, der, (int)dl);
-    char *ssh_args = NULL;
-    if ((rc = ssh_start(n, loop, eg, &ssh_args, err))) {
+    /* (the guest's SSH known_hosts is written after the VM is ready, not here: kernel
+     * arguments are part of a booted snapshot's key, and a reload may add names) */
+    if (eg->ssh.nrules && (rc = ssh_ensure(n, err))) {
         free(b64);
         return rc;
     }
-    rc = asprintf(&n->kernel, "%s gondolin.ca=%s%s", gd_net_guest_arg(n->net), b64,
-                  ssh_args ? ssh_args : "");
-    free(ssh_args);
+    rc = asprintf(&n->kernel, "%s gondolin.ca=%s", gd_net_guest_arg(n->net), b64);
     free(b64);
     if (rc < 0) {
         n->kernel = NULL;

@@ -60,7 +60,10 @@ static void on_exit_cb(gd_exec *x, const struct gd_exec_result *res, void *ud)
     (void)x;
     struct run *r = ud;
     r->x = NULL;
-    int code = res->error ? -1 : res->signal ? 128 + res->signal : res->exit_code;
+    int code = res->error == GD_EXEC_VM_GONE ? -2
+               : res->error                  ? -1
+               : res->signal                 ? 128 + res->signal
+                                             : res->exit_code;
     const char *why =
         res->error ? (res->message ? res->message : "the command failed to start") : r->err;
     r->cb(r->sb, code, r->out, why, r->ud);

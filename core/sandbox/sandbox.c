@@ -34,6 +34,8 @@ void gd__sandbox_log(gd_sandbox *sb, const char *fmt, ...)
 static void engine_reload(void *ud, int ok, const char *rev, const char *msg)
 {
     gd_sandbox *sb = ud;
+    if (ok && !sb->closing)
+        gd__known_hosts_reloaded(sb); /* a reload may have changed the SSH names */
     if (sb->on_reload)
         sb->on_reload(sb->log_ud, ok, rev, msg);
 }
@@ -235,6 +237,10 @@ static void on_vm_ready(gd_vm *vm, int status, void *ud)
 {
     (void)vm;
     gd_sandbox *sb = ud;
+    if (!status && sb->have_ns) {
+        gd__known_hosts_ready(sb); /* reports ready once the guest has the file */
+        return;
+    }
     if (sb->ready)
         sb->ready(sb, status, sb->ud);
 }
@@ -243,6 +249,7 @@ static void on_vm_exit(gd_vm *vm, const char *reason, void *ud)
 {
     (void)vm;
     gd_sandbox *sb = ud;
+    gd__known_hosts_stop(sb); /* (a reload from now on must not start the SSH proxy) */
     gd__sandbox_close_forwards(sb);
     gd__mounts_stop(sb);
     if (sb->eng)
@@ -326,6 +333,7 @@ void gd_sandbox_free(gd_sandbox *sb)
     free(sb->env);
     free(sb->append);
     free(sb->policy);
+    free(sb->kh_line);
     free(sb);
 }
 

@@ -13,9 +13,11 @@
 /* The egress stack of one sandbox (netstack.c): MITM CA, proxy, guest network. */
 struct gd_netstack {
     gd_engine *eng; /* borrowed */
+    uv_loop_t *loop;
     gd_tls *tls;
     gd_proxy *px;
-    gd_ssh_proxy *sshpx; /* NULL without SSH rules */
+    gd_ssh_proxy *sshpx; /* NULL until the policy has an SSH rule */
+    char ssh_pub[400];   /* its host key, "TYPE:BASE64" (once sshpx is made) */
     gd_net *net;
     int qemu_fd;  /* the end QEMU gets; closed once QEMU has it */
     char **env;   /* secret placeholders for the guest, NULL-terminated */
@@ -27,10 +29,21 @@ int gd__netstack_start(struct gd_netstack *n, uv_loop_t *loop, gd_engine *eng, s
 /* Closes proxy and network (their handles finish closing on the loop). */
 void gd__netstack_stop(struct gd_netstack *n);
 void gd__netstack_free(struct gd_netstack *n);
+/* The guest's /etc/ssh/ssh_known_hosts for the current revision's SSH rules (one line:
+ * every rule's name, the proxy's host key; the proxy is made if it was not), malloc'd;
+ * NULL without rules (or memory). */
+char *gd__netstack_known_hosts(struct gd_netstack *n);
+/* Writes it into the guest (known_hosts.c) when it differs from what the guest has:
+ * after the VM is ready (then calls sb->ready) and after every reload; one write at a
+ * time, the last revision's wins. */
+void gd__known_hosts_ready(gd_sandbox *sb);
+void gd__known_hosts_reloaded(gd_sandbox *sb);
+/* The VM has gone: no more writes, the timer closes (on the loop). */
+void gd__known_hosts_stop(gd_sandbox *sb);
 
 /* A guest command run to completion (run.c): stdin from a buffer (copied), stdout and
  * stderr collected (first 4 KiB each). code: exit status, 128+N for a signal, -1 when it
- * could not start (err then says why). */
+ * could not start (err then says why), -2 when the VM went away under it. */
 typedef void (*gd__run_cb)(gd_sandbox *sb, int code, const char *out, const char *err, void *ud);
 int gd__sandbox_run(gd_sandbox *sb, const char *const *argv, const void *in, size_t in_len,
                     gd__run_cb cb, void *ud);
@@ -116,6 +129,11 @@ struct gd_sandbox {
     struct gd__snap *snap;
     struct gd__memsnap *msnap;
     struct gd_snap_meta meta; /* what a checkpoint records: image, shape, mounts */
+    /* known_hosts.c: what the guest's file holds, a write in flight, another wanted */
+    char *kh_line;
+    int kh_state; /* 0 before ready, 1 idle, 2 writing, 3 writing and another wanted */
+    int kh_ready_pending;
+    uv_timer_t *kh_timer; /* the write's deadline before ready is reported anyway */
 };
 
 #endif

@@ -5,6 +5,7 @@
 
 #include "base/pattern.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -13,6 +14,16 @@
 #include <unistd.h>
 
 #define MAX_RULES 256
+
+int gd_ssh_user_ok(const char *u, size_t n)
+{
+    if (n < 1 || n > 64 || u[0] == '-')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!isalnum((unsigned char)u[i]) && !strchr("._-", u[i]))
+            return 0;
+    return 1;
+}
 
 unsigned gd_ssh_cmd_bit(const char *service)
 {
@@ -62,12 +73,10 @@ int gd_ssh_conf_add_rule(struct gd_ssh_conf *c, const struct gd_ssh_rule *r, str
                           r->host ? r->host : "");
     if (r->port < 1 || r->port > 65535)
         return gd_err_set(err, -EINVAL, "ssh: %s: port %u is not 1-65535", r->host, r->port);
-    for (const char *u = r->user; u && *u; u++)
-        if ((unsigned char)*u <= ' ' || *u == 0x7f || *u == '@')
-            return gd_err_set(err, -EINVAL, "ssh: %s: user '%s' is not a user name", r->host,
-                              r->user);
-    if (r->user && (!*r->user || strlen(r->user) > 64))
-        return gd_err_set(err, -EINVAL, "ssh: %s: user must be 1-64 bytes", r->host);
+    if (r->user && (!*r->user || strlen(r->user) > 64 || !gd_ssh_user_ok(r->user, strlen(r->user))))
+        return gd_err_set(err, -EINVAL,
+                          "ssh: %s: user '%.80s' is not a user name (1-64 of A-Z a-z 0-9 . _ -)",
+                          r->host, r->user);
     if (r->commands & ~7u)
         return gd_err_set(err, -EINVAL, "ssh: %s: unknown command bits", r->host);
     for (size_t i = 0; i < r->nrepos; i++)
@@ -126,23 +135,44 @@ int gd_ssh_hostport_parse(const char *spec, char *host, size_t cap, unsigned *po
     return 0;
 }
 
+/* "USER@REST" -> user (cap bytes) and the rest; no '@': user "" and spec. NULL when the
+ * user part is empty, too long or not a plain user name. */
+static const char *split_user(const char *spec, char *user, size_t cap)
+{
+    const char *at = strchr(spec, '@');
+    user[0] = 0;
+    if (!at)
+        return spec;
+    size_t n = (size_t)(at - spec);
+    if (n < 1 || n > 64 || n >= cap || !gd_ssh_user_ok(spec, n))
+        return NULL;
+    memcpy(user, spec, n);
+    user[n] = 0;
+    return at + 1;
+}
+
 int gd_ssh_conf_allow(struct gd_ssh_conf *c, const char *spec, struct gd_err *err)
 {
-    char host[300];
+    char host[300], user[80];
     unsigned port;
-    if (gd_ssh_hostport_parse(spec, host, sizeof(host), &port))
-        return gd_err_set(err, -EINVAL, "--ssh-allow wants HOST[:PORT], not '%s'", spec);
+    const char *hp = split_user(spec, user, sizeof(user));
+    if (!hp || gd_ssh_hostport_parse(hp, host, sizeof(host), &port))
+        return gd_err_set(err, -EINVAL, "--ssh-allow wants [USER@]HOST[:PORT], not '%s'", spec);
     if (gd_host_pattern_check(host))
         return gd_err_set(err, -EINVAL, "--ssh-allow: '%s' is not a host name or pattern", host);
-    struct gd_ssh_rule r = {.host = host, .port = port};
+    struct gd_ssh_rule r = {.host = host, .port = port, .user = user[0] ? user : NULL};
     return gd_ssh_conf_add_rule(c, &r, err);
 }
 
 int gd_ssh_conf_key(struct gd_ssh_conf *c, const char *spec, struct gd_err *err)
 {
-    const char *eq = strchr(spec, '=');
-    if (!eq || eq == spec || !eq[1])
-        return gd_err_set(err, -EINVAL, "--ssh-key wants HOST=PATH, not '%s'", spec);
+    char user[80];
+    const char *eq = strchr(spec, '='), *at = strchr(spec, '@');
+    const char *host = at && eq && at < eq ? split_user(spec, user, sizeof(user)) : spec;
+    if (!(at && eq && at < eq))
+        user[0] = 0;
+    if (!host || !eq || eq == host || !eq[1])
+        return gd_err_set(err, -EINVAL, "--ssh-key wants [USER@]HOST=PATH, not '%s'", spec);
     char full[4096];
     int rc = key_path(eq + 1, full, sizeof(full));
     if (rc)
@@ -153,11 +183,13 @@ int gd_ssh_conf_key(struct gd_ssh_conf *c, const char *spec, struct gd_err *err)
     if (!k)
         return gd_err_set(err, -ENOMEM, "out of memory");
     c->keys = k;
-    k[c->nkeys].host = strndup(spec, (size_t)(eq - spec));
+    k[c->nkeys].host = strndup(host, (size_t)(eq - host));
     k[c->nkeys].path = strdup(full);
-    if (!k[c->nkeys].host || !k[c->nkeys].path) {
+    k[c->nkeys].user = user[0] ? strdup(user) : NULL;
+    if (!k[c->nkeys].host || !k[c->nkeys].path || (user[0] && !k[c->nkeys].user)) {
         free(k[c->nkeys].host);
         free(k[c->nkeys].path);
+        free(k[c->nkeys].user);
         return gd_err_set(err, -ENOMEM, "out of memory");
     }
     c->nkeys++;
@@ -228,8 +260,9 @@ int gd_ssh_conf_merge(struct gd_ssh_conf *dst, const struct gd_ssh_conf *src, st
     for (size_t i = 0; !rc && i < src->nrules; i++)
         rc = gd_ssh_conf_add_rule(dst, &src->rules[i], err);
     for (size_t i = 0; !rc && i < src->nkeys; i++) {
-        char spec[8300];
-        snprintf(spec, sizeof(spec), "%s=%s", src->keys[i].host, src->keys[i].path);
+        char spec[8400];
+        snprintf(spec, sizeof(spec), "%s%s%s=%s", src->keys[i].user ? src->keys[i].user : "",
+                 src->keys[i].user ? "@" : "", src->keys[i].host, src->keys[i].path);
         rc = gd_ssh_conf_key(dst, spec, err);
     }
     for (size_t i = 0; !rc && i < src->nknown; i++)
@@ -254,6 +287,7 @@ void gd_ssh_conf_free(struct gd_ssh_conf *c)
     for (size_t i = 0; i < c->nkeys; i++) {
         free(c->keys[i].host);
         free(c->keys[i].path);
+        free(c->keys[i].user);
     }
     free(c->keys);
     for (size_t i = 0; i < c->nknown; i++)
@@ -279,7 +313,8 @@ void gd_ssh_conf_digest(const struct gd_ssh_conf *c,
             update(ctx, r->repos[k], strlen(r->repos[k]) + 1);
     }
     for (size_t i = 0; i < c->nkeys; i++) {
-        n = snprintf(b, sizeof(b), "key %s=%s\n", c->keys[i].host, c->keys[i].path);
+        n = snprintf(b, sizeof(b), "key %s@%s=%s\n", c->keys[i].user ? c->keys[i].user : "",
+                     c->keys[i].host, c->keys[i].path);
         update(ctx, b, (size_t)n);
     }
     for (size_t i = 0; i < c->nknown; i++) {
@@ -322,12 +357,32 @@ const struct gd_ssh_rule *gd_ssh_conf_rule(const struct gd_ssh_conf *c, const ch
     return best;
 }
 
-const char *gd_ssh_conf_key_for(const struct gd_ssh_conf *c, const char *host)
+static const struct gd_ssh_key *key_for(const struct gd_ssh_conf *c, const char *host)
 {
     for (size_t i = 0; i < c->nkeys; i++)
         if (gd_host_match(c->keys[i].host, host))
-            return c->keys[i].path;
+            return &c->keys[i];
     return NULL;
+}
+
+const char *gd_ssh_conf_key_for(const struct gd_ssh_conf *c, const char *host)
+{
+    const struct gd_ssh_key *k = key_for(c, host);
+    return k ? k->path : NULL;
+}
+
+const char *gd_ssh_conf_upstream_user(const struct gd_ssh_conf *c, const char *name, unsigned port)
+{
+    const struct gd_ssh_rule *r = gd_ssh_conf_rule(c, name, port);
+    if (r && r->user)
+        return r->user;
+    const struct gd_ssh_key *k = r && r->key ? NULL : key_for(c, name);
+    if (k && k->user)
+        return k->user;
+    /* a host-held key or agent is an identity the host chose: the guest does not pick
+     * the account it is used for (the reference sends the guest's name with the agent,
+     * letting a guest try every account the host user's agent keys open) */
+    return "git";
 }
 
 char *gd_ssh_conf_guest_hosts(const struct gd_ssh_conf *c)

@@ -10,7 +10,6 @@
 
 #include "base/err.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <libssh/libssh.h>
 #include <libssh/server.h>
@@ -401,8 +400,7 @@ static void exec_start(struct conn *c, ssh_channel g, const char *cmd)
         free(x);
         return;
     }
-    const struct gd_ssh_rule *r = gd_ssh_conf_rule(&c->conf, c->name, c->flow.port);
-    x->up_user = r && r->user ? r->user : c->user;
+    x->up_user = gd_ssh_conf_upstream_user(&c->conf, c->name, c->flow.port);
     gd_sanitize(x->clean_cmd, sizeof(x->clean_cmd), x->up_cmd, strlen(x->up_cmd));
     struct gd__ssh_up_opts o = {.loop = c->p->loop,
                                 .flow = &c->flow,
@@ -427,17 +425,6 @@ static void exec_start(struct conn *c, ssh_channel g, const char *cmd)
 
 /* ---- the guest's requests ---- */
 
-static int user_ok(const char *u)
-{
-    size_t n = u ? strlen(u) : 0;
-    if (n < 1 || n > 64 || u[0] == '-')
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (!isalnum((unsigned char)u[i]) && !strchr("._-", u[i]))
-            return 0;
-    return 1;
-}
-
 /* Every request of the guest comes here as libssh reads it (nothing is ever queued):
  * 1 lets libssh send the default answer (failure) and free it, 0 means answered here. */
 static int on_message(ssh_session s, ssh_message m, void *ud)
@@ -452,10 +439,10 @@ static int on_message(ssh_session s, ssh_message m, void *ud)
         if (type != SSH_REQUEST_AUTH)
             return 1;
         /* OpenSSH's first attempt is "none": accepted at once. The guest's name goes
-         * upstream (unless the rule names one) and into logs: a plain user name or
-         * nothing ("-": every exec is refused) */
+         * into logs, records and the hook (never upstream: gd_ssh_conf_upstream_user):
+         * a plain user name or nothing ("-": every exec is refused) */
         const char *u = ssh_message_auth_user(m);
-        snprintf(c->user, sizeof(c->user), "%s", user_ok(u) ? u : "-");
+        snprintf(c->user, sizeof(c->user), "%s", u && gd_ssh_user_ok(u, strlen(u)) ? u : "-");
         ssh_message_auth_reply_success(m, 0);
         return 0;
     }

@@ -148,7 +148,7 @@ int gd_ssh_repo_pattern_check(const char *pattern);
 struct gd_ssh_rule {
     char *host;
     unsigned port;     /* 22 unless the rule names one */
-    char *user;        /* upstream user, or NULL: the guest's */
+    char *user;        /* upstream user, or NULL: gd_ssh_conf_upstream_user decides */
     char *key;         /* host-side private key file, or NULL: --ssh-key / the agent */
     int agent;         /* authenticate with the host's agent */
     unsigned commands; /* GD_SSH_CMD_* bits the rule allows; 0: all three */
@@ -163,6 +163,7 @@ unsigned gd_ssh_cmd_bit(const char *service);
 /* A host-side private key for the hosts a pattern matches. */
 struct gd_ssh_key {
     char *host, *path;
+    char *user; /* upstream user for this key (--ssh-key USER@HOST=PATH), or NULL */
 };
 
 /* The SSH rules and settings of a policy (a member of struct gd_egress). Zeroed = no SSH. */
@@ -186,8 +187,8 @@ struct gd_ssh_conf {
 int gd_ssh_hostport_parse(const char *spec, char *host, size_t cap, unsigned *port);
 
 /* Typed setters (copy their strings; -EINVAL/-ENOMEM with one line in err, c unchanged):
- * "HOST[:PORT]", "HOST=PATH" (PATH may start with "file:" and "~/"), a known_hosts file
- * (must be readable now), the agent switch. */
+ * "[USER@]HOST[:PORT]", "[USER@]HOST=PATH" (PATH may start with "file:" and "~/"), a known_hosts
+ * file (must be readable now), the agent switch. */
 int gd_ssh_conf_allow(struct gd_ssh_conf *c, const char *spec, struct gd_err *err);
 /* A whole rule (the Lua policy's ssh table): every field validated (host pattern, port
  * 1-65535, user without control bytes, readable key file with "file:" and "~/" handled,
@@ -211,6 +212,13 @@ const struct gd_ssh_rule *gd_ssh_conf_rule(const struct gd_ssh_conf *c, const ch
                                            unsigned port);
 /* The --ssh-key file for a host, or NULL (borrowed). */
 const char *gd_ssh_conf_key_for(const struct gd_ssh_conf *c, const char *host);
+/* The user an exec to (name, port) authenticates as upstream: the rule's user, else the
+ * user of the --ssh-key for the name, else "git" (also with the agent: the guest never
+ * picks the account). Borrowed. */
+const char *gd_ssh_conf_upstream_user(const struct gd_ssh_conf *c, const char *name, unsigned port);
+/* Whether [u, u+n) is a plain user name: 1-64 of A-Z a-z 0-9 . _ -, not starting with
+ * '-'. 1 or 0. */
+int gd_ssh_user_ok(const char *u, size_t n);
 /* The known_hosts host field naming every rule ("a,[b]:2222"), malloc'd, or NULL when
  * there is no rule or no memory. */
 char *gd_ssh_conf_guest_hosts(const struct gd_ssh_conf *c);

@@ -34,6 +34,7 @@ struct gd_tls {
     size_t ca_der_len;
     SSL_CTX *server;
     SSL_CTX *client;
+    int trust_pending; /* the host's trust store is loaded by the first upstream connection */
     struct leaf cache[LEAF_CACHE]; /* open addressing on the name hash */
     size_t ncache;
 };
@@ -380,10 +381,10 @@ int gd_tls_new(const struct gd_tls_opts *o, gd_tls **out, struct gd_err *err)
     /* upstream side: the real chain, the real name */
     SSL_CTX_set_verify(t->client, SSL_VERIFY_PEER, NULL);
     SSL_CTX_set_min_proto_version(t->client, TLS1_2_VERSION);
-    if (SSL_CTX_set_default_verify_paths(t->client) != 1) {
-        gd_err_set(err, rc, "cannot load the host trust store: %s", openssl_why());
-        goto fail;
-    }
+    /* the host's trust store (~200 KB of PEM, ~30 ms to parse) is read by the first
+     * upstream TLS connection, not by every start: most sandboxes make none, or make it
+     * long after the command started */
+    t->trust_pending = 1;
     if (o && o->upstream_ca &&
         SSL_CTX_load_verify_locations(t->client, o->upstream_ca, NULL) != 1) {
         gd_err_set(err, -EINVAL, "cannot load upstream CA file %s: %s", o->upstream_ca,
@@ -454,6 +455,13 @@ const char *gd_tls_server_sni(SSL *ssl)
 
 SSL *gd_tls_client_new(gd_tls *t, const char *host)
 {
+    if (t->trust_pending) {
+        t->trust_pending = 0;
+        /* (a store that cannot be read leaves only --upstream-ca: verification then
+         * fails and says so per connection) */
+        if (SSL_CTX_set_default_verify_paths(t->client) != 1)
+            ERR_clear_error();
+    }
     SSL *s = SSL_new(t->client);
     if (!s)
         return NULL;

@@ -7,11 +7,11 @@
  * one (its clock stood still during the save).
  *
  * Restore: QEMU starts with the same command line plus -S -incoming fd:N where N is a
- * socketpair; the loop reads the file, hashes it and feeds QEMU. Only when the whole
- * stream went through and its SHA-256 matches the header does QMP `cont` run the guest;
- * then RESUME (fresh entropy, the host's clock) and the agent's new HELLO make the VM
- * ready. Any failure before that discards the file with a one-line notice and the VM
- * boots instead. */
+ * socketpair; the loop reads the file and feeds QEMU while a thread-pool job hashes the
+ * same bytes from the file (two cores). Only when the whole stream went through and its SHA-256
+ * matches the header does QMP `cont` run the guest; then RESUME (fresh entropy, the host's clock)
+ * and the agent's new HELLO make the VM ready. Any failure before that discards the file with a
+ * one-line notice and the VM boots instead. */
 #define _GNU_SOURCE
 #include "snapshot.h"
 
@@ -66,11 +66,13 @@ struct gd__bootsnap {
     int feed_fd;
     uv_poll_t feed_poll;
     int feed_open;
-    EVP_MD_CTX *md;
     uint8_t *chunk;
     size_t chunk_len, chunk_off;
     uint64_t fed;
-    int fed_ok, loaded; /* the stream went through with the right checksum; QEMU loaded it */
+    int fed_ok, loaded;        /* the stream went through with the right checksum; QEMU loaded it */
+    int fed_all;               /* every byte went to QEMU */
+    int hash_ok;               /* the file's stream has the header's checksum (hash_work) */
+    struct hash_job *hash_job; /* in flight on the thread pool */
     /* save */
     char tmp[1300];
     int tmp_fd;
@@ -92,6 +94,8 @@ struct gd__bootsnap {
             fprintf(stderr, "snap %.0f ms: ", (double)(uv_hrtime() - s->t0) / 1e6),                \
                 fprintf(stderr, __VA_ARGS__), fputc('\n', stderr);                                 \
     } while (0)
+
+static void hash_detach(struct gd__bootsnap *s);
 
 /* ---- the key ---- */
 
@@ -208,8 +212,6 @@ static void restore_cleanup(struct gd__bootsnap *s)
         close(s->feed_fd);
     if (!s->feed_open)
         s->feed_fd = -1;
-    EVP_MD_CTX_free(s->md);
-    s->md = NULL;
     free(s->chunk);
     s->chunk = NULL;
 }
@@ -220,6 +222,7 @@ void gd__bootsnap_free(struct gd__bootsnap *s)
         return;
     if (s->th_started)
         pthread_join(s->th, NULL);
+    hash_detach(s);
     restore_cleanup(s);
     if (s->feed_fd >= 0)
         close(s->feed_fd);
@@ -363,8 +366,7 @@ static int open_feed(struct gd__bootsnap *s, int fd)
         s->mode = SNAP_BOOT;
         return -1;
     }
-    if (!(s->md = EVP_MD_CTX_new()) || !(s->chunk = malloc(CHUNK)) ||
-        !EVP_DigestInit_ex(s->md, EVP_sha256(), NULL)) {
+    if (!(s->chunk = malloc(CHUNK))) {
         close(sp[0]);
         close(sp[1]);
         close(fd);
@@ -379,7 +381,7 @@ static int open_feed(struct gd__bootsnap *s, int fd)
     s->file_fd = fd;
     s->feed_fd = sp[0];
     s->fed = 0;
-    s->fed_ok = s->loaded = 0;
+    s->fed_ok = s->loaded = s->fed_all = s->hash_ok = 0;
     s->chunk_len = s->chunk_off = 0;
     s->mode = SNAP_RESTORE;
     posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
@@ -505,23 +507,111 @@ static void wait_postmigrate(struct gd__bootsnap *s)
 
 /* ---- restore: feed the stream ---- */
 
-static void feed_done(struct gd__bootsnap *s)
+/* The stream's checksum, computed on libuv's thread pool from the file while the loop
+ * feeds QEMU: the two run on two cores, and the guest still runs only when both are
+ * done and the checksum matched. s is NULL once the restore no longer wants the answer
+ * (stopped, failed, freed); the job frees itself. */
+struct hash_job {
+    uv_work_t req;
+    struct gd__bootsnap *s;
+    int fd;
+    uint64_t off, len;
+    uint8_t want[32];
+    int ok; /* 1: matches, 0: does not, -1: unreadable */
+};
+
+static void hash_work(uv_work_t *w)
 {
-    DBG("fed %llu bytes", (unsigned long long)s->fed);
-    gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
-    /* the fd goes with the handle's close: see gd__bootsnap_stop */
-    uint8_t md[32];
+    struct hash_job *j = w->data;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    uint8_t *buf = malloc(CHUNK), md[32];
     unsigned int n = 32;
-    EVP_DigestFinal_ex(s->md, md, &n);
-    if (memcmp(md, s->hdr.sha256, 32)) {
-        restore_failed(s, "failed its checksum (corrupted)");
+    j->ok = -1;
+    if (c && buf && EVP_DigestInit_ex(c, EVP_sha256(), NULL)) {
+        uint64_t done = 0;
+        while (done < j->len) {
+            size_t want = j->len - done < CHUNK ? (size_t)(j->len - done) : CHUNK;
+            ssize_t r = pread(j->fd, buf, want, (off_t)(j->off + done));
+            if (r <= 0)
+                break;
+            EVP_DigestUpdate(c, buf, (size_t)r);
+            done += (uint64_t)r;
+        }
+        if (done == j->len && EVP_DigestFinal_ex(c, md, &n))
+            j->ok = !memcmp(md, j->want, 32);
+    }
+    EVP_MD_CTX_free(c);
+    free(buf);
+}
+
+static void maybe_run(struct gd__bootsnap *s);
+
+static void hash_after(uv_work_t *w, int status)
+{
+    struct hash_job *j = w->data;
+    struct gd__bootsnap *s = j->s;
+    close(j->fd);
+    int ok = status ? -1 : j->ok;
+    free(j);
+    if (!s)
+        return;
+    s->hash_job = NULL;
+    DBG("checksum %s", ok == 1 ? "matches" : "differs");
+    if (ok != 1) {
+        restore_failed(s, ok ? "could not be read" : "failed its checksum (corrupted)");
         return;
     }
+    s->hash_ok = 1;
+    maybe_run(s);
+}
+
+static void hash_detach(struct gd__bootsnap *s)
+{
+    if (s->hash_job)
+        s->hash_job->s = NULL;
+    s->hash_job = NULL;
+}
+
+static int hash_start(struct gd__bootsnap *s)
+{
+    struct hash_job *j = calloc(1, sizeof(*j));
+    if (!j || (j->fd = dup(s->file_fd)) < 0) {
+        free(j);
+        return -1;
+    }
+    j->s = s;
+    j->off = s->stream_off;
+    j->len = s->hdr.stream_len;
+    memcpy(j->want, s->hdr.sha256, 32);
+    j->req.data = j;
+    if (uv_queue_work(gd__vm_loop(s->vm), &j->req, hash_work, hash_after)) {
+        close(j->fd);
+        free(j);
+        return -1;
+    }
+    s->hash_job = j;
+    return 0;
+}
+
+/* Fed and verified: the stream may run (once QEMU has loaded it). */
+static void maybe_run(struct gd__bootsnap *s)
+{
+    if (!s->fed_all || !s->hash_ok || s->fed_ok)
+        return;
     s->fed_ok = 1;
     if (!s->resume)
         futimens(s->file_fd, NULL); /* used now: gc keeps what is used (snapshot.h) */
     if (s->loaded)
         run_guest(s);
+}
+
+static void feed_done(struct gd__bootsnap *s)
+{
+    DBG("fed %llu bytes", (unsigned long long)s->fed);
+    gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
+    /* the fd goes with the handle's close: see gd__bootsnap_stop */
+    s->fed_all = 1;
+    maybe_run(s);
 }
 
 static void on_feed(uv_poll_t *h, int status, int events)
@@ -546,7 +636,6 @@ static void on_feed(uv_poll_t *h, int status, int events)
                 restore_failed(s, r == 0 ? "is truncated" : "could not be read");
                 return;
             }
-            EVP_DigestUpdate(s->md, s->chunk, (size_t)r);
             s->fed += (uint64_t)r;
             s->chunk_len = (size_t)r;
             s->chunk_off = 0;
@@ -590,6 +679,10 @@ void gd__bootsnap_launched(struct gd__bootsnap *s)
     s->feed_poll.data = s;
     s->feed_open = 1;
     uv_poll_start(&s->feed_poll, UV_WRITABLE, on_feed);
+    if (hash_start(s)) {
+        restore_failed(s, "could not be checked (out of memory)");
+        return;
+    }
     /* the source was paused, so the loaded VM stays paused: `cont` once QEMU says the
      * load completed (MIGRATION event) and the checksum matched, whichever comes last */
     cJSON *inc = cJSON_CreateObject();
@@ -605,8 +698,10 @@ void gd__bootsnap_launched(struct gd__bootsnap *s)
 
 void gd__bootsnap_stop(struct gd__bootsnap *s)
 {
-    if (s)
-        gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
+    if (!s)
+        return;
+    hash_detach(s);
+    gd__vm_close_handle(s->vm, (uv_handle_t *)&s->feed_poll, &s->feed_open);
 }
 
 /* ---- save ---- */

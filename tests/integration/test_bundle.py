@@ -132,11 +132,11 @@ def openssl_sign(keyfile, msg):
     return der[-32:], sig
 
 
-def craft(path, files, entries, keyname="alice"):
+def craft(path, files, entries, keyname="alice", name="crafted", revision=1):
     """a bundle whose manifest lists files [(name, data)] and whose archive holds the
-    given raw entries, signed by a trusted key"""
+    given raw entries, signed by a trusted key (no `bundle build` checks)"""
     import hashlib
-    man = json.dumps({"format": 1, "name": "crafted", "revision": 1, "created": 1,
+    man = json.dumps({"format": 1, "name": name, "revision": revision, "created": 1,
                       "expires": 4000000000, "min_gondolin": "0.1.0", "entry": files[0][0],
                       "files": [{"path": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()}
                                 for n, d in files], "plugins": {}, "tests": []},
@@ -281,8 +281,18 @@ def traversal_and_link_entries_refused_without_writing(up):
         refused(["exec", "--policy", p, "--trust", t, "--", "true"], why, cwd=cwd)
         refused(["policy", "check", p, "--trust", t], why, cwd=cwd)
     # the crafted form itself is sound: a good one opens
-    p = craft(os.path.join(W, "crafted-ok.gdb"), [("p.lua", d)], [entry("p.lua", d)])
+    p = craft(os.path.join(W, "crafted-1.gdb"), [("p.lua", d)], [entry("p.lua", d)])
     ok("bundle", "verify", p, "--trust", t)
+    # the file must name the bundle it holds: a validly signed bundle of another name in
+    # its place (a team's permissive one for its strict one) is refused
+    for other in ("strict.gdb", "strict-1.gdb", "crafted-ok.gdb", "xcrafted.gdb",
+                  "crafted-2.gdb", "crafted-1-b.gdb", "crafted-2fa.gdb"):
+        q = os.path.join(W, other)
+        shutil.copy(p, q)
+        refused(["exec", "--policy", q, "--trust", t, "--", "true"],
+                "must be named crafted.gdb or crafted-1.gdb", rc_want=2)
+    shutil.copy(p, os.path.join(W, "crafted.gdb"))
+    ok("policy", "check", os.path.join(W, "crafted.gdb"), "--trust", t)
     expect(not os.path.exists(os.path.join(W, "x")), "../x was written")
     expect(not os.path.exists("/tmp/gd-bundle-abs-x"), "an absolute entry was written")
     after = set(os.listdir(SESSIONS)) if os.path.isdir(SESSIONS) else set()
@@ -438,10 +448,21 @@ def live_update_under_load(up):
             raise AssertionError("If-None-Match with the current ETag was not a 304")
         except urllib.error.HTTPError as e:
             eq(e.code, 304, "conditional GET")
+        # silent clients (connected, never a byte) hold nobody else up
+        import socket
+        port = int(url.split(":")[2].split("/")[0])
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+        # (one after another they would hold it 4 x 5 s, past the 10 s timeout)
+        with urllib.request.urlopen(url, timeout=10) as r:
+            eq(r.status, 200, "a GET next to silent clients")
+        for c in silent:
+            c.close()
         audit = os.path.join(W, "live-audit.jsonl")
         script = (f"for i in $(seq 1 120); do curl -sS -m 20 -o /dev/null -w '%{{http_code}}\\n' "
                   f"http://good.test:{H}/bytes?n=1 & curl -sS -m 20 -o /dev/null "
                   f"-w '%{{http_code}}\\n' http://good.test:{H}/bytes?n=2; wait; done")
+        os.makedirs(SESSIONS, exist_ok=True)
+        before = set(os.listdir(SESSIONS))
         proc = subprocess.Popen([G, "exec", "--bundle", url, "--trust", t, "--bundle-interval",
                                  "0.5", "--audit", audit, *guest_flags(up), "--", "sh", "-c",
                                  script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -473,6 +494,19 @@ def live_update_under_load(up):
         publish(flipped(p3, layout(p3)["data"], "tampered"), srv, "live.gdb")
         n = len(revs())
         wait_for(lambda: len(revs()) >= n + 20, "requests after the tampered update")
+        # a signed revision 4 that does not load (no `bundle build` would make it): the
+        # running revision's files go back on disk, so a later reload reads what runs
+        bad = b"return { allow = \n"
+        publish(craft(os.path.join(W, "live-4-broken.gdb"), [("live.lua", bad)],
+                      [entry("live.lua", bad)], name="live", revision=4), srv, "live.gdb")
+        n = len(revs())
+        wait_for(lambda: len(revs()) >= n + 20, "requests after the broken update")
+        on_disk = [os.path.join(SESSIONS, d, "live.lua") for d in os.listdir(SESSIONS)
+                   if d.startswith(".bundle-") and d not in before
+                   and os.path.exists(os.path.join(SESSIONS, d, "live.lua"))]
+        eq(len(on_disk), 1, f"one extracted bundle: {on_disk}")
+        eq(open(on_disk[0]).read(), POLICY.format(name="live", allow=f'"good.test:{H}"'),
+           "the running revision's entry is back on disk")
         reader.join()
         eq(proc.returncode, 0, f"exec: {out.get('stderr')}")
         codes = out["stdout"].split()
@@ -487,7 +521,47 @@ def live_update_under_load(up):
         err = out["stderr"]
         expect("bundle live revision 2 is running (was 1" in err, err)
         expect("refused, revision 2 keeps running" in err and "sha256" in err, err)
+        expect("revision 4 does not load, revision 2 keeps running" in err, err)
     finally:
+        server.kill()
+        server.wait()
+
+
+@test
+def session_polls_a_url_bundle(up):
+    """gondolin start --bundle URL --bundle-interval: the session's supervisor polls as
+    exec does; a new revision decides the session's next requests (other.test, denied
+    by revision 1, is allowed by revision 2) and the session's log says so"""
+    import time
+    H = up.http_port
+    t = trust("alice")
+    srv = os.path.join(W, "served-session")
+    os.makedirs(srv, exist_ok=True)
+    publish(bundle("spoll", 1, allow=(f"good.test:{H}",)), srv, "spoll.gdb")
+    server = subprocess.Popen([G, "bundle", "serve", srv], stdout=subprocess.PIPE, text=True,
+                              env=ENV)
+    sid = None
+    try:
+        url = server.stdout.readline().split()[-1] + "spoll.gdb"
+        sid = ok("start", "--bundle", url, "--trust", t, "--bundle-interval", "0.5",
+                 *guest_flags(up), "--resolve", "other.test:127.0.0.1",
+                 "--allow-internal", "other.test").strip()
+        probe = f"curl -sS -m 20 -o /dev/null -w '%{{http_code}}' http://other.test:{H}/bytes?n=1"
+        rc, out, err = g("exec", "--session", sid, "--", "sh", "-c", probe)
+        expect(out in ("000", "403"), f"revision 1 denies other.test: {out} {err}")
+        publish(bundle("spoll", 2, allow=(f"good.test:{H}", f"other.test:{H}")), srv,
+                "spoll.gdb")
+        for _ in range(120):
+            log = g("logs", sid)[1]
+            if "bundle spoll revision 2 is running (was 1" in log:
+                break
+            time.sleep(0.5)
+        expect("bundle spoll revision 2 is running (was 1" in log, f"session log: {log[-1500:]}")
+        rc, out, err = g("exec", "--session", sid, "--", "sh", "-c", probe)
+        eq(out, "200", f"revision 2 allows other.test: {err}")
+    finally:
+        if sid:
+            g("stop", sid)
         server.kill()
         server.wait()
 

@@ -87,8 +87,10 @@ class Upstream:
         return f"ssh://{self.user}@{host}:{self.port}{repo or self.repo}"
 
     def flags(self, *names):
-        f = ["--image", IMAGE, "--ssh-key", f"git.test={self.key}",
-             "--ssh-key", f"*.test={self.key}", "--ssh-known-hosts", f"{self.dir}/known_hosts"]
+        # the key's user: without one a host-held key goes up as "git" (no such user here)
+        f = ["--image", IMAGE, "--ssh-key", f"{self.user}@git.test={self.key}",
+             "--ssh-key", f"{self.user}@*.test={self.key}",
+             "--ssh-known-hosts", f"{self.dir}/known_hosts"]
         for n in ("git.test",) + names:
             f += ["--resolve", f"{n}:127.0.0.1", "--ssh-allow", f"{n}:{self.port}"]
         return f + ["--allow-internal", "git.test", "--allow-internal", "changed.test",
@@ -226,9 +228,11 @@ def lua_rules(up):
         f.write(f"""
 return {{
   ssh = {{
-    ["git.test:{up.port}"] = {{ key = "{up.key}", repos = {{ "{top}/*" }},
+    ["git.test:{up.port}"] = {{ key = "{up.key}", repos = {{ "{top}/*" }}, user = "{up.user}",
                                commands = {{ "git-upload-pack", "git-receive-pack" }} }},
-    ["ro.test:{up.port}"] = {{ key = "file:{up.key}", commands = {{ "git-upload-pack" }} }},
+    ["ro.test:{up.port}"] = {{ key = "file:{up.key}", commands = {{ "git-upload-pack" }},
+                              user = "{up.user}" }},
+    ["nouser.test:{up.port}"] = {{ key = "{up.key}" }},
   }},
   on_ssh_exec = function(req, ctx)
     local g = req:git()
@@ -242,8 +246,9 @@ return {{
     flags = ["--image", IMAGE, "--policy", policy, "--audit", audit,
              "--ssh-known-hosts", f"{d}/known_hosts"]
     with open(f"{d}/known_hosts", "a") as f:
-        f.write(f"[ro.test]:{up.port} " + " ".join(open(f"{d}/hostkey.pub").read().split()[:2]) + "\n")
-    for n in ("git.test", "ro.test"):
+        f.write(f"[ro.test]:{up.port},[nouser.test]:{up.port} "
+                + " ".join(open(f"{d}/hostkey.pub").read().split()[:2]) + "\n")
+    for n in ("git.test", "ro.test", "nouser.test"):
         flags += ["--resolve", f"{n}:127.0.0.1", "--allow-internal", n]
     script = f"""
 cd /tmp
@@ -255,6 +260,8 @@ git clone -q {up.url(repo=d + '/elsewhere/x.git')} x 2> e2; echo "OUTSIDE $? $(g
 git clone -q {up.url(host='ro.test')} ro && echo RO-CLONED
 cd ro && echo y > y && git add y && git -c user.email=g@g -c user.name=g commit -qm y
 git push -q origin main 2> ../e3; echo "RO-PUSH $? $(grep gondolin ../e3)"
+cd /tmp
+git clone -q {up.url(host='nouser.test')} nu 2> e4; echo "NOUSER $? $(grep gondolin e4)"
 """
     before = sh("git", "-C", f"{d}/locked.git", "log", "--format=%s", "main")
     rc, out, err = up.gexec(flags, script)
@@ -268,12 +275,16 @@ git push -q origin main 2> ../e3; echo "RO-PUSH $? $(grep gondolin ../e3)"
            in lines["OUTSIDE"], lines["OUTSIDE"])
     expect(lines["RO-PUSH"].startswith("RO-PUSH 128") and "does not allow this command"
            in lines["RO-PUSH"], lines["RO-PUSH"])
+    # a rule with a key and no user: the guest asked for its own name, "git" went up
+    expect(lines["NOUSER"].startswith("NOUSER 128") and "for user git" in lines["NOUSER"],
+           lines["NOUSER"])
     eq(sh("git", "-C", f"{d}/locked.git", "log", "--format=%s", "main"), before,
        "the denied push changed nothing")
     recs = [json.loads(l) for l in open(audit) if '"type":"ssh"' in l]
     got = sorted((r["host"], r["decision"], r["command"].split()[0]) for r in recs)
     eq(got, [("git.test", "allow", "git-upload-pack"), ("git.test", "deny", "git-receive-pack"),
-             ("git.test", "deny", "git-upload-pack"), ("ro.test", "allow", "git-upload-pack"),
+             ("git.test", "deny", "git-upload-pack"),
+             ("nouser.test", "deny", "git-upload-pack"), ("ro.test", "allow", "git-upload-pack"),
              ("ro.test", "deny", "git-receive-pack")], "audit records")
     hook = [r for r in recs if r["decision"] == "deny" and r["host"] == "git.test"
             and "receive" in r["command"]][0]
@@ -361,6 +372,101 @@ echo END
     # the handshake deadline (30 s) is what a clone queued behind the silent upstream waits
     expect(clone and int(clone[0].split()[1]) < 20000, f"clone next to a silent upstream: {out}")
     expect(ended < 10, f"the sandbox took {ended:.1f} s to end while an upstream hung")
+
+
+@test
+def agent_authentication(up):
+    """--ssh-agent: the host's ssh-agent (SSH_AUTH_SOCK) holds the key, no key file is
+    named; the rule's user goes upstream (USER@HOST; the guest never picks the account);
+    the agent's socket and the key stay on the host"""
+    sock = os.path.join(up.dir, "agent.sock")
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.05)
+        env = dict(os.environ, SSH_AUTH_SOCK=sock)
+        r = subprocess.run(["ssh-add", up.key], capture_output=True, text=True, env=env)
+        eq(r.returncode, 0, f"ssh-add: {r.stderr}")
+        flags = ["--image", IMAGE, "--ssh-agent", "--ssh-known-hosts", f"{up.dir}/known_hosts",
+                 "--resolve", "git.test:127.0.0.1", "--allow-internal", "git.test",
+                 "--ssh-allow", f"{up.user}@git.test:{up.port}"]
+        script = (f"cd /tmp && git clone -q {up.url()} a && echo \"README $(cat a/README)\"; "
+                  "echo \"AUTHSOCK ${SSH_AUTH_SOCK:-none}\"")
+        genv = dict(os.environ, XDG_CONFIG_HOME=up.cfg, SSH_AUTH_SOCK=sock)
+        r = subprocess.run([G, "exec"] + flags + ["--", "sh", "-c", script], capture_output=True,
+                           text=True, timeout=600, env=genv)
+        eq(r.returncode, 0, f"guest: {r.stdout}\n{r.stderr}")
+        expect("README hello" in r.stdout, r.stdout)
+        expect("AUTHSOCK none" in r.stdout, f"the agent reached the guest: {r.stdout}")
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+@test
+def reload_adds_a_name(up):
+    """a session started with no SSH rule gets one by a policy reload: the proxy starts
+    then, and the guest's known_hosts gains the name (written after the VM is ready, not
+    baked into the boot), so a clone verifies the proxy; a reload dropping the rule
+    empties the file and the name is refused again"""
+    d = up.dir
+    policy = f"{d}/reload-policy.lua"
+    rule = (f'ssh = {{ ["late.test:{up.port}"] = {{ key = "{up.key}", user = "{up.user}" }} }},')
+    with open(policy, "w") as f:
+        f.write("return { }\n")
+    with open(f"{d}/known_hosts", "a") as f:
+        f.write(f"[late.test]:{up.port} "
+                + " ".join(open(f"{d}/hostkey.pub").read().split()[:2]) + "\n")
+    env = dict(os.environ, XDG_CONFIG_HOME=up.cfg)
+    name = f"gd-ssh-reload-{os.getpid()}"
+    flags = ["--image", IMAGE, "--policy", policy, "--ssh-known-hosts", f"{d}/known_hosts",
+             "--resolve", "late.test:127.0.0.1", "--allow-internal", "late.test"]
+
+    def g(*args, timeout=300):
+        return subprocess.run([G] + list(args), capture_output=True, text=True,
+                              timeout=timeout, env=env)
+
+    def sx(script):
+        return g("exec", "--session", name, "--", "sh", "-c", script)
+
+    clone = (f"cd /tmp && rm -rf c && git clone -q {up.url(host='late.test')} c 2> e; "
+             f"echo \"CLONE $? $(cat c/README 2>/dev/null) $(grep -c gondolin e)\"")
+    r = g("start", "--name", name, *flags)
+    eq(r.returncode, 0, f"start: {r.stderr}")
+    try:
+        r = sx("cat /etc/ssh/ssh_known_hosts 2>/dev/null; echo END; " + clone)
+        expect(r.stdout.startswith("END") and "CLONE 0" not in r.stdout,
+               f"no rule yet: nothing known, no clone: {r.stdout} {r.stderr}")
+        with open(policy, "w") as f:
+            f.write("return { " + rule + " }\n")
+        r = g("policy", "reload", name)
+        eq(r.returncode, 0, f"reload: {r.stderr}")
+        hostpub = sh("ssh-keygen", "-y", "-f", f"{up.cfg}/gondolin/ssh/host_ed25519").split()[1]
+        end = time.time() + 60
+        while time.time() < end:  # the file is written by a guest command after the reload
+            r = sx("cat /etc/ssh/ssh_known_hosts")
+            if "late.test" in r.stdout:
+                break
+            time.sleep(0.5)
+        eq(r.stdout, f"[late.test]:{up.port} ssh-ed25519 {hostpub}\n", "known_hosts after reload")
+        r = sx(clone)
+        expect("CLONE 0 hello 0" in r.stdout, f"clone after the reload: {r.stdout} {r.stderr}")
+        with open(policy, "w") as f:
+            f.write("return { }\n")
+        eq(g("policy", "reload", name).returncode, 0, "reload back")
+        end = time.time() + 60
+        while time.time() < end:
+            r = sx("cat /etc/ssh/ssh_known_hosts")
+            if "late.test" not in r.stdout:
+                break
+            time.sleep(0.5)
+        eq(r.stdout, "", "known_hosts once the rule is gone")
+        r = sx(clone)
+        expect("CLONE 0" not in r.stdout, f"the rule is gone: {r.stdout}")
+    finally:
+        g("stop", name, timeout=60)
 
 
 @test

@@ -33,7 +33,9 @@ class Driver:
 
     def __init__(self, up, names, *extra):
         self.err = open(os.path.join(up.dir, f"driver-{time.monotonic_ns()}.log"), "w+")
-        args = [DRIVER, "--key", f"*.test={up.key}", "--known-hosts", f"{up.dir}/known_hosts"]
+        # (the key names the upstream user: without one it would be "git")
+        args = [DRIVER, "--key", f"{up.user}@*.test={up.key}", "--known-hosts",
+                f"{up.dir}/known_hosts"]
         args += list(extra) + [f"{n}=127.0.0.1" for n in names]
         self.p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.err, text=True,
                                   env=dict(os.environ, XDG_CONFIG_HOME=up.cfg,

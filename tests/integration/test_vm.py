@@ -34,9 +34,23 @@ def client(mode):
     eq(r.returncode, 0, r.stderr.decode() + r.stdout.decode())
 
 
+# QEMUs this run started carry this in their environment (inherited from gondolin): other
+# VMs on the machine (another suite, another engineer's tests) are not ours to count
+os.environ["GD_TEST_VM_RUN"] = f"{os.getpid()}-{time.time()}"
+
+
 def qemu_pids():
+    tag = f"GD_TEST_VM_RUN={os.environ['GD_TEST_VM_RUN']}".encode()
     out = subprocess.run(["pgrep", "-f", "qemu-system"], capture_output=True, text=True).stdout
-    return set(int(p) for p in out.split())
+    mine = set()
+    for p in out.split():
+        try:
+            with open(f"/proc/{p}/environ", "rb") as f:
+                if tag in f.read().split(b"\0"):
+                    mine.add(int(p))
+        except OSError:
+            pass  # gone already
+    return mine
 
 
 def one_line(stderr):

@@ -70,6 +70,51 @@ TEST(ssh_conf_keys_known_hosts_copy)
     unlink(key);
 }
 
+/* The upstream user: the rule's, else the key's, else git (a host key or the agent):
+ * never the guest's. */
+TEST(ssh_conf_upstream_user)
+{
+    struct gd_ssh_conf c = {0}, d = {0};
+    struct gd_err err = {{0}};
+    char key[] = "/tmp/gd-ssh-user-XXXXXX";
+    int fd = mkstemp(key);
+    CHECK(fd >= 0);
+    close(fd);
+    char spec[200];
+    CHECK_EQ(gd_ssh_conf_allow(&c, "deploy@pinned.test:2222", &err), 0);
+    CHECK_STR(c.rules[0].user, "deploy");
+    CHECK_EQ(gd_ssh_conf_allow(&c, "keyed.test", &err), 0);
+    CHECK_EQ(gd_ssh_conf_allow(&c, "plain.test", &err), 0);
+    CHECK_EQ(gd_ssh_conf_allow(&c, "agent.test", &err), 0);
+    snprintf(spec, sizeof(spec), "ci@keyed.test=%s", key);
+    CHECK_EQ(gd_ssh_conf_key(&c, spec, &err), 0);
+    snprintf(spec, sizeof(spec), "plain.test=%s", key);
+    CHECK_EQ(gd_ssh_conf_key(&c, spec, &err), 0);
+    CHECK_EQ(gd_ssh_conf_allow(&c, "a@b@git.test", &err), -EINVAL);
+    const char *bad[] = {"@git.test", "ro ot@git.test", "-x@git.test"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        CHECK_EQ(gd_ssh_conf_allow(&c, bad[i], &err), -EINVAL);
+        CHECK_CONTAINS(err.msg, "[USER@]HOST");
+    }
+    snprintf(spec, sizeof(spec), "@git.test=%s", key);
+    CHECK_EQ(gd_ssh_conf_key(&c, spec, &err), -EINVAL);
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "pinned.test", 2222), "deploy");
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "keyed.test", 22), "ci");
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "plain.test", 22), "git");
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "agent.test", 22), "git"); /* no agent */
+    gd_ssh_conf_agent(&c, 1);
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "agent.test", 22), "git");
+    CHECK_STR(gd_ssh_conf_upstream_user(&c, "plain.test", 22), "git");
+    CHECK_EQ(gd_ssh_conf_copy(&d, &c), 0); /* the key's user survives a copy */
+    CHECK_STR(gd_ssh_conf_upstream_user(&d, "keyed.test", 22), "ci");
+    gd_ssh_conf_free(&d);
+    /* a rule's user from the policy is a plain name too */
+    struct gd_ssh_rule r = {.host = "x.test", .port = 22, .user = "a;b"};
+    CHECK_EQ(gd_ssh_conf_add_rule(&c, &r, &err), -EINVAL);
+    gd_ssh_conf_free(&c);
+    unlink(key);
+}
+
 TEST(ssh_conf_flags_and_port_policy)
 {
     struct gd_egress e = {0};
