@@ -411,9 +411,10 @@ static void exec_start(struct conn *c, ssh_channel g, const char *cmd)
                                 .on_open = up_open,
                                 .on_io = up_io,
                                 .ud = c};
-    if (gd__ssh_up_start(&o, &x->u, line, sizeof(line))) {
+    char detail[1100];
+    if (gd__ssh_up_start(&o, &x->u, line, sizeof(line), detail, sizeof(detail))) {
         logf_(c->p, "denied %s@%s:%u %s: %s", x->up_user, c->name, c->flow.port, x->clean_cmd,
-              line);
+              detail);
         record(c, &x->xe, 1, "upstream", line, 0, 0, 0, 0);
         refuse(g, line);
         free(x->cmd);

@@ -59,9 +59,10 @@ struct gd__ssh_up_opts {
 /* Starts opening an upstream exec without blocking: the name resolved (uv_getaddrinfo, or
  * the flow's --resolve address), internal addresses refused unless the flow allows them,
  * a TCP connect per address under connect_ms, then SSH handshake, host key check, auth,
- * channel and exec under handshake_ms. 0 with *out, or -1 with one line in why (nothing
- * to close). */
-int gd__ssh_up_start(const struct gd__ssh_up_opts *o, gd__ssh_up **out, char *why, size_t wcap);
+ * channel and exec under handshake_ms. 0 with *out, or -1 (nothing to close) with one
+ * line in why for the guest and one in detail for the host's log (with host paths). */
+int gd__ssh_up_start(const struct gd__ssh_up_opts *o, gd__ssh_up **out, char *why, size_t wcap,
+                     char *detail, size_t dcap);
 /* The session and exec channel (after on_open(1)); ssh_session / ssh_channel. */
 void *gd__ssh_up_session(gd__ssh_up *u);
 void *gd__ssh_up_channel(gd__ssh_up *u);

@@ -554,7 +554,21 @@ static void step(struct gd__ssh_up *u)
     }
 }
 
-int gd__ssh_up_start(const struct gd__ssh_up_opts *o, gd__ssh_up **out, char *why, size_t wcap)
+static int fail_start(struct gd__ssh_up *u, struct gai *g)
+{
+    if (u) {
+        gd_ssh_known_hosts_free(u->kh);
+        free(u->timer);
+        free(u->user);
+        free(u->cmd);
+    }
+    free(u);
+    free(g);
+    return -1;
+}
+
+int gd__ssh_up_start(const struct gd__ssh_up_opts *o, gd__ssh_up **out, char *why, size_t wcap,
+                     char *detail, size_t dcap)
 {
     const struct gd_ssh_flow *f = o->flow;
     struct gd__ssh_up *u = calloc(1, sizeof(*u));
@@ -562,10 +576,14 @@ int gd__ssh_up_start(const struct gd__ssh_up_opts *o, gd__ssh_up **out, char *wh
     if (!u || !g || !(u->user = strdup(o->user)) || !(u->cmd = strdup(o->cmd)) ||
         !(u->timer = malloc(sizeof(*u->timer)))) {
         snprintf(why, wcap, "out of memory");
-        goto fail;
+        snprintf(detail, dcap, "out of memory");
+        return fail_start(u, g);
     }
-    if (!(u->kh = load_known(f->conf, why, wcap)))
-        goto fail;
+    /* (the error names the file: the host's log gets it, the guest does not) */
+    if (!(u->kh = load_known(f->conf, detail, dcap))) {
+        snprintf(why, wcap, "%s: the host's known_hosts files cannot be read", f->name);
+        return fail_start(u, g);
+    }
     u->o = *o;
     uv_timer_init(o->loop, u->timer);
     u->timer->data = u;
@@ -581,6 +599,7 @@ int gd__ssh_up_start(const struct gd__ssh_up_opts *o, gd__ssh_up **out, char *wh
         uv_getaddrinfo(o->loop, &g->req, on_resolved, f->addr ? f->addr : f->name, port, &hints);
     if (rc) {
         snprintf(why, wcap, "%s does not resolve on the host: %s", f->name, uv_strerror(rc));
+        snprintf(detail, dcap, "%s", why);
         free(g);
         u->closed = 1;
         uv_close((uv_handle_t *)u->timer, handle_closed);
@@ -591,16 +610,6 @@ int gd__ssh_up_start(const struct gd__ssh_up_opts *o, gd__ssh_up **out, char *wh
     uv_timer_start(u->timer, on_deadline, o->connect_ms, 0);
     *out = u;
     return 0;
-fail:
-    if (u) {
-        gd_ssh_known_hosts_free(u->kh);
-        free(u->timer);
-        free(u->user);
-        free(u->cmd);
-    }
-    free(u);
-    free(g);
-    return -1;
 }
 
 void *gd__ssh_up_session(gd__ssh_up *u)

@@ -159,8 +159,9 @@ def silent_upstream(up):
 
 @test
 def changed_key_line(up):
-    """the guest's refusal of a CHANGED host key names host, key type and fingerprint;
-    the known_hosts path and line are only in the host's log"""
+    """the guest's refusal of a CHANGED host key names host, key type and fingerprint,
+    and of an unreadable known_hosts file no file: paths and lines are only in the host's
+    log"""
     d = Driver(up, [f"changed.test:{up.port}"])
     try:
         r = subprocess.run(["git", "ls-remote", f"ssh://{up.user}@127.0.0.1{up.repo}"],
@@ -170,6 +171,22 @@ def changed_key_line(up):
                f"refusal: {r.stderr}")
         expect(up.dir not in r.stderr, f"the guest learnt a host path: {r.stderr}")
         expect(f"{up.dir}/known_hosts:2" in d.log(), f"host log: {d.log()}")
+    finally:
+        d.close()
+    # a known_hosts file that cannot be read: the guest is told so, the log says which
+    extra = f"{up.dir}/extra_known_hosts"
+    open(extra, "w").close()
+    d = Driver(up, [f"git.test:{up.port}"], "--known-hosts", extra)
+    try:
+        os.remove(extra)
+        os.mkdir(extra)  # (still opens, as the setup checks; reading it fails)
+        r = subprocess.run(["git", "ls-remote", f"ssh://{up.user}@127.0.0.1{up.repo}"],
+                           capture_output=True, text=True, timeout=60,
+                           env=git_env(d.ports[f"git.test:{up.port}"]))
+        expect(r.returncode != 0 and "known_hosts files cannot be read" in r.stderr,
+               f"refusal: {r.stderr}")
+        expect(up.dir not in r.stderr, f"the guest learnt a host path: {r.stderr}")
+        expect(extra in d.log(), f"host log: {d.log()}")
     finally:
         d.close()
 
