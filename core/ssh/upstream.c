@@ -128,23 +128,30 @@ static void fail(struct gd__ssh_up *u)
     u->o.on_open(u, 0, u->o.ud);
 }
 
+static void dial_next(struct gd__ssh_up *u);
+
 static void on_deadline(uv_timer_t *t)
 {
     struct gd__ssh_up *u = t->data;
     const struct gd_ssh_flow *f = u->o.flow;
     if (u->state == RESOLVE)
         snprintf(u->why, sizeof(u->why), "%s does not resolve on the host: timed out", f->name);
-    else if (u->state == CONNECT)
-        snprintf(u->why, sizeof(u->why), "cannot connect to %s:%u: %s", f->name, f->port,
+    else if (u->state == CONNECT) { /* this address: the next one may answer */
+        char txt[64];
+        gd_addr_str(u->next->ai_addr, txt, sizeof(txt));
+        snprintf(u->why, sizeof(u->why), "cannot connect to %s:%u (%s): %s", f->name, f->port, txt,
                  strerror(ETIMEDOUT));
-    else
+        unwatch(u);
+        u->next = u->next->ai_next;
+        dial_next(u);
+        return;
+    } else
         snprintf(u->why, sizeof(u->why), "SSH handshake with %s:%u failed: no answer within %u ms",
                  f->name, f->port, u->o.handshake_ms);
     fail(u);
 }
 
 static void step(struct gd__ssh_up *u);
-static void dial_next(struct gd__ssh_up *u);
 
 static void on_poll(uv_poll_t *h, int status, int events)
 {
@@ -442,7 +449,6 @@ static int session_new(struct gd__ssh_up *u)
         snprintf(u->why, sizeof(u->why), "out of memory");
         return -1;
     }
-    u->w->own = 0; /* ssh_free closes it */
     /* a hostile upstream's global requests and channel opens are refused as they come,
      * never queued (nothing here takes them) */
     ssh_set_message_callback(u->s, up_refuse, NULL);
@@ -468,6 +474,7 @@ static int session_new(struct gd__ssh_up *u)
         return -1;
     }
     ssh_set_blocking(u->s, 0);
+    u->w->own = 0; /* ssh_connect hands it to the session: ssh_free closes it */
     return 0;
 }
 
