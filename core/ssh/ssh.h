@@ -253,13 +253,15 @@ int gd_ssh_conf_check(const struct gd_ssh_conf *c, const struct gd_ssh_exec *x, 
 
 /* ---- the proxy ---------------------------------------------------------------------- */
 
-/* The host's SSH endpoint for guest connections (proxy.c, upstream.c). Each guest
- * connection gets a worker thread (at most max_conns at once) that terminates SSH with
- * libssh's server API, proxies exec requests of git's transport commands to a new
- * upstream libssh session each (resolved here, internal addresses refused unless the
- * flow allows them, host key checked against known_hosts, host-held key or agent), and
- * refuses everything else with one line on the channel's stderr. The libuv loop never
- * waits on a guest or an upstream: it only hands over sockets. */
+/* The host's SSH endpoint for guest connections (proxy.c, upstream.c), driven from the
+ * sandbox's libuv loop: each guest connection (at most max_conns at once) is a
+ * non-blocking libssh server session watched by a uv_poll_t, proxies exec requests of
+ * git's transport commands to a new non-blocking upstream libssh session each (resolved
+ * with uv_getaddrinfo, internal addresses refused unless the flow allows them, host key
+ * checked against known_hosts, host-held key or agent), and refuses everything else with
+ * one line on the channel's stderr. No call waits on a guest or an upstream: a slow or
+ * silent peer holds only its own connection. Not thread-safe: everything runs on the
+ * loop's thread. */
 typedef struct gd_ssh_proxy gd_ssh_proxy;
 
 struct gd_ssh_proxy_opts {
@@ -268,12 +270,13 @@ struct gd_ssh_proxy_opts {
     unsigned connect_ms;   /* upstream TCP connect (0: 10 s) */
     unsigned handshake_ms; /* SSH handshakes and replies, both sides (0: 30 s) */
     unsigned idle_ms;      /* an exec with no traffic either way (0: 10 min) */
-    /* One line per exec and per refusal, from a worker thread (must be thread-safe). */
+    /* One line per exec and per refusal, on the loop thread; at most 20 at once and 5 a
+     * second after (then one "N lines suppressed" line first). */
     void (*log)(void *ud, const char *line);
     void *ud;
-    /* With a loop: the policy's say on each exec that the rules allow (0 go on, else
-     * denied: rule and reason filled), and each exec's record; both called on the loop
-     * thread while the worker waits. */
+    /* The loop everything runs on (required). The policy's say on each exec that the
+     * rules allow (0 go on, else denied: rule and reason filled), and each exec's record
+     * (never rate-limited): both called directly on the loop. */
     uv_loop_t *loop;
     int (*on_exec)(void *ud, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
                    size_t cap);
@@ -289,16 +292,18 @@ struct gd_ssh_flow {
     const struct gd_ssh_conf *conf;
 };
 
-/* Returns owned in *out (free with gd_ssh_proxy_free); -errno with err set. */
+/* Returns owned in *out (free with gd_ssh_proxy_free); -errno with err set (-EINVAL
+ * without a loop). */
 int gd_ssh_proxy_new(const struct gd_ssh_proxy_opts *o, gd_ssh_proxy **out, struct gd_err *err);
 /* Serves one guest connection; takes ownership of fd, also on error (-EAGAIN: too many
  * connections; -ENOMEM). */
 int gd_ssh_proxy_serve(gd_ssh_proxy *p, int fd, const struct gd_ssh_flow *f);
 /* Guest connections open now. */
 unsigned gd_ssh_proxy_conns(gd_ssh_proxy *p);
-/* Cuts every connection (their sockets are shut down), answers waiting hook calls with
- * a denial, waits for the workers, frees (on the loop thread; the loop's handle finishes
- * closing on the loop). */
+/* Ends every connection at once, on the loop thread, without waiting: pending name
+ * lookups are cancelled, every poll and timer handle is uv_close'd, sessions are freed as
+ * their handles finish closing (so the loop must run once more before uv_loop_close). No
+ * record, log line or hook call comes afterwards. */
 void gd_ssh_proxy_free(gd_ssh_proxy *p);
 
 /* The per-user host key ($XDG_CONFIG_HOME/gondolin/ssh/host_ed25519, made 0600 on first

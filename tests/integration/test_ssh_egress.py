@@ -204,6 +204,10 @@ done
            lines["USER"])
     expect("not in known_hosts" in lines["HK-unknown.test"], lines["HK-unknown.test"])
     expect("CHANGED" in lines["HK-changed.test"], lines["HK-changed.test"])
+    # the guest is told the host, key type and fingerprint, never where known_hosts is
+    expect(up.dir not in lines["HK-changed.test"] and "SHA256:" in lines["HK-changed.test"],
+           lines["HK-changed.test"])
+    expect(f"{up.dir}/known_hosts:2" in err, f"the host log names the line: {err}")
     expect("internal address" in lines["HK-evil.test"], lines["HK-evil.test"])
     expect(not any(l.startswith("LS-") for l in out.splitlines()), f"a refused host answered: {out}")
     expect("denied" in err and "port forwarding" in err, f"host log: {err}")
@@ -326,6 +330,48 @@ git ls-remote ssh://{up.user}@hang.test:{sport}/r.git 2> e4; echo "HANG $? $(( $
     eq(lines["AGAIN"], "AGAIN 0 2", "the slot is free again")
     hang = lines["HANG"].split(" ", 3)
     expect(hang[1] == "128" and int(hang[2]) < 25 and "handshake" in hang[3], lines["HANG"])
+
+
+@test
+def silent_upstream(up):
+    """an upstream that accepts TCP and never speaks does not delay a clone from the real
+    sshd in the same sandbox, and the sandbox ends promptly while that upstream hangs"""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (the kernel does) and never says a word
+    sport = silent.getsockname()[1]
+    flags = up.flags() + ["--resolve", "hang.test:127.0.0.1", "--allow-internal", "hang.test",
+                          "--ssh-allow", f"hang.test:{sport}"]
+    script = f"""
+cd /tmp
+git ls-remote ssh://{up.user}@hang.test:{sport}/r.git > /dev/null 2>&1 &
+sleep 3
+t0=$(date +%s%N)
+git clone -q {up.url()} r && echo "CLONE $(( ($(date +%s%N) - t0) / 1000000 ))"
+echo END
+"""
+    env = dict(os.environ, XDG_CONFIG_HOME=up.cfg)
+    p = subprocess.Popen([G, "exec"] + flags + ["--", "sh", "-c", script], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out = []
+        for line in p.stdout:  # the guest's lines as they come
+            out.append(line.strip())
+            if line.strip() == "END":
+                break
+        t_end = time.monotonic()
+        p.wait(timeout=120)
+        ended = time.monotonic() - t_end
+        err = p.stderr.read()
+    finally:
+        if p.poll() is None:
+            p.kill()
+        silent.close()
+    eq(p.returncode, 0, f"guest script: {out}\n{err}")
+    clone = [l for l in out if l.startswith("CLONE ")]
+    # the handshake deadline (30 s) is what a clone queued behind the silent upstream waits
+    expect(clone and int(clone[0].split()[1]) < 20000, f"clone next to a silent upstream: {out}")
+    expect(ended < 10, f"the sandbox took {ended:.1f} s to end while an upstream hung")
 
 
 @test

@@ -1,8 +1,10 @@
 /* test_ssh.c - the SSH egress parsers (core/ssh): known_hosts lines and lookups (every
  * status, ports, patterns, hashed entries made here with OpenSSL and one made by
- * ssh-keygen -H, skipped lines and their notes), and the strict git command parser. */
+ * ssh-keygen -H, skipped lines and their notes), the strict git command parser, the
+ * proxy's host key refusals (no host path for the guest) and its log rate limit. */
 #define _GNU_SOURCE
 #include "ssh/ssh.h"
+#include "ssh/ssh_int.h"
 #include "test.h"
 
 #include <errno.h>
@@ -671,4 +673,46 @@ TEST(ssh_repo_match)
     CHECK_EQ(gd_ssh_repo_pattern_check("org/../r"), -EINVAL);
     CHECK_EQ(gd_ssh_repo_pattern_check("org/r.git"), -EINVAL);
     CHECK_EQ(gd_ssh_repo_pattern_check("org/\n"), -EINVAL);
+}
+
+TEST(ssh_hostkey_refusal_hides_paths)
+{
+    char guest[1100], host[1100];
+    static const int st[] = {GD_SSH_KH_CHANGED, GD_SSH_KH_REVOKED, GD_SSH_KH_UNKNOWN};
+    for (size_t i = 0; i < sizeof(st) / sizeof(st[0]); i++) {
+        gd__ssh_hostkey_refusal("[git.test]:2222", "ssh-ed25519", "SHA256:abc", st[i],
+                                "/home/me/.ssh/known_hosts", 7, guest, sizeof(guest), host,
+                                sizeof(host));
+        CHECK_CONTAINS(guest, "[git.test]:2222");
+        CHECK_CONTAINS(guest, "ssh-ed25519 SHA256:abc");
+        CHECK(!strstr(guest, "/home/me"));
+        if (st[i] != GD_SSH_KH_UNKNOWN) /* the host's log says which line */
+            CHECK_CONTAINS(host, "/home/me/.ssh/known_hosts:7");
+    }
+    gd__ssh_hostkey_refusal("h", "ssh-rsa", "SHA256:x", GD_SSH_KH_CHANGED, "/k", 1, guest,
+                            sizeof(guest), host, sizeof(host));
+    CHECK_CONTAINS(guest, "CHANGED");
+}
+
+TEST(ssh_log_rate_limit)
+{
+    struct gd__ssh_loglimit l = {0};
+    unsigned long dropped = 99;
+    int out = 0;
+    for (int i = 0; i < 100; i++) /* a burst at one instant */
+        out += gd__ssh_loglimit_take(&l, 1000, &dropped);
+    CHECK_EQ(out, GD__SSH_LOG_BURST);
+    CHECK_EQ(dropped, 0ul);
+    /* a second later GD__SSH_LOG_RATE lines pass; the first says how many were dropped */
+    CHECK_EQ(gd__ssh_loglimit_take(&l, 2000, &dropped), 1);
+    CHECK_EQ(dropped, 100ul - GD__SSH_LOG_BURST);
+    out = 1;
+    for (int i = 0; i < 100; i++)
+        out += gd__ssh_loglimit_take(&l, 2000, &dropped);
+    CHECK_EQ(out, GD__SSH_LOG_RATE);
+    /* after a long quiet the bucket is full again, never fuller */
+    out = 0;
+    for (int i = 0; i < 100; i++)
+        out += gd__ssh_loglimit_take(&l, 1000000, &dropped);
+    CHECK_EQ(out, GD__SSH_LOG_BURST);
 }
