@@ -57,6 +57,8 @@ void gd_engine_ssh_audit(gd_engine *e, const struct gd_ssh_record *a)
     cJSON_AddStringToObject(o, "host", a->x->host);
     cJSON_AddNumberToObject(o, "port", a->x->port);
     cJSON_AddStringToObject(o, "user", a->x->user);
+    if (a->x->upstream_user)
+        cJSON_AddStringToObject(o, "upstream_user", a->x->upstream_user);
     char cmd[600];
     gd_sanitize(cmd, sizeof(cmd), a->x->command, strlen(a->x->command));
     cJSON_AddStringToObject(o, "command", cmd);

@@ -69,6 +69,12 @@ static void ssh_record(void *ud, const struct gd_ssh_record *rec)
     gd_engine_ssh_audit(n->eng, rec);
 }
 
+static const struct gd_ssh_conf *ssh_rules(void *ud)
+{
+    struct gd_netstack *n = ud;
+    return &gd_engine_egress(n->eng)->ssh;
+}
+
 static void ssh_log(void *ud, const char *line)
 {
     (void)ud;
@@ -93,6 +99,7 @@ static int ssh_ensure(struct gd_netstack *n, struct gd_err *err)
                                    .loop = n->loop,
                                    .on_exec = ssh_exec,
                                    .on_record = ssh_record,
+                                   .rules = ssh_rules,
                                    .max_conns = eg->ssh.max_conns,
                                    .connect_ms = eg->ssh.connect_ms,
                                    .handshake_ms = eg->ssh.handshake_ms,

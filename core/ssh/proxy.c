@@ -77,6 +77,7 @@ struct gd_ssh_proxy {
     int (*on_exec)(void *ud, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
                    size_t cap);
     void (*on_record)(void *ud, const struct gd_ssh_record *rec);
+    const struct gd_ssh_conf *(*rules)(void *ud);
 };
 
 static void logf_(gd_ssh_proxy *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -361,6 +362,19 @@ static int decide(struct conn *c, const struct gd_ssh_exec *x, char *rule, size_
     return -1;
 }
 
+/* A private copy of the rules: 0, or -1 with one line in the host's log (a key or
+ * known_hosts file that became unreadable; the guest is never shown host paths). */
+static int copy_rules(gd_ssh_proxy *p, struct gd_ssh_conf *dst, const struct gd_ssh_conf *src,
+                      const char *name, unsigned port)
+{
+    struct gd_err err = {{0}};
+    if (!gd_ssh_conf_merge(dst, src, &err))
+        return 0;
+    gd_ssh_conf_free(dst);
+    logf_(p, "denied %s:%u: the SSH settings cannot be used: %s", name, port, err.msg);
+    return -1;
+}
+
 static void exec_start(struct conn *c, ssh_channel g, const char *cmd)
 {
     struct exec *x = calloc(1, sizeof(*x));
@@ -372,13 +386,29 @@ static void exec_start(struct conn *c, ssh_channel g, const char *cmd)
     const char *why = NULL;
     char line[1100], rule[300] = "";
     size_t cl = strnlen(cmd, 4096);
+    /* the rules of now, not of when the connection came: a reload that narrowed them
+     * must reach a connection held open (OpenSSH's ControlMaster keeps one for hours) */
+    const struct gd_ssh_conf *now = c->p->rules ? c->p->rules(c->p->ud) : NULL;
+    struct gd_ssh_conf fresh = {0};
+    if (now && !copy_rules(c->p, &fresh, now, c->name, c->flow.port)) {
+        gd_ssh_conf_free(&c->conf);
+        c->conf = fresh; /* (c->flow.conf points here) */
+    } else if (now) {    /* refused rather than decided on old rules */
+        snprintf(line, sizeof(line), "%s: the host's SSH settings cannot be used now", c->name);
+        refuse(g, line);
+        free(x->cmd);
+        free(x);
+        return;
+    }
+    x->up_user = gd_ssh_conf_upstream_user(&c->conf, c->name, c->flow.port);
     int parsed = !gd_ssh_git_parse(cmd, cl, &x->git, &why) &&
                  gd_ssh_git_command(&x->git, x->up_cmd, sizeof(x->up_cmd)) >= 0;
     x->xe = (struct gd_ssh_exec){.host = c->name,
                                  .port = c->flow.port,
                                  .user = c->user,
                                  .command = x->cmd,
-                                 .git = parsed ? &x->git : NULL};
+                                 .git = parsed ? &x->git : NULL,
+                                 .upstream_user = x->up_user};
     x->g = g;
     x->t0 = uv_now(c->p->loop);
     snprintf(line, sizeof(line), "%s: command refused: %s", c->name, why ? why : "too long");
@@ -400,7 +430,6 @@ static void exec_start(struct conn *c, ssh_channel g, const char *cmd)
         free(x);
         return;
     }
-    x->up_user = gd_ssh_conf_upstream_user(&c->conf, c->name, c->flow.port);
     gd_sanitize(x->clean_cmd, sizeof(x->clean_cmd), x->up_cmd, strlen(x->up_cmd));
     struct gd__ssh_up_opts o = {.loop = c->p->loop,
                                 .flow = &c->flow,
@@ -584,6 +613,7 @@ int gd_ssh_proxy_new(const struct gd_ssh_proxy_opts *o, gd_ssh_proxy **out, stru
     p->ud = o->ud;
     p->on_exec = o->on_exec;
     p->on_record = o->on_record;
+    p->rules = o->rules;
     *out = p;
     return 0;
 }
@@ -596,9 +626,13 @@ int gd_ssh_proxy_serve(gd_ssh_proxy *p, int fd, const struct gd_ssh_flow *f)
         return -EAGAIN;
     }
     struct conn *c = calloc(1, sizeof(*c));
-    if (!c || gd_ssh_conf_copy(&c->conf, f->conf) || !(c->poll = malloc(sizeof(*c->poll))) ||
-        !(c->tick = malloc(sizeof(*c->tick))) || !(c->bind = ssh_bind_new()) ||
-        !(c->s = ssh_new()) ||
+    if (c && copy_rules(p, &c->conf, f->conf, f->name, f->port)) {
+        free(c);
+        close(fd);
+        return -EINVAL;
+    }
+    if (!c || !(c->poll = malloc(sizeof(*c->poll))) || !(c->tick = malloc(sizeof(*c->tick))) ||
+        !(c->bind = ssh_bind_new()) || !(c->s = ssh_new()) ||
         ssh_bind_options_set(c->bind, SSH_BIND_OPTIONS_HOSTKEY, p->host_key) ||
         ssh_bind_accept_fd(c->bind, c->s, fd) != SSH_OK ||
         uv_poll_init_socket(p->loop, c->poll, fd)) {

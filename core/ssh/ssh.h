@@ -232,6 +232,7 @@ struct gd_ssh_exec {
     const char *user;             /* the guest's user name */
     const char *command;          /* the command as the guest sent it */
     const struct gd_ssh_git *git; /* parsed (every proxied exec parses) */
+    const char *upstream_user;    /* who it runs as upstream (gd_ssh_conf_upstream_user) */
 };
 
 /* What became of one exec (for the audit). */
@@ -281,6 +282,10 @@ struct gd_ssh_proxy_opts {
     int (*on_exec)(void *ud, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
                    size_t cap);
     void (*on_record)(void *ud, const struct gd_ssh_record *rec);
+    /* The current revision's rules (borrowed for the call), or NULL: each exec is
+     * decided by them, so a reload reaches connections already open (without it, the
+     * rules the connection was accepted under). */
+    const struct gd_ssh_conf *(*rules)(void *ud);
 };
 
 /* One guest connection's facts, decided on the loop thread (all copied). */

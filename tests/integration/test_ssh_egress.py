@@ -453,6 +453,22 @@ def reload_adds_a_name(up):
         eq(r.stdout, f"[late.test]:{up.port} ssh-ed25519 {hostpub}\n", "known_hosts after reload")
         r = sx(clone)
         expect("CLONE 0 hello 0" in r.stdout, f"clone after the reload: {r.stdout} {r.stderr}")
+        # one SSH connection held open (OpenSSH's ControlMaster): the rules of each exec
+        # are the current revision's, not those the connection was accepted under
+        cm = "-o ControlPath=/tmp/cm"
+        r = sx(f"ssh {cm} -o ControlMaster=yes -o ControlPersist=300 -o BatchMode=yes -fN "
+               f"-p {up.port} {up.user}@late.test </dev/null >/dev/null 2>&1; echo MASTER $?")
+        eq(r.stdout.strip(), "MASTER 0", f"control master: {r.stderr}")
+        viacm = clone.replace("rm -rf c && ", f"rm -rf c && export GIT_SSH_COMMAND='ssh {cm}' && ")
+        r = sx(viacm)
+        expect("CLONE 0 hello 0" in r.stdout, f"clone through the master: {r.stdout} {r.stderr}")
+        with open(policy, "w") as f:  # the same name, pushes only
+            f.write("return { " + rule.replace("user =", 'commands = { "git-receive-pack" }, user =')
+                    + " }\n")
+        eq(g("policy", "reload", name).returncode, 0, "reload to pushes only")
+        r = sx(viacm + "; cat e")
+        expect("CLONE 128" in r.stdout and "does not allow this command" in r.stdout,
+               f"the held connection follows the reload: {r.stdout} {r.stderr}")
         with open(policy, "w") as f:
             f.write("return { }\n")
         eq(g("policy", "reload", name).returncode, 0, "reload back")
@@ -465,6 +481,9 @@ def reload_adds_a_name(up):
         eq(r.stdout, "", "known_hosts once the rule is gone")
         r = sx(clone)
         expect("CLONE 0" not in r.stdout, f"the rule is gone: {r.stdout}")
+        r = sx(viacm + "; cat e")
+        expect("CLONE 128" in r.stdout and "no SSH rule" in r.stdout,
+               f"the rule is gone for the held connection too: {r.stdout}")
     finally:
         g("stop", name, timeout=60)
 
