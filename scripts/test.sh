@@ -75,6 +75,10 @@ echo "== egress from real guests"
 python3 tests/integration/test_egress.py build
 echo "== SSH egress: git over SSH through the host's proxy to a real sshd on loopback"
 python3 tests/integration/test_ssh_egress.py build
+echo "== the SSH proxy on its loop without a VM (request flood, silent upstream, stop), plain and ASan+UBSan"
+python3 tests/integration/test_ssh_loop.py build
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  python3 tests/integration/test_ssh_loop.py build-asan
 echo "== signed policy bundles: build, sign, verify, refusals, rollback, drop-in, in real guests"
 python3 tests/integration/test_bundle.py build
 echo "== port forwards into real guests (agent tunnels; raw and HTTP-aware)"
