@@ -69,10 +69,14 @@ static void ssh_record(void *ud, const struct gd_ssh_record *rec)
     gd_engine_ssh_audit(n->eng, rec);
 }
 
-static const struct gd_ssh_conf *ssh_rules(void *ud)
+static const struct gd_ssh_conf *ssh_rules(void *ud, const char *name, const char **addr,
+                                           int *allow_internal)
 {
     struct gd_netstack *n = ud;
-    return &gd_engine_egress(n->eng)->ssh;
+    const struct gd_egress *eg = gd_engine_egress(n->eng);
+    *addr = gd_egress_resolved(eg, name);
+    *allow_internal = gd_egress_internal_allowed(eg, name);
+    return &eg->ssh;
 }
 
 static void ssh_log(void *ud, const char *line)

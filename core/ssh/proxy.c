@@ -11,6 +11,7 @@
 #include "base/err.h"
 
 #include <errno.h>
+#include <libssh/callbacks.h>
 #include <libssh/libssh.h>
 #include <libssh/server.h>
 #include <stdarg.h>
@@ -33,6 +34,12 @@
  * closed but freed only with the session: a request the guest queued behind it still
  * points at it (libssh frees them all in ssh_free). */
 #define MAX_CHANNELS 64
+
+/* Bytes one channel stream may hold that nobody has taken yet. libssh 0.10 keeps what a
+ * peer sends past the window it was given (it only logs it), so the window alone bounds
+ * nothing against a hostile guest or upstream: past this the connection is cut. An
+ * honest peer stays within libssh's largest window (1.28 MB) and one packet. */
+#define HOARD_CAP (4u << 20)
 
 struct exec {
     ssh_channel g; /* the guest's channel */
@@ -63,6 +70,8 @@ struct conn {
     char name[256], addr[64];
     struct gd_ssh_flow flow;
     struct gd_ssh_conf conf;
+    struct ssh_channel_callbacks_struct watch; /* every channel's data (see HOARD_CAP) */
+    int hoard;                                 /* a peer went past HOARD_CAP: cut */
     struct conn *next;
 };
 
@@ -77,7 +86,8 @@ struct gd_ssh_proxy {
     int (*on_exec)(void *ud, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
                    size_t cap);
     void (*on_record)(void *ud, const struct gd_ssh_record *rec);
-    const struct gd_ssh_conf *(*rules)(void *ud);
+    const struct gd_ssh_conf *(*rules)(void *ud, const char *name, const char **addr,
+                                       int *allow_internal);
 };
 
 static void logf_(gd_ssh_proxy *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -139,6 +149,42 @@ static void refuse(ssh_channel ch, const char *why)
     ssh_channel_close(ch);
 }
 
+/* libssh calls this with all the bytes a channel's stream holds, new ones included; 0
+ * leaves them for move() to read. Past HOARD_CAP the connection is marked to be cut (by
+ * its poll callback, never from inside libssh) and the bytes are dropped. */
+static int on_channel_data(ssh_session s, ssh_channel ch, void *data, uint32_t len, int is_stderr,
+                           void *ud)
+{
+    struct conn *c = ud;
+    (void)s;
+    (void)ch;
+    (void)data;
+    (void)is_stderr;
+    if (len <= HOARD_CAP)
+        return 0;
+    c->hoard = 1;
+    return (int)len;
+}
+
+static void watch_channel(struct conn *c, ssh_channel ch)
+{
+    if (ch)
+        ssh_set_channel_callbacks(ch, &c->watch);
+}
+
+static void conn_close(struct conn *c);
+
+/* After libssh has run: a peer that sent past its window is cut, with one line. */
+static int hoarded(struct conn *c)
+{
+    if (!c->hoard || c->dead)
+        return 0;
+    logf_(c->p, "cut %s@%s:%u: a side sent more than %u MiB past its SSH window", c->user, c->name,
+          c->flow.port, HOARD_CAP >> 20);
+    conn_close(c);
+    return 1;
+}
+
 /* ---- lifetime ---- */
 
 static void conn_fin(struct conn *c)
@@ -170,6 +216,7 @@ static void exec_free(struct conn *c)
     struct exec *x = c->x;
     c->x = NULL;
     c->again = 0; /* (its rounds are over: no more wake-ups for them) */
+    c->last = uv_now(c->p->loop); /* the idle time between execs starts now */
     gd__ssh_up_close(x->u);
     free(x->cmd);
     free(x);
@@ -278,6 +325,11 @@ static void pump(struct conn *c)
             break;
         }
         int progress = 0, tried, n;
+        /* what the guest writes to its exec's stderr goes nowhere (SSH has no upstream
+         * stdin for it), but unread it would hold back the guest's EOF */
+        static char junk[CHUNK];
+        while (ssh_channel_read_nonblocking(x->g, junk, sizeof(junk), 1) > 0)
+            ;
         if (!x->g_eof) {
             if ((n = move(x->g, 0, u, &tried)) < 0) {
                 exec_end(c, -1);
@@ -323,6 +375,7 @@ static void up_open(gd__ssh_up *u, int ok, void *ud)
     (void)u;
     if (ok) {
         x->open = 1;
+        watch_channel(c, gd__ssh_up_channel(x->u));
         x->last = x->ping = uv_now(c->p->loop);
         pump(c);
         return;
@@ -343,6 +396,8 @@ static void up_io(gd__ssh_up *u, void *ud)
 {
     struct conn *c = ud;
     (void)u;
+    if (hoarded(c))
+        return;
     if (c->x && c->x->open)
         pump(c);
 }
@@ -388,7 +443,15 @@ static void exec_start(struct conn *c, ssh_channel g, const char *cmd)
     size_t cl = strnlen(cmd, 4096);
     /* the rules of now, not of when the connection came: a reload that narrowed them
      * must reach a connection held open (OpenSSH's ControlMaster keeps one for hours) */
-    const struct gd_ssh_conf *now = c->p->rules ? c->p->rules(c->p->ud) : NULL;
+    const char *addr = NULL;
+    int internal = 0;
+    const struct gd_ssh_conf *now =
+        c->p->rules ? c->p->rules(c->p->ud, c->name, &addr, &internal) : NULL;
+    if (now) { /* and where the name goes, and whether it may be internal, as of now */
+        snprintf(c->addr, sizeof(c->addr), "%s", addr ? addr : "");
+        c->flow.addr = addr ? c->addr : NULL;
+        c->flow.allow_internal = internal;
+    }
     struct gd_ssh_conf fresh = {0};
     if (now && !copy_rules(c->p, &fresh, now, c->name, c->flow.port)) {
         gd_ssh_conf_free(&c->conf);
@@ -464,7 +527,9 @@ static int on_message(ssh_session s, ssh_message m, void *ud)
     (void)s;
     if (c->dead)
         return 1;
-    c->last = uv_now(c->p->loop);
+    /* only a step towards an exec counts as activity (c->last): ignore packets,
+     * keepalives and refused requests would keep a connection, and a max_conns slot,
+     * forever */
     if (!c->user[0]) {
         if (type != SSH_REQUEST_AUTH)
             return 1;
@@ -474,6 +539,7 @@ static int on_message(ssh_session s, ssh_message m, void *ud)
         const char *u = ssh_message_auth_user(m);
         snprintf(c->user, sizeof(c->user), "%s", u && gd_ssh_user_ok(u, strlen(u)) ? u : "-");
         ssh_message_auth_reply_success(m, 0);
+        c->last = uv_now(c->p->loop);
         return 0;
     }
     if (c->x) /* during an exec nothing else is taken */
@@ -482,6 +548,8 @@ static int on_message(ssh_session s, ssh_message m, void *ud)
         c->channels < MAX_CHANNELS) {
         c->channels++;
         c->ch = ssh_message_channel_request_open_reply_accept(m);
+        watch_channel(c, c->ch);
+        c->last = uv_now(c->p->loop);
         return 0;
     }
     if (type == SSH_REQUEST_CHANNEL_OPEN) {
@@ -508,6 +576,7 @@ static int on_message(ssh_session s, ssh_message m, void *ud)
     case SSH_CHANNEL_REQUEST_EXEC: {
         ssh_channel g = c->ch;
         c->ch = NULL;
+        c->last = uv_now(c->p->loop);
         ssh_message_channel_request_reply_success(m);
         exec_start(c, g, ssh_message_channel_request_command(m) ?: "");
         return 0;
@@ -536,8 +605,7 @@ static void on_guest(uv_poll_t *h, int status, int events)
         conn_close(c);
         return;
     }
-    if (events & UV_READABLE)
-        c->last = uv_now(c->p->loop);
+    (void)events;
     if (!c->kex_done) {
         int rc = ssh_handle_key_exchange(c->s);
         if (rc == SSH_ERROR) {
@@ -559,7 +627,7 @@ static void on_guest(uv_poll_t *h, int status, int events)
             if (c->dead || ssh_get_poll_flags(c->s) & SSH_WRITE_PENDING)
                 break;
     }
-    if (c->dead)
+    if (c->dead || hoarded(c))
         return;
     if (ssh_get_status(c->s) & (SSH_CLOSED | SSH_CLOSED_ERROR)) {
         conn_close(c); /* (an exec's record says 255: the guest went away) */
@@ -662,6 +730,9 @@ int gd_ssh_proxy_serve(gd_ssh_proxy *p, int fd, const struct gd_ssh_flow *f)
                                    .addr = f->addr ? c->addr : NULL,
                                    .allow_internal = f->allow_internal,
                                    .conf = &c->conf};
+    ssh_callbacks_init(&c->watch);
+    c->watch.userdata = c;
+    c->watch.channel_data_function = on_channel_data;
     uv_timer_init(p->loop, c->tick);
     c->poll->data = c->tick->data = c;
     c->refs = 2;

@@ -282,10 +282,12 @@ struct gd_ssh_proxy_opts {
     int (*on_exec)(void *ud, const struct gd_ssh_exec *x, char *rule, size_t rcap, char *reason,
                    size_t cap);
     void (*on_record)(void *ud, const struct gd_ssh_record *rec);
-    /* The current revision's rules (borrowed for the call), or NULL: each exec is
-     * decided by them, so a reload reaches connections already open (without it, the
-     * rules the connection was accepted under). */
-    const struct gd_ssh_conf *(*rules)(void *ud);
+    /* The current revision's rules (borrowed for the call) and, for name, its --resolve
+     * address (*addr, or NULL) and whether it may be internal: each exec is decided and
+     * dialled by them, so a reload reaches connections already open (without it, what
+     * the connection was accepted under). */
+    const struct gd_ssh_conf *(*rules)(void *ud, const char *name, const char **addr,
+                                       int *allow_internal);
 };
 
 /* One guest connection's facts, decided on the loop thread (all copied). */

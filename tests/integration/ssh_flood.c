@@ -9,11 +9,21 @@
  * Prints "open" once the exec's first output arrived, then waits for a line on stdin;
  * sends N of each request, prints "flooded", waits for another line; then writes git's
  * flush packet "0000" (which ends git-upload-pack), EOF, and prints "exit STATUS".
+ *
+ *   gd-ssh-flood PORT USER - -MIB
+ *
+ * A negative N: opens a session channel, runs nothing, and writes MIB MiB past the window
+ * the proxy gave it (libssh 0.10 honours the window on the sending side, so its
+ * remote_window field is forced open: "unsupported" when this libssh's layout differs);
+ * prints "sent" or "cut" (the proxy closed the connection).
  */
 #include <libssh/libssh.h>
 #include <libssh/server.h> /* (ssh_send_keepalive) */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 static int fail(ssh_session s, const char *what)
 {
@@ -41,6 +51,28 @@ int main(int argc, char **argv)
     if (ssh_userauth_none(s, NULL) != SSH_AUTH_SUCCESS)
         return fail(s, "auth");
     ssh_channel ch = ssh_channel_new(s);
+    if (n < 0) { /* past the window */
+        if (!ch || ssh_channel_open_session(ch) != SSH_OK)
+            return fail(s, "open");
+        uint32_t *rw = (uint32_t *)(void *)((char *)ch + 28); /* libssh 0.10 remote_window */
+        if (*rw != ssh_channel_window_size(ch)) {
+            printf("unsupported\n");
+            return 0;
+        }
+        memset(buf, 'A', 32000);
+        for (long i = 0; i < -n * 1048576 / 32000; i++) {
+            *rw = 0x7fffffff;
+            if (ssh_channel_write(ch, buf, 32000) != 32000) {
+                printf("cut\n");
+                return 0;
+            }
+        }
+        ssh_blocking_flush(s, 10000);
+        printf("sent\n");
+        fflush(stdout);
+        sleep(3); /* (the proxy reads what is in flight) */
+        return 0;
+    }
     if (!ch || ssh_channel_open_session(ch) != SSH_OK ||
         ssh_channel_request_exec(ch, argv[3]) != SSH_OK)
         return fail(s, "exec");

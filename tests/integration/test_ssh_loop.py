@@ -124,6 +124,58 @@ def flood_during_exec(up):
 
 
 @test
+def data_past_the_window(up):
+    """a guest that writes past the window the proxy gave its channel (libssh 0.10 keeps
+    such bytes) is cut once a channel holds 4 MiB nobody took: the proxy's RSS stays
+    bounded and it serves on"""
+    d = Driver(up, [f"git.test:{up.port}"])
+    try:
+        port = d.ports[f"git.test:{up.port}"]
+        before = d.rss_kib()
+        r = subprocess.run([FLOOD, str(port), up.user, "-", "-60"], capture_output=True,
+                           text=True, timeout=120)
+        out = r.stdout.strip()
+        expect(out != "unsupported", "this libssh's channel layout differs: the test cannot run")
+        time.sleep(1)
+        after = d.rss_kib()
+        print(f"     (RSS {before} -> {after} KiB, client: {out})", flush=True)
+        expect(after - before < 24 * 1024, f"RSS grew {before} -> {after} KiB")
+        expect("past its SSH window" in d.log(), f"no cut logged: {d.log()[-800:]}")
+        r = subprocess.run(["git", "ls-remote", f"ssh://{up.user}@127.0.0.1{up.repo}"],
+                           capture_output=True, text=True, timeout=60, env=git_env(port))
+        eq(r.returncode, 0, f"the proxy serves on: {r.stderr}")
+    finally:
+        d.close()
+
+
+@test
+def keepalives_are_not_activity(up):
+    """connections that only send keepalives (no exec) are closed after handshake_ms like
+    silent ones, so they cannot hold every max_conns slot"""
+    d = Driver(up, [f"git.test:{up.port}"], "--limit", "handshake_ms=1000",
+               "--limit", "max_conns=2")
+    try:
+        port = d.ports[f"git.test:{up.port}"]
+        hold = [subprocess.Popen(SSH + ["-o", "ServerAliveInterval=1", "-o",
+                                        "ServerAliveCountMax=100", "-p", str(port), "-N",
+                                        "127.0.0.1"], stderr=subprocess.DEVNULL)
+                for _ in range(2)]
+        end = time.time() + 20
+        while time.time() < end and any(h.poll() is None for h in hold):
+            time.sleep(0.2)
+        alive = [h.poll() is None for h in hold]
+        for h in hold:
+            h.kill()
+            h.wait()
+        eq(alive, [False, False], "keepalive-only connections still open after 20 s")
+        r = subprocess.run(["git", "ls-remote", f"ssh://{up.user}@127.0.0.1{up.repo}"],
+                           capture_output=True, text=True, timeout=60, env=git_env(port))
+        eq(r.returncode, 0, f"a slot is free: {r.stderr}")
+    finally:
+        d.close()
+
+
+@test
 def silent_upstream(up):
     """an upstream that accepts TCP and never speaks does not delay a clone from another
     upstream through the same proxy, and a stop while it hangs ends at once"""
