@@ -215,7 +215,7 @@ static void exec_free(struct conn *c)
 {
     struct exec *x = c->x;
     c->x = NULL;
-    c->again = 0; /* (its rounds are over: no more wake-ups for them) */
+    c->again = 0;                 /* (its rounds are over: no more wake-ups for them) */
     c->last = uv_now(c->p->loop); /* the idle time between execs starts now */
     gd__ssh_up_close(x->u);
     free(x->cmd);
